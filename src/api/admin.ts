@@ -1,0 +1,99 @@
+// Read-only admin API: VMs and jobs of this shard, behind the admin bearer token. Columns are
+// listed explicitly (and the response schemas drop anything else): secrets never leave.
+import type { FastifyInstance } from 'fastify';
+import type { Kysely } from 'kysely';
+import type { Database } from '../db/schema.js';
+import { VM_STATES } from '../manager/vm-states.js';
+import { requireAdmin } from './auth.js';
+
+export interface AdminOptions {
+  db: Kysely<Database>;
+  shard: string;
+  adminToken: string | null;
+}
+
+const VM_COLUMNS = [
+  'id', 'class', 'provider', 'name', 'state', 'cloud_id', 'zone', 'internal_ip', 'job_id', 'failure',
+  'created_at', 'ready_at', 'updated_at',
+] as const;
+
+const JOB_COLUMNS = [
+  'id', 'class', 'vm_id', 'state', 'project_id', 'pipeline_id', 'namespace_id', 'root_namespace_id',
+  'queued_seconds', 'timeout_seconds', 'picked_at', 'started_at', 'finished_at', 'result', 'exit_code',
+  'failure_reason', 'trace_bytes', 'reported_at',
+] as const;
+
+/** States that still hold (or may hold) a cloud VM. */
+const LIVE_STATES = VM_STATES.filter((s) => s !== 'deleted');
+
+const str = { type: 'string' } as const;
+const nstr = { type: ['string', 'null'] } as const;
+const time = { type: 'string', format: 'date-time' } as const;
+const ntime = { type: ['string', 'null'], format: 'date-time' } as const;
+const nint = { type: ['integer', 'null'] } as const;
+const nnum = { type: ['number', 'null'] } as const;
+
+const vmSchema = {
+  type: 'object',
+  properties: {
+    id: str, class: str, provider: str, name: str, state: str, cloud_id: nstr, zone: nstr, internal_ip: nstr,
+    job_id: nstr, failure: nstr, created_at: time, ready_at: ntime, updated_at: time,
+  },
+} as const;
+
+const jobSchema = {
+  type: 'object',
+  properties: {
+    id: str, class: str, vm_id: nstr, state: str, project_id: nstr, pipeline_id: nstr, namespace_id: nstr,
+    root_namespace_id: nstr, queued_seconds: nnum, timeout_seconds: { type: 'integer' }, picked_at: time,
+    started_at: ntime, finished_at: ntime, result: nstr, exit_code: nint, failure_reason: nstr, trace_bytes: str,
+    reported_at: ntime,
+  },
+} as const;
+
+const limit = { type: 'integer', minimum: 1, maximum: 1000, default: 100 } as const;
+const name = { type: 'string', pattern: '^[a-z0-9][a-z0-9-]*$', maxLength: 100 } as const;
+
+interface VmQuery { state?: string; class?: string; limit: number }
+interface JobQuery { state?: string; class?: string; limit: number }
+
+export async function adminRoutes(app: FastifyInstance, opts: AdminOptions): Promise<void> {
+  app.addHook('onRequest', requireAdmin(opts.adminToken));
+
+  app.get<{ Querystring: VmQuery }>('/v1/vms', {
+    schema: {
+      querystring: {
+        type: 'object',
+        properties: { state: { type: 'string', enum: [...VM_STATES, 'live'] }, class: name, limit },
+        additionalProperties: false,
+      },
+      response: { 200: { type: 'object', properties: { vms: { type: 'array', items: vmSchema } } } },
+    },
+  }, async (req) => {
+    const { state, limit: n } = req.query;
+    let q = opts.db.selectFrom('vms').select(VM_COLUMNS).where('shard', '=', opts.shard);
+    if (state === 'live') q = q.where('state', 'in', LIVE_STATES);
+    else if (state) q = q.where('state', '=', state);
+    if (req.query.class) q = q.where('class', '=', req.query.class);
+    const vms = await q.orderBy('created_at', 'desc').orderBy('id').limit(n).execute();
+    return { vms };
+  });
+
+  app.get<{ Querystring: JobQuery }>('/v1/jobs', {
+    schema: {
+      querystring: {
+        type: 'object',
+        properties: { state: { type: 'string', pattern: '^[a-z_]+$', maxLength: 40 }, class: name, limit },
+        additionalProperties: false,
+      },
+      response: { 200: { type: 'object', properties: { jobs: { type: 'array', items: jobSchema } } } },
+    },
+  }, async (req) => {
+    const { state, limit: n } = req.query;
+    let q = opts.db.selectFrom('jobs').select(JOB_COLUMNS).where('shard', '=', opts.shard);
+    if (state) q = q.where('state', '=', state);
+    if (req.query.class) q = q.where('class', '=', req.query.class);
+    const jobs = await q.orderBy('picked_at', 'desc').orderBy('id', 'desc').limit(n).execute();
+    return { jobs };
+  });
+}

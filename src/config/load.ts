@@ -1,0 +1,137 @@
+// Shard config: YAML text -> env expansion -> zod validation -> ShardConfig (durations in ms,
+// defaults applied, paths absolute). Every problem is collected, each naming its field.
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, join, resolve } from 'node:path';
+import { parseDocument } from 'yaml';
+import { expandEnv, type Env } from './env.js';
+import { describeValue, expectedPhrase, formatIssue, formatPath, startsWith } from './format.js';
+import { CLASS_NAME, shardSchema, type RawShardConfig } from './schema.js';
+import { ConfigError, type ClassConfig, type ShardConfig } from './types.js';
+
+export interface ParseOptions {
+  /** Variables for ${VAR} expansion; default process.env. */
+  env?: Env;
+  /** Directory that relative paths (dataDir, pglite:./x) resolve against; default cwd. */
+  baseDir?: string;
+}
+
+export type CheckResult = { ok: true; config: ShardConfig } | { ok: false; errors: string[] };
+
+export function checkConfig(yamlText: string, opts: ParseOptions = {}): CheckResult {
+  const doc = parseDocument(yamlText, { prettyErrors: true, uniqueKeys: true });
+  if (doc.errors.length > 0) return { ok: false, errors: doc.errors.map(yamlError) };
+  const tree: unknown = doc.toJS({ maxAliasCount: 100 });
+
+  const expanded = expandEnv(tree, opts.env ?? process.env);
+  const errors = expanded.errors.map((e) => `${formatPath(e.path)}: ${e.message}`);
+  const input = expanded.value;
+
+  const parsed = shardSchema.safeParse(input, { error: expectedPhrase });
+  if (!parsed.success) {
+    for (const iss of parsed.error.issues) {
+      // An unset variable already explains this field.
+      if (expanded.errors.some((e) => startsWith(iss.path, e.path))) continue;
+      errors.push(...formatIssue(iss, input));
+    }
+  }
+  errors.push(...crossFieldErrors(input));
+  if (errors.length > 0 || !parsed.success) return { ok: false, errors };
+  return { ok: true, config: toShardConfig(parsed.data, opts.baseDir ?? process.cwd()) };
+}
+
+export function parseConfig(yamlText: string, opts: ParseOptions = {}): ShardConfig {
+  const res = checkConfig(yamlText, opts);
+  if (!res.ok) throw new ConfigError(res.errors);
+  return res.config;
+}
+
+export function checkConfigFile(path: string, opts: ParseOptions = {}): CheckResult {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    return { ok: false, errors: [`${path}: cannot read: ${(err as Error).message}`] };
+  }
+  return checkConfig(text, { ...opts, baseDir: opts.baseDir ?? dirname(resolve(path)) });
+}
+
+export function loadConfigFile(path: string, opts: ParseOptions = {}): ShardConfig {
+  const res = checkConfigFile(path, opts);
+  if (!res.ok) throw new ConfigError(res.errors);
+  return res.config;
+}
+
+function yamlError(err: { message: string; linePos?: [{ line: number; col: number }, ...unknown[]] }): string {
+  // prettyErrors appends " at line L, column C:" and a source excerpt; keep the sentence only.
+  const sentence = err.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+  const pos = err.linePos?.[0];
+  return pos ? `yaml: line ${pos.line}, column ${pos.col}: ${sentence}` : `yaml: ${sentence}`;
+}
+
+const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** Rules across fields, checked on the raw tree so they report even when other fields fail. */
+function crossFieldErrors(input: unknown): string[] {
+  if (!isRecord(input) || !isRecord(input['classes'])) return [];
+  const errors: string[] = [];
+  const classes = input['classes'];
+  const names = Object.keys(classes);
+  if (names.length === 0) errors.push(`classes: expected at least one runner class, got {}`);
+  const badNames = names.filter((n) => !CLASS_NAME.test(n));
+  for (const n of badNames) errors.push(`classes: expected class names matching [a-z0-9][a-z0-9-]*, got ${JSON.stringify(n)}`);
+
+  const providers = input['providers'] === undefined || input['providers'] === null ? {} : input['providers'];
+  for (const [name, cls] of Object.entries(classes)) {
+    if (!isRecord(cls)) continue;
+    const provider = cls['provider'];
+    if (typeof provider === 'string' && isRecord(providers) && !Object.hasOwn(providers, provider)) {
+      const known = Object.keys(providers);
+      const what = known.length ? `a provider configured under providers (${known.join(', ')})` : 'a provider configured under providers (none is)';
+      errors.push(`${formatPath(['classes', name, 'provider'])}: expected ${what}, got ${describeValue(provider, [])}`);
+    }
+    const pool = cls['pool'];
+    if (isRecord(pool)) {
+      const idle = Number(pool['idle']);
+      const max = Number(pool['max']);
+      if (Number.isInteger(idle) && Number.isInteger(max) && max >= 1 && idle > max) {
+        errors.push(`${formatPath(['classes', name, 'pool', 'idle'])}: expected integer <= pool.max (${max}), got ${idle}`);
+      }
+    }
+  }
+  return errors;
+}
+
+function toShardConfig(raw: RawShardConfig, baseDir: string): ShardConfig {
+  const dataDir = resolve(baseDir, raw.dataDir);
+  const classes: Record<string, ClassConfig> = {};
+  for (const [name, c] of Object.entries(raw.classes)) {
+    classes[name] = {
+      name,
+      runnerToken: c.runnerToken,
+      provider: c.provider,
+      costFactor: c.costFactor,
+      pool: { idle: c.pool.idle, max: c.pool.max },
+      jobTimeoutMs: c.jobTimeout,
+      bootTimeoutMs: c.bootTimeout,
+      machine: c.machine,
+    };
+  }
+  return {
+    shard: raw.shard,
+    database: { url: resolveDatabaseUrl(raw.database.url, baseDir, dataDir) },
+    http: { listen: raw.http.listen, adminToken: raw.http.adminToken },
+    gitlab: { url: raw.gitlab.url.replace(/\/+$/, ''), pollIntervalMs: raw.gitlab.pollInterval, requestTimeoutMs: raw.gitlab.requestTimeout },
+    classes,
+    providers: raw.providers,
+    dataDir,
+    secrets: { key: raw.secrets.key },
+    log: { level: raw.log.level },
+  };
+}
+
+function resolveDatabaseUrl(url: string | undefined, baseDir: string, dataDir: string): string {
+  if (url === undefined) return `pglite:${join(dataDir, 'db')}`;
+  if (!url.startsWith('pglite:') || url === 'pglite:memory') return url;
+  const path = url.slice('pglite:'.length);
+  return `pglite:${isAbsolute(path) ? path : resolve(baseDir, path)}`;
+}

@@ -1,0 +1,122 @@
+// zod schema of the shard YAML. Each leaf carries the "expected ..." phrase its errors print,
+// so every message reads `<path>: expected <what>, got <value>` (see format.ts).
+import { z } from 'zod';
+import { formatDuration, tryParseDuration } from './duration.js';
+
+export const SHARD_NAME = /^[a-z0-9-]{1,40}$/;
+export const CLASS_NAME = /^[a-z0-9][a-z0-9-]*$/;
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+
+const HOUR = 3_600_000;
+
+/** Numbers may arrive as strings from ${VAR} expansion ("2"); anything else stays as written. */
+const numeric = (v: unknown) => (typeof v === 'string' && /^\s*-?\d+(\.\d+)?\s*$/.test(v) ? Number(v) : v);
+
+function intAtLeast(min: number) {
+  const what = `integer >= ${min}`;
+  return z.preprocess(numeric, z.number({ error: what }).int({ error: what }).min(min, { error: what }));
+}
+
+function positiveNumber() {
+  const what = 'number > 0';
+  return z.preprocess(numeric, z.number({ error: what }).positive({ error: what }));
+}
+
+/** A duration string, checked against bounds, producing milliseconds. */
+function duration(minMs: number, maxMs: number) {
+  const what = `duration from ${formatDuration(minMs)} to ${formatDuration(maxMs)} like 500ms, 3s, 2m, 1h30m`;
+  return z.string({ error: what }).transform((s, ctx) => {
+    const ms = tryParseDuration(s);
+    if (ms === null || ms < minMs || ms > maxMs) {
+      ctx.addIssue({ code: 'custom', message: what, input: s });
+      return z.NEVER;
+    }
+    return ms;
+  });
+}
+
+function stringMatching(re: RegExp, what: string) {
+  return z.string({ error: what }).regex(re, { error: what });
+}
+
+function nonEmpty(what = 'non-empty string') {
+  return z.string({ error: what }).min(1, { error: what });
+}
+
+/** A free-form mapping; an empty YAML value (`local:`) means {}. */
+const mapping = z
+  .record(z.string(), z.unknown(), { error: 'mapping' })
+  .nullable()
+  .transform((v) => v ?? {});
+
+/** "host:port" or "[v6]:port". */
+export const listenAddress = z.string({ error: '"host:port" with port 0-65535' }).transform((s, ctx) => {
+  const m = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s[\]]+)):(\d{1,5})$/.exec(s.trim());
+  const port = m ? Number(m[3]) : NaN;
+  if (!m || port > 65535) {
+    ctx.addIssue({ code: 'custom', message: '"host:port" with port 0-65535', input: s });
+    return z.NEVER;
+  }
+  return { host: (m[1] ?? m[2])!, port };
+});
+
+const databaseUrl = z.string({ error: 'postgres://..., pglite:memory or pglite:<path>' }).refine(
+  (s) => /^postgres(ql)?:\/\/\S+$/.test(s) || /^pglite:\S+$/.test(s),
+  { error: 'postgres://..., pglite:memory or pglite:<path>' },
+);
+
+const httpUrl = z.string({ error: 'http(s) URL' }).refine((s) => {
+  try {
+    const u = new URL(s);
+    return u.protocol === 'http:' || u.protocol === 'https:';
+  } catch {
+    return false;
+  }
+}, { error: 'http(s) URL' });
+
+const token = (min: number) => {
+  const what = `string of at least ${min} characters, or null`;
+  return z.string({ error: what }).min(min, { error: what }).nullable();
+};
+
+export const classSchema = z.strictObject({
+  runnerToken: nonEmpty(),
+  provider: stringMatching(CLASS_NAME, 'provider name'),
+  costFactor: positiveNumber().default(1),
+  pool: z.strictObject({ idle: intAtLeast(0), max: intAtLeast(1) }, { error: 'mapping with idle and max' }),
+  jobTimeout: duration(1000, 24 * HOUR).default(3 * HOUR),
+  bootTimeout: duration(1000, 24 * HOUR).default(10 * 60_000),
+  machine: mapping.default({}),
+});
+
+export const shardSchema = z.strictObject(
+  {
+    shard: stringMatching(SHARD_NAME, 'shard name of 1-40 characters [a-z0-9-]'),
+    database: z.strictObject({ url: databaseUrl.optional() }, { error: 'mapping' }).default({}),
+    http: z
+      .strictObject(
+        { listen: listenAddress.default({ host: '127.0.0.1', port: 8080 }), adminToken: token(8).default(null) },
+        { error: 'mapping' },
+      )
+      .default({ listen: { host: '127.0.0.1', port: 8080 }, adminToken: null }),
+    gitlab: z.strictObject(
+      {
+        url: httpUrl,
+        pollInterval: duration(100, HOUR).default(3000),
+        requestTimeout: duration(100, 10 * 60_000).default(30_000),
+      },
+      { error: 'mapping' },
+    ),
+    // Names are checked in load.ts so a bad name is reported as a name, not as its whole body.
+    classes: z.record(z.string(), classSchema, { error: 'mapping of runner classes' }),
+    providers: z.record(z.string(), mapping, { error: 'mapping of providers' }).nullable().transform((v) => v ?? {}).default({}),
+    dataDir: nonEmpty('non-empty path').default('./data'),
+    secrets: z.strictObject({ key: token(16).default(null) }, { error: 'mapping' }).default({ key: null }),
+    log: z
+      .strictObject({ level: z.enum(LOG_LEVELS, { error: `one of ${LOG_LEVELS.join(', ')}` }).default('info') }, { error: 'mapping' })
+      .default({ level: 'info' }),
+  },
+  { error: 'mapping' },
+);
+
+export type RawShardConfig = z.output<typeof shardSchema>;

@@ -1,0 +1,133 @@
+// One driver path for both databases: kysely's PostgresDialect over a `pg` pool, pointed at a
+// PostgreSQL server, or at an in-process PGlite served on a loopback port by pglite-socket.
+// (kysely-pglite interleaves concurrent transactions on PGlite's single session: STACK.md.)
+import { mkdirSync } from 'node:fs';
+import { PGlite } from '@electric-sql/pglite';
+import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
+import { Kysely, PostgresDialect } from 'kysely';
+import pg from 'pg';
+import type { Logger } from 'pino';
+import type { Database } from './schema.js';
+
+export type DatabaseKind = 'postgres' | 'pglite';
+
+export interface OpenDatabase {
+  db: Kysely<Database>;
+  kind: DatabaseKind;
+  /** Ends the pool, then (PGlite) stops the socket server and closes the database. Idempotent. */
+  close(): Promise<void>;
+}
+
+export interface OpenOptions {
+  log: Logger;
+  /** Pool size for postgres:// (default 10). PGlite always uses one connection. */
+  poolSize?: number;
+  /** Server-side statement_timeout for postgres:// in ms (default 60 s; 0 disables). */
+  statementTimeoutMs?: number;
+}
+
+// Other modules (the shard lock) need to know whether sessions are real.
+const kinds = new WeakMap<Kysely<Database>, DatabaseKind>();
+
+/** The kind of a database opened by openDatabase, or undefined for one opened elsewhere. */
+export function databaseKind(db: Kysely<Database>): DatabaseKind | undefined {
+  return kinds.get(db);
+}
+
+export async function openDatabase(url: string, opts: OpenOptions): Promise<OpenDatabase> {
+  if (/^postgres(ql)?:\/\//.test(url)) return openPostgres(url, opts);
+  if (url.startsWith('pglite:')) return openPglite(url.slice('pglite:'.length), opts);
+  throw new Error(`unsupported database URL (expected postgres://..., pglite:memory or pglite:<path>): ${redactUrl(url)}`);
+}
+
+async function openPostgres(url: string, opts: OpenOptions): Promise<OpenDatabase> {
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: opts.poolSize ?? 10,
+    connectionTimeoutMillis: 10_000,
+    idleTimeoutMillis: 30_000,
+    statement_timeout: opts.statementTimeoutMs ?? 60_000,
+    // A transaction left open by a crashed code path must not hold row locks forever.
+    idle_in_transaction_session_timeout: 5 * 60_000,
+    application_name: 'runner-fleet',
+  });
+  watchConnections(pool, opts.log);
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  kinds.set(db, 'postgres');
+  try {
+    await pool.query('SELECT 1');
+  } catch (err) {
+    await db.destroy().catch(() => {});
+    throw new Error(`cannot connect to ${redactUrl(url)}: ${(err as Error).message}`, { cause: err });
+  }
+  opts.log.debug({ url: redactUrl(url) }, 'database connected');
+  return { db, kind: 'postgres', close: once(() => db.destroy()) };
+}
+
+async function openPglite(location: string, opts: OpenOptions): Promise<OpenDatabase> {
+  const inMemory = location === 'memory';
+  if (!inMemory) mkdirSync(location, { recursive: true });
+  const started = Date.now();
+  const pglite = await PGlite.create(inMemory ? undefined : location);
+  // Loopback only, port chosen by the OS. Two connections let a dropped socket reconnect while
+  // its old handler is still being torn down; the pool itself never holds more than one.
+  const server = new PGLiteSocketServer({ db: pglite, host: '127.0.0.1', port: 0, maxConnections: 2 });
+  try {
+    await server.start();
+  } catch (err) {
+    await pglite.close().catch(() => {});
+    throw err;
+  }
+  const [host, port] = splitHostPort(server.getServerConn());
+  const pool = new pg.Pool({
+    host,
+    port,
+    user: 'postgres',
+    database: 'postgres',
+    // PGlite has one session: concurrent transactions must queue in the pool, not interleave.
+    max: 1,
+    connectionTimeoutMillis: 10_000,
+    idleTimeoutMillis: 0,
+  });
+  watchConnections(pool, opts.log);
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  kinds.set(db, 'pglite');
+  const close = once(async () => {
+    await db.destroy().catch((err) => opts.log.warn({ err }, 'closing the database pool failed'));
+    await server.stop();
+    await pglite.close();
+  });
+  try {
+    await pool.query('SELECT 1');
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  opts.log.debug({ location: inMemory ? 'memory' : location, ms: Date.now() - started, socket: `${host}:${port}` }, 'embedded PGlite started');
+  return { db, kind: 'pglite', close };
+}
+
+/**
+ * A connection that dies emits 'error': the pool listens only while a client is idle, and an
+ * unheard 'error' on a checked-out client (the shard lock's, a transaction's) would crash the
+ * process. The failed query or the next use reports the failure; the pool drops the client.
+ */
+function watchConnections(pool: pg.Pool, log: Logger): void {
+  pool.on('error', (err) => log.warn({ err }, 'idle database connection failed'));
+  pool.on('connect', (client) => client.on('error', (err) => log.warn({ err }, 'database connection failed')));
+}
+
+function splitHostPort(conn: string): [string, number] {
+  const i = conn.lastIndexOf(':');
+  return [conn.slice(0, i), Number(conn.slice(i + 1))];
+}
+
+/** The URL with its password replaced, for logs and errors. */
+export function redactUrl(url: string): string {
+  return url.replace(/\/\/([^:/@]*):[^@/]*@/, '//$1:***@');
+}
+
+function once(fn: () => Promise<void>): () => Promise<void> {
+  let p: Promise<void> | null = null;
+  return () => (p ??= fn());
+}

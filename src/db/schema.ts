@@ -1,0 +1,101 @@
+// Table types for kysely, declared once; they mirror sql/*.sql.
+import type { ColumnType, Generated, Insertable, Selectable, Updateable } from 'kysely';
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+type NullableTimestamp = ColumnType<Date | null, Date | string | null | undefined, Date | string | null>;
+/** bigint columns come back from pg as strings; we write numbers. */
+type BigIntCol = ColumnType<string, number | string | bigint, number | string | bigint>;
+type NullableBigInt = ColumnType<string | null, number | string | bigint | null | undefined, number | string | bigint | null>;
+type NumericCol = ColumnType<string, number | string, number | string>;
+
+export interface ShardSecretsTable {
+  shard: string;
+  key: string;
+  created_at: Generated<Date>;
+}
+
+export interface VmsTable {
+  id: string;
+  shard: string;
+  class: string;
+  provider: string;
+  name: string;
+  state: string;
+  cloud_id: string | null;
+  zone: string | null;
+  internal_ip: string | null;
+  public_key: string;
+  private_key_enc: string;
+  job_id: NullableBigInt;
+  failure: string | null;
+  created_at: Timestamp;
+  ready_at: NullableTimestamp;
+  updated_at: Timestamp;
+}
+
+export interface VmEventsTable {
+  id: Generated<string>;
+  vm_id: string;
+  from_state: string | null;
+  to_state: string;
+  at: Timestamp;
+  detail: string | null;
+}
+
+export interface JobsTable {
+  shard: string;
+  id: BigIntCol;
+  class: string;
+  vm_id: string | null;
+  state: string;
+  token_enc: string;
+  project_id: NullableBigInt;
+  pipeline_id: NullableBigInt;
+  namespace_id: NullableBigInt;
+  root_namespace_id: NullableBigInt;
+  queued_seconds: number | null;
+  timeout_seconds: number;
+  picked_at: Timestamp;
+  started_at: NullableTimestamp;
+  finished_at: NullableTimestamp;
+  result: string | null;
+  exit_code: number | null;
+  failure_reason: string | null;
+  trace_bytes: ColumnType<string, number | string | undefined, number | string>;
+  trace_checksum: string | null;
+  reported_at: NullableTimestamp;
+}
+
+export interface BillingEventsTable {
+  seq: Generated<string>;
+  id: string;
+  shard: string;
+  job_id: BigIntCol;
+  class: string;
+  provider: string;
+  machine_type: string | null;
+  cost_factor: NumericCol;
+  started_at: Timestamp;
+  finished_at: Timestamp;
+  duration_seconds: NumericCol;
+  compute_minutes: NumericCol;
+  outcome: string;
+  billable: boolean;
+  payload: ColumnType<unknown, string, string>;
+  created_at: Generated<Date>;
+}
+
+export interface Database {
+  shard_secrets: ShardSecretsTable;
+  vms: VmsTable;
+  vm_events: VmEventsTable;
+  jobs: JobsTable;
+  billing_events: BillingEventsTable;
+}
+
+export type VmRow = Selectable<VmsTable>;
+export type NewVm = Insertable<VmsTable>;
+export type VmUpdate = Updateable<VmsTable>;
+export type JobRow = Selectable<JobsTable>;
+export type NewJob = Insertable<JobsTable>;
+export type BillingEventRow = Selectable<BillingEventsTable>;

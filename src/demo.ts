@@ -1,0 +1,72 @@
+// `runner-fleet demo`: the GitLab emulator with a stream of sample jobs, and one shard on its
+// embedded defaults (PGlite in memory, local SSH sandboxes), so the whole loop is visible.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseConfig } from './config/load.js';
+import { startDemoFeed } from './emulators/gitlab/demo-jobs.js';
+import { startGitLabEmulator } from './emulators/gitlab/server.js';
+import { createLogger } from './isolation/redact.js';
+import { startShard } from './manager/shard.js';
+import { untilSignal } from './cli.js';
+
+export function demoConfigYaml(o: { gitlabUrl: string; listen: string; dataDir: string; bootDelay: string }): string {
+  return `
+shard: demo-1
+database: { url: "pglite:memory" }
+http: { listen: "${o.listen}", adminToken: "\${RUNNER_FLEET_ADMIN_TOKEN:-demo-admin-token}" }
+gitlab:
+  url: "${o.gitlabUrl}"
+  pollInterval: 1s
+classes:
+  saas-linux-small-amd64:
+    runnerToken: "demo-small-token"
+    provider: local
+    costFactor: 1
+    pool: { idle: 2, max: 6 }
+    jobTimeout: 1h
+  saas-linux-medium-amd64:
+    runnerToken: "demo-medium-token"
+    provider: local
+    costFactor: 2
+    pool: { idle: 1, max: 4 }
+    jobTimeout: 1h
+providers:
+  local: { bootDelay: "${o.bootDelay}" }
+dataDir: "${o.dataDir}"
+`;
+}
+
+export async function runDemo(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      listen: { type: 'string', default: process.env['RUNNER_FLEET_LISTEN'] ?? '127.0.0.1:8080' },
+      'boot-delay': { type: 'string', default: '2s' },
+      jobs: { type: 'string' },
+    },
+    strict: true,
+  });
+  const log = createLogger({ level: process.env['LOG_LEVEL'] ?? 'info', shard: 'demo-1' });
+  const dataDir = mkdtempSync(join(tmpdir(), 'runner-fleet-demo-'));
+  const gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
+  log.info({ url: gitlab.url }, 'GitLab emulator listening');
+  const config = parseConfig(demoConfigYaml({ gitlabUrl: gitlab.url, listen: values.listen!, dataDir, bootDelay: values['boot-delay']! }));
+  const shard = await startShard({ config, log });
+  const feed = startDemoFeed(gitlab, {
+    runnerTokens: { 'saas-linux-small-amd64': 'demo-small-token', 'saas-linux-medium-amd64': 'demo-medium-token' },
+    ...(values.jobs ? { limit: Number(values.jobs) } : {}),
+    log,
+  });
+  log.info(
+    { metrics: `${shard.url}/metrics`, vms: `${shard.url}/v1/vms`, jobs: `${shard.url}/v1/jobs` },
+    `demo running: Prometheus metrics and the admin API are served here (admin API: Authorization: Bearer ${config.http.adminToken === 'demo-admin-token' ? 'demo-admin-token' : '<RUNNER_FLEET_ADMIN_TOKEN>'}); Ctrl-C drains and exits`,
+  );
+  const code = await untilSignal(shard, log, async () => {
+    feed.stop();
+  });
+  await gitlab.close();
+  rmSync(dataDir, { recursive: true, force: true });
+  return code;
+}

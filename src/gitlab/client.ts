@@ -1,0 +1,229 @@
+// GitLab Runner API client: job request, trace append, job update. Every call has a timeout;
+// network errors, 5xx and 429 are retried with jittered backoff (p-retry), a bounded number of
+// times. Tokens go in bodies and headers only, never into logs or error messages.
+import { arch, platform } from 'node:os';
+import pRetry, { AbortError } from 'p-retry';
+import type { Logger } from 'pino';
+
+export const RUNNER_VERSION = '0.1.0';
+
+export interface GitLabClientOptions {
+  url: string;
+  timeoutMs: number;
+  log: Logger;
+  systemId: string;
+  runnerName?: string;
+  version?: string;
+  /** Retries of one call on network errors, 5xx and 429. */
+  retries?: number;
+  /** Base of the backoff (tests use a short one). */
+  minRetryMs?: number;
+}
+
+export type RequestJobResult = { kind: 'job'; raw: unknown } | { kind: 'none' } | { kind: 'forbidden' };
+
+export interface PatchTraceResult {
+  ok: boolean;
+  /** Where the next chunk must start (GitLab's view after a 416). */
+  nextOffset: number;
+  jobStatus?: string;
+  updateIntervalMs?: number;
+  canceled: boolean;
+  /** GitLab's HTTP status: 202, 416 (resend from nextOffset), 409 (busy), 403/404 (job over). */
+  status: number;
+}
+
+export interface JobUpdate {
+  state: 'running' | 'success' | 'failed';
+  exitCode?: number;
+  failureReason?: string;
+  checksum?: string;
+  bytesize?: number;
+}
+
+export interface UpdateJobResult {
+  result: 'ok' | 'accepted' | 'abort' | 'notFound' | 'traceMismatch';
+  jobStatus?: string;
+  updateIntervalMs?: number;
+  canceled: boolean;
+}
+
+export class GitLabHttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'GitLabHttpError';
+  }
+}
+
+/**
+ * Features this runner supports, named as GitLab Runner's FeaturesInfo. GitLab uses them to
+ * shape the payload; `cancel_gracefully` makes a cancel go through `canceling`, so the job can
+ * still send its trace and final state.
+ */
+const FEATURES = {
+  variables: true,
+  image: false,
+  services: false,
+  artifacts: false,
+  cache: false,
+  shared: false,
+  upload_multiple_artifacts: false,
+  upload_raw_artifacts: false,
+  session: false,
+  terminal: false,
+  refspecs: true,
+  masking: true,
+  proxy: false,
+  raw_variables: true,
+  artifacts_exclude: false,
+  multi_build_steps: true,
+  trace_reset: true,
+  trace_checksum: true,
+  trace_size: true,
+  vault_secrets: false,
+  cancelable: true,
+  return_exit_code: true,
+  service_variables: false,
+  service_multiple_aliases: false,
+  image_executor_opts: false,
+  service_executor_opts: false,
+  cancel_gracefully: true,
+  native_steps_integration: false,
+  two_phase_job_commit: false,
+  fallback_cache_keys: false,
+};
+
+const isCanceled = (s: string | undefined) => s === 'canceling' || s === 'canceled';
+
+export class GitLabClient {
+  private readonly base: string;
+  private readonly lastUpdate = new Map<string, string>();
+
+  constructor(private readonly o: GitLabClientOptions) {
+    this.base = o.url.replace(/\/+$/, '');
+  }
+
+  private info() {
+    return {
+      name: this.o.runnerName ?? 'runner-fleet',
+      version: this.o.version ?? RUNNER_VERSION,
+      revision: 'runner-fleet',
+      platform: platform(),
+      architecture: arch() === 'x64' ? 'amd64' : arch(),
+      executor: 'custom',
+      shell: 'bash',
+      features: FEATURES,
+    };
+  }
+
+  /** One HTTP call with timeout and bounded retries of transient failures. */
+  private async call(what: string, path: string, init: { method: string; headers?: Record<string, string>; body?: string | Buffer; signal?: AbortSignal | undefined }): Promise<Response> {
+    return pRetry(
+      async () => {
+        const signals = [AbortSignal.timeout(this.o.timeoutMs), ...(init.signal ? [init.signal] : [])];
+        let res: Response;
+        try {
+          const headers = { 'user-agent': `runner-fleet ${this.o.version ?? RUNNER_VERSION} (${platform()}/${this.info().architecture})`, ...init.headers };
+          res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, signal: AbortSignal.any(signals) });
+        } catch (err) {
+          if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
+          const e = err as Error & { cause?: { code?: string; message?: string } };
+          // undici says only "fetch failed"; the cause names the real problem (ECONNREFUSED ...).
+          const why = e.name === 'TimeoutError' ? `no answer within ${this.o.timeoutMs} ms` : `${e.message}${e.cause ? ` (${e.cause.code ?? e.cause.message})` : ''}`;
+          throw new Error(`${what}: ${why}`);
+        }
+        if (res.status >= 500 || res.status === 429) {
+          await res.body?.cancel();
+          throw new GitLabHttpError(res.status, `${what}: HTTP ${res.status}`);
+        }
+        return res;
+      },
+      {
+        retries: this.o.retries ?? 4,
+        minTimeout: this.o.minRetryMs ?? 500,
+        maxTimeout: 10_000,
+        randomize: true,
+        ...(init.signal ? { signal: init.signal } : {}),
+        onFailedAttempt: ({ error, attemptNumber, retriesLeft }) => {
+          if (retriesLeft > 0) this.o.log.debug({ err: error.message, attempt: attemptNumber }, 'GitLab call failed; retrying');
+        },
+      },
+    );
+  }
+
+  async requestJob(runnerToken: string, signal?: AbortSignal): Promise<RequestJobResult> {
+    const key = runnerToken; // kept in memory only
+    const body = JSON.stringify({ token: runnerToken, system_id: this.o.systemId, info: this.info(), last_update: this.lastUpdate.get(key) ?? '' });
+    const res = await this.call('job request', '/api/v4/jobs/request', { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal });
+    const lu = res.headers.get('x-gitlab-last-update');
+    if (lu) this.lastUpdate.set(key, lu);
+    if (res.status === 201) {
+      const text = await res.text();
+      try {
+        return { kind: 'job', raw: JSON.parse(text) };
+      } catch {
+        return { kind: 'job', raw: text }; // the payload validator names the problem
+      }
+    }
+    await res.body?.cancel();
+    if (res.status === 204 || res.status === 409) return { kind: 'none' };
+    if (res.status === 403 || res.status === 401) return { kind: 'forbidden' };
+    throw new GitLabHttpError(res.status, `job request: unexpected HTTP ${res.status}`);
+  }
+
+  async patchTrace(jobId: number, jobToken: string, chunk: Buffer, offset: number): Promise<PatchTraceResult> {
+    const end = offset + chunk.length - 1;
+    const res = await this.call(`trace of job ${jobId}`, `/api/v4/jobs/${jobId}/trace`, {
+      method: 'PATCH',
+      headers: { 'job-token': jobToken, 'content-type': 'text/plain', 'content-range': `${offset}-${end}` },
+      body: chunk,
+    });
+    await res.body?.cancel();
+    const jobStatus = res.headers.get('job-status') ?? undefined;
+    const interval = Number(res.headers.get('x-gitlab-trace-update-interval'));
+    const common = { status: res.status, ...(jobStatus ? { jobStatus } : {}), ...(interval > 0 ? { updateIntervalMs: interval * 1000 } : {}) };
+    // GitLab answers `Range: 0-<size it holds>` (not an inclusive end: an empty trace is `0-0`,
+    // see gitlab's jobs_trace_spec), so the next chunk starts at that number.
+    const held = /^\d+-(\d+)$/.exec(res.headers.get('range') ?? '');
+    if (res.status === 202 || res.status === 200) return { ok: true, nextOffset: held ? Number(held[1]) : end + 1, canceled: isCanceled(jobStatus), ...common };
+    if (res.status === 416) return { ok: false, nextOffset: held ? Number(held[1]) : 0, canceled: isCanceled(jobStatus), ...common };
+    // 403: the job is no longer running (canceled, finished, erased) or the token is stale.
+    if (res.status === 403 || res.status === 404) return { ok: false, nextOffset: offset, canceled: true, ...common };
+    // 409: another write to this trace is in progress on GitLab's side; send again later.
+    if (res.status === 409) return { ok: false, nextOffset: offset, canceled: false, ...common };
+    throw new GitLabHttpError(res.status, `trace of job ${jobId}: unexpected HTTP ${res.status}`);
+  }
+
+  async updateJob(jobId: number, jobToken: string, u: JobUpdate): Promise<UpdateJobResult> {
+    const body = JSON.stringify({
+      info: this.info(),
+      token: jobToken,
+      state: u.state,
+      ...(u.failureReason ? { failure_reason: u.failureReason } : {}),
+      ...(u.exitCode !== undefined ? { exit_code: u.exitCode } : {}),
+      ...(u.checksum ? { checksum: u.checksum, output: { checksum: u.checksum, bytesize: u.bytesize ?? 0 } } : {}),
+    });
+    const res = await this.call(`update of job ${jobId}`, `/api/v4/jobs/${jobId}`, { method: 'PUT', headers: { 'job-token': jobToken, 'content-type': 'application/json' }, body });
+    await res.body?.cancel();
+    const jobStatus = res.headers.get('job-status') ?? undefined;
+    const interval = Number(res.headers.get('x-gitlab-trace-update-interval'));
+    const common = { canceled: isCanceled(jobStatus), ...(jobStatus ? { jobStatus } : {}), ...(interval > 0 ? { updateIntervalMs: interval * 1000 } : {}) };
+    switch (res.status) {
+      case 200:
+        return { result: 'ok', ...common };
+      case 202:
+        return { result: 'accepted', ...common };
+      case 403:
+        return { result: 'abort', ...common };
+      case 404:
+        return { result: 'notFound', ...common };
+      case 412:
+        return { result: 'traceMismatch', ...common };
+      default:
+        throw new GitLabHttpError(res.status, `update of job ${jobId}: unexpected HTTP ${res.status}`);
+    }
+  }
+}

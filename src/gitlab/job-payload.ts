@@ -1,0 +1,114 @@
+// The job payload GitLab answers to POST /api/v4/jobs/request with (201), validated at the edge.
+// Lenient on fields we do not use, strict on those we do; errors name the field path.
+import { z } from 'zod';
+
+const variable = z.looseObject({
+  key: z.string().min(1),
+  value: z.string(),
+  public: z.boolean().optional(),
+  file: z.boolean().optional(),
+  masked: z.boolean().optional(),
+  raw: z.boolean().optional(),
+});
+
+const step = z.looseObject({
+  name: z.string(),
+  script: z.array(z.string()),
+  timeout: z.number().int().nonnegative().optional(),
+  when: z.enum(['on_success', 'on_failure', 'always']).optional(),
+  allow_failure: z.boolean().optional(),
+});
+
+const jobSchema = z.looseObject({
+  id: z.number().int().positive(),
+  token: z.string().min(1),
+  allow_git_fetch: z.boolean().optional(),
+  job_info: z
+    .looseObject({
+      id: z.number().int().optional(),
+      name: z.string().optional(),
+      stage: z.string().optional(),
+      project_id: z.number().int().optional(),
+      project_name: z.string().optional(),
+      time_in_queue_seconds: z.number().nonnegative().optional(),
+      project_jobs_running_on_instance_runners_count: z.union([z.string(), z.number()]).optional(),
+      queue_size: z.number().int().nonnegative().optional(),
+      queue_depth: z.number().int().nonnegative().optional(),
+    })
+    .optional(),
+  git_info: z
+    .looseObject({
+      repo_type: z.string().optional(),
+      repo_url: z.string().optional(),
+      ref: z.string().optional(),
+      sha: z.string().regex(/^[0-9a-f]{7,64}$/, 'expected a hex commit sha').optional(),
+      before_sha: z.string().optional(),
+      ref_type: z.string().optional(),
+      refspecs: z.array(z.string()).optional(),
+      depth: z.number().int().nonnegative().optional(),
+    })
+    .optional(),
+  runner_info: z.looseObject({ timeout: z.number().int().positive().optional(), runner_session_url: z.string().nullish() }).optional(),
+  variables: z.array(variable).default([]),
+  steps: z.array(step).min(1, 'expected at least one step'),
+  // Passed through for completeness; this runner reports image/services/artifacts/cache as
+  // unsupported, so only their rough shape is checked.
+  image: z.looseObject({ name: z.string().optional() }).nullish(),
+  services: z.array(z.looseObject({ name: z.string().optional() })).nullish(),
+  artifacts: z.array(z.looseObject({})).nullish(),
+  cache: z.array(z.looseObject({})).nullish(),
+  credentials: z.array(z.looseObject({ type: z.string().optional(), url: z.string().optional() })).nullish(),
+  dependencies: z.array(z.looseObject({ id: z.number().optional(), name: z.string().optional() })).nullish(),
+  features: z.looseObject({}).nullish(),
+});
+
+export type JobPayload = z.output<typeof jobSchema>;
+export type JobVariable = z.output<typeof variable>;
+
+export type ParsedJob = { ok: true; job: JobPayload } | { ok: false; error: string; jobId?: number; token?: string };
+
+function fieldPath(path: readonly PropertyKey[]): string {
+  let out = '';
+  for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
+  return out || '(payload)';
+}
+
+export function parseJobPayload(raw: unknown): ParsedJob {
+  const res = jobSchema.safeParse(raw);
+  if (res.success) return { ok: true, job: res.data };
+  const errors = res.error.issues.slice(0, 5).map((i) => `${fieldPath(i.path)}: ${i.message}`);
+  const out: ParsedJob = { ok: false, error: errors.join('; ') };
+  // Salvage what is needed to fail the job back to GitLab.
+  if (raw && typeof raw === 'object') {
+    const r = raw as Record<string, unknown>;
+    if (typeof r['id'] === 'number' && Number.isInteger(r['id'])) out.jobId = r['id'];
+    if (typeof r['token'] === 'string' && r['token']) out.token = r['token'];
+  }
+  return out;
+}
+
+/** The job's timeout: the smaller of GitLab's (runner_info.timeout) and the class cap. */
+export function jobTimeoutSeconds(job: JobPayload, capSeconds: number): number {
+  const own = job.runner_info?.timeout;
+  return Math.max(1, Math.floor(own ? Math.min(own, capSeconds) : capSeconds));
+}
+
+/** A variable's value; the last definition wins, as in GitLab Runner (user variables come last). */
+export function variableValue(job: JobPayload, key: string): string | undefined {
+  return job.variables.findLast((v) => v.key === key)?.value;
+}
+
+function intVar(job: JobPayload, key: string): number | null {
+  const v = variableValue(job, key);
+  return v !== undefined && /^\d+$/.test(v) ? Number(v) : null;
+}
+
+/** The project's namespace and root namespace ids (for quotas and billing), null when absent. */
+export function namespaceIds(job: JobPayload): { namespaceId: number | null; rootNamespaceId: number | null } {
+  const namespaceId = intVar(job, 'CI_PROJECT_NAMESPACE_ID');
+  return { namespaceId, rootNamespaceId: intVar(job, 'CI_PROJECT_ROOT_NAMESPACE_ID') };
+}
+
+export function pipelineId(job: JobPayload): number | null {
+  return intVar(job, 'CI_PIPELINE_ID');
+}

@@ -1,0 +1,82 @@
+// prom-client registry for one shard. Names follow Prometheus conventions: `runner_fleet_`
+// prefix, base units, `_total` counters, bounded labels (never job or VM ids).
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** Start-latency buckets: dense under a minute, with the SLO threshold (120 s) as an edge. */
+export const START_LATENCY_BUCKETS = [0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800];
+export const BOOT_BUCKETS = [0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200];
+
+export interface Metrics {
+  registry: Registry;
+  jobStartLatency: Histogram<'class'>;
+  pickupToFirstLine: Histogram<'class'>;
+  jobsTotal: Counter<'class' | 'result'>;
+  jobDuration: Histogram<'class'>;
+  vms: Gauge<'class' | 'state'>;
+  vmBoot: Histogram<'class'>;
+  vmFailures: Counter<'class' | 'reason'>;
+  jobRequests: Counter<'class' | 'outcome'>;
+  billingEvents: Counter<'class'>;
+  orphansDeleted: Counter<'provider'>;
+  cloudRequests: Counter<'provider' | 'operation' | 'outcome'>;
+  cloudRequestSeconds: Histogram<'provider' | 'operation'>;
+}
+
+export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
+  const registry = new Registry();
+  registry.setDefaultLabels({ shard: opts.shard });
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'runner_fleet_' });
+  const registers = [registry];
+  return {
+    registry,
+    jobStartLatency: new Histogram({
+      name: 'runner_fleet_job_start_latency_seconds',
+      help: 'Time from a job entering GitLab\'s queue to its first script line on the VM (the SLO latency).',
+      labelNames: ['class'], buckets: START_LATENCY_BUCKETS, registers,
+    }),
+    pickupToFirstLine: new Histogram({
+      name: 'runner_fleet_job_pickup_to_first_line_seconds',
+      help: 'Time from the manager receiving a job to its first script line on the VM.',
+      labelNames: ['class'], buckets: START_LATENCY_BUCKETS, registers,
+    }),
+    jobsTotal: new Counter({
+      name: 'runner_fleet_jobs_total', help: 'Finished jobs by result (success, failed, canceled, system_failure).',
+      labelNames: ['class', 'result'], registers,
+    }),
+    jobDuration: new Histogram({
+      name: 'runner_fleet_job_duration_seconds', help: 'Job run time on the VM.',
+      labelNames: ['class'], buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 10800], registers,
+    }),
+    vms: new Gauge({
+      name: 'runner_fleet_vms', help: 'VMs by class and state.', labelNames: ['class', 'state'], registers,
+    }),
+    vmBoot: new Histogram({
+      name: 'runner_fleet_vm_boot_seconds', help: 'Time from VM creation request to reachable over SSH.',
+      labelNames: ['class'], buckets: BOOT_BUCKETS, registers,
+    }),
+    vmFailures: new Counter({
+      name: 'runner_fleet_vm_failures_total', help: 'VMs that failed (boot timeout, create error, lost).',
+      labelNames: ['class', 'reason'], registers,
+    }),
+    jobRequests: new Counter({
+      name: 'runner_fleet_job_requests_total', help: 'POST /jobs/request calls by outcome (job, none, forbidden, error).',
+      labelNames: ['class', 'outcome'], registers,
+    }),
+    billingEvents: new Counter({
+      name: 'runner_fleet_billing_events_written_total', help: 'Compute-minute events written to the outbox.',
+      labelNames: ['class'], registers,
+    }),
+    orphansDeleted: new Counter({
+      name: 'runner_fleet_orphan_vms_deleted_total', help: 'Cloud VMs of this shard that the database did not know, deleted by the reconciler.',
+      labelNames: ['provider'], registers,
+    }),
+    cloudRequests: new Counter({
+      name: 'runner_fleet_cloud_requests_total', help: 'Cloud API calls by provider, operation and outcome.',
+      labelNames: ['provider', 'operation', 'outcome'], registers,
+    }),
+    cloudRequestSeconds: new Histogram({
+      name: 'runner_fleet_cloud_request_seconds', help: 'Cloud API call duration.',
+      labelNames: ['provider', 'operation'], buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers,
+    }),
+  };
+}

@@ -1,0 +1,228 @@
+// The manager's database access: VM rows and their state transitions (each recorded in
+// vm_events), job rows, and the closing transaction that writes the billing event.
+import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Database, JobRow, VmRow, VmUpdate } from '../db/schema.js';
+import { decryptSecret, encryptSecret } from '../isolation/keys.js';
+import { writeBillingEvent, type BillingEvent } from './billing.js';
+import { canTransition, type VmState } from './vm-states.js';
+
+type Db = Kysely<Database> | Transaction<Database>;
+
+export class InvalidTransitionError extends Error {}
+
+export interface NewVmInput {
+  id: string;
+  class: string;
+  provider: string;
+  name: string;
+  publicKey: string;
+  privateKey: string;
+}
+
+export interface JobOutcome {
+  result: 'success' | 'failed' | 'canceled';
+  exitCode: number | null;
+  failureReason: string | null;
+  finishedAt: Date;
+  traceBytes: number;
+  traceChecksum: string | null;
+}
+
+export class Store {
+  constructor(
+    readonly db: Kysely<Database>,
+    readonly shard: string,
+    private readonly secretKey: Buffer,
+  ) {}
+
+  encrypt(plain: string): string {
+    return encryptSecret(plain, this.secretKey);
+  }
+
+  /** Decrypts a secret column; null when it was written under another key. */
+  tryDecrypt(enc: string): string | null {
+    try {
+      return decryptSecret(enc, this.secretKey);
+    } catch {
+      return null;
+    }
+  }
+
+  async insertVm(v: NewVmInput): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await trx
+        .insertInto('vms')
+        .values({
+          id: v.id,
+          shard: this.shard,
+          class: v.class,
+          provider: v.provider,
+          name: v.name,
+          state: 'requested',
+          public_key: v.publicKey,
+          private_key_enc: this.encrypt(v.privateKey),
+          created_at: new Date(),
+          updated_at: new Date(),
+        })
+        .execute();
+      await trx.insertInto('vm_events').values({ vm_id: v.id, from_state: null, to_state: 'requested', at: new Date(), detail: null }).execute();
+    });
+  }
+
+  /**
+   * Move a VM from one of `from` to `to`, only if it is still in one of `from`.
+   * Returns false when another actor moved it first (the caller then does nothing).
+   */
+  async transition(vmId: string, from: VmState | VmState[], to: VmState, patch: VmUpdate = {}, detail: string | null = null, db: Db = this.db): Promise<boolean> {
+    const froms = Array.isArray(from) ? from : [from];
+    for (const f of froms) if (!canTransition(f, to)) throw new InvalidTransitionError(`VM transition ${f} -> ${to} is not allowed`);
+    const run = async (trx: Transaction<Database>) => {
+      const cur = await trx.selectFrom('vms').select('state').where('id', '=', vmId).forUpdate().executeTakeFirst();
+      if (!cur || !froms.includes(cur.state as VmState)) return false;
+      await trx.updateTable('vms').set({ ...patch, state: to, updated_at: new Date() }).where('id', '=', vmId).execute();
+      await trx.insertInto('vm_events').values({ vm_id: vmId, from_state: cur.state, to_state: to, at: new Date(), detail }).execute();
+      return true;
+    };
+    if ('isTransaction' in db && db.isTransaction) return run(db as Transaction<Database>);
+    return (db as Kysely<Database>).transaction().execute(run);
+  }
+
+  async vm(id: string): Promise<VmRow | undefined> {
+    return this.db.selectFrom('vms').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  /** Every VM of this shard that is not yet deleted. */
+  async liveVms(): Promise<VmRow[]> {
+    return this.db.selectFrom('vms').selectAll().where('shard', '=', this.shard).where('state', '<>', 'deleted').orderBy('created_at').execute();
+  }
+
+  /** Bind a job to a warm VM: the job row and the VM's `assigned` state commit together. */
+  async bindJob(input: {
+    vmId: string;
+    jobId: number;
+    className: string;
+    token: string;
+    projectId: number | null;
+    pipelineId: number | null;
+    namespaceId: number | null;
+    rootNamespaceId: number | null;
+    queuedSeconds: number | null;
+    timeoutSeconds: number;
+    pickedAt: Date;
+  }): Promise<boolean> {
+    return this.db.transaction().execute(async (trx) => {
+      const inserted = await trx
+        .insertInto('jobs')
+        .values({
+          shard: this.shard,
+          id: input.jobId,
+          class: input.className,
+          vm_id: input.vmId,
+          state: 'running',
+          token_enc: this.encrypt(input.token),
+          project_id: input.projectId,
+          pipeline_id: input.pipelineId,
+          namespace_id: input.namespaceId,
+          root_namespace_id: input.rootNamespaceId,
+          queued_seconds: input.queuedSeconds,
+          timeout_seconds: input.timeoutSeconds,
+          picked_at: input.pickedAt,
+        })
+        .onConflict((oc) => oc.columns(['shard', 'id']).doNothing())
+        .returning('id')
+        .executeTakeFirst();
+      if (!inserted) return false; // GitLab handed us a job we already hold
+      const ok = await this.transition(input.vmId, 'ready', 'assigned', { job_id: input.jobId }, `job ${input.jobId}`, trx);
+      if (!ok) throw new InvalidTransitionError(`VM ${input.vmId} is no longer ready`);
+      return true;
+    });
+  }
+
+  /** A job that never reaches a VM (malformed payload) still gets a row and its event. */
+  async recordRejectedJob(input: { jobId: number; className: string; token: string; pickedAt: Date; failureReason: string; event: BillingEvent }): Promise<void> {
+    await this.db.transaction().execute(async (trx) => {
+      await trx
+        .insertInto('jobs')
+        .values({
+          shard: this.shard,
+          id: input.jobId,
+          class: input.className,
+          vm_id: null,
+          state: 'finished',
+          token_enc: this.encrypt(input.token),
+          timeout_seconds: 0,
+          picked_at: input.pickedAt,
+          finished_at: input.pickedAt,
+          result: 'failed',
+          failure_reason: input.failureReason,
+        })
+        .onConflict((oc) => oc.columns(['shard', 'id']).doNothing())
+        .execute();
+      await writeBillingEvent(trx, input.event);
+    });
+  }
+
+  async markJobStarted(jobId: number, at: Date): Promise<void> {
+    await this.db.updateTable('jobs').set({ started_at: at }).where('shard', '=', this.shard).where('id', '=', String(jobId)).where('started_at', 'is', null).execute();
+  }
+
+  /**
+   * The closing transaction: the job's outcome, its billing event and the VM's delete intent
+   * commit together, before GitLab hears of the end and before the cloud delete.
+   * Returns false when the job was already closed (a replay after a crash).
+   */
+  async closeJob(jobId: number, outcome: JobOutcome, event: BillingEvent): Promise<boolean> {
+    return this.db.transaction().execute(async (trx) => {
+      const job = await trx
+        .updateTable('jobs')
+        .set({
+          state: 'finished',
+          result: outcome.result,
+          exit_code: outcome.exitCode,
+          failure_reason: outcome.failureReason,
+          finished_at: outcome.finishedAt,
+          trace_bytes: outcome.traceBytes,
+          trace_checksum: outcome.traceChecksum,
+        })
+        .where('shard', '=', this.shard)
+        .where('id', '=', String(jobId))
+        .where('state', '=', 'running')
+        .returning(['vm_id'])
+        .executeTakeFirst();
+      if (!job) return false;
+      await writeBillingEvent(trx, event);
+      if (job.vm_id) await this.transition(job.vm_id, ['assigned', 'running'], 'deleting', {}, `job ${jobId} ${outcome.result}`, trx);
+      return true;
+    });
+  }
+
+  async markReported(jobId: number): Promise<void> {
+    await this.db.updateTable('jobs').set({ reported_at: new Date() }).where('shard', '=', this.shard).where('id', '=', String(jobId)).execute();
+  }
+
+  async job(jobId: number): Promise<JobRow | undefined> {
+    return this.db.selectFrom('jobs').selectAll().where('shard', '=', this.shard).where('id', '=', String(jobId)).executeTakeFirst();
+  }
+
+  /** Jobs still running, or finished but not yet acknowledged by GitLab. */
+  async openJobs(): Promise<JobRow[]> {
+    return this.db
+      .selectFrom('jobs')
+      .selectAll()
+      .where('shard', '=', this.shard)
+      .where((eb) => eb.or([eb('state', '<>', 'finished'), eb('reported_at', 'is', null)]))
+      .orderBy('picked_at')
+      .execute();
+  }
+
+  /** The key used when the config sets no secrets.key; created on first use. */
+  static async databaseHeldKey(db: Kysely<Database>, shard: string, fresh: () => string): Promise<string> {
+    await db.insertInto('shard_secrets').values({ shard, key: fresh() }).onConflict((oc) => oc.column('shard').doNothing()).execute();
+    const row = await db.selectFrom('shard_secrets').select('key').where('shard', '=', shard).executeTakeFirstOrThrow();
+    return row.key;
+  }
+
+  async ping(): Promise<void> {
+    await sql`select 1`.execute(this.db);
+  }
+}

@@ -1,0 +1,3 @@
+// Registers the providers that ship with runner-fleet.
+import './local/index.js';
+import './gcp/index.js';

@@ -1,0 +1,575 @@
+// Compute Engine provider: the imperative shell around the pure parts (config, insert-body,
+// errors, zones, request-id). Every call goes through `call`: per-project token bucket, a
+// timeout, and bounded jittered retries (p-retry) for retryable and rate-limited errors only.
+import { InstancesClient, ZoneOperationsClient, type protos } from '@google-cloud/compute';
+import { PassThroughClient } from 'google-auth-library';
+import pRetry from 'p-retry';
+import type { ClientOptions } from 'google-gax';
+import type { Logger } from 'pino';
+import {
+  LABEL_SHARD,
+  LABEL_VM,
+  ProviderError,
+  type CloudVm,
+  type CloudVmState,
+  type ConnectInfo,
+  type CreateResult,
+  type CreatedVm,
+  type GuestOs,
+  type Provider,
+  type ProviderCapabilities,
+  type ProviderContext,
+  type VmRef,
+  type VmSpec,
+} from '../provider.js';
+import { parseGcpMachine, type GcpMachine, type GcpProviderConfig } from './config.js';
+import { classifyError, isAlreadyExists } from './errors.js';
+import { EMULATOR_SSH_PORT_KEY, bulkProperties, instanceBody } from './insert-body.js';
+import { projectBucket, type TokenBucket } from './rate-limit.js';
+import { requestId } from './request-id.js';
+import { retrieveWindowsPassword } from './windows.js';
+import { coolDown, nextUsableAt, usableZones } from './zones.js';
+
+type Instance = protos.google.cloud.compute.v1.IInstance;
+type Operation = protos.google.cloud.compute.v1.IOperation;
+type CallOpts = { timeout: number; retry: null };
+
+/** Options for InstancesClient/ZoneOperationsClient: ADC by default, or the configured endpoint/key. */
+export function clientOptions(cfg: Pick<GcpProviderConfig, 'project' | 'endpoint' | 'credentials'>): ClientOptions {
+  const opts: ClientOptions = { projectId: cfg.project, fallback: true };
+  if (cfg.credentials) opts.keyFilename = cfg.credentials;
+  if (cfg.endpoint) {
+    const url = new URL(cfg.endpoint);
+    const http = url.protocol === 'http:';
+    opts.apiEndpoint = url.hostname;
+    opts.protocol = http ? 'http' : 'https';
+    opts.port = url.port ? Number(url.port) : http ? 80 : 443;
+    // Plain http is only ever an emulator on loopback: no credentials, no metadata-server lookup.
+    // (gax's AnyAuthClient union omits PassThroughClient, which gax accepts at run time.)
+    if (http && isLoopback(url.hostname)) opts.authClient = new PassThroughClient() as unknown as ClientOptions['authClient'];
+  }
+  return opts;
+}
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || /^127\.\d+\.\d+\.\d+$/.test(host) || host === '[::1]' || host === '::1';
+}
+
+/** GCE status -> CloudVmState. A VM we are deleting that is stopping/stopped is `terminated`. */
+export function vmState(status: string | null | undefined, deleting: boolean): CloudVmState {
+  switch (status) {
+    case 'PROVISIONING':
+    case 'STAGING':
+    case 'REPAIRING':
+      return 'pending';
+    case 'RUNNING':
+      return 'running';
+    case 'STOPPING':
+    case 'SUSPENDING':
+      return deleting ? 'terminated' : 'stopping';
+    case 'TERMINATED':
+    case 'SUSPENDED':
+    case 'STOPPED':
+      return deleting ? 'terminated' : 'stopped';
+    default:
+      return 'pending';
+  }
+}
+
+/** GCE filter for instances carrying every label. */
+export function labelFilter(labels: Record<string, string>): string {
+  return Object.entries(labels)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, v]) => `(labels.${k} = "${v.replace(/"/g, '\\"')}")`)
+    .join(' ');
+}
+
+const zoneFromUrl = (u: string | null | undefined): string | undefined => (u ? u.split('/').pop() : undefined);
+
+interface Seen {
+  zone: string;
+  os: GuestOs;
+  username: string;
+  sshPort?: number;
+}
+
+export interface GcpClients {
+  instances: Pick<InstancesClient, 'insert' | 'bulkInsert' | 'delete' | 'get' | 'aggregatedListAsync' | 'setLabels' | 'setMetadata' | 'getSerialPortOutput' | 'stop' | 'start' | 'close'>;
+  operations: Pick<ZoneOperationsClient, 'wait' | 'close'>;
+}
+
+export interface GcpStats {
+  calls: Record<string, number>;
+  retries: number;
+  timeouts: number;
+  stockouts: number;
+  rateLimited: number;
+  bulkInserts: number;
+  bulkFallbacks: number;
+  listCacheHits: number;
+}
+
+const LIST_CACHE_MS = 1000;
+
+export class GcpProvider implements Provider {
+  readonly name = 'gcp';
+  readonly capabilities: ProviderCapabilities = { batchCreate: true, stopStart: true, gpu: true, windows: true, nestedVms: false };
+  readonly stats: GcpStats = { calls: {}, retries: 0, timeouts: 0, stockouts: 0, rateLimited: 0, bulkInserts: 0, bulkFallbacks: 0, listCacheHits: 0 };
+  private readonly clients: GcpClients;
+  private readonly bucket: TokenBucket;
+  private readonly log: Logger;
+  private cooldowns: ReadonlyMap<string, number> = new Map();
+  /** What we learnt about each VM name (zone, OS, SSH port) from creates and lists. */
+  private readonly seen = new Map<string, Seen>();
+  private readonly shardOf = new Map<string, string>();
+  private readonly deleting = new Set<string>();
+  private readonly machines = new Map<string, GcpMachine>();
+  private readonly listCache = new Map<string, { at: number; result: Promise<Instance[]> }>();
+
+  constructor(
+    readonly cfg: GcpProviderConfig,
+    private readonly ctx: ProviderContext,
+    deps: { clients?: GcpClients; now?: () => number } = {},
+  ) {
+    this.log = ctx.log;
+    this.now = deps.now ?? Date.now;
+    const opts = clientOptions(cfg);
+    this.clients = deps.clients ?? { instances: new InstancesClient(opts), operations: new ZoneOperationsClient(opts) };
+    this.bucket = projectBucket(`${cfg.endpoint ?? 'googleapis'}/${cfg.project}`, cfg.requestsPerSecond);
+  }
+
+  private readonly now: () => number;
+
+  /** Zones still cooling down after a stockout (zone -> until, ms). */
+  zoneCooldowns(): ReadonlyMap<string, number> {
+    return this.cooldowns;
+  }
+
+  // ---- the one path every cloud call takes ------------------------------------------------
+
+  private async call<T>(method: string, zone: string | undefined, fn: (opts: CallOpts) => Promise<T>): Promise<T>;
+  /** `longPoll`: the call may legitimately block (operations.wait): its timeout answers undefined, not an error. */
+  private async call<T>(method: string, zone: string | undefined, fn: (opts: CallOpts) => Promise<T>, longPoll: true): Promise<T | undefined>;
+  private async call<T>(method: string, zone: string | undefined, fn: (opts: CallOpts) => Promise<T>, longPoll = false): Promise<T | undefined> {
+    const timeout = this.cfg.callTimeoutMs;
+    return pRetry(
+      async () => {
+        await this.bucket.take();
+        this.stats.calls[method] = (this.stats.calls[method] ?? 0) + 1;
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          // gax's own timeout does not bound every REST path: race a timer as well.
+          return await Promise.race([
+            fn({ timeout, retry: null }),
+            new Promise<undefined>((resolve, reject) => {
+              timer = setTimeout(() => {
+                if (longPoll) return resolve(undefined);
+                this.stats.timeouts++;
+                const e = new Error(`${method} timed out after ${timeout} ms`);
+                e.name = 'TimeoutError';
+                reject(e);
+              }, timeout);
+            }),
+          ]);
+        } catch (err) {
+          throw classifyError(err, { operation: method, ...(zone ? { zone } : {}) });
+        } finally {
+          clearTimeout(timer);
+        }
+      },
+      {
+        retries: this.cfg.retries,
+        minTimeout: this.cfg.retryBaseMs,
+        maxTimeout: Math.max(this.cfg.retryBaseMs, 30_000),
+        factor: 2,
+        randomize: true,
+        shouldRetry: ({ error }) => error instanceof ProviderError && (error.kind === 'retryable' || error.kind === 'rateLimited'),
+        onFailedAttempt: async ({ error, retriesLeft }) => {
+          const kind = error instanceof ProviderError ? error.kind : 'fatal';
+          if (kind !== 'retryable' && kind !== 'rateLimited') return;
+          if (kind === 'rateLimited') this.stats.rateLimited++;
+          if (retriesLeft <= 0) return;
+          this.stats.retries++;
+          this.log.debug({ method, zone, kind, retriesLeft, err: error.message }, 'gcp call failed; retrying');
+          // Throttled: back off harder than for a transient failure.
+          if (kind === 'rateLimited') await new Promise((r) => setTimeout(r, this.cfg.retryBaseMs * (1 + Math.random()) * 2));
+        },
+      },
+    );
+  }
+
+  /** Waits for a zone operation to be DONE; throws its classified error. */
+  private async waitOp(zone: string, op: Operation | null | undefined, what: string): Promise<Operation> {
+    const end = this.now() + this.cfg.operationTimeoutMs;
+    let cur = op ?? {};
+    while (cur.status !== 'DONE') {
+      if (!cur.name) throw new ProviderError('retryable', `gcp ${what} in ${zone}: no operation to wait for`, { provider: 'gcp', zone });
+      if (this.now() > end) throw new ProviderError('retryable', `gcp ${what} in ${zone}: operation ${cur.name} not done after ${this.cfg.operationTimeoutMs} ms`, { provider: 'gcp', zone });
+      const name = cur.name;
+      // A long poll: GCE answers when the operation is done or after ~2 min; our timeout just polls again.
+      const res = await this.call('operations.wait', zone, (o) => this.clients.operations.wait({ project: this.cfg.project, zone, operation: name }, o), true);
+      cur = res?.[0] ?? cur;
+    }
+    if (cur.error?.errors?.length) throw classifyError(cur, { operation: what, zone });
+    return cur;
+  }
+
+  private machine(spec: Pick<VmSpec, 'className' | 'machine'>): GcpMachine {
+    const key = `${spec.className}\0${JSON.stringify(spec.machine)}`;
+    let m = this.machines.get(key);
+    if (!m) {
+      try {
+        m = parseGcpMachine(spec.className, spec.machine);
+      } catch (err) {
+        throw new ProviderError('fatal', (err as Error).message, { provider: 'gcp', operation: 'create' });
+      }
+      this.machines.set(key, m);
+    }
+    return m;
+  }
+
+  private remember(spec: VmSpec, machine: GcpMachine, zone: string): void {
+    this.seen.set(spec.name, { zone, os: machine.os, username: machine.username });
+    this.shardOf.set(spec.name, spec.labels[LABEL_SHARD] ?? spec.shard);
+    this.deleting.delete(spec.name);
+    this.listCache.clear();
+  }
+
+  // ---- create -----------------------------------------------------------------------------
+
+  async create(spec: VmSpec): Promise<CreatedVm> {
+    const machine = this.machine(spec);
+    // Created before (in this process): never a second VM of that name in another zone.
+    const known = this.seen.get(spec.name);
+    if (known) {
+      const existing = await this.getInstance(known.zone, spec.name);
+      if (existing) return { vmId: spec.vmId, cloudId: String(existing.id ?? spec.name), zone: known.zone };
+    }
+    const zones = usableZones(machine.zones, this.cooldowns, this.now());
+    if (zones.length === 0) {
+      throw new ProviderError('stockout', `gcp create ${spec.name}: every zone of ${spec.className} (${machine.zones.join(', ')}) is cooling down after a stockout until ${new Date(nextUsableAt(machine.zones, this.cooldowns)).toISOString()}`, {
+        provider: 'gcp',
+        operation: 'create',
+      });
+    }
+    let last: ProviderError | undefined;
+    for (const zone of zones) {
+      try {
+        return await this.insertIn(spec, machine, zone);
+      } catch (err) {
+        const pe = classifyError(err, { operation: 'insert', zone });
+        if (pe.kind !== 'stockout') throw pe;
+        this.markStockout(zone, pe);
+        last = pe;
+      }
+    }
+    throw last!;
+  }
+
+  private markStockout(zone: string, err: ProviderError): void {
+    this.stats.stockouts++;
+    this.cooldowns = coolDown(this.cooldowns, zone, this.now(), this.cfg.zoneCooldownMs);
+    this.log.warn({ zone, coolDownMs: this.cfg.zoneCooldownMs, err: err.message }, 'gcp zone stocked out; avoiding it');
+  }
+
+  private async insertIn(spec: VmSpec, machine: GcpMachine, zone: string): Promise<CreatedVm> {
+    const body = instanceBody(spec, machine, this.cfg, zone);
+    const rid = requestId(this.cfg.project, zone, spec.name, 'insert');
+    try {
+      const [lro] = await this.call('instances.insert', zone, (o) => this.clients.instances.insert({ project: this.cfg.project, zone, instanceResource: body, requestId: rid }, o));
+      const done = await this.waitOp(zone, lro.latestResponse as Operation, `insert ${spec.name}`);
+      this.remember(spec, machine, zone);
+      const id = done.targetId ?? (await this.getInstance(zone, spec.name))?.id;
+      return { vmId: spec.vmId, cloudId: String(id ?? spec.name), zone };
+    } catch (err) {
+      if (!isAlreadyExists(err)) throw err;
+      // Our deterministic name: the VM is ours if it carries our VM label.
+      const existing = await this.getInstance(zone, spec.name);
+      if (!existing) throw err;
+      const owner = existing.labels?.[LABEL_VM];
+      if (owner !== undefined && owner !== spec.vmId) {
+        throw new ProviderError('fatal', `gcp insert ${spec.name} in ${zone}: the name is taken by VM ${owner}`, { provider: 'gcp', zone, operation: 'insert' });
+      }
+      this.remember(spec, machine, zone);
+      return { vmId: spec.vmId, cloudId: String(existing.id ?? spec.name), zone };
+    }
+  }
+
+  private async getInstance(zone: string, name: string): Promise<Instance | undefined> {
+    try {
+      const [inst] = await this.call('instances.get', zone, (o) => this.clients.instances.get({ project: this.cfg.project, zone, instance: name }, o));
+      return inst;
+    } catch (err) {
+      if (err instanceof ProviderError && err.kind === 'notFound') return undefined;
+      throw err;
+    }
+  }
+
+  async createMany(specs: VmSpec[]): Promise<CreateResult[]> {
+    const results = new Map<string, CreateResult>();
+    const groups = new Map<string, VmSpec[]>();
+    for (const s of specs) {
+      const key = `${s.className}\0${JSON.stringify(s.machine)}\0${s.labels[LABEL_SHARD] ?? s.shard}`;
+      groups.set(key, [...(groups.get(key) ?? []), s]);
+    }
+    await Promise.all(
+      [...groups.values()].map(async (group) => {
+        let rest = group;
+        if (group.length >= 2 && group.every((s) => !this.seen.has(s.name))) {
+          try {
+            for (const r of await this.bulkCreate(group)) results.set(r.ok ? r.vm.vmId : r.vmId, r);
+            rest = group.filter((s) => !results.has(s.vmId));
+          } catch (err) {
+            this.stats.bulkFallbacks++;
+            this.log.warn({ err: (err as Error).message, count: group.length }, 'gcp bulkInsert failed; creating one by one');
+          }
+        }
+        await Promise.all(
+          rest.map(async (s) => {
+            try {
+              results.set(s.vmId, { ok: true, vm: await this.create(s) });
+            } catch (err) {
+              results.set(s.vmId, { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'create' }) });
+            }
+          }),
+        );
+      }),
+    );
+    return specs.map((s) => results.get(s.vmId)!);
+  }
+
+  /** One bulkInsert per zone for VMs of one class; then each VM gets its own VM label. */
+  private async bulkCreate(group: VmSpec[]): Promise<CreateResult[]> {
+    const machine = this.machine(group[0]!);
+    const zones = usableZones(machine.zones, this.cooldowns, this.now());
+    let zone: string | undefined;
+    for (const z of zones) {
+      const props = bulkProperties(group, machine, this.cfg, z);
+      const perInstanceProperties = Object.fromEntries(group.map((s) => [s.name, { name: s.name }]));
+      const rid = requestId(this.cfg.project, z, ...group.map((s) => s.name).sort(), 'bulkInsert');
+      try {
+        const [lro] = await this.call('instances.bulkInsert', z, (o) =>
+          this.clients.instances.bulkInsert(
+            { project: this.cfg.project, zone: z, requestId: rid, bulkInsertInstanceResourceResource: { count: group.length, minCount: group.length, instanceProperties: props, perInstanceProperties } },
+            o,
+          ),
+        );
+        await this.waitOp(z, lro.latestResponse as Operation, `bulkInsert of ${group.length}`);
+        zone = z;
+        break;
+      } catch (err) {
+        const pe = classifyError(err, { operation: 'bulkInsert', zone: z });
+        if (pe.kind !== 'stockout') throw pe;
+        this.markStockout(z, pe);
+      }
+    }
+    if (!zone) throw new ProviderError('stockout', `gcp bulkInsert: no usable zone for ${group[0]!.className}`, { provider: 'gcp', operation: 'bulkInsert' });
+    this.stats.bulkInserts++;
+    for (const s of group) this.remember(s, machine, zone);
+    const inZone = zone;
+    return Promise.all(
+      group.map(async (s): Promise<CreateResult> => {
+        try {
+          const inst = await this.getInstance(inZone, s.name);
+          if (!inst) throw new ProviderError('retryable', `gcp bulkInsert: ${s.name} missing after the operation`, { provider: 'gcp', zone: inZone });
+          const labels = { ...(inst.labels ?? {}), ...s.labels };
+          const [lro] = await this.call('instances.setLabels', inZone, (o) =>
+            this.clients.instances.setLabels(
+              { project: this.cfg.project, zone: inZone, instance: s.name, requestId: requestId(this.cfg.project, inZone, s.name, 'setLabels'), instancesSetLabelsRequestResource: { labels, labelFingerprint: inst.labelFingerprint ?? null } },
+              o,
+            ),
+          );
+          await this.waitOp(inZone, lro.latestResponse as Operation, `setLabels ${s.name}`);
+          return { ok: true, vm: { vmId: s.vmId, cloudId: String(inst.id ?? s.name), zone: inZone } };
+        } catch (err) {
+          return { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'setLabels', zone: inZone }) };
+        }
+      }),
+    );
+  }
+
+  // ---- describe / list ----------------------------------------------------------------------
+
+  /** One aggregatedList per filter, shared for ~1 s by describe and list in the same tick. */
+  private listInstances(filterLabels: Record<string, string>): Promise<Instance[]> {
+    const filter = labelFilter(filterLabels);
+    const hit = this.listCache.get(filter);
+    if (hit && this.now() - hit.at < LIST_CACHE_MS) {
+      this.stats.listCacheHits++;
+      return hit.result;
+    }
+    const result = this.call('instances.aggregatedList', undefined, async (o) => {
+      const out: Instance[] = [];
+      const req = { project: this.cfg.project, maxResults: 500, returnPartialSuccess: true, ...(filter ? { filter } : {}) };
+      for await (const [, scoped] of this.clients.instances.aggregatedListAsync(req, { ...o, autoPaginate: false })) for (const i of scoped.instances ?? []) out.push(i);
+      // Whatever the server did with the filter, only exact label matches count.
+      return out.filter((i) => Object.entries(filterLabels).every(([k, v]) => i.labels?.[k] === v));
+    });
+    this.listCache.set(filter, { at: this.now(), result });
+    result.catch(() => this.listCache.delete(filter));
+    return result;
+  }
+
+  private toCloudVm(i: Instance): CloudVm {
+    const name = i.name ?? '';
+    const zone = zoneFromUrl(i.zone);
+    const labels = { ...(i.labels ?? {}) } as Record<string, string>;
+    const items = i.metadata?.items ?? [];
+    const item = (k: string) => items.find((x) => x.key === k)?.value ?? undefined;
+    const port = Number(item(EMULATOR_SSH_PORT_KEY));
+    const prior = this.seen.get(name);
+    const windows = item('enable-windows-ssh') !== undefined || item('windows-keys') !== undefined || (i.disks ?? []).some((d) => (d.guestOsFeatures ?? []).some((f) => f.type === 'WINDOWS'));
+    const sshUser = item('ssh-keys')?.split(':')[0];
+    if (zone) {
+      this.seen.set(name, {
+        zone,
+        os: prior?.os ?? (windows ? 'windows' : 'linux'),
+        username: prior?.username ?? sshUser ?? 'runner',
+        ...(Number.isInteger(port) && port > 0 ? { sshPort: port } : {}),
+      });
+    }
+    const ip = i.networkInterfaces?.[0]?.networkIP ?? undefined;
+    const state = vmState(i.status, this.deleting.has(name));
+    return {
+      ...(labels[LABEL_VM] ? { vmId: labels[LABEL_VM] } : {}),
+      name,
+      cloudId: String(i.id ?? name),
+      ...(zone ? { zone } : {}),
+      state,
+      ...(ip && state !== 'terminated' ? { internalIp: ip } : {}),
+      labels,
+    };
+  }
+
+  async describe(refs: VmRef[]): Promise<CloudVm[]> {
+    if (refs.length === 0) return [];
+    // One call per shard (normally exactly one): never one get per VM.
+    const shards = new Set(refs.map((r) => this.shardOf.get(r.name) ?? this.ctx.shard));
+    const lists = await Promise.all([...shards].map((s) => this.listInstances({ [LABEL_SHARD]: s })));
+    const wanted = new Map(refs.map((r) => [r.name, r]));
+    const out: CloudVm[] = [];
+    for (const i of lists.flat()) {
+      const ref = i.name ? wanted.get(i.name) : undefined;
+      if (!ref) continue;
+      if (ref.zone && zoneFromUrl(i.zone) !== ref.zone) continue;
+      out.push(this.toCloudVm(i));
+    }
+    return out;
+  }
+
+  async list(labels: Record<string, string>): Promise<CloudVm[]> {
+    return (await this.listInstances(labels)).map((i) => this.toCloudVm(i));
+  }
+
+  // ---- delete / stop / start --------------------------------------------------------------------
+
+  /** The zone of each ref: from the ref, what we saw, or one list of the shard. */
+  private async zonesOf(refs: VmRef[]): Promise<Map<string, string>> {
+    const zones = new Map<string, string>();
+    const unknown: VmRef[] = [];
+    for (const r of refs) {
+      const z = r.zone ?? this.seen.get(r.name)?.zone;
+      if (z) zones.set(r.name, z);
+      else unknown.push(r);
+    }
+    if (unknown.length) for (const vm of await this.describe(unknown)) if (vm.zone) zones.set(vm.name, vm.zone);
+    return zones;
+  }
+
+  async delete(refs: VmRef[]): Promise<void> {
+    if (refs.length === 0) return;
+    const zones = await this.zonesOf(refs);
+    const errors: ProviderError[] = [];
+    await Promise.all(
+      refs.map(async (r) => {
+        const zone = zones.get(r.name);
+        if (!zone) return; // not in the cloud: already gone
+        this.deleting.add(r.name);
+        try {
+          const [lro] = await this.call('instances.delete', zone, (o) =>
+            this.clients.instances.delete({ project: this.cfg.project, zone, instance: r.name, requestId: requestId(this.cfg.project, zone, r.name, 'delete') }, o),
+          );
+          await this.waitOp(zone, lro.latestResponse as Operation, `delete ${r.name}`);
+        } catch (err) {
+          const pe = classifyError(err, { operation: 'delete', zone });
+          if (pe.kind !== 'notFound') errors.push(pe);
+        }
+      }),
+    );
+    this.listCache.clear();
+    if (errors.length) throw errors.length === 1 ? errors[0]! : new ProviderError(errors[0]!.kind, `${errors.length} deletes failed; first: ${errors[0]!.message}`, { provider: 'gcp', operation: 'delete', cause: errors });
+  }
+
+  /** Stop (standby tiers); the disk stays. */
+  async stop(refs: VmRef[]): Promise<void> {
+    await this.lifecycle(refs, 'stop');
+  }
+
+  async start(refs: VmRef[]): Promise<void> {
+    await this.lifecycle(refs, 'start');
+  }
+
+  private async lifecycle(refs: VmRef[], what: 'stop' | 'start'): Promise<void> {
+    const zones = await this.zonesOf(refs);
+    await Promise.all(
+      refs.map(async (r) => {
+        const zone = zones.get(r.name);
+        if (!zone) throw new ProviderError('notFound', `gcp ${what} ${r.name}: no such VM`, { provider: 'gcp', operation: what });
+        const req = { project: this.cfg.project, zone, instance: r.name, requestId: requestId(this.cfg.project, zone, r.name, what, String(this.now())) };
+        const [lro] = await this.call(`instances.${what}`, zone, (o) => (what === 'stop' ? this.clients.instances.stop(req, o) : this.clients.instances.start(req, o)));
+        await this.waitOp(zone, lro.latestResponse as Operation, `${what} ${r.name}`);
+      }),
+    );
+    this.listCache.clear();
+  }
+
+  // ---- connect ----------------------------------------------------------------------------------
+
+  connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo {
+    if (!vm.internalIp) throw new Error(`gcp VM ${vm.name} has no internal address yet`);
+    const s = this.seen.get(vm.name);
+    return {
+      protocol: 'ssh',
+      os: s?.os ?? 'linux',
+      host: vm.internalIp,
+      port: s?.sshPort ?? 22,
+      username: s?.username ?? 'runner',
+      privateKey,
+    };
+  }
+
+  /** Windows `windowsAccess: password`: reset and fetch the user's password (windows-keys flow). */
+  async windowsPassword(ref: VmRef, userName: string, opts: { timeoutMs?: number; pollMs?: number } = {}): Promise<string> {
+    const zone = (await this.zonesOf([ref])).get(ref.name);
+    if (!zone) throw new ProviderError('notFound', `gcp windows password ${ref.name}: no such VM`, { provider: 'gcp' });
+    const { project } = this.cfg;
+    return retrieveWindowsPassword(
+      {
+        getMetadata: async () => {
+          const inst = await this.getInstance(zone, ref.name);
+          if (!inst) throw new ProviderError('notFound', `gcp windows password ${ref.name}: no such VM`, { provider: 'gcp', zone });
+          return {
+            items: (inst.metadata?.items ?? []).map((i) => ({ key: i.key ?? '', value: i.value ?? '' })),
+            ...(inst.metadata?.fingerprint ? { fingerprint: inst.metadata.fingerprint } : {}),
+          };
+        },
+        setMetadata: async (items, fingerprint) => {
+          const [lro] = await this.call('instances.setMetadata', zone, (o) =>
+            this.clients.instances.setMetadata({ project, zone, instance: ref.name, metadataResource: { items, ...(fingerprint ? { fingerprint } : {}) } }, o),
+          );
+          await this.waitOp(zone, lro.latestResponse as Operation, `setMetadata ${ref.name}`);
+        },
+        serialPort4: async (start) => {
+          const [out] = await this.call('instances.getSerialPortOutput', zone, (o) => this.clients.instances.getSerialPortOutput({ project, zone, instance: ref.name, port: 4, start }, o));
+          return { contents: out.contents ?? '', next: Number(out.next ?? start) };
+        },
+      },
+      userName,
+      opts,
+    );
+  }
+
+  async close(): Promise<void> {
+    await Promise.allSettled([this.clients.instances.close(), this.clients.operations.close()]);
+  }
+}

@@ -1,0 +1,192 @@
+// The "VM" of the local provider: a detached process serving SSH on its own loopback address.
+// Usage: node sandbox.js <sandbox dir>. It outlives the manager that started it, like a cloud VM,
+// and exits when its directory disappears or its max run duration passes.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { constants as osConstants } from 'node:os';
+import { join } from 'node:path';
+import ssh2, { type Connection, type ParsedKey, type ServerChannel } from 'ssh2';
+import { generateVmKeyPair } from '../../isolation/keys.js';
+import { files, readJson, writeJsonAtomic, type SandboxSpec, type SandboxState } from './layout.js';
+
+const { Server, utils } = ssh2;
+
+const dir = process.argv[2];
+if (!dir) {
+  process.stderr.write('usage: sandbox <dir>\n');
+  process.exit(2);
+}
+const f = files(dir);
+const spec = readJson<SandboxSpec>(f.spec);
+if (!spec) {
+  process.stderr.write(`sandbox: no readable ${f.spec}\n`);
+  process.exit(2);
+}
+
+function log(msg: string): void {
+  process.stderr.write(`${new Date().toISOString()} ${msg}\n`);
+}
+
+const allowed = (() => {
+  const k = utils.parseKey(spec.publicKey);
+  if (k instanceof Error) throw new Error(`sandbox: bad public key in ${f.spec}: ${k.message}`);
+  return (Array.isArray(k) ? k[0] : k) as ParsedKey;
+})();
+const allowedBlob = allowed.getPublicSSH();
+
+/** Process groups of running commands, so nothing outlives the sandbox or a dropped client. */
+const groups = new Set<number>();
+
+function killGroup(pgid: number, sig: NodeJS.Signals = 'SIGKILL'): void {
+  try {
+    process.kill(-pgid, sig);
+  } catch {
+    // Already gone.
+  }
+}
+
+function shutdown(why: string): never {
+  log(`exiting: ${why}`);
+  for (const g of groups) killGroup(g);
+  process.exit(0);
+}
+
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+
+mkdirSync(f.home, { recursive: true });
+mkdirSync(f.tmp, { recursive: true });
+mkdirSync(f.procs, { recursive: true });
+
+// Watchdog: the directory is the VM's existence; a deleted directory means a deleted VM.
+setInterval(() => {
+  if (!existsSync(f.spec)) shutdown('sandbox directory removed');
+}, 1000).unref();
+// Capped: setTimeout fires at once for delays beyond 2^31-1 ms (~24.8 days).
+setTimeout(() => shutdown(`max run duration ${spec.maxRunSeconds}s reached`), Math.min(spec.maxRunSeconds * 1000, 2 ** 31 - 1)).unref();
+
+function runExec(command: string, channel: ServerChannel, env: Record<string, string>): ChildProcess {
+  const child = spawn('bash', ['-c', command], {
+    cwd: f.home,
+    env: { PATH: process.env['PATH'] ?? '/usr/local/bin:/usr/bin:/bin', LANG: 'C.UTF-8', ...env, HOME: f.home, TMPDIR: f.tmp, USER: spec!.username, LOGNAME: spec!.username },
+    // Own process group, so a signal or a disconnect reaches everything the command started.
+    detached: true,
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const pgid = child.pid;
+  if (pgid) {
+    groups.add(pgid);
+    writeFileSync(join(f.procs, String(pgid)), '');
+  }
+  const forget = () => {
+    if (!pgid) return;
+    groups.delete(pgid);
+    rmSync(join(f.procs, String(pgid)), { force: true });
+  };
+  child.stdout!.pipe(channel, { end: false });
+  child.stderr!.pipe(channel.stderr, { end: false });
+  channel.pipe(child.stdin!);
+  child.stdin!.on('error', () => {}); // the command may exit without reading its input
+  child.on('error', (err) => {
+    forget();
+    channel.stderr.write(`sandbox: cannot run command: ${err.message}\n`);
+    channel.exit(127);
+    channel.end();
+  });
+  // 'close' (not 'exit'): all output has been read by then.
+  child.on('close', (code, signal) => {
+    forget();
+    // Anything the command left running in its group goes with it, as on a VM session end.
+    if (pgid) killGroup(pgid);
+    if (signal) {
+      try {
+        channel.exit(signal.replace(/^SIG/, ''), false, '');
+      } catch {
+        // ssh2 only sends the standard signal names; report others the way a shell would.
+        channel.exit(128 + ((osConstants.signals as Record<string, number>)[signal] ?? 0));
+      }
+    } else {
+      channel.exit(code ?? 255);
+    }
+    channel.end();
+  });
+  return child;
+}
+
+function onClient(client: Connection): void {
+  client.on('error', () => {}); // a client that vanishes is normal
+  // As a VM's sshd does: no Nagle delay on small packets (missing from @types/ssh2).
+  (client as unknown as { setNoDelay(on: boolean): void }).setNoDelay(true);
+  client.on('authentication', (ctx) => {
+    if (ctx.method !== 'publickey' || ctx.username !== spec!.username) return ctx.reject(['publickey']);
+    if (ctx.key.algo !== allowed.type || !ctx.key.data.equals(allowedBlob)) return ctx.reject(['publickey']);
+    // Without a signature the client only asks whether this key would do; with one, prove it.
+    if (ctx.signature && !allowed.verify(ctx.blob!, ctx.signature, ctx.hashAlgo)) return ctx.reject(['publickey']);
+    ctx.accept();
+  });
+  client.on('ready', () => {
+    const children = new Set<ChildProcess>();
+    client.on('close', () => {
+      for (const c of children) if (c.pid) killGroup(c.pid);
+    });
+    client.on('session', (acceptSession) => {
+      const session = acceptSession();
+      const env: Record<string, string> = {};
+      let child: ChildProcess | undefined;
+      session.on('env', (accept, _reject, info) => {
+        env[info.key] = info.val;
+        accept?.();
+      });
+      session.on('exec', (accept, _reject, info) => {
+        const channel = accept();
+        child = runExec(info.command, channel, env);
+        children.add(child);
+        child.on('close', () => children.delete(child!));
+        channel.on('close', () => {
+          if (child?.pid && child.exitCode === null && child.signalCode === null) killGroup(child.pid);
+        });
+      });
+      session.on('signal', (accept, _reject, info) => {
+        if (child?.pid) killGroup(child.pid, `SIG${info.name.replace(/^SIG/, '')}` as NodeJS.Signals);
+        accept?.();
+      });
+    });
+    // Jump-host use: tunnel to other loopback sandboxes only (all traffic stays on 127.0.0.0/8).
+    client.on('tcpip', (accept, reject, info) => {
+      if (!/^127\./.test(info.destIP) && info.destIP !== 'localhost') return reject?.();
+      const sock = connect(info.destPort, info.destIP);
+      sock.once('connect', () => {
+        const ch = accept();
+        ch.pipe(sock).pipe(ch);
+        ch.on('close', () => sock.destroy());
+        sock.on('close', () => ch.close());
+      });
+      sock.once('error', () => reject?.());
+    });
+  });
+}
+
+async function main(s: SandboxSpec): Promise<void> {
+  if (s.bootDelayMs > 0) await new Promise((r) => setTimeout(r, s.bootDelayMs));
+  if (!existsSync(f.spec)) shutdown('deleted while booting');
+  const hostKey = generateVmKeyPair(`${s.name}-host`);
+  const hostBlob = Buffer.from(hostKey.publicKey.split(' ')[1]!, 'base64');
+  const server = new Server({ hostKeys: [hostKey.privateKey] }, onClient);
+  server.on('error', (err: Error) => shutdown(`server error: ${err.message}`));
+  server.listen(s.port, s.host, () => {
+    const addr = server.address() as { address: string; port: number };
+    const state: SandboxState = {
+      pid: process.pid,
+      host: addr.address,
+      port: addr.port,
+      hostKeyFingerprint: `SHA256:${createHash('sha256').update(hostBlob).digest('base64').replace(/=+$/, '')}`,
+      listeningAt: new Date().toISOString(),
+    };
+    writeJsonAtomic(f.state, state);
+    log(`listening on ${addr.address}:${addr.port}`);
+  });
+}
+
+main(spec).catch((err: Error) => shutdown(`failed: ${err.stack ?? err.message}`));

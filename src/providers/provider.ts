@@ -1,0 +1,156 @@
+// The provider plugin contract (DESIGN.md "Provider plugin interface").
+// A provider knows its cloud and nothing else: no pools, no jobs, no GitLab.
+// Every method is safe to retry: creation is keyed by the VM's deterministic
+// name, deletion of a VM that is already gone succeeds.
+
+/** Labels every cloud resource carries so the reconciler can find it. */
+export const LABEL_SHARD = 'runner-fleet-shard';
+export const LABEL_VM = 'runner-fleet-vm';
+
+export type GuestOs = 'linux' | 'windows' | 'macos';
+
+/** What the manager asks a provider to create. */
+export interface VmSpec {
+  /** Database row id of the VM: the idempotency key. */
+  vmId: string;
+  /** Deterministic cloud name derived from shard and vmId (GCE instance name, EC2 ClientToken). */
+  name: string;
+  shard: string;
+  className: string;
+  /** Always holds LABEL_SHARD and LABEL_VM; providers add them to the cloud resource verbatim. */
+  labels: Record<string, string>;
+  /** The VM's own ephemeral public key, OpenSSH format (`ssh-ed25519 AAAA... comment`). */
+  publicKey: string;
+  /** Provider-specific machine profile from the class config (machine type, image, zones...). */
+  machine: Record<string, unknown>;
+  /** Cloud-side backstop: the VM deletes itself after this many seconds (max run duration). */
+  maxRunSeconds: number;
+}
+
+/** Enough to find a VM in its cloud again. */
+export interface VmRef {
+  vmId: string;
+  name: string;
+  cloudId?: string | null;
+  zone?: string | null;
+}
+
+export interface CreatedVm {
+  vmId: string;
+  cloudId: string;
+  zone?: string;
+}
+
+export type CloudVmState = 'pending' | 'running' | 'stopping' | 'stopped' | 'terminated';
+
+/** A VM as its cloud reports it. */
+export interface CloudVm {
+  /** From the LABEL_VM label; undefined when the resource carries none. */
+  vmId?: string;
+  name: string;
+  cloudId: string;
+  zone?: string;
+  state: CloudVmState;
+  /** Address on the internal network, once the cloud assigned one. */
+  internalIp?: string;
+  labels: Record<string, string>;
+}
+
+/** How the manager reaches a VM. Secrets in here never reach a log. */
+export interface ConnectInfo {
+  protocol: 'ssh' | 'winrm';
+  os: GuestOs;
+  host: string;
+  port: number;
+  username: string;
+  privateKey?: string;
+  password?: string;
+  /** A host to tunnel through (macOS nested VMs behind their Mac host). */
+  jump?: ConnectInfo;
+}
+
+export interface ProviderCapabilities {
+  batchCreate: boolean;
+  stopStart: boolean;
+  gpu: boolean;
+  windows: boolean;
+  nestedVms: boolean;
+}
+
+/** How a failed cloud call should be handled; see ProviderError. */
+export type ProviderErrorKind =
+  | 'retryable' // transient: back off and retry
+  | 'rateLimited' // the cloud throttles us: back off harder
+  | 'stockout' // no capacity in this zone: try the next zone
+  | 'quota' // quota exhausted: stop growing the class
+  | 'notFound' // the resource does not exist
+  | 'fatal'; // a bad request: fail the VM with the cloud's message
+
+export class ProviderError extends Error {
+  constructor(
+    readonly kind: ProviderErrorKind,
+    message: string,
+    readonly details: { provider?: string; operation?: string; zone?: string; cause?: unknown } = {},
+  ) {
+    super(message);
+    this.name = 'ProviderError';
+  }
+}
+
+export type CreateResult = { ok: true; vm: CreatedVm } | { ok: false; vmId: string; error: ProviderError };
+
+export interface Provider {
+  readonly name: string;
+  readonly capabilities: ProviderCapabilities;
+  /** Create one VM; idempotent for the same spec.vmId/name. */
+  create(spec: VmSpec): Promise<CreatedVm>;
+  /** Batch form; one result per spec, in order. Providers without a batch API loop over create. */
+  createMany(specs: VmSpec[]): Promise<CreateResult[]>;
+  /** State and internal address of many VMs, with a bounded number of cloud calls. VMs the cloud does not know are absent. */
+  describe(refs: VmRef[]): Promise<CloudVm[]>;
+  /** Every VM carrying all the given labels. */
+  list(labels: Record<string, string>): Promise<CloudVm[]>;
+  /** Delete VMs; VMs already gone are not an error. */
+  delete(refs: VmRef[]): Promise<void>;
+  /** How to reach a running VM, given its ephemeral private key. */
+  connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo;
+  /** Release clients, timers and sockets. VMs stay. */
+  close(): Promise<void>;
+}
+
+export interface ProviderContext {
+  shard: string;
+  /** Directory for provider state on this machine (local provider sandboxes). */
+  dataDir: string;
+  log: import('pino').Logger;
+}
+
+export type ProviderFactory = (config: Record<string, unknown>, ctx: ProviderContext) => Provider | Promise<Provider>;
+
+const registry = new Map<string, ProviderFactory>();
+
+export function registerProvider(name: string, factory: ProviderFactory): void {
+  registry.set(name, factory);
+}
+
+export function providerFactory(name: string): ProviderFactory | undefined {
+  return registry.get(name);
+}
+
+export function registeredProviders(): string[] {
+  return [...registry.keys()].sort();
+}
+
+/** Default createMany for providers without a batch API. */
+export async function createEach(provider: Pick<Provider, 'create'>, specs: VmSpec[]): Promise<CreateResult[]> {
+  return Promise.all(
+    specs.map(async (spec): Promise<CreateResult> => {
+      try {
+        return { ok: true, vm: await provider.create(spec) };
+      } catch (err) {
+        const error = err instanceof ProviderError ? err : new ProviderError('fatal', String((err as Error)?.message ?? err), { cause: err });
+        return { ok: false, vmId: spec.vmId, error };
+      }
+    }),
+  );
+}

@@ -1,0 +1,188 @@
+import { join, resolve } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { checkConfigFile, loadConfigFile, parseConfig } from '../../src/config/load.js';
+import { ConfigError } from '../../src/config/types.js';
+
+const FIXTURES = resolve(import.meta.dirname, '../fixtures/config');
+const fixture = (name: string) => join(FIXTURES, name);
+const ENV = {
+  SMALL_TOKEN: 'small-runner-token',
+  RUNNER_FLEET_ADMIN_TOKEN: 'admin-token-123',
+  RUNNER_FLEET_SECRET_KEY: 'a-secret-key-of-some-length',
+};
+
+function errorsOf(yamlOrFile: { file: string } | string, env: Record<string, string | undefined> = ENV): string[] {
+  const res = typeof yamlOrFile === 'string' ? checkYaml(yamlOrFile, env) : checkConfigFile(fixture(yamlOrFile.file), { env });
+  if (res.ok) throw new Error('expected the config to be rejected');
+  return res.errors;
+}
+
+function checkYaml(text: string, env: Record<string, string | undefined>) {
+  try {
+    return { ok: true as const, config: parseConfig(text, { env }) };
+  } catch (err) {
+    if (err instanceof ConfigError) return { ok: false as const, errors: err.errors };
+    throw err;
+  }
+}
+
+const MINIMAL = `
+shard: s1
+gitlab: { url: "http://127.0.0.1:9000" }
+classes:
+  small: { runnerToken: tok, provider: local, pool: { idle: 1, max: 2 } }
+providers: { local: {} }
+`;
+
+describe('loading a shard config', () => {
+  it('parses a complete file: durations in ms, env expanded, paths resolved against the file', () => {
+    const config = loadConfigFile(fixture('valid-shard.yaml'), { env: ENV });
+    expect(config.shard).toBe('demo-1');
+    expect(config.database.url).toBe(`pglite:${join(FIXTURES, 'state/db')}`);
+    expect(config.http).toEqual({ listen: { host: '127.0.0.1', port: 8080 }, adminToken: 'admin-token-123' });
+    expect(config.gitlab).toEqual({ url: 'http://127.0.0.1:9000', pollIntervalMs: 500, requestTimeoutMs: 120_000 });
+    expect(Object.keys(config.classes)).toEqual(['saas-linux-small-amd64', 'saas-linux-medium-amd64']);
+    expect(config.classes['saas-linux-small-amd64']).toEqual({
+      name: 'saas-linux-small-amd64',
+      runnerToken: 'small-runner-token',
+      provider: 'local',
+      costFactor: 1,
+      pool: { idle: 2, max: 20 },
+      jobTimeoutMs: 5_400_000,
+      bootTimeoutMs: 45_000,
+      machine: { vcpus: 2, memoryGb: 8 },
+    });
+    expect(config.classes['saas-linux-medium-amd64']).toMatchObject({
+      runnerToken: 'medium-default-token',
+      costFactor: 2,
+      jobTimeoutMs: 3 * 3600_000,
+      bootTimeoutMs: 600_000,
+      machine: {},
+    });
+    expect(config.providers).toEqual({ local: {} });
+    expect(config.dataDir).toBe(join(FIXTURES, 'data'));
+    expect(config.secrets.key).toBe('a-secret-key-of-some-length');
+    expect(config.log.level).toBe('debug');
+  });
+
+  it('applies defaults to a minimal file', () => {
+    const config = loadConfigFile(fixture('minimal-shard.yaml'), { env: {} });
+    expect(config.database.url).toBe(`pglite:${join(FIXTURES, 'data', 'db')}`);
+    expect(config.http).toEqual({ listen: { host: '127.0.0.1', port: 8080 }, adminToken: null });
+    expect(config.gitlab.pollIntervalMs).toBe(3000);
+    expect(config.gitlab.requestTimeoutMs).toBe(30_000);
+    expect(config.classes['small']).toMatchObject({ costFactor: 1, jobTimeoutMs: 10_800_000, bootTimeoutMs: 600_000, machine: {} });
+    expect(config.providers).toEqual({ local: {} });
+    expect(config.secrets.key).toBeNull();
+    expect(config.log.level).toBe('info');
+  });
+
+  it('resolves relative paths against baseDir and keeps postgres URLs and pglite:memory as they are', () => {
+    const text = `${MINIMAL}dataDir: ./state\n`;
+    expect(parseConfig(text, { env: {}, baseDir: '/srv/rf' }).dataDir).toBe('/srv/rf/state');
+    expect(parseConfig(`${text}database: { url: "pglite:./db" }`, { env: {}, baseDir: '/srv/rf' }).database.url).toBe('pglite:/srv/rf/db');
+    expect(parseConfig(`${text}database: { url: "pglite:memory" }`, { env: {} }).database.url).toBe('pglite:memory');
+    const pgUrl = 'postgres://rf@127.0.0.1:5432/rf';
+    expect(parseConfig(`${text}database: { url: "${pgUrl}" }`, { env: {} }).database.url).toBe(pgUrl);
+  });
+
+  it('reads listen addresses including port 0 and IPv6', () => {
+    expect(parseConfig(`${MINIMAL}http: { listen: "127.0.0.1:0" }`, { env: {} }).http.listen).toEqual({ host: '127.0.0.1', port: 0 });
+    expect(parseConfig(`${MINIMAL}http: { listen: "[::1]:9090" }`, { env: {} }).http.listen).toEqual({ host: '::1', port: 9090 });
+  });
+
+  it('expands ${VAR} and ${VAR:-default} in every string, and numbers from the environment', () => {
+    const config = loadConfigFile(fixture('env-shard.yaml'), { env: { ...ENV, IDLE: '2', GITLAB_URL: '' } });
+    expect(config.http.adminToken).toBe('admin-token-123');
+    expect(config.gitlab.url).toBe('http://127.0.0.1:9000');
+    expect(config.classes['x']!.runnerToken).toBe('small-runner-token');
+    expect(config.classes['x']!.pool.idle).toBe(2);
+    expect(parseConfig(MINIMAL.replace('tok', () => '"$${LITERAL}"'), { env: {} }).classes['small']!.runnerToken).toBe('${LITERAL}');
+  });
+
+  it('names the field of each unset variable', () => {
+    expect(errorsOf({ file: 'env-shard.yaml' }, {})).toEqual([
+      'http.adminToken: environment variable RUNNER_FLEET_ADMIN_TOKEN is not set',
+      'classes.x.runnerToken: environment variable SMALL_TOKEN is not set',
+    ]);
+  });
+
+  it('reports every bad value with its path, what was expected and what was found', () => {
+    expect(errorsOf({ file: 'invalid-values.yaml' })).toEqual([
+      'shard: expected shard name of 1-40 characters [a-z0-9-], got "Demo_1"',
+      'http.listen: expected "host:port" with port 0-65535, got "localhost"',
+      'http.adminToken: expected string of at least 8 characters, or null, got a string of 5 characters',
+      'gitlab.url: expected http(s) URL, got "ftp://gitlab"',
+      'gitlab.pollInterval: expected duration from 100ms to 1h like 500ms, 3s, 2m, 1h30m, got "3 seconds"',
+      'gitlab.requestTimeout: expected duration from 100ms to 10m like 500ms, 3s, 2m, 1h30m, got "20m"',
+      'classes.small.runnerToken: expected non-empty string, got a string of 0 characters',
+      'classes.small.costFactor: expected number > 0, got 0',
+      'classes.small.pool.idle: expected integer >= 0, got "two"',
+      'classes.small.pool.max: expected integer >= 1, got 0',
+      'classes.small.jobTimeout: expected duration from 1s to 24h like 500ms, 3s, 2m, 1h30m, got "25h"',
+      'classes.small.bootTimeout: expected duration from 1s to 24h like 500ms, 3s, 2m, 1h30m, got 10',
+      'log.level: expected one of fatal, error, warn, info, debug, trace, silent, got "loud"',
+    ]);
+  });
+
+  it('rejects unknown keys at every level', () => {
+    expect(errorsOf({ file: 'invalid-unknown-keys.yaml' })).toEqual([
+      'http.lisen: unknown key',
+      'classes.small.pool.min: unknown key',
+      'extra: unknown key',
+    ]);
+  });
+
+  it('checks class names, that each provider is configured, and idle <= max', () => {
+    expect(errorsOf({ file: 'invalid-providers.yaml' })).toEqual([
+      'classes: expected class names matching [a-z0-9][a-z0-9-]*, got "Big_Class"',
+      'classes.small.provider: expected a provider configured under providers (local), got "gcp"',
+      'classes.small.pool.idle: expected integer <= pool.max (3), got 5',
+    ]);
+  });
+
+  it('requires at least one class and the fields without defaults', () => {
+    expect(errorsOf({ file: 'invalid-empty-classes.yaml' })).toEqual(['classes: expected at least one runner class, got {}']);
+    expect(errorsOf('classes: { a: { provider: local, pool: {} } }\nproviders: { local: }')).toEqual([
+      'shard: expected shard name of 1-40 characters [a-z0-9-], got nothing',
+      'gitlab: expected mapping, got nothing',
+      'classes.a.runnerToken: expected non-empty string, got nothing',
+      'classes.a.pool.idle: expected integer >= 0, got nothing',
+      'classes.a.pool.max: expected integer >= 1, got nothing',
+    ]);
+  });
+
+  it('names line and column of a YAML syntax error', () => {
+    expect(errorsOf({ file: 'invalid-yaml.yaml' })).toEqual(['yaml: line 4, column 1: All mapping items must start at the same column']);
+    expect(errorsOf('shard: a\nshard: b\n')).toEqual(['yaml: line 2, column 1: Map keys must be unique']);
+  });
+
+  it('rejects a document that is not a mapping', () => {
+    expect(errorsOf('')).toEqual(['(root): expected mapping, got null']);
+    expect(errorsOf('- a\n- b')).toEqual(['(root): expected mapping, got ["a","b"]']);
+  });
+
+  it('masks passwords in database URLs it echoes back', () => {
+    expect(errorsOf(`${MINIMAL}database: { url: "mysql://rf:hunter2@db/rf" }`)).toEqual([
+      'database.url: expected postgres://..., pglite:memory or pglite:<path>, got "mysql://rf:***@db/rf"',
+    ]);
+  });
+
+  it('throws ConfigError with all errors from parseConfig and loadConfigFile', () => {
+    expect(() => parseConfig('shard: 1', { env: {} })).toThrow(ConfigError);
+    try {
+      loadConfigFile(fixture('invalid-values.yaml'), { env: {} });
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as ConfigError).errors).toHaveLength(13);
+      expect((err as ConfigError).message).toContain('classes.small.pool.idle: expected integer >= 0, got "two"');
+    }
+  });
+
+  it('reports an unreadable file as an error, not a throw', () => {
+    const res = checkConfigFile(fixture('missing.yaml'));
+    expect(res.ok).toBe(false);
+    if (!res.ok) expect(res.errors[0]).toMatch(/missing\.yaml: cannot read: ENOENT/);
+  });
+});

@@ -1,0 +1,154 @@
+// The spine end to end: GitLab emulator -> intake -> warm local VM -> job over real SSH ->
+// trace and state back to GitLab -> VM deleted -> exactly one billing event. Runs on PGlite,
+// and on real PostgreSQL when DATABASE_URL is set.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { startGitLabEmulator, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
+import { createLogger } from '../../src/isolation/redact.js';
+import { startShard, type Shard } from '../../src/manager/shard.js';
+import { LABEL_SHARD, providerFactory } from '../../src/providers/provider.js';
+import '../../src/providers/builtin.js';
+import { databaseKinds, freshDatabase, type TestDatabase } from '../helpers/database.js';
+import { shardYaml, TOKEN, waitUntil } from '../helpers/shard.js';
+
+describe.each(databaseKinds())('job loop on %s', (kind) => {
+  let gitlab: GitLabEmulator;
+  let shard: Shard;
+  let db: TestDatabase;
+  let dataDir: string;
+  // Every log line of the shard, to prove no secret reaches a log.
+  const logLines: string[] = [];
+
+  beforeAll(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'rf-e2e-'));
+    db = await freshDatabase(kind);
+    gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
+    const config = parseConfig(shardYaml({ shard: `e2e-${kind}`, gitlabUrl: gitlab.url, dbUrl: db.url, dataDir }));
+    const destination = { write: (line: string) => void logLines.push(line) };
+    shard = await startShard({ config, log: createLogger({ level: 'debug', destination }), tickMs: 100, defaultMetrics: false });
+  });
+
+  afterAll(async () => {
+    await shard?.drain({ timeoutMs: 20_000 });
+    await gitlab?.close();
+    await db?.drop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  /** After a job: its VM is deleted (database and provider agree) and one billing event exists. */
+  async function expectCleanedUp(jobId: number) {
+    await waitUntil(async () => (await shard.store.job(jobId))?.reported_at != null, 10_000, `job ${jobId} reported`);
+    const job = await shard.store.job(jobId);
+    expect(job?.state).toBe('finished');
+    const vmId = job!.vm_id!;
+    await waitUntil(async () => (await shard.store.vm(vmId))?.state === 'deleted', 15_000, `VM ${vmId} deleted`);
+    const provider = await providerFactory('local')!({}, { shard: shard.config.shard, dataDir, log: createLogger({ level: 'silent' }) });
+    const cloud = await provider.list({ [LABEL_SHARD]: shard.config.shard });
+    expect(cloud.map((c) => c.vmId)).not.toContain(vmId);
+    await provider.close();
+    const events = await shard.store.db.selectFrom('billing_events').selectAll().where('job_id', '=', String(jobId)).where('shard', '=', shard.config.shard).execute();
+    expect(events).toHaveLength(1);
+    return { job: job!, event: events[0]! };
+  }
+
+  it('runs a passing job: the trace holds its output and GitLab sees success', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo "hello from $CI_JOB_NAME"', 'test -f README.md && echo repo-checked-out'], name: 'greet' });
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect(final.state).toBe('success');
+    expect(final.trace).toContain('hello from greet');
+    expect(final.trace).toContain('repo-checked-out');
+    const { event } = await expectCleanedUp(id);
+    expect(event.billable).toBe(true);
+    expect(event.outcome).toBe('success');
+    // minutes = duration / 60 x cost factor (2)
+    expect(Number(event.compute_minutes)).toBeCloseTo((Number(event.duration_seconds) / 60) * 2, 5);
+  });
+
+  it('fails a job whose script exits 3 with script_failure and exit code 3', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo before', 'exit 3', 'echo never'], afterScript: ['echo after-ran'], git: false });
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect(final.state).toBe('failed');
+    expect(final.failureReason).toBe('script_failure');
+    expect(final.exitCode).toBe(3);
+    expect(final.trace).toContain('before');
+    expect(final.trace).not.toMatch(/^never$/m);
+    expect(final.trace).toContain('after-ran');
+    await expectCleanedUp(id);
+  });
+
+  it('masks a masked variable in the trace, even when echoed', async () => {
+    const secret = 'pa55-w0rd-Zq8x';
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      script: ['echo "the secret is $MY_SECRET"', 'printf "%s" "$MY_SECRET" | fold -w 3'],
+      variables: [{ key: 'MY_SECRET', value: secret, masked: true }],
+      git: false,
+    });
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect(final.state).toBe('success');
+    expect(final.trace).toContain('the secret is [MASKED]');
+    expect(final.trace).not.toContain(secret);
+    await expectCleanedUp(id);
+  });
+
+  it('cancels a running job when GitLab says canceling, and deletes its VM', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo started', 'sleep 60', 'echo not-reached'], git: false });
+    await gitlab.waitFor(id, (j) => j.trace.includes('started'), 20_000);
+    gitlab.cancel(id);
+    const final = await gitlab.waitForFinal(id, 20_000);
+    expect(final.state).toBe('canceled');
+    expect(final.trace).not.toContain('not-reached');
+    const { job } = await expectCleanedUp(id);
+    expect(job.result).toBe('canceled');
+  });
+
+  it('fails a job past its timeout with job_execution_timeout', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo working', 'sleep 60'], timeoutS: 2, git: false });
+    const final = await gitlab.waitForFinal(id, 20_000);
+    expect(final.state).toBe('failed');
+    expect(final.failureReason).toBe('job_execution_timeout');
+    expect(final.trace).toContain('execution took longer than 2 seconds');
+    await expectCleanedUp(id);
+  });
+
+  it('fails a malformed job payload back to GitLab with the field named, and keeps running', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: [], git: false, mutate: (p: Record<string, unknown>) => ({ ...p, steps: 'not-a-list' }) });
+    const final = await gitlab.waitForFinal(id, 20_000);
+    expect(final.state).toBe('failed');
+    expect(final.trace).toContain('steps');
+    const ok = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo still-alive'], git: false });
+    expect((await gitlab.waitForFinal(ok, 30_000)).state).toBe('success');
+  });
+
+  it('never logs a job token, a masked value or a private key', async () => {
+    const secret = 'l0g-me-n0t-Qx7';
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo "$LOG_SECRET"'], variables: [{ key: 'LOG_SECRET', value: secret, masked: true }] });
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect(final.state).toBe('success');
+    const all = logLines.join('');
+    expect(logLines.length).toBeGreaterThan(10);
+    expect(all).toContain(`"job":${id}`);
+    expect(all).not.toContain(secret);
+    expect(all).not.toMatch(/glcbt-[0-9a-f]{8}/); // the emulator's job tokens
+    expect(all).not.toContain(TOKEN);
+    expect(all).not.toContain('PRIVATE KEY');
+  });
+
+  it('keeps the warm pool at idle and exports the SLO metrics', async () => {
+    await waitUntil(async () => (await shard.store.liveVms()).filter((v) => v.state === 'ready').length === 2, 20_000, 'two warm VMs');
+    const res = await fetch(`${shard.url}/metrics`);
+    const text = await res.text();
+    expect(text).toMatch(/runner_fleet_job_start_latency_seconds_bucket\{[^}]*le="120"[^}]*class="saas-linux-small-amd64"/);
+    expect(text).toMatch(/runner_fleet_jobs_total\{[^}]*result="success"/);
+    expect(text).toMatch(/runner_fleet_vms\{[^}]*state="ready"[^}]*\} 2/);
+    const unauth = await fetch(`${shard.url}/v1/vms`);
+    expect(unauth.status).toBe(401);
+    const vms = await fetch(`${shard.url}/v1/vms`, { headers: { authorization: 'Bearer test-admin' } });
+    expect(vms.status).toBe(200);
+    expect(JSON.stringify(await vms.json())).not.toContain('private_key');
+  });
+});
+

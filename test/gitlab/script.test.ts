@@ -1,0 +1,168 @@
+// The generated job script run by a real bash against the emulator's real git repository.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startGitLabEmulator, type EnqueueSpec, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
+import { GitLabClient } from '../../src/gitlab/client.js';
+import { parseJobPayload, type JobPayload } from '../../src/gitlab/job-payload.js';
+import { buildBashScript } from '../../src/gitlab/script.js';
+
+let gitlab: GitLabEmulator;
+let client: GitLabClient;
+const home = mkdtempSync(join(tmpdir(), 'rf-script-'));
+
+beforeAll(async () => {
+  gitlab = await startGitLabEmulator();
+  client = new GitLabClient({ url: gitlab.url, timeoutMs: 5000, log: pino({ level: 'silent' }), systemId: 's_test' });
+});
+afterAll(async () => {
+  await gitlab.close();
+  rmSync(home, { recursive: true, force: true });
+});
+
+async function take(spec: Omit<EnqueueSpec, 'runnerToken'>): Promise<JobPayload> {
+  gitlab.enqueue({ ...spec, runnerToken: 'script-token' });
+  const res = await client.requestJob('script-token');
+  if (res.kind !== 'job') throw new Error('no job');
+  const parsed = parseJobPayload(res.raw);
+  if (!parsed.ok) throw new Error(parsed.error);
+  return parsed.job;
+}
+
+/** Async: the emulator serving git lives in this process, so its event loop must keep running. */
+function bash(script: string): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn('bash', ['-c', script], { env: { PATH: process.env['PATH']!, HOME: home }, timeout: 30_000 });
+    let out = '';
+    child.stdout.on('data', (c) => (out += c));
+    child.stderr.on('data', (c) => (out += c));
+    child.on('close', (code) => resolve({ code, out }));
+  });
+}
+
+describe('buildBashScript', () => {
+  it('prints its first line before anything else', async () => {
+    const job = await take({ script: ['true'], git: false });
+    expect((await bash(buildBashScript(job))).out.split('\n')[0]).toMatch(/^Running with runner-fleet on /);
+  });
+
+  it('exports variables with quotes, dollars and newlines intact, and file variables as files', async () => {
+    const tricky = `it's "quoted" $HOME \`x\`\nline2`;
+    const job = await take({
+      script: ['printf "%s|" "$TRICKY"', 'cat "$MY_FILE"', 'echo "[$MY_FILE]"'],
+      variables: [{ key: 'TRICKY', value: tricky }, { key: 'MY_FILE', value: 'file-content', file: true }],
+      git: false,
+    });
+    const r = await bash(buildBashScript(job));
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(`${tricky}|`);
+    expect(r.out).toContain('file-content');
+    expect(r.out).toMatch(/\[\/.*\/vars\/MY_FILE\]/);
+  });
+
+  it('stops at the failing command, keeps its exit code, and still runs after_script', async () => {
+    const job = await take({ script: ['echo one', 'exit 3', 'echo never'], afterScript: ['echo after-1', 'false', 'echo after-not'], git: false });
+    const r = await bash(buildBashScript(job));
+    expect(r.code).toBe(3);
+    expect(r.out).toContain('one');
+    expect(r.out).not.toMatch(/^never$/m);
+    expect(r.out).toContain('after-1');
+    expect(r.out).not.toMatch(/^after-not$/m);
+  });
+
+  it('fails on a failing pipeline stage (pipefail)', async () => {
+    const job = await take({ script: ['false | cat', 'echo never'], git: false });
+    expect((await bash(buildBashScript(job))).code).toBe(1);
+  });
+
+  it('fetches the repository with the job token and checks out the job sha', async () => {
+    const job = await take({ script: ['git rev-parse HEAD', 'cat README.md'] });
+    const r = await bash(buildBashScript(job));
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(job.git_info!.sha!);
+    expect(r.out).toContain('# demo project');
+    expect(r.out).not.toContain(job.token); // the URL's credentials are never echoed
+  });
+
+  it('lets the last definition of a variable win and expands $VAR from job variables, but not raw ones', async () => {
+    const job = await take({
+      script: ['echo "dup=$DUP"', 'echo "exp=$EXPANDED"', 'echo "raw=$RAWV"', 'echo "keep=$KEEP"'],
+      variables: [
+        { key: 'DUP', value: 'first' },
+        { key: 'DUP', value: 'second' },
+        { key: 'BASE', value: 'base-value' },
+        { key: 'EXPANDED', value: '${BASE}/x-$BASE' },
+        { key: 'KEEP', value: '$NOT_A_JOB_VAR' },
+      ],
+      git: false,
+      mutate: (p) => ({ ...p, variables: [...(p['variables'] as object[]), { key: 'RAWV', value: '$BASE', public: true, raw: true }] }),
+    });
+    const r = await bash(buildBashScript(job));
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^dup=second$/m);
+    expect(r.out).toMatch(/^exp=base-value\/x-base-value$/m);
+    expect(r.out).toMatch(/^raw=\$BASE$/m);
+    expect(r.out).toMatch(/^keep=\$NOT_A_JOB_VAR$/m);
+  });
+
+  it('writes a multi-line file variable byte for byte, readable only by the job user', async () => {
+    const pem = "-----BEGIN KEY-----\nab'c\"d\n-----END KEY-----\n";
+    const job = await take({ script: ['stat -c %a "$KEY_FILE"', 'cat "$KEY_FILE"; echo "<eof>"'], variables: [{ key: 'KEY_FILE', value: pem, file: true }], git: false });
+    const r = await bash(buildBashScript(job));
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(`${pem}<eof>`);
+    expect(r.out).toMatch(/^600$/m);
+  });
+
+  it('after_script sees the job variables, runs from the project dir and keeps the script exit code', async () => {
+    const job = await take({ script: ['exit 7'], afterScript: ['echo "after in $(pwd) with $AV"'], variables: [{ key: 'AV', value: 'after-var' }], git: false });
+    const r = await bash(buildBashScript(job));
+    expect(r.code).toBe(7);
+    expect(r.out).toMatch(/^after in \/.*\/builds\/demo\/project with after-var$/m);
+  });
+
+  it('runs commands in order with their $ echo lines, and stderr is in the same stream', async () => {
+    const job = await take({ script: ['echo out-1', 'echo err-1 >&2', 'echo out-2'], git: false });
+    const r = await bash(buildBashScript(job));
+    const lines = r.out.split('\n').filter((l) => /out-|err-/.test(l));
+    expect(lines).toEqual(['\x1b[32;1m$ echo out-1\x1b[0;m', 'out-1', '\x1b[32;1m$ echo err-1 >&2\x1b[0;m', 'err-1', '\x1b[32;1m$ echo out-2\x1b[0;m', 'out-2']);
+  });
+
+  it('honours GIT_DEPTH and GIT_STRATEGY=clone (a clean tree at the sha)', async () => {
+    const first = await take({ script: ['touch stale-file'] });
+    expect((await bash(buildBashScript(first))).code).toBe(0);
+    const job = await take({
+      script: ['git rev-parse --is-shallow-repository', 'ls -A', 'git rev-parse HEAD'],
+      variables: [{ key: 'GIT_STRATEGY', value: 'clone' }, { key: 'GIT_DEPTH', value: '1' }],
+    });
+    const r = await bash(buildBashScript(job));
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^true$/m);
+    expect(r.out).not.toContain('stale-file');
+    expect(r.out).toContain(job.git_info!.sha!);
+    expect(r.out).toContain('with git depth set to 1');
+  });
+
+  it('skips git with GIT_STRATEGY=none', async () => {
+    const job = await take({ script: ['test -d .git && echo has-git || echo no-git'], git: false });
+    rmSync(join(home, 'builds'), { recursive: true, force: true });
+    const r = await bash(buildBashScript(job));
+    expect(r.out).toContain('Skipping Git repository setup');
+    expect(r.out).toMatch(/^no-git$/m);
+  });
+
+  it('fails with exit 1 and without showing the token when GitLab refuses the fetch', async () => {
+    const job = await take({ script: ['echo should-not-run'] });
+    // A finished job's token no longer opens the repository, as on GitLab.
+    expect((await client.updateJob(job.id, job.token, { state: 'success' })).result).toBe('ok');
+    rmSync(join(home, 'builds'), { recursive: true, force: true });
+    const r = await bash(buildBashScript(job));
+    expect(r.code).toBe(1);
+    expect(r.out).toContain('ERROR: git fetch/checkout failed');
+    expect(r.out).not.toMatch(/^should-not-run$/m);
+    expect(r.out).not.toContain(job.token);
+  });
+});

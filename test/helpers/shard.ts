@@ -1,0 +1,33 @@
+// Shared bits of the end-to-end tests.
+
+export const TOKEN = 'e2e-runner-token';
+
+export function shardYaml(o: { shard: string; gitlabUrl: string; dbUrl: string; dataDir: string; idle?: number; max?: number; jobTimeout?: string }): string {
+  return `
+shard: ${o.shard}
+database: { url: "${o.dbUrl}" }
+http: { listen: "127.0.0.1:0", adminToken: "test-admin" }
+gitlab: { url: "${o.gitlabUrl}", pollInterval: 200ms, requestTimeout: 5s }
+classes:
+  saas-linux-small-amd64:
+    runnerToken: "${TOKEN}"
+    provider: local
+    costFactor: 2
+    pool: { idle: ${o.idle ?? 2}, max: ${o.max ?? 6} }
+    jobTimeout: ${o.jobTimeout ?? '1h'}
+    bootTimeout: 30s
+providers:
+  local: {}
+dataDir: "${o.dataDir}"
+log: { level: warn }
+`;
+}
+
+export async function waitUntil(pred: () => Promise<boolean> | boolean, timeoutMs: number, what: string): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await pred()) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}

@@ -1,0 +1,46 @@
+import ssh2 from 'ssh2';
+import { describe, expect, it } from 'vitest';
+import { decryptSecret, deriveKey, encryptSecret, generateVmKeyPair } from '../../src/isolation/keys.js';
+
+describe('generateVmKeyPair', () => {
+  it('produces an OpenSSH public key and a private key ssh2 parses and that matches it', () => {
+    const k = generateVmKeyPair('vm-abc');
+    expect(k.publicKey).toMatch(/^ssh-ed25519 AAAA[A-Za-z0-9+/=]+ vm-abc$/);
+    const priv = ssh2.utils.parseKey(k.privateKey);
+    const pub = ssh2.utils.parseKey(k.publicKey);
+    if (priv instanceof Error) throw priv;
+    if (pub instanceof Error) throw pub;
+    const p = Array.isArray(priv) ? priv[0]! : priv;
+    const q = Array.isArray(pub) ? pub[0]! : pub;
+    expect(p.type).toBe('ssh-ed25519');
+    expect(p.getPublicSSH().equals(q.getPublicSSH())).toBe(true);
+    expect(q.verify(Buffer.from('data'), p.sign(Buffer.from('data')))).toBe(true);
+  });
+
+  it('gives every VM a different key', () => {
+    expect(generateVmKeyPair('a').publicKey.split(' ')[1]).not.toBe(generateVmKeyPair('a').publicKey.split(' ')[1]);
+  });
+});
+
+describe('secrets at rest', () => {
+  it('derives 32-byte keys from hex, base64 or a passphrase', () => {
+    const hex = 'ab'.repeat(32);
+    expect(deriveKey(hex).toString('hex')).toBe(hex);
+    const b64 = Buffer.alloc(32, 7).toString('base64');
+    expect(deriveKey(b64).equals(Buffer.alloc(32, 7))).toBe(true);
+    const k = deriveKey('correct horse battery staple');
+    expect(k).toHaveLength(32);
+    expect(deriveKey('correct horse battery staple').equals(k)).toBe(true);
+  });
+
+  it('round-trips and refuses a wrong key with a clear error', () => {
+    const key = deriveKey('one');
+    const enc = encryptSecret('s3cret', key);
+    expect(enc).toMatch(/^v1:[^:]+:[^:]+:[^:]+$/);
+    expect(enc).not.toContain('s3cret');
+    expect(decryptSecret(enc, key)).toBe('s3cret');
+    expect(encryptSecret('s3cret', key)).not.toBe(enc);
+    expect(() => decryptSecret(enc, deriveKey('two'))).toThrow(/wrong key/);
+    expect(() => decryptSecret('garbage', key)).toThrow(/unknown format/);
+  });
+});

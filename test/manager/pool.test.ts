@@ -1,0 +1,151 @@
+// The pool against a scriptable in-memory cloud and a real database: warm-pool upkeep, the max
+// cap, and the failure paths (create errors, boot timeouts, failed deletes) ending in deletion.
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import pino from 'pino';
+import type { ShardConfig } from '../../src/config/types.js';
+import type { SshSession } from '../../src/connect/ssh.js';
+import { openDatabase } from '../../src/db/connect.js';
+import { migrateToLatest } from '../../src/db/migrate.js';
+import { realClock } from '../../src/manager/clock.js';
+import { createMetrics } from '../../src/manager/metrics.js';
+import { Pool } from '../../src/manager/pool.js';
+import { Store } from '../../src/manager/store.js';
+import { ProviderError, createEach, type CloudVm, type Provider, type VmRef, type VmSpec } from '../../src/providers/provider.js';
+import { waitUntil } from '../helpers/shard.js';
+
+/** A cloud in memory: VMs run at once; failures are switched on per test. */
+class MemoryCloud implements Provider {
+  readonly name = 'memory';
+  readonly capabilities = { batchCreate: false, stopStart: false, gpu: false, windows: false, nestedVms: false };
+  vms = new Map<string, CloudVm>();
+  failCreate: ProviderError | null = null;
+  failDelete = 0;
+  neverRunning = false;
+  creates = 0;
+  deletes = 0;
+  async create(spec: VmSpec) {
+    this.creates++;
+    if (this.failCreate) throw this.failCreate;
+    this.vms.set(spec.name, { vmId: spec.vmId, name: spec.name, cloudId: spec.name, state: this.neverRunning ? 'pending' : 'running', internalIp: '127.0.0.1', labels: spec.labels });
+    return { vmId: spec.vmId, cloudId: spec.name };
+  }
+  createMany(specs: VmSpec[]) {
+    return createEach(this, specs);
+  }
+  async describe(refs: VmRef[]) {
+    return refs.flatMap((r) => (this.vms.has(r.name) ? [this.vms.get(r.name)!] : []));
+  }
+  async list() {
+    return [...this.vms.values()];
+  }
+  async delete(refs: VmRef[]) {
+    this.deletes++;
+    if (this.failDelete > 0) {
+      this.failDelete--;
+      throw new ProviderError('retryable', 'injected delete failure');
+    }
+    for (const r of refs) this.vms.delete(r.name);
+  }
+  connectInfo(vm: { internalIp?: string }) {
+    return { protocol: 'ssh' as const, os: 'linux' as const, host: vm.internalIp ?? '', port: 22, username: 'runner', privateKey: 'k' };
+  }
+  async close() {}
+}
+
+const fakeSession = { close() {}, closed: false } as unknown as SshSession;
+
+function config(pool: { idle: number; max: number }, bootTimeoutMs = 30_000): ShardConfig {
+  return {
+    shard: 'pool-test',
+    database: { url: 'pglite:memory' },
+    http: { listen: { host: '127.0.0.1', port: 0 }, adminToken: null },
+    gitlab: { url: 'http://127.0.0.1:9', pollIntervalMs: 1000, requestTimeoutMs: 1000 },
+    classes: { small: { name: 'small', runnerToken: 't', provider: 'memory', costFactor: 1, pool, jobTimeoutMs: 3600_000, machine: {}, bootTimeoutMs } },
+    providers: { memory: {} },
+    dataDir: '/tmp',
+    secrets: { key: null },
+    log: { level: 'silent' },
+  };
+}
+
+describe('Pool', () => {
+  let close: () => Promise<void>;
+  let store: Store;
+  let cloud: MemoryCloud;
+  let pool: Pool | undefined;
+
+  beforeEach(async () => {
+    const database = await openDatabase('pglite:memory', { log: pino({ level: 'silent' }) });
+    await migrateToLatest(database.db, pino({ level: 'silent' }));
+    store = new Store(database.db, 'pool-test', Buffer.alloc(32, 7));
+    cloud = new MemoryCloud();
+    close = database.close;
+  });
+  afterEach(async () => {
+    await pool?.stop();
+    pool = undefined;
+    await close();
+  });
+
+  function start(cfg: ShardConfig, probe = async () => fakeSession) {
+    pool = new Pool({ config: cfg, store, providers: new Map([['memory', cloud]]), metrics: createMetrics({ shard: 'pool-test', defaultMetrics: false }), log: pino({ level: 'silent' }), clock: realClock, probe, tickMs: 20 });
+    pool.start();
+    return pool;
+  }
+
+  const states = async () => (await store.liveVms()).map((v) => v.state).sort();
+
+  it('fills the warm pool to idle and no further', async () => {
+    start(config({ idle: 3, max: 10 }));
+    await waitUntil(async () => (await states()).join() === 'ready,ready,ready', 5000, 'three warm VMs');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(cloud.creates).toBe(3);
+  });
+
+  it('replaces a VM taken for a job, within max', async () => {
+    const p = start(config({ idle: 2, max: 3 }));
+    await waitUntil(async () => (await states()).join() === 'ready,ready', 5000, 'two warm VMs');
+    const vm = p.reserve('small')!;
+    expect(vm).not.toBeNull();
+    await store.db.transaction().execute((trx) => store.transition(vm.id, 'ready', 'assigned', {}, null, trx));
+    await waitUntil(async () => (await states()).join() === 'assigned,ready,ready', 5000, 'a replacement');
+    const vm2 = p.reserve('small')!;
+    await store.transition(vm2.id, 'ready', 'assigned');
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await states()).join()).toBe('assigned,assigned,ready'); // max 3: no fourth VM
+  });
+
+  it('records every transition of a VM in vm_events', async () => {
+    start(config({ idle: 1, max: 1 }));
+    await waitUntil(async () => (await states()).join() === 'ready', 5000, 'a warm VM');
+    const [vm] = await store.liveVms();
+    const events = await store.db.selectFrom('vm_events').select(['from_state', 'to_state']).where('vm_id', '=', vm!.id).orderBy('id').execute();
+    expect(events.map((e) => `${e.from_state}>${e.to_state}`)).toEqual(['null>requested', 'requested>creating', 'creating>booting', 'booting>ready']);
+  });
+
+  it('fails a VM whose creation the cloud refuses, and deletes it', async () => {
+    cloud.failCreate = new ProviderError('fatal', 'machine type not found');
+    start(config({ idle: 1, max: 1 }));
+    await waitUntil(async () => (await store.db.selectFrom('vm_events').select('to_state').where('to_state', '=', 'deleted').execute()).length > 0, 5000, 'a deleted VM');
+    const failed = await store.db.selectFrom('vms').select(['failure']).where('failure', 'is not', null).execute();
+    expect(failed[0]?.failure).toContain('machine type not found');
+  });
+
+  it('fails and replaces a VM that never becomes reachable within bootTimeout', async () => {
+    cloud.neverRunning = true;
+    start(config({ idle: 1, max: 2 }, 300));
+    await waitUntil(async () => (await store.db.selectFrom('vms').select('failure').where('failure', '=', 'boot timeout').execute()).length > 0, 5000, 'a boot timeout');
+    // The failed VM is replaced at a later tick.
+    await waitUntil(() => cloud.creates >= 2, 5000, 'a replacement VM');
+  });
+
+  it('retries a failed cloud delete until it succeeds', async () => {
+    const p = start(config({ idle: 1, max: 1 }));
+    await waitUntil(async () => (await states()).join() === 'ready', 5000, 'a warm VM');
+    cloud.failDelete = 1;
+    p.freeze(); // draining: warm VMs are retired
+    await waitUntil(async () => (await states()).length === 0, 15_000, 'the VM deleted after a retry');
+    expect(cloud.deletes).toBe(2);
+    expect(cloud.vms.size).toBe(0);
+  });
+});

@@ -1,0 +1,180 @@
+// The GCP provider through the real @google-cloud/compute clients against the GCE emulator.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startGceEmulator, type GceEmulator } from '../../src/emulators/gce/server.js';
+import { parseGcpConfig } from '../../src/providers/gcp/config.js';
+import '../../src/providers/gcp/index.js';
+import { GcpProvider } from '../../src/providers/gcp/provider.js';
+import { createLogger } from '../../src/isolation/redact.js';
+import { LABEL_SHARD, LABEL_VM, providerFactory } from '../../src/providers/provider.js';
+import { providerContract } from './contract.js';
+import { makeSpec, waitRunning } from './local-fixture.js';
+
+const ZONES = ['us-central1-a', 'us-central1-b', 'us-central1-c'];
+const machine = { machineType: 'e2-standard-2', image: 'projects/debian-cloud/global/images/family/debian-12', zones: ZONES, labels: { team: 'ci' } };
+
+interface Fixture {
+  emu: GceEmulator;
+  provider: GcpProvider;
+  shard: string;
+  cleanup(): Promise<void>;
+}
+
+async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
+  const dataDir = mkdtempSync(join(tmpdir(), 'rf-gce-'));
+  const emu = await startGceEmulator({ host: '127.0.0.1', port: 0, dataDir, bootDelayMs: 0 });
+  const shard = `g${randomBytes(3).toString('hex')}`;
+  const provider = new GcpProvider(
+    parseGcpConfig({ project: 'test-proj', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 3, requestsPerSecond: 1000, ...config }),
+    { shard, dataDir, log: createLogger({ level: 'silent' }) },
+  );
+  return {
+    emu,
+    provider,
+    shard,
+    async cleanup() {
+      try {
+        const all = await provider.list({});
+        await provider.delete(all.map((vm) => ({ vmId: vm.vmId ?? vm.name, name: vm.name, zone: vm.zone ?? null })));
+      } finally {
+        await provider.close();
+        await emu.close();
+        rmSync(dataDir, { recursive: true, force: true });
+      }
+    },
+  };
+}
+
+providerContract('gcp', async () => {
+  const fx = await fixture();
+  return { provider: fx.provider, machine, cleanup: fx.cleanup };
+});
+
+describe('gcp provider against the GCE emulator', () => {
+  const fixtures: Fixture[] = [];
+  const setup = async (config: Record<string, unknown> = {}) => {
+    const fx = await fixture(config);
+    fixtures.push(fx);
+    return fx;
+  };
+  afterEach(async () => {
+    for (const fx of fixtures.splice(0)) await fx.cleanup();
+  });
+
+  it('is registered under "gcp"', () => {
+    expect(providerFactory('gcp')).toBeTypeOf('function');
+  });
+
+  it('sends an isolated insert body: no external IP, no service account, own key, max run duration', async () => {
+    const fx = await setup();
+    const t = makeSpec(fx.shard, machine);
+    const vm = await fx.provider.create(t.spec);
+    expect(vm.zone).toBe('us-central1-a');
+    const body = fx.emu.inserted(t.spec.name) as Record<string, any>;
+    expect(body.networkInterfaces[0].accessConfigs ?? []).toEqual([]);
+    expect(body.serviceAccounts ?? []).toEqual([]);
+    expect(body.labels).toMatchObject({ team: 'ci', [LABEL_SHARD]: fx.shard, [LABEL_VM]: t.spec.vmId });
+    expect(body.scheduling).toMatchObject({ instanceTerminationAction: 'DELETE', automaticRestart: false });
+    expect(Number(body.scheduling.maxRunDuration.seconds)).toBe(600);
+    const keys = (body.metadata.items as { key: string; value: string }[]).find((i) => i.key === 'ssh-keys')?.value;
+    expect(keys).toBe(`runner:${t.spec.publicKey}`);
+  });
+
+  it('fails over to the next zone on a stockout and avoids the zone afterwards', async () => {
+    const fx = await setup();
+    fx.emu.faults.stockoutZones.add('us-central1-a');
+    const a = makeSpec(fx.shard, machine);
+    expect((await fx.provider.create(a.spec)).zone).toBe('us-central1-b');
+    expect(fx.provider.stats.stockouts).toBe(1);
+    expect(fx.provider.zoneCooldowns().has('us-central1-a')).toBe(true);
+    // The stockout clears, but the zone is still cooling down: no call goes there.
+    fx.emu.faults.stockoutZones.clear();
+    const b = makeSpec(fx.shard, machine);
+    expect((await fx.provider.create(b.spec)).zone).toBe('us-central1-b');
+    expect(fx.provider.stats.stockouts).toBe(1);
+    // Every zone out: a stockout error, not a hang.
+    for (const z of ZONES) fx.emu.faults.stockoutZones.add(z);
+    await expect(fx.provider.create(makeSpec(fx.shard, machine).spec)).rejects.toMatchObject({ kind: 'stockout' });
+  });
+
+  it('backs off on 429 with bounded retries', async () => {
+    const fx = await setup({ retries: 3 });
+    fx.emu.faults.rateLimitNext = 2;
+    const t = makeSpec(fx.shard, machine);
+    await fx.provider.create(t.spec);
+    expect(fx.provider.stats.rateLimited).toBeGreaterThanOrEqual(2);
+    expect(await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).toHaveLength(1);
+
+    fx.emu.faults.rateLimitNext = 100;
+    const started = Date.now();
+    const before = fx.provider.stats.calls['instances.aggregatedList'] ?? 0;
+    await expect(fx.provider.list({ [LABEL_SHARD]: `${fx.shard}-other` })).rejects.toMatchObject({ kind: 'rateLimited' });
+    expect((fx.provider.stats.calls['instances.aggregatedList'] ?? 0) - before).toBe(4); // 1 + 3 retries
+    expect(Date.now() - started).toBeLessThan(5000);
+    fx.emu.faults.rateLimitNext = 0;
+  });
+
+  it('reports quota errors without retrying', async () => {
+    const fx = await setup();
+    fx.emu.faults.quotaExceeded = true;
+    await expect(fx.provider.create(makeSpec(fx.shard, machine).spec)).rejects.toMatchObject({ kind: 'quota' });
+    fx.emu.faults.quotaExceeded = false;
+  });
+
+  it('times out a hung call and retries it', async () => {
+    const fx = await setup({ callTimeout: '1s', retries: 1 });
+    fx.emu.faults.hangNext = 1;
+    const t = makeSpec(fx.shard, machine);
+    await fx.provider.create(t.spec);
+    expect(fx.provider.stats.timeouts).toBe(1);
+    expect(await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).toHaveLength(1);
+  });
+
+  it('creates several VMs of a class with one bulkInsert, names and labels intact', async () => {
+    const fx = await setup();
+    const specs = [makeSpec(fx.shard, machine), makeSpec(fx.shard, machine), makeSpec(fx.shard, machine)].map((t) => t.spec);
+    const results = await fx.provider.createMany(specs);
+    expect(results.every((r) => r.ok)).toBe(true);
+    expect(fx.provider.stats.bulkInserts).toBe(1);
+    expect(fx.provider.stats.calls['instances.insert'] ?? 0).toBe(0);
+    const listed = await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    expect(listed.map((v) => [v.name, v.vmId]).sort()).toEqual(specs.map((s) => [s.name, s.vmId]).sort());
+  });
+
+  it('describes with one list call per poll, shared with list in the same tick', async () => {
+    const fx = await setup();
+    const specs = [makeSpec(fx.shard, machine).spec, makeSpec(fx.shard, machine).spec];
+    await fx.provider.createMany(specs);
+    const count = (m: string) => fx.provider.stats.calls[m] ?? 0;
+    const [lists, gets] = [count('instances.aggregatedList'), count('instances.get')];
+    expect(await fx.provider.describe(specs)).toHaveLength(2);
+    await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    expect(count('instances.aggregatedList') - lists).toBe(1);
+    expect(count('instances.get') - gets).toBe(0); // never one get per VM
+  });
+
+  it('reaches a running VM on its internal address and the SSH port the instance reports', async () => {
+    const fx = await setup();
+    const t = makeSpec(fx.shard, machine);
+    await fx.provider.create(t.spec);
+    const vm = await waitRunning(fx.provider, t.spec);
+    const info = fx.provider.connectInfo(vm, t.keys.privateKey);
+    expect(info).toMatchObject({ protocol: 'ssh', os: 'linux', host: vm.internalIp, username: 'runner' });
+    expect(info.port).not.toBe(22);
+    // The executor's path: a ref plus the stored address, no CloudVm.
+    expect(fx.provider.connectInfo({ vmId: t.spec.vmId, name: t.spec.name, internalIp: vm.internalIp! }, 'k').port).toBe(info.port);
+  });
+
+  it('retrieves a Windows password through windows-keys and serial port 4', async () => {
+    const fx = await setup();
+    const win = { ...machine, os: 'windows', windowsAccess: 'password', image: 'projects/windows-cloud/global/images/family/windows-2022' };
+    const t = makeSpec(fx.shard, win);
+    await fx.provider.create(t.spec);
+    await waitRunning(fx.provider, t.spec);
+    const password = await fx.provider.windowsPassword(t.spec, 'runner', { timeoutMs: 15_000, pollMs: 100 });
+    expect(password.length).toBeGreaterThanOrEqual(8);
+  });
+});
