@@ -7,6 +7,9 @@ import { expandEnv, type Env } from './env.js';
 import { describeValue, expectedPhrase, formatIssue, formatPath, startsWith } from './format.js';
 import { CLASS_NAME, shardSchema, type RawShardConfig } from './schema.js';
 import { ConfigError, type ClassConfig, type ShardConfig } from './types.js';
+// Each provider checks its own config and machine profiles at load time.
+import '../providers/builtin.js';
+import { providerValidators, registeredProviders } from '../providers/provider.js';
 
 export interface ParseOptions {
   /** Variables for ${VAR} expansion; default process.env. */
@@ -89,6 +92,13 @@ function crossFieldErrors(input: unknown): string[] {
       const what = known.length ? `a provider configured under providers (${known.join(', ')})` : 'a provider configured under providers (none is)';
       errors.push(`${formatPath(['classes', name, 'provider'])}: expected ${what}, got ${describeValue(provider, [])}`);
     }
+    const checks = typeof provider === 'string' ? providerValidators(provider) : undefined;
+    if (typeof provider === 'string' && !checks) {
+      errors.push(`${formatPath(['classes', name, 'provider'])}: expected one of the providers runner-fleet knows (${registeredProviders().join(', ')}), got ${describeValue(provider, [])}`);
+    }
+    // A class of a provider that is not configured has one error already; its machine waits.
+    const configured = isRecord(providers) && typeof provider === 'string' && Object.hasOwn(providers, provider);
+    if (checks?.machine && configured) errors.push(...checks.machine(name, cls['machine'] ?? {}));
     const pool = cls['pool'];
     if (isRecord(pool)) {
       const idle = Number(pool['idle']);
@@ -97,6 +107,9 @@ function crossFieldErrors(input: unknown): string[] {
         errors.push(`${formatPath(['classes', name, 'pool', 'idle'])}: expected integer <= pool.max (${max}), got ${idle}`);
       }
     }
+  }
+  if (isRecord(providers)) {
+    for (const [name, raw] of Object.entries(providers)) errors.push(...(providerValidators(name)?.config?.(raw) ?? []));
   }
   return errors;
 }

@@ -31,8 +31,10 @@ export interface ScaleInput {
   counts: ClassCounts;
   /** Unreserved warm VMs, oldest first. */
   readyVms: ReadyVm[];
-  /** The class may not grow (draining, quota exhausted). */
+  /** Draining: no new VMs, and warm ones are retired. */
   frozen: boolean;
+  /** The cloud refused to grow the class (quota exhausted): create nothing, keep what is warm. */
+  blocked?: boolean;
   /** Warm VMs above `idle` older than this are retired; keeps a lowered `idle` effective. */
   idleTimeMs: number;
   now: number;
@@ -44,7 +46,7 @@ export function decideScale(input: ScaleInput): ScaleDecision {
   const warmSoon = counts.pending + counts.ready;
   let create = 0;
   let capped = false;
-  if (!input.frozen && warmSoon < pool.idle) {
+  if (!input.frozen && !input.blocked && warmSoon < pool.idle) {
     const want = pool.idle - warmSoon;
     const room = Math.max(0, pool.max - live);
     create = Math.min(want, room);

@@ -2,6 +2,19 @@
 // prefix, base units, `_total` counters, bounded labels (never job or VM ids).
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
+/** Binds a provider's per-call reports to the shard's registry. */
+export function cloudTelemetry(metrics: Metrics, provider: string): import('../providers/provider.js').CloudTelemetry {
+  return {
+    request(operation, outcome, seconds) {
+      metrics.cloudRequests.inc({ provider, operation, outcome });
+      metrics.cloudRequestSeconds.observe({ provider, operation }, seconds);
+    },
+    stockout(zone) {
+      metrics.cloudStockouts.inc({ provider, zone });
+    },
+  };
+}
+
 /** Start-latency buckets: dense under a minute, with the SLO threshold (120 s) as an edge. */
 export const START_LATENCY_BUCKETS = [0.5, 1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800];
 export const BOOT_BUCKETS = [0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1200];
@@ -20,6 +33,9 @@ export interface Metrics {
   orphansDeleted: Counter<'provider'>;
   cloudRequests: Counter<'provider' | 'operation' | 'outcome'>;
   cloudRequestSeconds: Histogram<'provider' | 'operation'>;
+  cloudStockouts: Counter<'provider' | 'zone'>;
+  providerOperationSeconds: Histogram<'provider' | 'operation' | 'outcome'>;
+  classGrowthBlocked: Gauge<'class' | 'reason'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -77,6 +93,19 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     cloudRequestSeconds: new Histogram({
       name: 'runner_fleet_cloud_request_seconds', help: 'Cloud API call duration.',
       labelNames: ['provider', 'operation'], buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers,
+    }),
+    cloudStockouts: new Counter({
+      name: 'runner_fleet_cloud_stockouts_total', help: 'VM creations refused for lack of capacity, by zone (GCE) or subnet/AZ (EC2).',
+      labelNames: ['provider', 'zone'], registers,
+    }),
+    providerOperationSeconds: new Histogram({
+      name: 'runner_fleet_provider_operation_seconds',
+      help: 'Pool-level provider operations (create a batch, describe, delete) including their API calls, retries and operation waits.',
+      labelNames: ['provider', 'operation', 'outcome'], buckets: [0.05, 0.25, 1, 2, 5, 10, 30, 60, 120, 300], registers,
+    }),
+    classGrowthBlocked: new Gauge({
+      name: 'runner_fleet_class_growth_blocked', help: '1 while a class may not create VMs (reason: quota), else 0.',
+      labelNames: ['class', 'reason'], registers,
     }),
   };
 }

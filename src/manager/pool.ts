@@ -20,6 +20,8 @@ export const WARM_MAX_AGE_MS = 6 * 3600_000;
 const SURPLUS_IDLE_MS = 60_000;
 /** A failed cloud delete is retried after this long. */
 const DELETE_RETRY_MS = 5_000;
+/** After a quota refusal the class creates nothing for this long, then tries again. */
+export const QUOTA_BACKOFF_MS = 5 * 60_000;
 
 export type Probe = (info: ConnectInfo, opts: { deadlineMs: number; signal: AbortSignal }) => Promise<SshSession>;
 
@@ -50,6 +52,8 @@ export class Pool {
   private readonly deleteAfter = new Map<string, number>();
   private readonly sessions = new Map<string, SshSession>();
   private readonly frozen = new Set<string>();
+  /** Classes whose growth the cloud refused (quota), until when (ms). */
+  private readonly blockedUntil = new Map<string, number>();
   private readonly waiters = new Set<() => void>();
   private readonly tasks = new Set<Promise<unknown>>();
   private readonly abort = new AbortController();
@@ -68,6 +72,26 @@ export class Pool {
       this.timer = setTimeout(loop, every);
     };
     loop();
+  }
+
+  /** Quota exhausted: stop creating VMs of the class for a while; warm and running VMs stay. */
+  private blockGrowth(className: string, why: string): void {
+    const until = this.d.clock.now() + QUOTA_BACKOFF_MS;
+    if ((this.blockedUntil.get(className) ?? 0) < this.d.clock.now()) {
+      this.d.log.warn({ class: className, until: new Date(until).toISOString(), why }, 'cloud quota exhausted: not growing this class until the quota frees up');
+    }
+    this.blockedUntil.set(className, until);
+    this.d.metrics.classGrowthBlocked.set({ class: className, reason: 'quota' }, 1);
+  }
+
+  private growthBlocked(className: string, now: number): boolean {
+    const until = this.blockedUntil.get(className);
+    if (until === undefined) return false;
+    if (now < until) return true;
+    this.blockedUntil.delete(className);
+    this.d.metrics.classGrowthBlocked.set({ class: className, reason: 'quota' }, 0);
+    this.d.log.info({ class: className }, 'retrying growth of a class after a quota stop');
+    return false;
   }
 
   /** Run a tick now (or right after the one in progress). */
@@ -228,6 +252,7 @@ export class Pool {
       counts,
       readyVms: free.map((r) => ({ id: r.id, readyAt: (r.ready_at ?? r.created_at).getTime() })),
       frozen: this.frozen.has(cls.name),
+      blocked: this.growthBlocked(cls.name, now),
       idleTimeMs: SURPLUS_IDLE_MS,
       now,
     });
@@ -269,6 +294,7 @@ export class Pool {
           await this.d.store.transition(r.vm.vmId, 'creating', 'booting', { cloud_id: r.vm.cloudId, zone: r.vm.zone ?? null });
         } else {
           this.d.metrics.vmFailures.inc({ class: cls.name, reason: `create_${r.error.kind}` });
+          if (r.error.kind === 'quota') this.blockGrowth(cls.name, r.error.message);
           this.d.log.warn({ vm: r.vmId, class: cls.name, kind: r.error.kind, err: r.error.message }, 'VM creation failed');
           await this.d.store.transition(r.vmId, 'creating', 'failed', { failure: r.error.message.slice(0, 500) });
         }
@@ -369,18 +395,17 @@ export class Pool {
     }
   }
 
-  /** Time and count a cloud call. */
+  /** Time a pool-level provider operation; the provider reports its API calls one by one. */
   private async cloud<T>(provider: Provider, operation: string, fn: () => Promise<T>): Promise<T> {
-    const end = this.d.metrics.cloudRequestSeconds.startTimer({ provider: provider.name, operation });
+    const start = performance.now();
+    let outcome = 'ok';
     try {
-      const out = await fn();
-      this.d.metrics.cloudRequests.inc({ provider: provider.name, operation, outcome: 'ok' });
-      return out;
+      return await fn();
     } catch (err) {
-      this.d.metrics.cloudRequests.inc({ provider: provider.name, operation, outcome: (err as { kind?: string }).kind ?? 'error' });
+      outcome = (err as { kind?: string }).kind ?? 'error';
       throw err;
     } finally {
-      end();
+      this.d.metrics.providerOperationSeconds.observe({ provider: provider.name, operation, outcome }, (performance.now() - start) / 1000);
     }
   }
 }

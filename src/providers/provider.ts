@@ -118,23 +118,64 @@ export interface Provider {
   close(): Promise<void>;
 }
 
+/**
+ * Where a provider reports each cloud API call it makes (each attempt, retries included), so
+ * SREs see the real request rate, errors and latency per API method. The shard binds it to
+ * its Prometheus registry; providers must not depend on prom-client.
+ */
+export interface CloudTelemetry {
+  /** `outcome`: `ok`, `timeout`, or the ProviderErrorKind the call failed with. */
+  request(operation: string, outcome: string, seconds: number): void;
+  /** A zone (GCE) or subnet/AZ (EC2) had no capacity for a VM. */
+  stockout(zone: string): void;
+}
+
+export const noTelemetry: CloudTelemetry = { request() {}, stockout() {} };
+
 export interface ProviderContext {
   shard: string;
   /** Directory for provider state on this machine (local provider sandboxes). */
   dataDir: string;
   log: import('pino').Logger;
+  telemetry?: CloudTelemetry;
 }
 
 export type ProviderFactory = (config: Record<string, unknown>, ctx: ProviderContext) => Provider | Promise<Provider>;
 
-const registry = new Map<string, ProviderFactory>();
+/**
+ * Start-up checks of a provider's part of the shard config, run by the config loader so a bad
+ * file fails before anything starts. Each error names its field path (`providers.gcp.project`,
+ * `classes.<class>.machine.image`) and what was expected.
+ */
+export interface ProviderValidators {
+  config?(raw: unknown): string[];
+  machine?(className: string, machine: unknown): string[];
+}
 
-export function registerProvider(name: string, factory: ProviderFactory): void {
+const registry = new Map<string, ProviderFactory>();
+const validators = new Map<string, ProviderValidators>();
+
+export function registerProvider(name: string, factory: ProviderFactory, checks: ProviderValidators = {}): void {
   registry.set(name, factory);
+  validators.set(name, checks);
 }
 
 export function providerFactory(name: string): ProviderFactory | undefined {
   return registry.get(name);
+}
+
+export function providerValidators(name: string): ProviderValidators | undefined {
+  return validators.get(name);
+}
+
+/** Runs a throwing parser and returns its message lines as errors. */
+export function errorsOf(parse: () => unknown): string[] {
+  try {
+    parse();
+    return [];
+  } catch (err) {
+    return String((err as Error).message).split('\n').filter(Boolean);
+  }
 }
 
 export function registeredProviders(): string[] {

@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkConfigFile, loadConfigFile, parseConfig } from '../../src/config/load.js';
@@ -184,5 +185,37 @@ describe('loading a shard config', () => {
     const res = checkConfigFile(fixture('missing.yaml'));
     expect(res.ok).toBe(false);
     if (!res.ok) expect(res.errors[0]).toMatch(/missing\.yaml: cannot read: ENOENT/);
+  });
+
+  it('lets each provider check its config and machine profiles at load time', () => {
+    const gcp = (machine: string, project = 'my-project-1') => `
+shard: s1
+gitlab: { url: "http://127.0.0.1:9000" }
+classes:
+  arm: { runnerToken: tok, provider: gcp, pool: { idle: 0, max: 2 }, machine: ${machine} }
+providers: { gcp: { project: "${project}" } }
+`;
+    const armOnX86 = '{ machineType: t2a-standard-2, image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64, imageArch: x86_64, zones: [us-central1-a] }';
+    expect(errorsOf(gcp(armOnX86)).join('\n')).toMatch(/^classes\.arm\.machine\.image(Arch)?: .*arm64/m);
+    expect(errorsOf(gcp('{ machineType: n2d-standard-2 }'))).toEqual(
+      expect.arrayContaining([expect.stringMatching(/^classes\.arm\.machine\.image: expected/), expect.stringMatching(/^classes\.arm\.machine\.zones: expected/)]),
+    );
+    expect(errorsOf(gcp('{ machineType: n2d-standard-2, image: projects/debian-cloud/global/images/family/debian-12, zones: [us-central1-a] }', 'X'))).toEqual([
+      expect.stringMatching(/^providers\.gcp\.project: expected a project id/),
+    ]);
+    expect(errorsOf(MINIMAL.replace('provider: local', 'provider: openstack').replace('local: {}', 'openstack: {}'))).toEqual([
+      expect.stringMatching(/^classes\.small\.provider: expected one of the providers runner-fleet knows \(.*gcp.*local.*\), got "openstack"/),
+    ]);
+  });
+
+  it('accepts every example shard config in deploy/examples', () => {
+    const dir = resolve(import.meta.dirname, '../../deploy/examples');
+    for (const f of readdirSync(dir).filter((n) => n.endsWith('.yaml'))) {
+      const text = readFileSync(join(dir, f), 'utf8');
+      const env: Record<string, string> = Object.fromEntries([...text.matchAll(/\$\{([A-Z0-9_]+)/g)].map((m) => [m[1]!, `value-of-${m[1]}`]));
+      Object.assign(env, { GCP_PROJECT: 'my-project-1', DATABASE_URL: 'postgres://u@127.0.0.1:5432/x', GITLAB_URL: 'https://gitlab.example.com' });
+      const res = checkConfigFile(join(dir, f), { env });
+      expect(res.ok ? [] : res.errors, f).toEqual([]);
+    }
   });
 });

@@ -46,4 +46,12 @@ describe('decideScale', () => {
     const d = decideScale({ ...base, frozen: true, counts: { pending: 0, ready: 2, busy: 1, leaving: 0 }, readyVms });
     expect(d).toEqual({ create: 0, retire: ['a', 'b'], capped: false });
   });
+
+  it('creates nothing while the class is blocked by quota, but keeps its warm VMs', () => {
+    const readyVms = [{ id: 'a', readyAt: base.now - 3600_000 }];
+    const d = decideScale({ ...base, blocked: true, counts: { pending: 0, ready: 1, busy: 0, leaving: 0 }, readyVms });
+    expect(d.create).toBe(0);
+    expect(d.retire).toEqual([]);
+    expect(decideScale({ ...base, counts: { pending: 0, ready: 1, busy: 0, leaving: 0 }, readyVms }).create).toBeGreaterThan(0);
+  });
 });

@@ -87,8 +87,10 @@ describe('Pool', () => {
     await close();
   });
 
+  let metrics: ReturnType<typeof createMetrics>;
   function start(cfg: ShardConfig, probe = async () => fakeSession) {
-    pool = new Pool({ config: cfg, store, providers: new Map([['memory', cloud]]), metrics: createMetrics({ shard: 'pool-test', defaultMetrics: false }), log: pino({ level: 'silent' }), clock: realClock, probe, tickMs: 20 });
+    metrics = createMetrics({ shard: 'pool-test', defaultMetrics: false });
+    pool = new Pool({ config: cfg, store, providers: new Map([['memory', cloud]]), metrics, log: pino({ level: 'silent' }), clock: realClock, probe, tickMs: 20 });
     pool.start();
     return pool;
   }
@@ -129,6 +131,17 @@ describe('Pool', () => {
     await waitUntil(async () => (await store.db.selectFrom('vm_events').select('to_state').where('to_state', '=', 'deleted').execute()).length > 0, 5000, 'a deleted VM');
     const failed = await store.db.selectFrom('vms').select(['failure']).where('failure', 'is not', null).execute();
     expect(failed[0]?.failure).toContain('machine type not found');
+  });
+
+  it('stops growing a class whose quota is exhausted, and says so in a metric', async () => {
+    cloud.failCreate = new ProviderError('quota', "Quota 'CPUS' exceeded. Limit: 8.0 in region us-central1.");
+    start(config({ idle: 2, max: 4 }));
+    await waitUntil(() => cloud.creates >= 1, 5000, 'a first create');
+    // Ticks run every 20 ms: without the stop, the pool would retry a create at nearly every tick.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(cloud.creates).toBeLessThanOrEqual(2); // one batch of two VMs at most
+    const gauge = await metrics.registry.getSingleMetricAsString('runner_fleet_class_growth_blocked');
+    expect(gauge).toMatch(/runner_fleet_class_growth_blocked\{[^}]*class="small"[^}]*reason="quota"[^}]*\} 1/);
   });
 
   it('fails and replaces a VM that never becomes reachable within bootTimeout', async () => {

@@ -3,7 +3,7 @@ import { constants, publicEncrypt } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { parseGcpConfig, parseGcpMachine, validateGcpMachine } from '../../src/providers/gcp/config.js';
 import { classifyError, errorKind, isAlreadyExists } from '../../src/providers/gcp/errors.js';
-import { bulkProperties, instanceBody } from '../../src/providers/gcp/insert-body.js';
+import { bulkProperties, instanceBody, vmMetadataItems } from '../../src/providers/gcp/insert-body.js';
 import { clientOptions, labelFilter, vmState } from '../../src/providers/gcp/provider.js';
 import { TokenBucket } from '../../src/providers/gcp/rate-limit.js';
 import { requestId } from '../../src/providers/gcp/request-id.js';
@@ -101,12 +101,17 @@ describe('gcp insert body', () => {
     expect(meta(instanceBody(spec({ machine: pw }), parseGcpMachine('win', pw), cfg, 'us-east1-b'))['ssh-keys']).toBeUndefined();
   });
 
-  it('bulk properties share the class parts and leave the VM label to setLabels', () => {
+  it('bulk properties share the class parts, and leave the VM label and the VM key to each VM', () => {
     const b = spec({ vmId: 'def456', name: 'rf-s1-def456', publicKey: 'ssh-ed25519 BBBB rf-s1-def456', labels: { [LABEL_SHARD]: 's1', [LABEL_VM]: 'def456' } });
     const p = bulkProperties([spec(), b], parseGcpMachine('small', linux), cfg, 'us-east1-b');
     expect(p.machineType).toBe('n2d-standard-2');
     expect(p.labels).toEqual({ team: 'ci', [LABEL_SHARD]: 's1' });
-    expect(meta(p)['ssh-keys']).toBe('runner:ssh-ed25519 AAAAC3Nza rf-s1-abc123\nrunner:ssh-ed25519 BBBB rf-s1-def456');
+    // No key in the shared body: each VM gets only its own afterwards (vmMetadataItems).
+    expect(meta(p)['ssh-keys']).toBeUndefined();
+    expect(meta(p)['block-project-ssh-keys']).toBe('TRUE');
+    const own = vmMetadataItems(p.metadata!.items!, parseGcpMachine('small', linux), b.publicKey);
+    expect(own.find((i) => i.key === 'ssh-keys')?.value).toBe('runner:ssh-ed25519 BBBB rf-s1-def456');
+    expect(own.filter((i) => i.key === 'ssh-keys')).toHaveLength(1);
     expect(p.networkInterfaces![0]).not.toHaveProperty('accessConfigs');
     expect(p).not.toHaveProperty('serviceAccounts');
   });

@@ -10,6 +10,7 @@ import '../../src/providers/gcp/index.js';
 import { GcpProvider } from '../../src/providers/gcp/provider.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { LABEL_SHARD, LABEL_VM, providerFactory } from '../../src/providers/provider.js';
+import { connectSsh } from '../../src/connect/ssh.js';
 import { providerContract } from './contract.js';
 import { makeSpec, waitRunning } from './local-fixture.js';
 
@@ -142,6 +143,50 @@ describe('gcp provider against the GCE emulator', () => {
     expect(fx.provider.stats.calls['instances.insert'] ?? 0).toBe(0);
     const listed = await fx.provider.list({ [LABEL_SHARD]: fx.shard });
     expect(listed.map((v) => [v.name, v.vmId]).sort()).toEqual(specs.map((s) => [s.name, s.vmId]).sort());
+    // Each VM holds its own key and no other: the shared bulk body carries none.
+    for (const s of specs) {
+      const items = fx.emu.instance(s.name)!['metadata']['items'] as { key: string; value: string }[];
+      expect(items.find((i) => i.key === 'ssh-keys')?.value).toBe(`runner:${s.publicKey}`);
+    }
+    expect(JSON.stringify(fx.emu.inserted(specs[0]!.name))).not.toContain(specs[1]!.publicKey.split(' ')[1]);
+  });
+
+  it('reaches a bulk-created VM with its own key only', async () => {
+    const fx = await setup();
+    const made = [makeSpec(fx.shard, machine), makeSpec(fx.shard, machine)];
+    expect((await fx.provider.createMany(made.map((t) => t.spec))).every((r) => r.ok)).toBe(true);
+    const [a, b] = made as [(typeof made)[0], (typeof made)[0]];
+    const vm = await waitRunning(fx.provider, a.spec);
+    const session = await connectSsh(fx.provider.connectInfo(vm, a.keys.privateKey), { timeoutMs: 10_000 });
+    let out = '';
+    expect((await session.exec('echo own-key-works', { onData: (c) => void (out += String(c)) })).exitCode).toBe(0);
+    expect(out).toContain('own-key-works');
+    session.close();
+    // The other VM's private key opens nothing here.
+    await expect(connectSsh(fx.provider.connectInfo(vm, b.keys.privateKey), { timeoutMs: 3000 })).rejects.toThrow();
+  });
+
+  it('reports every API call and stockout zone to the shard telemetry', async () => {
+    const seen: { op: string; outcome: string }[] = [];
+    const stockouts: string[] = [];
+    const fx = await setup();
+    const provider = new GcpProvider(fx.provider.cfg, {
+      shard: fx.shard, dataDir: fx.emu.sandboxRoot, log: createLogger({ level: 'silent' }),
+      telemetry: { request: (op, outcome) => void seen.push({ op, outcome }), stockout: (z) => void stockouts.push(z) },
+    });
+    try {
+      fx.emu.faults.stockoutAsHttp = true;
+      fx.emu.faults.stockoutZones.add('us-central1-a');
+      fx.emu.faults.rateLimitNext = 1;
+      await provider.create(makeSpec(fx.shard, machine).spec);
+      expect(stockouts).toEqual(['us-central1-a']);
+      expect(seen).toContainEqual({ op: 'instances.insert', outcome: 'rateLimited' });
+      expect(seen).toContainEqual({ op: 'instances.insert', outcome: 'stockout' });
+      expect(seen).toContainEqual({ op: 'instances.insert', outcome: 'ok' });
+    } finally {
+      fx.emu.faults.stockoutZones.clear();
+      await provider.close();
+    }
   });
 
   it('describes with one list call per poll, shared with list in the same tick', async () => {

@@ -387,6 +387,16 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     return generateVmKeyPair(`${inst.name}-nobody`).publicKey;
   }
 
+  /** The guest agent: installs the current `ssh-keys` key in a running (or booting) sandbox. */
+  function applyGuestKey(inst: Inst): void {
+    if (metadataItem(inst, 'ssh-keys') === undefined) return;
+    try {
+      local.setAuthorizedKey(inst.sandboxName, sandboxKey(inst));
+    } catch (err) {
+      log.warn({ name: inst.name, err: (err as Error).message }, 'gce emulator: could not install ssh key');
+    }
+  }
+
   function setStatus(inst: Inst, status: InstanceStatus): void {
     inst.res['status'] = status;
     if (status === 'RUNNING') {
@@ -415,6 +425,8 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     inst.creating = local.create(spec);
     try {
       await inst.creating;
+      // Keys set while the sandbox was being created (bulkInsert, then setMetadata per VM).
+      if (gen === inst.generation) applyGuestKey(inst);
     } catch (err) {
       log.warn({ name: inst.name, err: (err as Error).message }, 'gce emulator: sandbox failed to start');
       if (gen === inst.generation) setStatus(inst, 'TERMINATED');
@@ -789,6 +801,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     const port = metadataItem(inst, EMULATOR_SSH_PORT_KEY);
     if (port !== undefined) items.push({ key: EMULATOR_SSH_PORT_KEY, value: port });
     setMetadataItems(inst, items);
+    applyGuestKey(inst);
     const op = newOp(project, zone, 'setMetadata', inst.res['selfLink'], inst.id, rid);
     op.finish();
     processWindowsKeys(inst);

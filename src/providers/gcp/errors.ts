@@ -97,6 +97,13 @@ export function errorKind(err: unknown): ProviderErrorKind {
   return 'fatal';
 }
 
+/** A 412 / `conditionNotMet`: the fingerprint we sent is stale; read the resource again. */
+export function isStaleFingerprint(err: unknown): boolean {
+  if (err instanceof ProviderError) return isStaleFingerprint(err.details.cause);
+  const f = facts(err);
+  return f.status === 412 || f.reasons.some((r) => /conditionNotMet/i.test(r));
+}
+
 /** A 409 / `alreadyExists`: for an insert of our own deterministic name, that is success. */
 export function isAlreadyExists(err: unknown): boolean {
   if (err instanceof ProviderError) return isAlreadyExists(err.details.cause);

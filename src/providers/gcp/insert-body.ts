@@ -46,7 +46,7 @@ function metadataItems(machine: GcpMachine, publicKeys: string[]): MetadataItem[
     { key: 'block-project-ssh-keys', value: 'TRUE' },
     { key: 'enable-oslogin', value: 'FALSE' },
   ];
-  if (machine.os === 'linux' || machine.windowsAccess === 'ssh') items.unshift({ key: 'ssh-keys', value: sshKeysValue(machine.username, publicKeys) });
+  if (publicKeys.length && (machine.os === 'linux' || machine.windowsAccess === 'ssh')) items.unshift({ key: 'ssh-keys', value: sshKeysValue(machine.username, publicKeys) });
   if (machine.os === 'windows' && machine.windowsAccess === 'ssh') {
     items.push({ key: 'enable-windows-ssh', value: 'TRUE' }, { key: 'sysprep-specialize-script-cmd', value: WINDOWS_SSH_SPECIALIZE });
   }
@@ -113,9 +113,9 @@ export function instanceBody(spec: VmSpec, machine: GcpMachine, cfg: BodyConfig,
 
 /**
  * The shared InstanceProperties of a `bulkInsert` for several VMs of one class in one zone.
- * bulkInsert takes only a name per instance, so the per-VM parts differ from `instanceBody`:
- * the VM label is added afterwards with setLabels, and `ssh-keys` carries every VM's own key of
- * the batch (each private key stays with the manager; a VM never holds one).
+ * bulkInsert takes only a name per instance, so the per-VM parts are added afterwards: the VM
+ * label with setLabels and the VM's own key with setMetadata (`vmMetadata`). The shared body
+ * carries no key at all, so no VM ever accepts another VM's key.
  */
 export function bulkProperties(specs: VmSpec[], machine: GcpMachine, cfg: BodyConfig, zone: string): InstanceProperties {
   const first = specs[0];
@@ -131,9 +131,15 @@ export function bulkProperties(specs: VmSpec[], machine: GcpMachine, cfg: BodyCo
     ...(one.tags ? { tags: one.tags } : {}),
     disks: [{ ...disk, initializeParams: { ...disk.initializeParams, diskType: machine.diskType, labels } }],
     networkInterfaces: one.networkInterfaces,
-    metadata: { items: metadataItems(machine, specs.map((s) => s.publicKey)) },
+    metadata: { items: metadataItems(machine, []) },
     scheduling: scheduling({ maxRunSeconds: Math.max(...specs.map((s) => s.maxRunSeconds)) }, machine),
     ...(machine.gpu ? { guestAccelerators: [{ acceleratorType: machine.gpu.type, acceleratorCount: machine.gpu.count }] } : {}),
     ...(one.shieldedInstanceConfig ? { shieldedInstanceConfig: one.shieldedInstanceConfig } : {}),
   };
+}
+
+/** A bulk-created VM's metadata with its own key added (the guest agent installs it). */
+export function vmMetadataItems(current: MetadataItem[], machine: GcpMachine, publicKey: string): MetadataItem[] {
+  if (machine.os !== 'linux' && machine.windowsAccess !== 'ssh') return current;
+  return [{ key: 'ssh-keys', value: sshKeysValue(machine.username, [publicKey]) }, ...current.filter((i) => i.key !== 'ssh-keys')];
 }

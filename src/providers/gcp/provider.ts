@@ -10,6 +10,8 @@ import {
   LABEL_SHARD,
   LABEL_VM,
   ProviderError,
+  noTelemetry,
+  type CloudTelemetry,
   type CloudVm,
   type CloudVmState,
   type ConnectInfo,
@@ -23,8 +25,8 @@ import {
   type VmSpec,
 } from '../provider.js';
 import { parseGcpMachine, type GcpMachine, type GcpProviderConfig } from './config.js';
-import { classifyError, isAlreadyExists } from './errors.js';
-import { EMULATOR_SSH_PORT_KEY, bulkProperties, instanceBody } from './insert-body.js';
+import { classifyError, isAlreadyExists, isStaleFingerprint } from './errors.js';
+import { EMULATOR_SSH_PORT_KEY, bulkProperties, instanceBody, vmMetadataItems } from './insert-body.js';
 import { projectBucket, type TokenBucket } from './rate-limit.js';
 import { requestId } from './request-id.js';
 import { retrieveWindowsPassword } from './windows.js';
@@ -118,6 +120,7 @@ export class GcpProvider implements Provider {
   private readonly clients: GcpClients;
   private readonly bucket: TokenBucket;
   private readonly log: Logger;
+  private readonly telemetry: CloudTelemetry;
   private cooldowns: ReadonlyMap<string, number> = new Map();
   /** What we learnt about each VM name (zone, OS, SSH port) from creates and lists. */
   private readonly seen = new Map<string, Seen>();
@@ -132,6 +135,7 @@ export class GcpProvider implements Provider {
     deps: { clients?: GcpClients; now?: () => number } = {},
   ) {
     this.log = ctx.log;
+    this.telemetry = ctx.telemetry ?? noTelemetry;
     this.now = deps.now ?? Date.now;
     const opts = clientOptions(cfg);
     this.clients = deps.clients ?? { instances: new InstancesClient(opts), operations: new ZoneOperationsClient(opts) };
@@ -157,13 +161,18 @@ export class GcpProvider implements Provider {
         await this.bucket.take();
         this.stats.calls[method] = (this.stats.calls[method] ?? 0) + 1;
         let timer: NodeJS.Timeout | undefined;
+        const started = performance.now();
+        let outcome = 'ok';
         try {
           // gax's own timeout does not bound every REST path: race a timer as well.
           return await Promise.race([
             fn({ timeout, retry: null }),
             new Promise<undefined>((resolve, reject) => {
               timer = setTimeout(() => {
-                if (longPoll) return resolve(undefined);
+                if (longPoll) {
+                  outcome = 'long_poll_timeout';
+                  return resolve(undefined);
+                }
                 this.stats.timeouts++;
                 const e = new Error(`${method} timed out after ${timeout} ms`);
                 e.name = 'TimeoutError';
@@ -172,9 +181,12 @@ export class GcpProvider implements Provider {
             }),
           ]);
         } catch (err) {
-          throw classifyError(err, { operation: method, ...(zone ? { zone } : {}) });
+          const pe = classifyError(err, { operation: method, ...(zone ? { zone } : {}) });
+          outcome = (err as Error)?.name === 'TimeoutError' ? 'timeout' : pe.kind;
+          throw pe;
         } finally {
           clearTimeout(timer);
+          this.telemetry.request(method, outcome, (performance.now() - started) / 1000);
         }
       },
       {
@@ -268,6 +280,7 @@ export class GcpProvider implements Provider {
 
   private markStockout(zone: string, err: ProviderError): void {
     this.stats.stockouts++;
+    this.telemetry.stockout(zone);
     this.cooldowns = coolDown(this.cooldowns, zone, this.now(), this.cfg.zoneCooldownMs);
     this.log.warn({ zone, coolDownMs: this.cfg.zoneCooldownMs, err: err.message }, 'gcp zone stocked out; avoiding it');
   }
@@ -367,25 +380,56 @@ export class GcpProvider implements Provider {
     this.stats.bulkInserts++;
     for (const s of group) this.remember(s, machine, zone);
     const inZone = zone;
-    return Promise.all(
+    // One list for the fingerprints of the whole batch, never a get per VM.
+    const listed = new Map((await this.listInstances({ [LABEL_SHARD]: group[0]!.labels[LABEL_SHARD] ?? group[0]!.shard })).map((i) => [i.name, i]));
+    const results = await Promise.all(
       group.map(async (s): Promise<CreateResult> => {
         try {
-          const inst = await this.getInstance(inZone, s.name);
+          const inst = listed.get(s.name) ?? (await this.getInstance(inZone, s.name));
           if (!inst) throw new ProviderError('retryable', `gcp bulkInsert: ${s.name} missing after the operation`, { provider: 'gcp', zone: inZone });
+          const { project } = this.cfg;
           const labels = { ...(inst.labels ?? {}), ...s.labels };
-          const [lro] = await this.call('instances.setLabels', inZone, (o) =>
-            this.clients.instances.setLabels(
-              { project: this.cfg.project, zone: inZone, instance: s.name, requestId: requestId(this.cfg.project, inZone, s.name, 'setLabels'), instancesSetLabelsRequestResource: { labels, labelFingerprint: inst.labelFingerprint ?? null } },
-              o,
-            ),
-          );
-          await this.waitOp(inZone, lro.latestResponse as Operation, `setLabels ${s.name}`);
+          // The VM's own label and its own key; the shared body carried neither.
+          await Promise.all([
+            this.call('instances.setLabels', inZone, (o) =>
+              this.clients.instances.setLabels(
+                { project, zone: inZone, instance: s.name, requestId: requestId(project, inZone, s.name, 'setLabels'), instancesSetLabelsRequestResource: { labels, labelFingerprint: inst.labelFingerprint ?? null } },
+                o,
+              ),
+            ).then(([lro]) => this.waitOp(inZone, lro.latestResponse as Operation, `setLabels ${s.name}`)),
+            machine.os === 'linux' || machine.windowsAccess === 'ssh' ? this.setVmKey(inZone, s, machine, inst) : undefined,
+          ]);
           return { ok: true, vm: { vmId: s.vmId, cloudId: String(inst.id ?? s.name), zone: inZone } };
         } catch (err) {
-          return { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'setLabels', zone: inZone }) };
+          return { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'bulkInsert', zone: inZone }) };
         }
       }),
     );
+    this.listCache.clear(); // that list predates the labels just set
+    return results;
+  }
+
+  /** Adds the VM's own key to its metadata; re-reads it when something else changed it meanwhile. */
+  private async setVmKey(zone: string, spec: VmSpec, machine: GcpMachine, first: Instance): Promise<void> {
+    const { project } = this.cfg;
+    let inst: Instance | undefined = first;
+    for (let attempt = 1; ; attempt++) {
+      const items = vmMetadataItems(inst.metadata?.items ?? [], machine, spec.publicKey);
+      try {
+        const [lro] = await this.call('instances.setMetadata', zone, (o) =>
+          this.clients.instances.setMetadata(
+            { project, zone, instance: spec.name, requestId: requestId(project, zone, spec.name, 'setMetadata', String(attempt)), metadataResource: { items, fingerprint: inst!.metadata?.fingerprint ?? null } },
+            o,
+          ),
+        );
+        await this.waitOp(zone, lro.latestResponse as Operation, `setMetadata ${spec.name}`);
+        return;
+      } catch (err) {
+        if (!isStaleFingerprint(err) || attempt >= 3) throw err;
+        inst = await this.getInstance(zone, spec.name);
+        if (!inst) throw new ProviderError('retryable', `gcp setMetadata ${spec.name}: the VM disappeared`, { provider: 'gcp', zone });
+      }
+    }
   }
 
   // ---- describe / list ----------------------------------------------------------------------

@@ -40,6 +40,8 @@ export const files = (dir: string) => ({
   /** One empty file per running exec, named by its process group id: delete kills them even if the sandbox died. */
   procs: join(dir, 'procs'),
   log: join(dir, 'sandbox.log'),
+  /** Written by a guest agent after boot (GCE `ssh-keys` metadata): replaces the spec's key. */
+  authorizedKey: join(dir, 'authorized_key'),
 });
 
 /** Write-then-rename so a reader never sees half a file. */

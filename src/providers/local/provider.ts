@@ -2,7 +2,7 @@
 // on a loopback address. It behaves like a cloud where it matters to the manager: VMs boot
 // asynchronously, survive the manager, carry labels, and are found again by listing.
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -148,6 +148,21 @@ export class LocalProvider implements Provider {
       for (const pgid of this.procGroups(f.procs, f.home)) killGroup(pgid);
       rmSync(dir, { recursive: true, force: true });
     }
+  }
+
+  /**
+   * What a guest agent does when a VM's keys change after boot (GCE `ssh-keys` metadata): the
+   * sandbox accepts this key from now on instead of the one it was created with. Used by the
+   * GCE emulator; a sandbox that does not exist is left alone.
+   */
+  setAuthorizedKey(name: string, publicKey: string): boolean {
+    const dir = this.dirOf(name);
+    if (!existsSync(files(dir).spec)) return false;
+    const f = files(dir);
+    const tmp = `${f.authorizedKey}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${publicKey.trim()}\n`, { mode: 0o600 });
+    renameSync(tmp, f.authorizedKey);
+    return true;
   }
 
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo {

@@ -3,7 +3,7 @@
 // and exits when its directory disappears or its max run duration passes.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
@@ -29,12 +29,31 @@ function log(msg: string): void {
   process.stderr.write(`${new Date().toISOString()} ${msg}\n`);
 }
 
-const allowed = (() => {
-  const k = utils.parseKey(spec.publicKey);
-  if (k instanceof Error) throw new Error(`sandbox: bad public key in ${f.spec}: ${k.message}`);
+function parsePublicKey(text: string, source: string): ParsedKey {
+  const k = utils.parseKey(text);
+  if (k instanceof Error) throw new Error(`sandbox: bad public key in ${source}: ${k.message}`);
   return (Array.isArray(k) ? k[0] : k) as ParsedKey;
-})();
-const allowedBlob = allowed.getPublicSSH();
+}
+
+let allowed = { text: spec.publicKey, key: parsePublicKey(spec.publicKey, f.spec) };
+
+/** The key this VM accepts now: a guest agent may have installed another since boot. */
+function allowedKey(): ParsedKey {
+  let text = spec!.publicKey;
+  try {
+    text = readFileSync(f.authorizedKey, 'utf8').trim() || text;
+  } catch {
+    // No agent-installed key: the one the VM was created with.
+  }
+  if (text !== allowed.text) {
+    try {
+      allowed = { text, key: parsePublicKey(text, f.authorizedKey) };
+    } catch (err) {
+      log((err as Error).message);
+    }
+  }
+  return allowed.key;
+}
 
 /** Process groups of running commands, so nothing outlives the sandbox or a dropped client. */
 const groups = new Set<number>();
@@ -121,9 +140,10 @@ function onClient(client: Connection): void {
   (client as unknown as { setNoDelay(on: boolean): void }).setNoDelay(true);
   client.on('authentication', (ctx) => {
     if (ctx.method !== 'publickey' || ctx.username !== spec!.username) return ctx.reject(['publickey']);
-    if (ctx.key.algo !== allowed.type || !ctx.key.data.equals(allowedBlob)) return ctx.reject(['publickey']);
+    const key = allowedKey();
+    if (ctx.key.algo !== key.type || !ctx.key.data.equals(key.getPublicSSH())) return ctx.reject(['publickey']);
     // Without a signature the client only asks whether this key would do; with one, prove it.
-    if (ctx.signature && !allowed.verify(ctx.blob!, ctx.signature, ctx.hashAlgo)) return ctx.reject(['publickey']);
+    if (ctx.signature && !key.verify(ctx.blob!, ctx.signature, ctx.hashAlgo)) return ctx.reject(['publickey']);
     ctx.accept();
   });
   client.on('ready', () => {
