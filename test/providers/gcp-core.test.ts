@@ -5,10 +5,10 @@ import { parseGcpConfig, parseGcpMachine, validateGcpMachine } from '../../src/p
 import { classifyError, errorKind, isAlreadyExists } from '../../src/providers/gcp/errors.js';
 import { bulkProperties, instanceBody, vmMetadataItems } from '../../src/providers/gcp/insert-body.js';
 import { clientOptions, labelFilter, vmState } from '../../src/providers/gcp/provider.js';
-import { TokenBucket } from '../../src/providers/gcp/rate-limit.js';
+import { TokenBucket } from '../../src/providers/shared/rate-limit.js';
 import { requestId } from '../../src/providers/gcp/request-id.js';
 import { decryptWindowsPassword, findEncryptedPassword, mergeWindowsKeys, retrieveWindowsPassword, windowsKeyEntry } from '../../src/providers/gcp/windows.js';
-import { coolDown, pickZone, usableZones } from '../../src/providers/gcp/zones.js';
+import { coolDown, pickZone, usableZones } from '../../src/providers/shared/placement.js';
 import { LABEL_SHARD, LABEL_VM, type VmSpec } from '../../src/providers/provider.js';
 
 const linux = {

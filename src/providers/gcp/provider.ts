@@ -27,10 +27,10 @@ import {
 import { parseGcpMachine, type GcpMachine, type GcpProviderConfig } from './config.js';
 import { classifyError, isAlreadyExists, isStaleFingerprint } from './errors.js';
 import { EMULATOR_SSH_PORT_KEY, bulkProperties, instanceBody, vmMetadataItems } from './insert-body.js';
-import { projectBucket, type TokenBucket } from './rate-limit.js';
+import { projectBucket, type TokenBucket } from '../shared/rate-limit.js';
 import { requestId } from './request-id.js';
 import { retrieveWindowsPassword } from './windows.js';
-import { coolDown, nextUsableAt, usableZones } from './zones.js';
+import { coolDown, nextUsableAt, usableZones } from '../shared/placement.js';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
 type Operation = protos.google.cloud.compute.v1.IOperation;

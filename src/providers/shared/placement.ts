@@ -1,4 +1,5 @@
-// Zone choice with cool-down after a stockout (pure; the clock value is passed in).
+// Placement choice with cool-down after a stockout (pure; the clock value is passed in). A
+// "zone" is whatever a provider places VMs in: a GCE zone, an EC2 subnet or availability zone.
 
 /** Zone -> time (ms) until which it is avoided. */
 export type ZoneCooldowns = ReadonlyMap<string, number>;

@@ -1,4 +1,5 @@
-// A token bucket per project: every call to one project from this process shares it.
+// A token bucket per cloud account (GCE project, EC2 account+region): every call to it from this
+// process shares it.
 
 export class TokenBucket {
   private tokens: number;
@@ -32,12 +33,12 @@ export class TokenBucket {
 
 const buckets = new Map<string, TokenBucket>();
 
-/** The process-wide bucket of a project (the first caller's rate wins). */
-export function projectBucket(project: string, ratePerSecond: number): TokenBucket {
-  let b = buckets.get(project);
+/** The process-wide bucket of an account scope (the first caller's rate wins). */
+export function projectBucket(scope: string, ratePerSecond: number): TokenBucket {
+  let b = buckets.get(scope);
   if (!b) {
     b = new TokenBucket(ratePerSecond);
-    buckets.set(project, b);
+    buckets.set(scope, b);
   }
   return b;
 }
