@@ -1,0 +1,388 @@
+// EC2 provider: the imperative shell around the pure parts (config, run-input, errors). Every
+// call goes through `call`: the account's token bucket, a timeout that aborts the request, and
+// bounded jittered retries (p-retry) for throttling and transient errors only. The SDK's own
+// retries are off (maxAttempts 1) so that one policy, with its metrics, governs.
+import {
+  CreateTagsCommand,
+  DescribeInstancesCommand,
+  EC2Client,
+  RunInstancesCommand,
+  StartInstancesCommand,
+  StopInstancesCommand,
+  TerminateInstancesCommand,
+  type EC2ClientConfig,
+  type Filter,
+  type Instance,
+} from '@aws-sdk/client-ec2';
+import pRetry from 'p-retry';
+import type { Logger } from 'pino';
+import {
+  LABEL_SHARD,
+  LABEL_VM,
+  ProviderError,
+  noTelemetry,
+  type CloudTelemetry,
+  type CloudVm,
+  type CloudVmState,
+  type ConnectInfo,
+  type CreateResult,
+  type CreatedVm,
+  type Provider,
+  type ProviderCapabilities,
+  type ProviderContext,
+  type VmRef,
+  type VmSpec,
+} from '../provider.js';
+import { coolDown, usableZones, type ZoneCooldowns } from '../shared/placement.js';
+import { projectBucket, type TokenBucket } from '../shared/rate-limit.js';
+import { parseAwsMachine, type AwsMachine, type AwsProviderConfig } from './config.js';
+import { classifyAwsError } from './errors.js';
+import { runInstancesInput } from './run-input.js';
+
+/** Tag the EC2 emulator puts on its instances: the sandbox's SSH port (real VMs use 22). */
+export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
+
+const LIVE_STATES = ['pending', 'running', 'stopping', 'stopped', 'shutting-down'];
+
+export function ec2ClientConfig(cfg: AwsProviderConfig): EC2ClientConfig {
+  const out: EC2ClientConfig = { region: cfg.region, maxAttempts: 1 };
+  if (cfg.endpoint) {
+    out.endpoint = cfg.endpoint;
+    const url = new URL(cfg.endpoint);
+    // Plain http is only ever an emulator on loopback: static throwaway credentials.
+    if (url.protocol === 'http:' && /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/.test(url.hostname)) {
+      out.credentials = { accessKeyId: 'runner-fleet-emulator', secretAccessKey: 'runner-fleet-emulator' };
+    }
+  }
+  return out;
+}
+
+/** EC2 instance state -> CloudVmState. */
+export function vmState(name: string | undefined): CloudVmState {
+  switch (name) {
+    case 'running':
+      return 'running';
+    case 'stopping':
+      return 'stopping';
+    case 'stopped':
+      return 'stopped';
+    case 'shutting-down':
+    case 'terminated':
+      return 'terminated';
+    default:
+      return 'pending';
+  }
+}
+
+const tagsOf = (i: Instance): Record<string, string> => Object.fromEntries((i.Tags ?? []).filter((t) => t.Key).map((t) => [t.Key!, t.Value ?? '']));
+
+interface Seen {
+  username: string;
+  zone?: string;
+}
+
+export interface AwsStats {
+  calls: Record<string, number>;
+  retries: number;
+  timeouts: number;
+  stockouts: number;
+  rateLimited: number;
+  batches: number;
+}
+
+export class AwsProvider implements Provider {
+  readonly name = 'aws';
+  readonly capabilities: ProviderCapabilities = { batchCreate: true, stopStart: true, gpu: false, windows: false, nestedVms: false };
+  readonly stats: AwsStats = { calls: {}, retries: 0, timeouts: 0, stockouts: 0, rateLimited: 0, batches: 0 };
+  private readonly client: EC2Client;
+  private readonly bucket: TokenBucket;
+  private readonly log: Logger;
+  private readonly telemetry: CloudTelemetry;
+  private cooldowns: ZoneCooldowns = new Map();
+  private readonly seen = new Map<string, Seen>();
+  private readonly machines = new Map<string, AwsMachine>();
+  /** SSH ports learnt from the emulator's tag, for connectInfo calls given only a ref. */
+  private readonly ports = new Map<string, number>();
+
+  constructor(
+    readonly cfg: AwsProviderConfig,
+    private readonly ctx: ProviderContext,
+    deps: { client?: EC2Client; now?: () => number } = {},
+  ) {
+    this.log = ctx.log;
+    this.telemetry = ctx.telemetry ?? noTelemetry;
+    this.now = deps.now ?? Date.now;
+    this.client = deps.client ?? new EC2Client(ec2ClientConfig(cfg));
+    this.bucket = projectBucket(`aws/${cfg.endpoint ?? 'amazonaws'}/${cfg.region}`, cfg.requestsPerSecond);
+  }
+
+  private readonly now: () => number;
+
+  /** Subnets still cooling down after a capacity error (subnet -> until, ms). */
+  subnetCooldowns(): ZoneCooldowns {
+    return this.cooldowns;
+  }
+
+  // ---- the one path every EC2 call takes ------------------------------------------------------
+
+  private async call<T>(action: string, zone: string | undefined, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const timeout = this.cfg.callTimeoutMs;
+    return pRetry(
+      async () => {
+        await this.bucket.take();
+        this.stats.calls[action] = (this.stats.calls[action] ?? 0) + 1;
+        const abort = new AbortController();
+        let timedOut = false;
+        const timer = setTimeout(() => {
+          timedOut = true;
+          abort.abort();
+        }, timeout);
+        const started = performance.now();
+        let outcome = 'ok';
+        try {
+          return await fn(abort.signal);
+        } catch (err) {
+          if (timedOut) {
+            this.stats.timeouts++;
+            outcome = 'timeout';
+            throw new ProviderError('retryable', `aws ${action}${zone ? ` in ${zone}` : ''}: no answer within ${timeout} ms`, { provider: 'aws', operation: action, ...(zone ? { zone } : {}) });
+          }
+          const pe = classifyAwsError(err, { operation: action, ...(zone ? { zone } : {}) });
+          outcome = pe.kind;
+          throw pe;
+        } finally {
+          clearTimeout(timer);
+          this.telemetry.request(action, outcome, (performance.now() - started) / 1000);
+        }
+      },
+      {
+        retries: this.cfg.retries,
+        minTimeout: this.cfg.retryBaseMs,
+        maxTimeout: Math.max(this.cfg.retryBaseMs, 30_000),
+        factor: 2,
+        randomize: true,
+        shouldRetry: ({ error }) => error instanceof ProviderError && (error.kind === 'retryable' || error.kind === 'rateLimited'),
+        onFailedAttempt: async ({ error, retriesLeft }) => {
+          const kind = error instanceof ProviderError ? error.kind : 'fatal';
+          if (kind !== 'retryable' && kind !== 'rateLimited') return;
+          if (kind === 'rateLimited') this.stats.rateLimited++;
+          if (retriesLeft <= 0) return;
+          this.stats.retries++;
+          this.log.debug({ action, zone, kind, retriesLeft, err: error.message }, 'aws call failed; retrying');
+          // EC2 refills its token bucket at a fixed rate: a throttled caller waits longer.
+          if (kind === 'rateLimited') await new Promise((r) => setTimeout(r, this.cfg.retryBaseMs * (1 + Math.random()) * 2));
+        },
+      },
+    );
+  }
+
+  private machine(spec: Pick<VmSpec, 'className' | 'machine'>): AwsMachine {
+    const key = `${spec.className}\0${JSON.stringify(spec.machine)}`;
+    let m = this.machines.get(key);
+    if (!m) {
+      try {
+        m = parseAwsMachine(spec.className, spec.machine);
+      } catch (err) {
+        throw new ProviderError('fatal', (err as Error).message, { provider: 'aws', operation: 'create' });
+      }
+      this.machines.set(key, m);
+    }
+    return m;
+  }
+
+  // ---- create ---------------------------------------------------------------------------------
+
+  async create(spec: VmSpec): Promise<CreatedVm> {
+    const [r] = await this.createMany([spec]);
+    if (!r!.ok) throw r!.error;
+    return r!.vm;
+  }
+
+  async createMany(specs: VmSpec[]): Promise<CreateResult[]> {
+    const results = new Map<string, CreateResult>();
+    const groups = new Map<string, VmSpec[]>();
+    for (const s of specs) {
+      const key = `${s.className}\0${JSON.stringify(s.machine)}\0${s.labels[LABEL_SHARD] ?? s.shard}`;
+      groups.set(key, [...(groups.get(key) ?? []), s]);
+    }
+    await Promise.all(
+      [...groups.values()].map(async (group) => {
+        try {
+          for (const r of await this.launch(group)) results.set(r.ok ? r.vm.vmId : r.vmId, r);
+        } catch (err) {
+          const error = classifyAwsError(err, { operation: 'RunInstances' });
+          for (const s of group) results.set(s.vmId, { ok: false, vmId: s.vmId, error });
+        }
+      }),
+    );
+    return specs.map((s) => results.get(s.vmId)!);
+  }
+
+  /** One RunInstances for the group (MinCount = MaxCount = its size), walking the subnets on capacity errors. */
+  private async launch(group: VmSpec[]): Promise<CreateResult[]> {
+    const machine = this.machine(group[0]!);
+    const subnets = usableZones(machine.subnets, this.cooldowns, this.now());
+    if (subnets.length === 0) {
+      throw new ProviderError('stockout', `aws RunInstances: every subnet of ${group[0]!.className} (${machine.subnets.join(', ')}) is cooling down after a capacity error`, { provider: 'aws', operation: 'RunInstances' });
+    }
+    let last: ProviderError | undefined;
+    for (const subnet of subnets) {
+      const input = runInstancesInput(group, machine, subnet);
+      let instances: Instance[];
+      try {
+        const out = await this.call('RunInstances', subnet, (abortSignal) => this.client.send(new RunInstancesCommand(input), { abortSignal }));
+        instances = out.Instances ?? [];
+      } catch (err) {
+        const pe = classifyAwsError(err, { operation: 'RunInstances', zone: subnet });
+        if (pe.kind !== 'stockout') throw pe;
+        this.stats.stockouts++;
+        this.telemetry.stockout(subnet);
+        this.cooldowns = coolDown(this.cooldowns, subnet, this.now(), this.cfg.subnetCooldownMs);
+        this.log.warn({ subnet, coolDownMs: this.cfg.subnetCooldownMs, err: pe.message }, 'aws subnet out of capacity; avoiding it');
+        last = pe;
+        continue;
+      }
+      return this.adopt(group, machine, instances);
+    }
+    throw last!;
+  }
+
+  /** Match launched instances to VMs by launch index; a batch's instances then get their own tags. */
+  private async adopt(group: VmSpec[], machine: AwsMachine, instances: Instance[]): Promise<CreateResult[]> {
+    const byIndex = new Map(instances.map((i) => [i.AmiLaunchIndex ?? 0, i]));
+    if (group.length > 1) this.stats.batches++;
+    return Promise.all(
+      group.map(async (spec, index): Promise<CreateResult> => {
+        const inst = byIndex.get(index);
+        if (!inst?.InstanceId) {
+          return { ok: false, vmId: spec.vmId, error: new ProviderError('retryable', `aws RunInstances: no instance with launch index ${index} in the answer`, { provider: 'aws' }) };
+        }
+        const zone = inst.Placement?.AvailabilityZone;
+        this.seen.set(spec.name, { username: machine.username, ...(zone ? { zone } : {}) });
+        if (group.length > 1) {
+          try {
+            const Tags = [{ Key: 'Name', Value: spec.name }, ...Object.entries(spec.labels).map(([Key, Value]) => ({ Key, Value }))];
+            await this.call('CreateTags', zone, (abortSignal) => this.client.send(new CreateTagsCommand({ Resources: [inst.InstanceId!], Tags }), { abortSignal }));
+          } catch (err) {
+            return { ok: false, vmId: spec.vmId, error: classifyAwsError(err, { operation: 'CreateTags' }) };
+          }
+        }
+        return { ok: true, vm: { vmId: spec.vmId, cloudId: inst.InstanceId, ...(zone ? { zone } : {}) } };
+      }),
+    );
+  }
+
+  // ---- describe / list ----------------------------------------------------------------------------
+
+  private async describeInstances(filters: Filter[], ids?: string[]): Promise<Instance[]> {
+    const out: Instance[] = [];
+    let NextToken: string | undefined;
+    do {
+      const page = await this.call('DescribeInstances', undefined, (abortSignal) =>
+        this.client.send(new DescribeInstancesCommand({ Filters: filters, ...(ids ? { InstanceIds: ids } : { MaxResults: 1000 }), ...(NextToken ? { NextToken } : {}) }), { abortSignal }),
+      );
+      for (const r of page.Reservations ?? []) out.push(...(r.Instances ?? []));
+      NextToken = page.NextToken;
+    } while (NextToken);
+    return out;
+  }
+
+  private toCloudVm(i: Instance): CloudVm {
+    const labels = tagsOf(i);
+    const name = labels['Name'] ?? i.InstanceId ?? '';
+    const zone = i.Placement?.AvailabilityZone;
+    const state = vmState(i.State?.Name);
+    const ip = i.PrivateIpAddress;
+    const port = Number(labels[EMULATOR_SSH_PORT_TAG]);
+    if (Number.isInteger(port) && port > 0) this.ports.set(name, port);
+    return {
+      ...(labels[LABEL_VM] ? { vmId: labels[LABEL_VM] } : {}),
+      name,
+      cloudId: i.InstanceId ?? name,
+      ...(zone ? { zone } : {}),
+      state,
+      ...(ip && state !== 'terminated' ? { internalIp: ip } : {}),
+      labels,
+    };
+  }
+
+  async describe(refs: VmRef[]): Promise<CloudVm[]> {
+    if (refs.length === 0) return [];
+    // One DescribeInstances for the whole shard per poll, never one per VM.
+    const all = await this.describeInstances([{ Name: `tag:${LABEL_SHARD}`, Values: [this.ctx.shard] }]);
+    const byKey = new Map<string, Instance>();
+    for (const i of all) {
+      const t = tagsOf(i);
+      for (const k of [i.InstanceId, t[LABEL_VM], t['Name']]) if (k) byKey.set(k, i);
+    }
+    const out: CloudVm[] = [];
+    for (const r of refs) {
+      const i = (r.cloudId && byKey.get(r.cloudId)) || byKey.get(r.vmId) || byKey.get(r.name);
+      if (i) out.push(this.toCloudVm(i));
+    }
+    return out;
+  }
+
+  async list(labels: Record<string, string>): Promise<CloudVm[]> {
+    const filters: Filter[] = [
+      ...Object.entries(labels).map(([k, v]) => ({ Name: `tag:${k}`, Values: [v] })),
+      { Name: 'instance-state-name', Values: LIVE_STATES },
+    ];
+    const found = await this.describeInstances(filters);
+    return found.filter((i) => Object.entries(labels).every(([k, v]) => tagsOf(i)[k] === v)).map((i) => this.toCloudVm(i));
+  }
+
+  // ---- delete / stop / start ------------------------------------------------------------------------
+
+  /** Instance ids of refs: from the ref, else one DescribeInstances of the shard. */
+  private async idsOf(refs: VmRef[]): Promise<string[]> {
+    const ids = refs.map((r) => r.cloudId).filter((c): c is string => !!c && c.startsWith('i-'));
+    const unknown = refs.filter((r) => !r.cloudId || !r.cloudId.startsWith('i-'));
+    if (unknown.length) for (const vm of await this.describe(unknown)) if (vm.state !== 'terminated') ids.push(vm.cloudId);
+    return [...new Set(ids)];
+  }
+
+  async delete(refs: VmRef[]): Promise<void> {
+    if (refs.length === 0) return;
+    const ids = await this.idsOf(refs);
+    for (let i = 0; i < ids.length; i += 500) {
+      const chunk = ids.slice(i, i + 500);
+      try {
+        await this.call('TerminateInstances', undefined, (abortSignal) => this.client.send(new TerminateInstancesCommand({ InstanceIds: chunk }), { abortSignal }));
+      } catch (err) {
+        if (!(err instanceof ProviderError) || err.kind !== 'notFound') throw err;
+        // One unknown id fails the whole request: terminate the rest one by one.
+        if (chunk.length > 1) for (const id of chunk) await this.delete([{ vmId: id, name: id, cloudId: id }]);
+      }
+    }
+  }
+
+  async stop(refs: VmRef[]): Promise<void> {
+    const ids = await this.idsOf(refs);
+    if (ids.length) await this.call('StopInstances', undefined, (abortSignal) => this.client.send(new StopInstancesCommand({ InstanceIds: ids }), { abortSignal }));
+  }
+
+  async start(refs: VmRef[]): Promise<void> {
+    const ids = await this.idsOf(refs);
+    if (ids.length) await this.call('StartInstances', undefined, (abortSignal) => this.client.send(new StartInstancesCommand({ InstanceIds: ids }), { abortSignal }));
+  }
+
+  // ---- connect --------------------------------------------------------------------------------------
+
+  connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo {
+    if (!vm.internalIp) throw new Error(`aws VM ${vm.name} has no private address yet`);
+    const port = 'labels' in vm ? Number(vm.labels[EMULATOR_SSH_PORT_TAG]) : Number.NaN;
+    return {
+      protocol: 'ssh',
+      os: 'linux',
+      host: vm.internalIp,
+      port: Number.isInteger(port) && port > 0 ? port : (this.ports.get(vm.name) ?? 22),
+      username: this.seen.get(vm.name)?.username ?? 'runner',
+      privateKey,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+  }
+}
