@@ -9,7 +9,8 @@ export function shq(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** A name a shell can export (others are skipped). */
+export const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 /**
  * Expand `$NAME` / `${NAME}` in non-raw values from the job's own variables, as GitLab Runner
@@ -34,39 +35,92 @@ function commandLines(cmds: string[]): string {
   return cmds.map((c) => `printf '\\033[32;1m$ %s\\033[0;m\\n' ${shq(c)}\n${c}`).join('\n');
 }
 
-function stepScript(job: JobPayload, name: string): string[] {
+/** The commands of one step (`script`, `after_script`); [] when the job has no such step. */
+export function stepScript(job: JobPayload, name: string): string[] {
   return job.steps.find((s) => s.name === name)?.script ?? [];
 }
 
-function gitSetup(job: JobPayload): string[] {
+/** The project's path under the builds dir: CI_PROJECT_PATH (or project-<id>) reduced to safe characters. */
+export function projectPath(job: JobPayload): string {
+  return (variableValue(job, 'CI_PROJECT_PATH') ?? `project-${job.job_info?.project_id ?? 0}`).replace(/[^A-Za-z0-9._/-]/g, '_').replace(/\.\.+/g, '_');
+}
+
+/**
+ * What the git step does, shell-independent: skip (GIT_STRATEGY none/empty), fail (no repository
+ * in the payload), or fetch the job's sha. `warning` is set when GIT_STRATEGY was not understood.
+ */
+export type GitPlan = { warning?: string } & (
+  | { kind: 'skip'; strategy: 'none' | 'empty' }
+  | { kind: 'missing' }
+  | {
+      kind: 'fetch';
+      /** clone: the project dir is emptied first. */
+      clone: boolean;
+      repoUrl: string;
+      sha: string;
+      /** The ref, reduced to safe characters (it is only printed). */
+      ref: string;
+      /** 0 = full history. */
+      depth: number;
+      refspecs: string[];
+      /** `git clean` flags (each `-[A-Za-z]+`); null = GIT_CLEAN_FLAGS none. */
+      cleanFlags: string[] | null;
+    }
+);
+
+export function gitPlan(job: JobPayload): GitPlan {
   const declared = variableValue(job, 'GIT_STRATEGY') ?? 'fetch';
   const strategy = ['none', 'fetch', 'clone', 'empty'].includes(declared) ? declared : 'fetch';
-  const out: string[] = [];
-  if (strategy !== declared) out.push(`echo ${shq(`WARNING: unknown GIT_STRATEGY ${declared}, using fetch`)}`);
-  if (strategy === 'none' || strategy === 'empty') {
-    if (strategy === 'empty') out.push('find . -mindepth 1 -delete');
-    return [...out, `echo "Skipping Git repository setup (GIT_STRATEGY=${strategy})"`];
-  }
+  const warn = strategy !== declared ? { warning: `WARNING: unknown GIT_STRATEGY ${declared}, using fetch` } : {};
+  if (strategy === 'none' || strategy === 'empty') return { ...warn, kind: 'skip', strategy };
   const git = job.git_info;
-  if (!git?.repo_url || !git.sha) return [...out, 'echo "ERROR: the job has no git repository to fetch"', 'exit 1'];
+  if (!git?.repo_url || !git.sha) return { ...warn, kind: 'missing' };
   const depthVar = variableValue(job, 'GIT_DEPTH');
   const depth = depthVar !== undefined && /^\d+$/.test(depthVar) ? Number(depthVar) : (git.depth ?? 0);
   const refspecs = git.refspecs?.length ? git.refspecs : ['+refs/heads/*:refs/remotes/origin/*', '+refs/tags/*:refs/tags/*'];
-  const cleanFlags = variableValue(job, 'GIT_CLEAN_FLAGS') ?? '-ffdx';
-  const ref = (git.ref ?? '').replace(/[^A-Za-z0-9._/-]/g, '');
+  const clean = variableValue(job, 'GIT_CLEAN_FLAGS') ?? '-ffdx';
+  const flags = clean.split(/\s+/).filter((f) => /^-[A-Za-z]+$/.test(f));
+  return {
+    ...warn,
+    kind: 'fetch',
+    clone: strategy === 'clone',
+    repoUrl: git.repo_url,
+    sha: git.sha,
+    ref: (git.ref ?? '').replace(/[^A-Za-z0-9._/-]/g, ''),
+    depth,
+    refspecs,
+    cleanFlags: clean === 'none' ? null : flags.length ? flags : ['-ffdx'],
+  };
+}
+
+/** The job's variables, expanded: the runner's own first, so GitLab's (later in the list) win. */
+export function jobVariables(job: JobPayload): Map<string, { value: string; file: boolean }> {
+  return expandVariables([{ key: 'CI', value: 'true' }, { key: 'GITLAB_CI', value: 'true' }, { key: 'CI_JOB_ID', value: String(job.id) }, ...job.variables]);
+}
+
+function gitSetup(job: JobPayload): string[] {
+  const plan = gitPlan(job);
+  const out: string[] = [];
+  if (plan.warning) out.push(`echo ${shq(plan.warning)}`);
+  if (plan.kind === 'skip') {
+    if (plan.strategy === 'empty') out.push('find . -mindepth 1 -delete');
+    return [...out, `echo "Skipping Git repository setup (GIT_STRATEGY=${plan.strategy})"`];
+  }
+  if (plan.kind === 'missing') return [...out, 'echo "ERROR: the job has no git repository to fetch"', 'exit 1'];
+  const { depth } = plan;
   // The remote URL carries the job token: it is only ever an argument, never echoed.
   out.push(
-    ...(strategy === 'clone' ? ['echo "Cloning repository..."', 'find . -mindepth 1 -delete'] : []),
+    ...(plan.clone ? ['echo "Cloning repository..."', 'find . -mindepth 1 -delete'] : []),
     `echo "Fetching changes${depth ? ` with git depth set to ${depth}` : ''}..."`,
     '(',
     '  set -e',
     '  git -c init.defaultBranch=main init -q .',
     '  git remote remove origin 2>/dev/null || true',
-    `  git remote add origin ${shq(git.repo_url)}`,
-    `  git -c protocol.version=2 fetch -q ${depth ? `--depth ${depth} ` : ''}--prune origin ${refspecs.map(shq).join(' ')}`,
-    `  echo ${shq(`Checking out ${git.sha.slice(0, 8)} as detached HEAD (ref is ${ref})...`)}`,
-    `  git -c advice.detachedHead=false checkout -f -q ${shq(git.sha)}`,
-    cleanFlags === 'none' ? '  true' : `  git clean -q ${cleanFlags.split(/\s+/).filter((f) => /^-[A-Za-z]+$/.test(f)).join(' ') || '-ffdx'}`,
+    `  git remote add origin ${shq(plan.repoUrl)}`,
+    `  git -c protocol.version=2 fetch -q ${depth ? `--depth ${depth} ` : ''}--prune origin ${plan.refspecs.map(shq).join(' ')}`,
+    `  echo ${shq(`Checking out ${plan.sha.slice(0, 8)} as detached HEAD (ref is ${plan.ref})...`)}`,
+    `  git -c advice.detachedHead=false checkout -f -q ${shq(plan.sha)}`,
+    plan.cleanFlags === null ? '  true' : `  git clean -q ${plan.cleanFlags.join(' ')}`,
     ')',
     '[ $? -eq 0 ] || { echo "ERROR: git fetch/checkout failed"; exit 1; }',
   );
@@ -78,8 +132,7 @@ export function buildBashScript(job: JobPayload, opts: { buildsDir?: string } = 
   // One stream, so the log keeps the order in which things happened.
   out.push('#!/usr/bin/env bash', '# generated by runner-fleet', 'exec 2>&1', 'echo "Running with runner-fleet on $(hostname)"');
   out.push('umask 0077', 'RF_TMP="$(mktemp -d "${TMPDIR:-/tmp}/runner-fleet.XXXXXX")"', 'mkdir -p "$RF_TMP/vars"', 'umask 0022');
-  // The runner's own variables first: GitLab's, later in the list, win.
-  const vars = expandVariables([{ key: 'CI', value: 'true' }, { key: 'GITLAB_CI', value: 'true' }, { key: 'CI_JOB_ID', value: String(job.id) }, ...job.variables]);
+  const vars = jobVariables(job);
   for (const [key, v] of vars) {
     if (!SHELL_NAME.test(key)) continue; // not a shell name: cannot be exported
     if (v.file) {
@@ -90,8 +143,7 @@ export function buildBashScript(job: JobPayload, opts: { buildsDir?: string } = 
     }
   }
   const buildsRoot = opts.buildsDir ?? '$HOME/builds';
-  const projectPath = (variableValue(job, 'CI_PROJECT_PATH') ?? `project-${job.job_info?.project_id ?? 0}`).replace(/[^A-Za-z0-9._/-]/g, '_').replace(/\.\.+/g, '_');
-  out.push(`export CI_BUILDS_DIR="${buildsRoot}"`, `export CI_PROJECT_DIR="${buildsRoot}/${projectPath}"`);
+  out.push(`export CI_BUILDS_DIR="${buildsRoot}"`, `export CI_PROJECT_DIR="${buildsRoot}/${projectPath(job)}"`);
   out.push('mkdir -p "$CI_PROJECT_DIR" && cd "$CI_PROJECT_DIR" || exit 1');
   out.push(...gitSetup(job));
 

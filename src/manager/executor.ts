@@ -7,9 +7,10 @@ import { connectSsh, type SshSession } from '../connect/ssh.js';
 import type { GitLabClient } from '../gitlab/client.js';
 import type { JobPayload } from '../gitlab/job-payload.js';
 import { Masker } from '../gitlab/mask.js';
+import { buildPowerShellScript, powerShellCommand, powerShellStdin } from '../gitlab/powershell.js';
 import { buildBashScript } from '../gitlab/script.js';
 import { TraceUploader } from '../gitlab/trace.js';
-import type { Provider } from '../providers/provider.js';
+import type { ConnectInfo, GuestOs, Provider } from '../providers/provider.js';
 import { buildBillingEvent } from './billing.js';
 import type { Clock } from './clock.js';
 import type { Metrics } from './metrics.js';
@@ -40,6 +41,25 @@ type EndCause = { kind: 'exit'; code: number | null; signal?: string } | { kind:
 
 /** Writes the script to the VM through stdin, then runs it detached from that stdin. */
 const RUN_SCRIPT = 'f=$(mktemp "${TMPDIR:-/tmp}/runner-fleet-job.XXXXXX") && cat > "$f" && exec bash "$f" </dev/null';
+
+/** The remote command and its stdin for a job on a VM of this OS: PowerShell on Windows, bash elsewhere. */
+export function jobInvocation(os: GuestOs, job: JobPayload): { command: string; stdin: string } {
+  // Windows: powershell.exe (found on PATH, so the emulator's tests can put a shim there) runs a
+  // bootstrap that takes the script from stdin; see powerShellCommand.
+  if (os === 'windows') return { command: powerShellCommand(), stdin: powerShellStdin(buildPowerShellScript(job)) };
+  return { command: RUN_SCRIPT, stdin: buildBashScript(job) };
+}
+
+/**
+ * The VM's OS: the provider's answer (connectInfo), unless it only gave its `linux` default while
+ * the class declares another (`machine.os`, as gcp classes do), e.g. before it described the VM.
+ */
+export function guestOs(info: Pick<ConnectInfo, 'os'> | undefined, cls: ClassConfig): GuestOs {
+  const declared = cls.machine['os'];
+  if (info && info.os !== 'linux') return info.os;
+  if (declared === 'windows' || declared === 'macos') return declared;
+  return info?.os ?? 'linux';
+}
 
 export class Executor {
   private readonly running = new Map<number, { abort: AbortController; done: Promise<void> }>();
@@ -92,13 +112,26 @@ export class Executor {
       trace.append(`Running with runner-fleet (shard ${this.d.config.shard}, class ${cls.name}) on VM ${vm.name}\n`);
       // The boot probe's connection saves a handshake on the start path, if it is still up.
       const kept = this.d.pool.takeSession(vm.id);
-      if (kept?.closed === false) session = kept;
-      else {
+      let os: GuestOs;
+      if (kept?.closed === false) {
+        session = kept;
+        let info: ConnectInfo | undefined;
+        try {
+          info = this.connectInfo(vm);
+        } catch (err) {
+          log.warn({ err }, 'no connect info for the VM; taking its OS from the class');
+        }
+        os = guestOs(info, cls);
+      } else {
         kept?.close();
-        session = await this.connect(vm, abort.signal);
+        const info = this.connectInfo(vm);
+        if (!info) throw new Error('VM is not reachable: provider, key or address missing');
+        os = guestOs(info, cls);
+        session = await connectSsh(info, { timeoutMs: 15_000, signal: abort.signal });
       }
-      const result = await session.exec(RUN_SCRIPT, {
-        stdin: buildBashScript(job),
+      const { command, stdin } = jobInvocation(os, job);
+      const result = await session.exec(command, {
+        stdin,
         signal: abort.signal,
         onData: (chunk) => {
           if (startedAt === null) {
@@ -128,11 +161,12 @@ export class Executor {
     log.info({ result: full.result, exitCode: full.exitCode, failureReason: full.failureReason, seconds: (finishedAt.getTime() - ctx.pickedAt) / 1000 }, 'job finished');
   }
 
-  private async connect(vm: VmRow, signal: AbortSignal): Promise<SshSession> {
+  /** How to reach the VM, and its OS, from its provider; undefined when provider, key or address is missing. */
+  private connectInfo(vm: VmRow): ConnectInfo | undefined {
     const provider = this.d.providers.get(vm.provider);
     const key = this.d.store.tryDecrypt(vm.private_key_enc);
-    if (!provider || !key || !vm.internal_ip) throw new Error('VM is not reachable: provider, key or address missing');
-    return connectSsh(provider.connectInfo({ ...vmRef(vm), internalIp: vm.internal_ip }, key), { timeoutMs: 15_000, signal });
+    if (!provider || !key || !vm.internal_ip) return undefined;
+    return provider.connectInfo({ ...vmRef(vm), internalIp: vm.internal_ip }, key);
   }
 
   private observeStart(ctx: JobContext, startedAt: number, log: Logger): void {

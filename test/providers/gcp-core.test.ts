@@ -96,6 +96,8 @@ describe('gcp insert body', () => {
     const m = meta(instanceBody(spec({ machine: win }), parseGcpMachine('win', win), cfg, 'us-east1-b'));
     expect(m['enable-windows-ssh']).toBe('TRUE');
     expect(m['sysprep-specialize-script-cmd']).toMatch(/google-compute-engine-ssh/);
+    // cmd.exe as sshd's default shell: the PowerShell job command relies on it for exit codes.
+    expect(m['sysprep-specialize-script-cmd']).toContain('reg add HKLM\\SOFTWARE\\OpenSSH /v DefaultShell /t REG_SZ /d C:\\Windows\\System32\\cmd.exe /f');
     expect(m['ssh-keys']).toBe('runner:ssh-ed25519 AAAAC3Nza rf-s1-abc123');
     const pw = { ...win, windowsAccess: 'password' };
     expect(meta(instanceBody(spec({ machine: pw }), parseGcpMachine('win', pw), cfg, 'us-east1-b'))['ssh-keys']).toBeUndefined();

@@ -70,6 +70,8 @@ export interface GceEmulatorOptions {
   waitMaxMs?: number;
   /** How long a sandbox may take to listen before its instance is TERMINATED. */
   bootTimeoutMs?: number;
+  /** Test hook: a directory put first on every VM's PATH (e.g. a `powershell.exe` shim for Windows VMs). */
+  extraPathDir?: string;
 }
 
 export interface GceEmulator {
@@ -177,7 +179,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const ownDataDir = !opts.dataDir;
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'gce-emu-'));
   const sandboxRoot = join(dataDir, 'gce-vms');
-  const local = new LocalProvider({ bootDelayMs: 0, dir: sandboxRoot }, { shard: 'gce-emulator', dataDir, log });
+  const local = new LocalProvider({ bootDelayMs: 0, dir: sandboxRoot, ...(opts.extraPathDir ? { extraPathDir: opts.extraPathDir } : {}) }, { shard: 'gce-emulator', dataDir, log });
   const waitMaxMs = opts.waitMaxMs ?? 30_000;
   const bootTimeoutMs = opts.bootTimeoutMs ?? 60_000;
 

@@ -17,8 +17,14 @@ export interface BodyConfig {
 /** Metadata key the GCE emulator puts on its instances: the sandbox's SSH port (real VMs use 22). */
 export const EMULATOR_SSH_PORT_KEY = 'runner-fleet-emulator-ssh-port';
 
-/** Installs the OpenSSH component of the Windows guest environment; the agent then installs the `ssh-keys` key. */
-export const WINDOWS_SSH_SPECIALIZE = 'googet -noconfirm=true install google-compute-engine-ssh';
+/**
+ * Installs the OpenSSH component of the Windows guest environment (the agent then installs the
+ * `ssh-keys` key) and pins sshd's default shell to cmd.exe: the executor's PowerShell command is
+ * written for it, and cmd passes a job's exit code through unchanged (a PowerShell default shell
+ * would turn every failure into exit code 1).
+ */
+export const WINDOWS_SSH_SPECIALIZE =
+  'googet -noconfirm=true install google-compute-engine-ssh && reg add HKLM\\SOFTWARE\\OpenSSH /v DefaultShell /t REG_SZ /d C:\\Windows\\System32\\cmd.exe /f';
 
 export function regionOf(zone: string): string {
   return zone.replace(/-[a-z]$/, '');

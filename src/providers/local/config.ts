@@ -5,6 +5,11 @@ export interface LocalProviderConfig {
   bootDelayMs: number;
   /** Root of the sandboxes; default `<dataDir>/local-vms`. */
   dir?: string;
+  /**
+   * Test hook (not a config file field): a directory put first on each sandbox's PATH, so tests
+   * can stand in programs a real VM image has (the GCE emulator's `powershell.exe` shim).
+   */
+  extraPathDir?: string;
 }
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };

@@ -104,7 +104,7 @@ export class LocalProvider implements Provider {
         detached: true,
         stdio: ['ignore', 'ignore', logFd],
         // The manager's environment holds secrets; a VM gets none of it.
-        env: { PATH: process.env['PATH'] ?? '/usr/local/bin:/usr/bin:/bin', LANG: 'C.UTF-8' },
+        env: { PATH: [this.config.extraPathDir, process.env['PATH'] ?? '/usr/local/bin:/usr/bin:/bin'].filter(Boolean).join(':'), LANG: 'C.UTF-8' },
       });
       child.on('error', (err) => this.ctx.log.warn({ vm: spec.vmId, err: err.message }, 'local sandbox failed to start'));
       if (!child.pid) throw new Error('spawn returned no pid');

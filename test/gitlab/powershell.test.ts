@@ -1,0 +1,433 @@
+// The PowerShell job script for Windows VMs. Its text is checked on its own (PowerShell is
+// normally not installed here); where `pwsh` is on PATH it also runs, through the same remote
+// command the executor uses, against the emulator's real git repository.
+import { execSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ClassConfig } from '../../src/config/types.js';
+import { startGitLabEmulator, type EnqueueSpec, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
+import { GitLabClient } from '../../src/gitlab/client.js';
+import { parseJobPayload, type JobPayload } from '../../src/gitlab/job-payload.js';
+import { JOB_SCRIPT_TRAILER, POWERSHELL_BOOTSTRAP, buildPowerShellScript, powerShellCommand, powerShellStdin, psq, stepBody } from '../../src/gitlab/powershell.js';
+import { guestOs, jobInvocation } from '../../src/manager/executor.js';
+
+const hasPwsh = (() => {
+  try {
+    execSync('command -v pwsh', { stdio: 'ignore', shell: '/bin/sh' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+const QUOTES = "'\u2018\u2019\u201A\u201B";
+
+/** Reads the PowerShell single-quoted literal starting at `text[start]` (a quote); returns its value and the index after it. */
+function readLiteral(text: string, start: number): { value: string; end: number } {
+  if (!QUOTES.includes(text[start]!)) throw new Error(`no quote at ${start}: ${text.slice(start, start + 20)}`);
+  let value = '';
+  for (let i = start + 1; i < text.length; i++) {
+    const c = text[i]!;
+    if (QUOTES.includes(c)) {
+      const next = text[i + 1];
+      if (next !== undefined && QUOTES.includes(next)) {
+        value += text[i + 1];
+        i++;
+        continue;
+      }
+      return { value, end: i + 1 };
+    }
+    value += c;
+  }
+  throw new Error('unterminated literal');
+}
+
+/** The values assigned with `$env:NAME = '...'` (literal values only), in order. */
+function envAssignments(script: string): [string, string][] {
+  const out: [string, string][] = [];
+  const re = /^\$env:([A-Za-z_][A-Za-z0-9_]*) = (?=['\u2018-\u201B])/gm;
+  for (let m = re.exec(script); m; m = re.exec(script)) {
+    const lit = readLiteral(script, m.index + m[0].length);
+    out.push([m[1]!, lit.value]);
+    re.lastIndex = lit.end;
+  }
+  return out;
+}
+
+/** The text of the step script the job script writes for `name`. */
+function stepText(script: string, name: string): string | undefined {
+  const at = script.indexOf(`$rfFile = Join-Path $rfTmp '${name}.ps1'`);
+  if (at < 0) return undefined;
+  const marker = '[System.IO.File]::WriteAllText($rfFile, ';
+  const w = script.indexOf(marker, at);
+  return readLiteral(script, w + marker.length).value;
+}
+
+/** The script without the contents of its string literals (what PowerShell parses as code). */
+function codeOnly(script: string): string {
+  let out = '';
+  for (let i = 0; i < script.length; i++) {
+    const c = script[i]!;
+    if (c === '#') {
+      // A comment up to the end of the line.
+      const nl = script.indexOf('\n', i);
+      i = nl < 0 ? script.length : nl - 1;
+      continue;
+    }
+    if (QUOTES.includes(c)) {
+      const lit = readLiteral(script, i);
+      out += "''";
+      i = lit.end - 1;
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+function job(over: Partial<JobPayload> & { script?: string[]; after?: string[] } = {}): JobPayload {
+  const { script = ['echo hi'], after, ...rest } = over;
+  const parsed = parseJobPayload({
+    id: 42,
+    token: 'glcbt-secret-token',
+    variables: [{ key: 'CI_PROJECT_PATH', value: 'demo/project' }],
+    steps: [{ name: 'script', script }, ...(after ? [{ name: 'after_script', script: after }] : [])],
+    ...rest,
+  });
+  if (!parsed.ok) throw new Error(parsed.error);
+  return parsed.job;
+}
+
+const GIT = { repo_url: 'http://gitlab-ci-token:glcbt-secret-token@127.0.0.1:1/demo/project.git', sha: '0123456789abcdef0123456789abcdef01234567', ref: 'main', refspecs: ['+refs/heads/main:refs/remotes/origin/main'], depth: 20 };
+
+describe('psq', () => {
+  const hostile = [`it's $HOME \`n "x"`, 'line1\nline2\r\nline3', "'", "''", '‘smart’ ‚quotes‛', '$(Remove-Item C:\\ -Recurse)', '`', '', '@"\nhere\n"@'];
+  it.each(hostile)('quotes %j so that PowerShell reads it back verbatim', (value) => {
+    const q = psq(value);
+    expect(readLiteral(q, 0)).toEqual({ value, end: q.length });
+  });
+
+  it("doubles single quotes and leaves $, backticks and double quotes alone", () => {
+    expect(psq(`it's $HOME \`n "x"`)).toBe(`'it''s $HOME \`n "x"'`);
+    expect(psq('a’b')).toBe("'a’’b'");
+  });
+});
+
+describe('buildPowerShellScript', () => {
+  it('starts with the preferences, UTF-8 output and the first line before anything else', () => {
+    const s = buildPowerShellScript(job());
+    const lines = s.split('\n');
+    expect(lines[0]).toMatch(/^# generated by runner-fleet/);
+    expect(lines).toContain("$ErrorActionPreference = 'Stop'");
+    expect(lines).toContain("$ProgressPreference = 'SilentlyContinue'");
+    expect(lines).toContain('$PSNativeCommandUseErrorActionPreference = $false');
+    expect(s).toContain('[Console]::OutputEncoding = $rfUtf8');
+    expect(s).toContain('$OutputEncoding = $rfUtf8');
+    const first = lines.findIndex((l) => l.startsWith('Write-Host'));
+    expect(lines[first]).toBe('Write-Host "Running with runner-fleet on $([System.Environment]::MachineName)"');
+    expect(first).toBeLessThan(lines.findIndex((l) => l.startsWith('$env:')));
+    expect(s.trimEnd().endsWith(`exit $rfRc\n${JOB_SCRIPT_TRAILER}`)).toBe(true);
+  });
+
+  it('uses nothing Windows PowerShell 5.1 lacks: no && or || pipeline chains, no ternaries', () => {
+    const s = buildPowerShellScript(job({ git_info: GIT, after: ['echo after'] }));
+    const code = codeOnly(s);
+    expect(code).not.toMatch(/&&|\|\|/);
+    expect(code).not.toMatch(/\?\?/);
+    expect(codeOnly(stepText(s, 'script')!)).not.toMatch(/&&|\|\||\?\?/);
+    expect(codeOnly(POWERSHELL_BOOTSTRAP)).not.toMatch(/&&|\|\||\?\?/);
+  });
+
+  it('sets the runner variables, then the job variables, with every value quoted verbatim', () => {
+    const tricky = `it's $HOME \`n "x"\nline2`;
+    const s = buildPowerShellScript(
+      job({
+        variables: [
+          { key: 'CI_PROJECT_PATH', value: 'demo/project' },
+          { key: 'TRICKY', value: tricky },
+          { key: 'MY_SECRET', value: "pa55'w0rd$x", masked: true },
+          { key: 'SMART', value: 'don’t' },
+          { key: 'REF', value: 'x-$TRICKY_NOT-${MY_SECRET}' },
+          { key: 'RAW', value: '$MY_SECRET', raw: true },
+          { key: 'not-a-name', value: 'skipped' },
+        ],
+      }),
+    );
+    const env = envAssignments(s);
+    expect(env.slice(0, 3)).toEqual([
+      ['CI', 'true'],
+      ['GITLAB_CI', 'true'],
+      ['CI_JOB_ID', '42'],
+    ]);
+    const map = new Map(env);
+    expect(map.get('TRICKY')).toBe(tricky);
+    // Masked values are masked in the trace, not here: the job needs them.
+    expect(map.get('MY_SECRET')).toBe("pa55'w0rd$x");
+    expect(map.get('SMART')).toBe('don’t');
+    // Expanded from the job's own variables as in the bash script; other names stay as written.
+    expect(map.get('REF')).toBe("x-$TRICKY_NOT-pa55'w0rd$x");
+    expect(map.get('RAW')).toBe('$MY_SECRET');
+    expect(s).not.toContain('not-a-name');
+    expect(s).toContain(`$env:TRICKY = 'it''s $HOME \`n "x"\nline2'`);
+  });
+
+  it('lets a job variable override a runner variable', () => {
+    const env = new Map(envAssignments(buildPowerShellScript(job({ variables: [{ key: 'CI', value: 'yes' }] }))));
+    expect(env.get('CI')).toBe('yes');
+  });
+
+  it('writes file variables to files in the per-job temp dir (UTF-8 without BOM) and points the variable at the file', () => {
+    const content = `-----BEGIN X-----\nit's "$y" \`z\`\n`;
+    const s = buildPowerShellScript(job({ variables: [{ key: 'MY_FILE', value: content, file: true }] }));
+    expect(s).toContain("$rfTmp = Join-Path ([System.IO.Path]::GetTempPath()) ('runner-fleet-' + [guid]::NewGuid().ToString('N'))");
+    expect(s).toContain("$rfVars = Join-Path $rfTmp 'vars'");
+    expect(s).toContain('$rfUtf8 = New-Object System.Text.UTF8Encoding $false');
+    expect(s).toContain("$env:MY_FILE = Join-Path $rfVars 'MY_FILE'");
+    const marker = '[System.IO.File]::WriteAllText($env:MY_FILE, ';
+    const at = s.indexOf(marker);
+    expect(at).toBeGreaterThan(s.indexOf("$env:MY_FILE = Join-Path $rfVars 'MY_FILE'"));
+    const lit = readLiteral(s, at + marker.length);
+    expect(lit.value).toBe(content);
+    expect(s.slice(lit.end, lit.end + 10)).toBe(', $rfUtf8)');
+    // The temp dir goes when the job ends.
+    expect(s).toContain('Remove-Item -LiteralPath $rfTmp -Recurse -Force -ErrorAction SilentlyContinue');
+  });
+
+  it('sets CI_BUILDS_DIR and CI_PROJECT_DIR with the project path sanitised like the bash script', () => {
+    const s = buildPowerShellScript(job({ variables: [{ key: 'CI_PROJECT_PATH', value: 'grp/../sub proj;rm' }] }));
+    expect(s).toContain("$env:CI_BUILDS_DIR = Join-Path $HOME 'builds'");
+    expect(s).toContain("$env:CI_PROJECT_DIR = [System.IO.Path]::Combine($env:CI_BUILDS_DIR, 'grp', '_', 'sub_proj_rm')");
+    expect(s).toContain('Set-Location -LiteralPath $env:CI_PROJECT_DIR');
+    const own = buildPowerShellScript(job(), { buildsDir: "C:\\b's" });
+    expect(own).toContain("$env:CI_BUILDS_DIR = 'C:\\b''s'");
+    const noPath = buildPowerShellScript(job({ variables: [], job_info: { project_id: 9 } }));
+    expect(noPath).toContain("[System.IO.Path]::Combine($env:CI_BUILDS_DIR, 'project-9')");
+  });
+
+  it("fetches the job's sha with depth and refspecs, checking $LASTEXITCODE after each git command", () => {
+    const s = buildPowerShellScript(job({ git_info: GIT }));
+    expect(s).toContain("Write-Host 'Fetching changes with git depth set to 20...'");
+    expect(s).toContain('& git -c init.defaultBranch=main init -q . 2>&1 | rfOut | Out-Host');
+    expect(s).toContain(`& git remote add origin '${GIT.repo_url}' 2>&1 | rfOut | Out-Host`);
+    expect(s).toContain("& git -c protocol.version=2 fetch -q --depth 20 --prune origin '+refs/heads/main:refs/remotes/origin/main' 2>&1 | rfOut | Out-Host");
+    expect(s).toContain(`& git -c advice.detachedHead=false checkout -f -q '${GIT.sha}' 2>&1 | rfOut | Out-Host`);
+    expect(s).toContain('& git clean -q -ffdx 2>&1 | rfOut | Out-Host');
+    expect(s).toContain("Write-Host 'Checking out 01234567 as detached HEAD (ref is main)...'");
+    const lines = s.split('\n');
+    lines.forEach((l, i) => {
+      if (/^& git (?!remote remove)/.test(l)) expect(lines[i + 1]).toMatch(/^if \(\$LASTEXITCODE -ne 0\) \{ throw /);
+    });
+    // Git's stderr is merged under Continue, so Windows PowerShell 5.1 does not stop on it.
+    expect(s).toMatch(/& \{\n\$ErrorActionPreference = 'Continue'\n& git -c init/);
+    expect(s).toContain("throw 'git fetch/checkout failed'");
+    // The token-bearing URL is an argument only, never printed.
+    for (const l of lines.filter((x) => x.includes('Write-Host'))) expect(l).not.toContain('glcbt-secret-token');
+  });
+
+  it('applies GIT_DEPTH, GIT_CLEAN_FLAGS, default refspecs and the strategies as the bash script does', () => {
+    const deep = buildPowerShellScript(job({ git_info: { ...GIT, refspecs: [] }, variables: [{ key: 'GIT_DEPTH', value: '0' }, { key: 'GIT_CLEAN_FLAGS', value: '-ffdx -e x;rm' }] }));
+    expect(deep).toContain("fetch -q --prune origin '+refs/heads/*:refs/remotes/origin/*' '+refs/tags/*:refs/tags/*'");
+    expect(deep).toContain("Write-Host 'Fetching changes...'");
+    expect(deep).toContain('& git clean -q -ffdx -e 2>&1');
+    const noClean = buildPowerShellScript(job({ git_info: GIT, variables: [{ key: 'GIT_CLEAN_FLAGS', value: 'none' }] }));
+    expect(noClean).not.toContain('git clean');
+    const clone = buildPowerShellScript(job({ git_info: GIT, variables: [{ key: 'GIT_STRATEGY', value: 'clone' }] }));
+    expect(clone).toContain("Write-Host 'Cloning repository...'");
+    expect(clone).toContain('Get-ChildItem -LiteralPath . -Force | Remove-Item -Recurse -Force');
+    const none = buildPowerShellScript(job({ git_info: GIT, variables: [{ key: 'GIT_STRATEGY', value: 'none' }] }));
+    expect(none).not.toContain('& git');
+    expect(none).toContain("Write-Host 'Skipping Git repository setup (GIT_STRATEGY=none)'");
+    const empty = buildPowerShellScript(job({ git_info: GIT, variables: [{ key: 'GIT_STRATEGY', value: 'empty' }] }));
+    expect(empty).not.toContain('& git');
+    expect(empty).toContain('Remove-Item -Recurse -Force');
+    const odd = buildPowerShellScript(job({ git_info: GIT, variables: [{ key: 'GIT_STRATEGY', value: 'bogus' }] }));
+    expect(odd).toContain("Write-Host 'WARNING: unknown GIT_STRATEGY bogus, using fetch'");
+    expect(odd).toContain('& git remote add origin');
+    const missing = buildPowerShellScript(job());
+    expect(missing).not.toContain('& git');
+    expect(missing).toContain("throw 'the job has no git repository to fetch'");
+  });
+
+  it('runs the script step in its own powershell process from a file it checks parses first', () => {
+    const s = buildPowerShellScript(job({ script: ['echo one', "Write-Output 'it''s'"] }));
+    expect(s).toContain("$rfFile = Join-Path $rfTmp 'script.ps1'");
+    expect(s).toContain('(New-Object System.Text.UTF8Encoding $true))'); // with BOM, for 5.1
+    expect(s).toContain('[System.Management.Automation.Language.Parser]::ParseFile($rfFile, [ref]$rfTokens, [ref]$rfErrs)');
+    expect(s).toContain('& $rfPs -NoProfile -NonInteractive -ExecutionPolicy Bypass -InputFormat Text -OutputFormat Text -File $rfFile');
+    expect(s).toContain('$rfPs = [System.Diagnostics.Process]::GetCurrentProcess().MainModule.FileName');
+    expect(s).toMatch(/\$rfStepRc = \$LASTEXITCODE\n\}\n\$rfRc = \$rfStepRc\n/);
+    expect(stepText(s, 'script')).toBe(stepBody('script', ['echo one', "Write-Output 'it''s'"]));
+  });
+
+  it('writes each command verbatim, echoed, dot-sourced with stderr merged, and stops the step on a failure', () => {
+    const cmds = ['$x = "it\'s"', 'git --version', '$s = @"\nhere $x\n"@', "Write-Output 'a' # comment"];
+    const body = stepText(buildPowerShellScript(job({ script: cmds })), 'script')!;
+    expect(body).toContain("$PSDefaultParameterValues = @{ '*:ErrorAction' = 'Stop' }");
+    expect(body).toMatch(/\$ErrorActionPreference = 'Continue'\ntry \{\n/);
+    for (const c of cmds) {
+      expect(body).toContain(`Write-Host ($rfEsc + '[32;1m$ ' + ${psq(c)} + $rfEsc + '[0;m')\n$global:LASTEXITCODE = 0\n. {\n${c}\n} 2>&1 | rfOut | Out-Host\nif ($LASTEXITCODE -ne 0) { exit $LASTEXITCODE }\n`);
+    }
+    expect(body).toContain('filter rfOut { if ($_ -is [System.Management.Automation.ErrorRecord]) { $_.Exception.Message } else { $_ } }');
+    expect(body).toMatch(/\} catch \{\nWrite-Host \(\(\$_ \| Out-String\)\.TrimEnd\(\)\)\nexit 1\n\}\nexit 0\n$/);
+    expect(body).toContain('Set-Location -LiteralPath $env:CI_PROJECT_DIR -ErrorAction SilentlyContinue');
+  });
+
+  it('runs after_script whenever the script step ran, and only warns when it fails', () => {
+    const s = buildPowerShellScript(job({ script: ['exit 3'], after: ['echo after-1'] }));
+    const tail = s.slice(s.indexOf('if ($rfRan) {'));
+    expect(tail).toContain("Write-Host 'Running after_script'");
+    expect(tail).toContain("$rfFile = Join-Path $rfTmp 'after_script.ps1'");
+    expect(tail).toContain("if ($rfStepRc -ne 0) { Write-Host 'WARNING: after_script failed, but job will continue unaffected' }");
+    expect(stepText(s, 'after_script')).toBe(stepBody('after_script', ['echo after-1']));
+    // The job's exit code stays the script step's.
+    expect(tail.indexOf('$rfRc')).toBe(tail.lastIndexOf('exit $rfRc') + 'exit '.length);
+    expect(s.indexOf('$rfRan = $true')).toBeLessThan(s.indexOf("$rfFile = Join-Path $rfTmp 'script.ps1'"));
+    expect(buildPowerShellScript(job())).not.toContain('after_script');
+  });
+});
+
+describe('remote command and stdin', () => {
+  it('is one program with plain arguments, the same under cmd.exe, PowerShell or bash', () => {
+    const cmd = powerShellCommand();
+    expect(cmd).toMatch(/^powershell\.exe -NoProfile -NonInteractive -ExecutionPolicy Bypass -InputFormat Text -OutputFormat Text -EncodedCommand [A-Za-z0-9+/]+=*$/);
+    expect(cmd.length).toBeLessThan(8000); // cmd.exe's command line limit is 8191
+    const encoded = cmd.split(' ').pop()!;
+    expect(Buffer.from(encoded, 'base64').toString('utf16le')).toBe(POWERSHELL_BOOTSTRAP);
+    expect(powerShellCommand('pwsh').startsWith('pwsh -NoProfile ')).toBe(true);
+  });
+
+  it('bootstraps from $input (not -Command -, which runs stdin line by line) and checks the script arrived whole', () => {
+    expect(POWERSHELL_BOOTSTRAP).toContain('@($input)');
+    expect(POWERSHELL_BOOTSTRAP).toContain('[Convert]::FromBase64String($rfB64)');
+    expect(POWERSHELL_BOOTSTRAP).toContain(`EndsWith(${psq(JOB_SCRIPT_TRAILER)})`);
+    expect(POWERSHELL_BOOTSTRAP).toContain('[System.IO.File]::WriteAllBytes($rfJob, $rfBytes)');
+    expect(POWERSHELL_BOOTSTRAP).toContain('& $rfJob');
+    expect(POWERSHELL_BOOTSTRAP).toMatch(/exit \$rfCode$/);
+  });
+
+  it('sends the script as base64 lines of UTF-8 with a BOM', () => {
+    const script = buildPowerShellScript(job({ script: ['echo "héllo ✓"'] }));
+    const stdin = powerShellStdin(script);
+    const lines = stdin.split('\r\n').filter(Boolean);
+    expect(lines.every((l) => /^[A-Za-z0-9+/=]{1,76}$/.test(l))).toBe(true);
+    const bytes = Buffer.from(lines.join(''), 'base64');
+    expect([...bytes.subarray(0, 3)]).toEqual([0xef, 0xbb, 0xbf]);
+    expect(bytes.subarray(3).toString('utf8')).toBe(script);
+  });
+});
+
+describe('executor wiring', () => {
+  const cls = (machine: Record<string, unknown>) => ({ machine }) as unknown as ClassConfig;
+
+  it('runs PowerShell on Windows VMs and bash elsewhere', () => {
+    const j = job({ script: ['echo win'] });
+    const win = jobInvocation('windows', j);
+    expect(win.command).toBe(powerShellCommand());
+    const script = Buffer.from(win.stdin.replace(/\s/g, ''), 'base64').subarray(3).toString('utf8');
+    expect(script).toBe(buildPowerShellScript(j));
+    const linux = jobInvocation('linux', j);
+    expect(linux.command).toContain('exec bash');
+    expect(linux.stdin).toMatch(/^#!\/usr\/bin\/env bash/);
+  });
+
+  it("takes the OS from the provider's connect info, or from the class's machine.os", () => {
+    expect(guestOs({ os: 'windows' }, cls({}))).toBe('windows');
+    expect(guestOs({ os: 'linux' }, cls({ os: 'windows' }))).toBe('windows');
+    expect(guestOs(undefined, cls({ os: 'windows' }))).toBe('windows');
+    expect(guestOs({ os: 'linux' }, cls({ os: 'linux' }))).toBe('linux');
+    expect(guestOs(undefined, cls({}))).toBe('linux');
+  });
+});
+
+// Only where pwsh exists: the script, run for real through the executor's remote command.
+describe.runIf(hasPwsh)('the PowerShell script under pwsh', () => {
+  let gitlab: GitLabEmulator;
+  let client: GitLabClient;
+  const home = mkdtempSync(join(tmpdir(), 'rf-pwsh-'));
+
+  beforeAll(async () => {
+    gitlab = await startGitLabEmulator();
+    client = new GitLabClient({ url: gitlab.url, timeoutMs: 5000, log: pino({ level: 'silent' }), systemId: 's_test' });
+  });
+  afterAll(async () => {
+    await gitlab?.close();
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  async function take(spec: Omit<EnqueueSpec, 'runnerToken'>): Promise<JobPayload> {
+    gitlab.enqueue({ ...spec, runnerToken: 'pwsh-token' });
+    const res = await client.requestJob('pwsh-token');
+    if (res.kind !== 'job') throw new Error('no job');
+    const parsed = parseJobPayload(res.raw);
+    if (!parsed.ok) throw new Error(parsed.error);
+    return parsed.job;
+  }
+
+  /** Async: the emulator serving git lives in this process. */
+  function run(j: JobPayload): Promise<{ code: number | null; out: string }> {
+    return new Promise((resolve) => {
+      const child = spawn('bash', ['-c', powerShellCommand('pwsh')], { env: { PATH: process.env['PATH']!, HOME: home }, timeout: 60_000 });
+      let out = '';
+      child.stdout.on('data', (c) => (out += c));
+      child.stderr.on('data', (c) => (out += c));
+      child.on('close', (code) => resolve({ code, out }));
+      child.stdin.end(powerShellStdin(buildPowerShellScript(j)));
+    });
+  }
+
+  it('prints its first line first and exits 0', async () => {
+    const r = await run(await take({ script: ['Write-Output ok-from-pwsh'], git: false }));
+    expect(r.out.split('\n')[0]).toMatch(/^Running with runner-fleet on /);
+    expect(r.out).toContain('ok-from-pwsh');
+    expect(r.code).toBe(0);
+  });
+
+  it('keeps quotes, dollars, backticks and newlines in variables, and writes file variables', async () => {
+    const tricky = `it's $HOME \`n "x"\nline2`;
+    const r = await run(
+      await take({
+        script: ['Write-Output "[$env:TRICKY]"', 'Write-Output ("file:" + (Get-Content -Raw $env:MY_FILE))', 'Write-Output "path:$env:MY_FILE"'],
+        variables: [{ key: 'TRICKY', value: tricky }, { key: 'MY_FILE', value: 'file-content', file: true }],
+        git: false,
+      }),
+    );
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(`[${tricky}]`);
+    expect(r.out).toContain('file:file-content');
+    expect(r.out).toMatch(/path:\/.*runner-fleet-[0-9a-f]+\/vars\/MY_FILE/);
+  });
+
+  it('stops at `exit 3`, keeps the code, and still runs after_script (whose failure only warns)', async () => {
+    const r = await run(await take({ script: ['Write-Output one', 'exit 3', 'Write-Output never'], afterScript: ['Write-Output after-1', 'throw "boom"', 'Write-Output after-not'], git: false }));
+    expect(r.code).toBe(3);
+    expect(r.out).toContain('one');
+    expect(r.out).not.toMatch(/^never$/m);
+    expect(r.out).toContain('after-1');
+    expect(r.out).not.toMatch(/^after-not$/m);
+    expect(r.out).toContain('WARNING: after_script failed');
+  });
+
+  it("stops on a native command's exit code, with its stderr in the output", async () => {
+    const r = await run(await take({ script: ["bash -c 'echo to-stderr >&2; exit 4'", 'Write-Output never'], git: false }));
+    expect(r.code).toBe(4);
+    expect(r.out).toContain('to-stderr');
+    expect(r.out).not.toMatch(/^never$/m);
+  });
+
+  it('stops on a cmdlet error, and keeps variables from one line to the next', async () => {
+    const ok = await run(await take({ script: ['$x = 5', 'Write-Output "x=$x"'], git: false }));
+    expect(ok.out).toContain('x=5');
+    const bad = await run(await take({ script: ['Get-Item /nonexistent/runner-fleet', 'Write-Output never'], git: false }));
+    expect(bad.code).toBe(1);
+    expect(bad.out).not.toMatch(/^never$/m);
+  });
+
+  it("checks out the job's repository", async () => {
+    const r = await run(await take({ script: ['if (Test-Path README.md) { Write-Output repo-checked-out }'] }));
+    expect(r.code).toBe(0);
+    expect(r.out).toContain('repo-checked-out');
+  });
+});
