@@ -17,7 +17,7 @@ import { createLogger } from '../../src/isolation/redact.js';
 import { startShard, type Shard } from '../../src/manager/shard.js';
 import { LABEL_VM } from '../../src/providers/provider.js';
 import '../../src/providers/builtin.js';
-import { waitUntil } from '../helpers/shard.js';
+import { expectJobCleanedUp } from '../helpers/shard.js';
 
 const TOKEN = 'e2e-windows-token';
 const CLASS = 'saas-windows-medium-amd64';
@@ -126,18 +126,7 @@ describe('a Windows job on the gcp provider (GCE emulator)', () => {
     throw new Error(`no job script received for job ${jobId} (files: ${readdirSync(captureDir).join(', ')})`);
   }
 
-  /** After a job: its VM is deleted (database and emulator agree) and it has one billing event. */
-  async function expectCleanedUp(jobId: number) {
-    await waitUntil(async () => (await shard.store.job(jobId))?.reported_at != null, 10_000, `job ${jobId} reported`);
-    const job = await shard.store.job(jobId);
-    expect(job?.state).toBe('finished');
-    const vmId = job!.vm_id!;
-    await waitUntil(async () => (await shard.store.vm(vmId))?.state === 'deleted', 15_000, `VM ${vmId} deleted`);
-    await waitUntil(() => !gce.instances().some((i) => i['labels']?.[LABEL_VM] === vmId), 15_000, `instance of VM ${vmId} gone from the emulator`);
-    const events = await shard.store.db.selectFrom('billing_events').selectAll().where('job_id', '=', String(jobId)).execute();
-    expect(events).toHaveLength(1);
-    return { job: job!, event: events[0]! };
-  }
+  const expectCleanedUp = (jobId: number) => expectJobCleanedUp(shard, jobId, (vmId) => !gce.instances().some((i) => i['labels']?.[LABEL_VM] === vmId));
 
   it('runs the PowerShell job script, streams the trace and reports success', async () => {
     writeFileSync(join(captureDir, 'exit-code'), '0');

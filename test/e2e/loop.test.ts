@@ -12,7 +12,7 @@ import { startShard, type Shard } from '../../src/manager/shard.js';
 import { LABEL_SHARD, providerFactory } from '../../src/providers/provider.js';
 import '../../src/providers/builtin.js';
 import { databaseKinds, freshDatabase, type TestDatabase } from '../helpers/database.js';
-import { shardYaml, TOKEN, waitUntil } from '../helpers/shard.js';
+import { expectJobCleanedUp, shardYaml, TOKEN, waitUntil } from '../helpers/shard.js';
 
 describe.each(databaseKinds())('job loop on %s', (kind) => {
   let gitlab: GitLabEmulator;
@@ -38,20 +38,13 @@ describe.each(databaseKinds())('job loop on %s', (kind) => {
     rmSync(dataDir, { recursive: true, force: true });
   });
 
-  /** After a job: its VM is deleted (database and provider agree) and one billing event exists. */
   async function expectCleanedUp(jobId: number) {
-    await waitUntil(async () => (await shard.store.job(jobId))?.reported_at != null, 10_000, `job ${jobId} reported`);
-    const job = await shard.store.job(jobId);
-    expect(job?.state).toBe('finished');
-    const vmId = job!.vm_id!;
-    await waitUntil(async () => (await shard.store.vm(vmId))?.state === 'deleted', 15_000, `VM ${vmId} deleted`);
     const provider = await providerFactory('local')!({}, { shard: shard.config.shard, dataDir, log: createLogger({ level: 'silent' }) });
-    const cloud = await provider.list({ [LABEL_SHARD]: shard.config.shard });
-    expect(cloud.map((c) => c.vmId)).not.toContain(vmId);
-    await provider.close();
-    const events = await shard.store.db.selectFrom('billing_events').selectAll().where('job_id', '=', String(jobId)).where('shard', '=', shard.config.shard).execute();
-    expect(events).toHaveLength(1);
-    return { job: job!, event: events[0]! };
+    try {
+      return await expectJobCleanedUp(shard, jobId, async (vmId) => !(await provider.list({ [LABEL_SHARD]: shard.config.shard })).some((c) => c.vmId === vmId));
+    } finally {
+      await provider.close();
+    }
   }
 
   it('runs a passing job: the trace holds its output and GitLab sees success', async () => {

@@ -31,3 +31,20 @@ export async function waitUntil(pred: () => Promise<boolean> | boolean, timeoutM
   }
   throw new Error(`timed out waiting for ${what}`);
 }
+
+/**
+ * After a job: GitLab heard its end, its VM is deleted in the database and gone from the cloud
+ * (`vmGone`), and it has exactly one billing event.
+ */
+export async function expectJobCleanedUp(shard: import('../../src/manager/shard.js').Shard, jobId: number, vmGone: (vmId: string) => boolean | Promise<boolean>) {
+  const { expect } = await import('vitest');
+  await waitUntil(async () => (await shard.store.job(jobId))?.reported_at != null, 10_000, `job ${jobId} reported`);
+  const job = await shard.store.job(jobId);
+  expect(job?.state).toBe('finished');
+  const vmId = job!.vm_id!;
+  await waitUntil(async () => (await shard.store.vm(vmId))?.state === 'deleted', 15_000, `VM ${vmId} deleted`);
+  await waitUntil(() => vmGone(vmId), 15_000, `VM ${vmId} gone from the cloud`);
+  const events = await shard.store.db.selectFrom('billing_events').selectAll().where('job_id', '=', String(jobId)).where('shard', '=', shard.config.shard).execute();
+  expect(events).toHaveLength(1);
+  return { job: job!, event: events[0]! };
+}
