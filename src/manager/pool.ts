@@ -48,12 +48,19 @@ export class Pool {
   private rows: VmRow[] = [];
   private readonly reserved = new Set<string>();
   /** VM ids with a background task (create, boot probe, delete) in flight. */
+  /**
+   * VMs whose background task ended after this tick read its rows: their row here is out of
+   * date (a VM just deleted still reads `deleting`), so this tick leaves them alone.
+   */
+  private readonly stale = new Set<string>();
   private readonly busy = new Set<string>();
   private readonly deleteAfter = new Map<string, number>();
   private readonly sessions = new Map<string, SshSession>();
   private readonly frozen = new Set<string>();
   /** Classes whose growth the cloud refused (quota), until when (ms). */
   private readonly blockedUntil = new Map<string, number>();
+  /** When each provider was last asked about booting VMs. */
+  private readonly lastDescribe = new Map<string, number>();
   private readonly waiters = new Set<() => void>();
   private readonly tasks = new Set<Promise<unknown>>();
   private readonly abort = new AbortController();
@@ -204,7 +211,10 @@ export class Pool {
     const p = work()
       .catch((err) => this.d.log.error({ err, vms: vmIds }, 'pool task failed'))
       .finally(() => {
-        for (const id of vmIds) this.busy.delete(id);
+        for (const id of vmIds) {
+          this.busy.delete(id);
+          this.stale.add(id);
+        }
         this.tasks.delete(p);
         if (!this.stopped) void this.kick();
       });
@@ -213,6 +223,7 @@ export class Pool {
 
   private async tick(): Promise<void> {
     const now = this.d.clock.now();
+    this.stale.clear();
     this.rows = await this.d.store.liveVms();
     // A reservation ends when its VM is no longer warm (bound to a job, or gone).
     const warm = new Set(this.rows.filter((r) => r.state === 'ready').map((r) => r.id));
@@ -304,7 +315,7 @@ export class Pool {
 
   /** One describe per provider for all booting VMs, then an SSH probe for each running one. */
   private async watchBooting(now: number): Promise<void> {
-    const booting = this.rows.filter((r) => r.state === 'booting' && !this.busy.has(r.id));
+    const booting = this.rows.filter((r) => r.state === 'booting' && !this.busy.has(r.id) && !this.stale.has(r.id));
     const byProvider = new Map<string, VmRow[]>();
     for (const r of booting) {
       const cls = this.d.config.classes[r.class];
@@ -316,6 +327,8 @@ export class Pool {
     }
     for (const [pname, rows] of byProvider) {
       const provider = this.provider(pname);
+      if (now - (this.lastDescribe.get(pname) ?? -Infinity) < (provider.pollIntervalMs ?? 0)) continue;
+      this.lastDescribe.set(pname, now);
       let cloud;
       try {
         cloud = await this.cloud(provider, 'describe', () => provider.describe(rows.map(vmRef)));
@@ -368,7 +381,7 @@ export class Pool {
   }
 
   private async deleteLeaving(now: number): Promise<void> {
-    const leaving = this.rows.filter((r) => (r.state === 'deleting' || r.state === 'failed') && !this.busy.has(r.id) && (this.deleteAfter.get(r.id) ?? 0) <= now);
+    const leaving = this.rows.filter((r) => (r.state === 'deleting' || r.state === 'failed') && !this.busy.has(r.id) && !this.stale.has(r.id) && (this.deleteAfter.get(r.id) ?? 0) <= now);
     const byProvider = new Map<string, VmRow[]>();
     for (const r of leaving) {
       if (r.state === 'failed') await this.d.store.transition(r.id, 'failed', 'deleting');

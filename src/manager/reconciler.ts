@@ -109,17 +109,22 @@ export class Reconciler {
         log.warn({ err, provider: name }, 'list failed; sweep skipped');
         continue;
       }
-      const live = new Set((await store.liveVms()).map((r) => r.id));
-      const stray = cloud.filter((c) => !c.vmId || !live.has(c.vmId));
+      const after = await store.liveVms();
+      const liveIds = new Set(after.map((r) => r.id));
+      const liveNames = new Set(after.map((r) => r.name));
+      // A batch create (bulkInsert, RunInstances with MaxCount) makes instances before they carry
+      // their VM label: while one of ours is in flight, an unlabelled instance may be it.
+      const creating = after.some((r) => r.provider === name && (r.state === 'requested' || r.state === 'creating'));
+      const stray = cloud.filter((c) => (c.vmId ? !liveIds.has(c.vmId) : !liveNames.has(c.name) && !creating));
       if (stray.length) {
         log.warn({ provider: name, vms: stray.map((c) => c.name) }, 'deleting orphan VMs');
         await provider.delete(stray.map((c) => ({ vmId: c.vmId ?? c.name, name: c.name, cloudId: c.cloudId, zone: c.zone ?? null })));
         this.d.metrics.orphansDeleted.inc({ provider: name }, stray.length);
         orphans += stray.length;
       }
-      const present = new Set(cloud.filter((c) => c.state !== 'terminated').map((c) => c.vmId));
+      const present = new Set(cloud.filter((c) => c.state !== 'terminated').flatMap((c) => (c.vmId ? [c.vmId, c.name] : [c.name])));
       for (const r of rows) {
-        if (r.provider !== name || present.has(r.id)) continue;
+        if (r.provider !== name || present.has(r.id) || present.has(r.name)) continue;
         if (r.state === 'ready' || r.state === 'booting') {
           this.d.metrics.vmFailures.inc({ class: r.class, reason: 'lost' });
           await store.transition(r.id, r.state, 'failed', { failure: 'VM vanished from the cloud' });

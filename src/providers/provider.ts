@@ -102,6 +102,11 @@ export type CreateResult = { ok: true; vm: CreatedVm } | { ok: false; vmId: stri
 export interface Provider {
   readonly name: string;
   readonly capabilities: ProviderCapabilities;
+  /**
+   * Least time between two describes of booting VMs (each is one list call for the whole
+   * shard). Cloud read quotas are per project and shared by every shard in it; 0 = every tick.
+   */
+  readonly pollIntervalMs?: number;
   /** Create one VM; idempotent for the same spec.vmId/name. */
   create(spec: VmSpec): Promise<CreatedVm>;
   /** Batch form; one result per spec, in order. Providers without a batch API loop over create. */

@@ -12,6 +12,8 @@ export interface AwsProviderConfig {
   retryBaseMs: number;
   /** How long a subnet is avoided after InsufficientInstanceCapacity. */
   subnetCooldownMs: number;
+  /** Least time between two polls (one DescribeInstances) of the shard's booting VMs. */
+  pollIntervalMs: number;
 }
 
 export interface AwsMachine {
@@ -29,7 +31,7 @@ export interface AwsMachine {
 const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
 
-const PROVIDER_KEYS = ['region', 'endpoint', 'requestsPerSecond', 'callTimeout', 'retries', 'retryBase', 'subnetCooldown'];
+const PROVIDER_KEYS = ['region', 'endpoint', 'requestsPerSecond', 'callTimeout', 'retries', 'retryBase', 'subnetCooldown', 'pollInterval'];
 const MACHINE_KEYS = ['instanceType', 'imageId', 'subnets', 'securityGroupIds', 'diskSizeGb', 'username', 'tags'];
 
 function duration(v: unknown, field: string, dflt: number, errors: string[]): number {
@@ -76,6 +78,7 @@ export function parseAwsConfig(raw: unknown): AwsProviderConfig {
   if (callTimeoutMs <= 0) errors.push(`${p}.callTimeout: expected a duration > 0`);
   const retryBaseMs = duration(raw['retryBase'], `${p}.retryBase`, 500, errors);
   const subnetCooldownMs = duration(raw['subnetCooldown'], `${p}.subnetCooldown`, 600_000, errors);
+  const pollIntervalMs = duration(raw['pollInterval'], `${p}.pollInterval`, 2_000, errors);
   if (errors.length) throw new Error(errors.join('\n'));
   return {
     region: region as string,
@@ -85,6 +88,7 @@ export function parseAwsConfig(raw: unknown): AwsProviderConfig {
     retries,
     retryBaseMs,
     subnetCooldownMs,
+    pollIntervalMs,
   };
 }
 

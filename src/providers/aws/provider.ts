@@ -113,10 +113,12 @@ export class AwsProvider implements Provider {
     this.telemetry = ctx.telemetry ?? noTelemetry;
     this.now = deps.now ?? Date.now;
     this.client = deps.client ?? new EC2Client(ec2ClientConfig(cfg));
+    this.pollIntervalMs = cfg.pollIntervalMs;
     this.bucket = projectBucket(`aws/${cfg.endpoint ?? 'amazonaws'}/${cfg.region}`, cfg.requestsPerSecond);
   }
 
   private readonly now: () => number;
+  readonly pollIntervalMs: number;
 
   /** Subnets still cooling down after a capacity error (subnet -> until, ms). */
   subnetCooldowns(): ZoneCooldowns {

@@ -23,6 +23,8 @@ export interface GcpProviderConfig {
   retryBaseMs: number;
   /** Longest wait for a zone operation (insert, delete) to reach DONE. */
   operationTimeoutMs: number;
+  /** Least time between two polls (one aggregatedList) of the shard's booting VMs. */
+  pollIntervalMs: number;
 }
 
 export type ImageArch = 'x86_64' | 'arm64';
@@ -46,7 +48,7 @@ export interface GcpMachine {
 const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
 
-const PROVIDER_KEYS = ['project', 'credentials', 'endpoint', 'network', 'subnetwork', 'requestsPerSecond', 'callTimeout', 'zoneCooldown', 'retries', 'retryBase', 'operationTimeout'];
+const PROVIDER_KEYS = ['project', 'credentials', 'endpoint', 'network', 'subnetwork', 'requestsPerSecond', 'callTimeout', 'zoneCooldown', 'retries', 'retryBase', 'operationTimeout', 'pollInterval'];
 
 function duration(v: unknown, field: string, dflt: number, errors: string[]): number {
   if (v === undefined) return dflt;
@@ -108,6 +110,7 @@ export function parseGcpConfig(raw: unknown): GcpProviderConfig {
   const zoneCooldownMs = duration(raw['zoneCooldown'], `${p}.zoneCooldown`, 600_000, errors);
   const retryBaseMs = duration(raw['retryBase'], `${p}.retryBase`, 500, errors);
   const operationTimeoutMs = duration(raw['operationTimeout'], `${p}.operationTimeout`, 600_000, errors);
+  const pollIntervalMs = duration(raw['pollInterval'], `${p}.pollInterval`, 2_000, errors);
   if (errors.length > 0) throw new Error(errors.join('\n'));
   return {
     project: project!,
@@ -121,6 +124,7 @@ export function parseGcpConfig(raw: unknown): GcpProviderConfig {
     retries,
     retryBaseMs,
     operationTimeoutMs,
+    pollIntervalMs,
   };
 }
 

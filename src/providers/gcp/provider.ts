@@ -139,10 +139,12 @@ export class GcpProvider implements Provider {
     this.now = deps.now ?? Date.now;
     const opts = clientOptions(cfg);
     this.clients = deps.clients ?? { instances: new InstancesClient(opts), operations: new ZoneOperationsClient(opts) };
+    this.pollIntervalMs = cfg.pollIntervalMs;
     this.bucket = projectBucket(`${cfg.endpoint ?? 'googleapis'}/${cfg.project}`, cfg.requestsPerSecond);
   }
 
   private readonly now: () => number;
+  readonly pollIntervalMs: number;
 
   /** Zones still cooling down after a stockout (zone -> until, ms). */
   zoneCooldowns(): ReadonlyMap<string, number> {
