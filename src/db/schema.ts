@@ -85,7 +85,32 @@ export interface BillingEventsTable {
   created_at: Generated<Date>;
 }
 
+export interface ProviderResourcesTable {
+  shard: string;
+  provider: string;
+  kind: string;
+  id: string;
+  state: string;
+  data: ColumnType<Record<string, unknown>, string | undefined, string>;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface ProviderResourceEventsTable {
+  id: Generated<string>;
+  shard: string;
+  provider: string;
+  kind: string;
+  resource_id: string;
+  from_state: string | null;
+  to_state: string;
+  at: Timestamp;
+  detail: string | null;
+}
+
 export interface Database {
+  provider_resources: ProviderResourcesTable;
+  provider_resource_events: ProviderResourceEventsTable;
   shard_secrets: ShardSecretsTable;
   vms: VmsTable;
   vm_events: VmEventsTable;

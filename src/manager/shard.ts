@@ -2,11 +2,13 @@
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { FastifyInstance } from 'fastify';
+import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import { buildApi } from '../api/app.js';
 import type { ShardConfig } from '../config/types.js';
 import { waitForSsh } from '../connect/ssh.js';
 import { openDatabase } from '../db/connect.js';
+import type { Database } from '../db/schema.js';
 import { acquireShardLock } from '../db/lock.js';
 import { migrateToLatest } from '../db/migrate.js';
 import { GitLabClient } from '../gitlab/client.js';
@@ -17,6 +19,7 @@ import { realClock, type Clock } from './clock.js';
 import { Executor } from './executor.js';
 import { Intake } from './intake.js';
 import { cloudTelemetry, createMetrics, type Metrics } from './metrics.js';
+import { DbResourceStore } from './resource-store.js';
 import { Pool } from './pool.js';
 import { Reconciler } from './reconciler.js';
 import { Store } from './store.js';
@@ -68,7 +71,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     if (!config.secrets.key) log.warn('secrets.key is not set: VM keys and job tokens are encrypted with a key kept in the database');
     const store = new Store(database.db, config.shard, secretKey);
     const metrics = createMetrics({ shard: config.shard, defaultMetrics: opts.defaultMetrics ?? true });
-    const providers = await createProviders(config, log, metrics);
+    const providers = await createProviders(config, log, metrics, database.db);
     cleanups.push(async () => Promise.all([...providers.values()].map((p) => p.close())));
     const gitlab = new GitLabClient({ url: config.gitlab.url, timeoutMs: config.gitlab.requestTimeoutMs, log, systemId: `s_${hostname().replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}_${config.shard}` });
     const pool = new Pool({
@@ -130,13 +133,13 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
   }
 }
 
-async function createProviders(config: ShardConfig, log: Logger, metrics: Metrics): Promise<Map<string, Provider>> {
+async function createProviders(config: ShardConfig, log: Logger, metrics: Metrics, db: Kysely<Database>): Promise<Map<string, Provider>> {
   const used = new Set(Object.values(config.classes).map((c) => c.provider));
   const out = new Map<string, Provider>();
   for (const name of used) {
     const factory = providerFactory(name);
     if (!factory) throw new Error(`providers.${name}: unknown provider (known: ${registeredProviders().join(', ')})`);
-    out.set(name, await factory(config.providers[name] ?? {}, { shard: config.shard, dataDir: config.dataDir, log: log.child({ provider: name }), telemetry: cloudTelemetry(metrics, name) }));
+    out.set(name, await factory(config.providers[name] ?? {}, { shard: config.shard, dataDir: config.dataDir, log: log.child({ provider: name }), telemetry: cloudTelemetry(metrics, name), resources: new DbResourceStore(db, config.shard, name) }));
   }
   return out;
 }

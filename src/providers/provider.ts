@@ -137,8 +137,35 @@ export interface CloudTelemetry {
 
 export const noTelemetry: CloudTelemetry = { request() {}, stockout() {} };
 
+/** A provider-managed resource (a Mac host), as persisted. */
+export interface ResourceRecord<D = Record<string, unknown>> {
+  kind: string;
+  id: string;
+  state: string;
+  data: D;
+  createdAt: Date;
+  updatedAt: Date;
+}
+
+/**
+ * Persistence for resources a provider manages besides job VMs, scoped to one shard and
+ * provider. The same rule as for VMs: write the row before the cloud call it guards, so a
+ * restarted manager finds every resource it may have created.
+ */
+export interface ResourceStore {
+  list<D = Record<string, unknown>>(kind: string): Promise<ResourceRecord<D>[]>;
+  /** Insert a new resource; false when one with that id exists (idempotent retries). */
+  insert(kind: string, id: string, state: string, data: Record<string, unknown>): Promise<boolean>;
+  /** Compare-and-set: only from one of `from`; `data` is merged into the stored data. */
+  transition(kind: string, id: string, from: string | string[], to: string, data?: Record<string, unknown>, detail?: string): Promise<boolean>;
+  /** Merge into the data without a state change. */
+  update(kind: string, id: string, data: Record<string, unknown>): Promise<void>;
+}
+
 export interface ProviderContext {
   shard: string;
+  /** Persisted provider resources (absent where a provider runs without a database, e.g. tools). */
+  resources?: ResourceStore;
   /** Directory for provider state on this machine (local provider sandboxes). */
   dataDir: string;
   log: import('pino').Logger;
