@@ -5,7 +5,7 @@ import type { PoolConfig } from '../config/types.js';
 export interface ClassCounts {
   /** requested + creating + booting: on their way to warm. */
   pending: number;
-  /** Warm VMs not reserved by an in-flight job request. */
+  /** Warm VMs, including one reserved by a job request in flight (it mostly stays warm). */
   ready: number;
   /** assigned + running. */
   busy: number;
@@ -29,7 +29,7 @@ export interface ScaleDecision {
 export interface ScaleInput {
   pool: PoolConfig;
   counts: ClassCounts;
-  /** Unreserved warm VMs, oldest first. */
+  /** Warm VMs that may be retired (not reserved), oldest first. */
   readyVms: ReadyVm[];
   /** Draining: no new VMs, and warm ones are retired. */
   frozen: boolean;

@@ -251,11 +251,15 @@ export class Pool {
 
   private async scaleClass(cls: ClassConfig, rows: VmRow[], now: number): Promise<void> {
     const count = (states: VmState[]) => rows.filter((r) => states.includes(r.state as VmState)).length;
-    const free = rows.filter((r) => r.state === 'ready' && !this.reserved.has(r.id) && !this.busy.has(r.id));
+    // A reserved VM still counts as warm: the reservation only covers a job request in flight,
+    // which mostly answers "no job". Counting it as taken made the pool create a VM on every
+    // poll that a tick happened to overlap, and retire the surplus a minute later.
+    const warm = rows.filter((r) => r.state === 'ready' && !this.busy.has(r.id));
+    const free = warm.filter((r) => !this.reserved.has(r.id));
     const counts: ClassCounts = {
       pending: count(['requested', 'creating', 'booting']),
-      ready: free.length,
-      busy: count(['assigned', 'running']) + (count(['ready']) - free.length),
+      ready: warm.length,
+      busy: count(['assigned', 'running']) + (count(['ready']) - warm.length),
       leaving: count(['deleting', 'failed']),
     };
     const decision = decideScale({
