@@ -46,6 +46,7 @@ providers:
     requestsPerSecond: 1000
     callTimeout: 5s
     retryBase: 20ms
+    bulkInsertMin: 2
 dataDir: "${o.dataDir}"
 secrets: { key: "e2e-gcp-linux-secret-key-0123456789" }
 log: { level: warn }

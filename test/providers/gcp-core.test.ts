@@ -176,7 +176,7 @@ describe('gcp zone choice', () => {
 
 describe('gcp config', () => {
   it('validates providers.gcp with defaults and field paths', () => {
-    expect(parseGcpConfig({ project: 'my-proj' })).toEqual({ project: 'my-proj', requestsPerSecond: 20, callTimeoutMs: 30_000, zoneCooldownMs: 600_000, retries: 4, retryBaseMs: 500, operationTimeoutMs: 600_000, pollIntervalMs: 2000 });
+    expect(parseGcpConfig({ project: 'my-proj' })).toEqual({ project: 'my-proj', requestsPerSecond: 20, callTimeoutMs: 30_000, zoneCooldownMs: 600_000, retries: 4, retryBaseMs: 500, operationTimeoutMs: 600_000, pollIntervalMs: 2000, bulkInsertMin: 8 });
     expect(parseGcpConfig({ project: 'my-proj', endpoint: 'http://127.0.0.1:9999/', callTimeout: '5s', zoneCooldown: '1m' })).toMatchObject({ endpoint: 'http://127.0.0.1:9999', callTimeoutMs: 5000, zoneCooldownMs: 60_000 });
     expect(() => parseGcpConfig({})).toThrow(/providers\.gcp\.project/);
     expect(() => parseGcpConfig({ project: 'my-proj', endpoint: 'ftp://x' })).toThrow(/providers\.gcp\.endpoint/);

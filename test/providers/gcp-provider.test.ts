@@ -67,7 +67,7 @@ function fakeCloud() {
 }
 
 function provider(cloud: ReturnType<typeof fakeCloud>, config: Record<string, unknown> = {}) {
-  return new GcpProvider(parseGcpConfig({ project: `p-${Math.random().toString(36).slice(2, 10)}`, retryBase: '5ms', callTimeout: '200ms', ...config }), { shard: 's', dataDir: '/nonexistent', log: createLogger({ level: 'silent' }) }, { clients: cloud.clients });
+  return new GcpProvider(parseGcpConfig({ project: `p-${Math.random().toString(36).slice(2, 10)}`, retryBase: '5ms', callTimeout: '200ms', bulkInsertMin: 2, ...config }), { shard: 's', dataDir: '/nonexistent', log: createLogger({ level: 'silent' }) }, { clients: cloud.clients });
 }
 
 describe('gcp provider orchestration', () => {

@@ -29,7 +29,7 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
   const emu = await startGceEmulator({ host: '127.0.0.1', port: 0, dataDir, bootDelayMs: 0 });
   const shard = `g${randomBytes(3).toString('hex')}`;
   const provider = new GcpProvider(
-    parseGcpConfig({ project: 'test-proj', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 3, requestsPerSecond: 1000, ...config }),
+    parseGcpConfig({ project: 'test-proj', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 3, requestsPerSecond: 1000, bulkInsertMin: 2, ...config }),
     { shard, dataDir, log: createLogger({ level: 'silent' }) },
   );
   return {

@@ -25,6 +25,12 @@ export interface GcpProviderConfig {
   operationTimeoutMs: number;
   /** Least time between two polls (one aggregatedList) of the shard's booting VMs. */
   pollIntervalMs: number;
+  /**
+   * Smallest batch created with one bulkInsert. A bulk-created VM still needs its own setLabels
+   * and setMetadata (its VM label and key), so bulkInsert saves no calls; it pays off for large
+   * scale-ups, as one operation placing the whole batch in one zone or none (minCount).
+   */
+  bulkInsertMin: number;
 }
 
 export type ImageArch = 'x86_64' | 'arm64';
@@ -48,7 +54,7 @@ export interface GcpMachine {
 const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
 
-const PROVIDER_KEYS = ['project', 'credentials', 'endpoint', 'network', 'subnetwork', 'requestsPerSecond', 'callTimeout', 'zoneCooldown', 'retries', 'retryBase', 'operationTimeout', 'pollInterval'];
+const PROVIDER_KEYS = ['project', 'credentials', 'endpoint', 'network', 'subnetwork', 'requestsPerSecond', 'callTimeout', 'zoneCooldown', 'retries', 'retryBase', 'operationTimeout', 'pollInterval', 'bulkInsertMin'];
 
 function duration(v: unknown, field: string, dflt: number, errors: string[]): number {
   if (v === undefined) return dflt;
@@ -111,6 +117,12 @@ export function parseGcpConfig(raw: unknown): GcpProviderConfig {
   const retryBaseMs = duration(raw['retryBase'], `${p}.retryBase`, 500, errors);
   const operationTimeoutMs = duration(raw['operationTimeout'], `${p}.operationTimeout`, 600_000, errors);
   const pollIntervalMs = duration(raw['pollInterval'], `${p}.pollInterval`, 2_000, errors);
+  let bulkInsertMin = 8;
+  if (raw['bulkInsertMin'] !== undefined) {
+    const v = raw['bulkInsertMin'];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 2) errors.push(`${p}.bulkInsertMin: expected an integer >= 2, got ${show(v)}`);
+    else bulkInsertMin = v;
+  }
   if (errors.length > 0) throw new Error(errors.join('\n'));
   return {
     project: project!,
@@ -125,6 +137,7 @@ export function parseGcpConfig(raw: unknown): GcpProviderConfig {
     retryBaseMs,
     operationTimeoutMs,
     pollIntervalMs,
+    bulkInsertMin,
   };
 }
 

@@ -330,7 +330,7 @@ export class GcpProvider implements Provider {
     await Promise.all(
       [...groups.values()].map(async (group) => {
         let rest = group;
-        if (group.length >= 2 && group.every((s) => !this.seen.has(s.name))) {
+        if (group.length >= this.cfg.bulkInsertMin && group.every((s) => !this.seen.has(s.name))) {
           try {
             for (const r of await this.bulkCreate(group)) results.set(r.ok ? r.vm.vmId : r.vmId, r);
             rest = group.filter((s) => !results.has(s.vmId));
