@@ -1,3 +1,4 @@
 // Registers the providers that ship with runner-fleet.
 import './local/index.js';
 import './gcp/index.js';
+import './aws/index.js';

@@ -101,6 +101,7 @@ export class AwsProvider implements Provider {
   private cooldowns: ZoneCooldowns = new Map();
   private readonly seen = new Map<string, Seen>();
   private readonly machines = new Map<string, AwsMachine>();
+  private readonly shardOf = new Map<string, string>();
   /** SSH ports learnt from the emulator's tag, for connectInfo calls given only a ref. */
   private readonly ports = new Map<string, number>();
 
@@ -261,6 +262,7 @@ export class AwsProvider implements Provider {
         }
         const zone = inst.Placement?.AvailabilityZone;
         this.seen.set(spec.name, { username: machine.username, ...(zone ? { zone } : {}) });
+        this.shardOf.set(spec.name, spec.labels[LABEL_SHARD] ?? spec.shard);
         if (group.length > 1) {
           try {
             const Tags = [{ Key: 'Name', Value: spec.name }, ...Object.entries(spec.labels).map(([Key, Value]) => ({ Key, Value }))];
@@ -311,7 +313,8 @@ export class AwsProvider implements Provider {
   async describe(refs: VmRef[]): Promise<CloudVm[]> {
     if (refs.length === 0) return [];
     // One DescribeInstances for the whole shard per poll, never one per VM.
-    const all = await this.describeInstances([{ Name: `tag:${LABEL_SHARD}`, Values: [this.ctx.shard] }]);
+    const shards = [...new Set(refs.map((r) => this.shardOf.get(r.name) ?? this.ctx.shard))];
+    const all = await this.describeInstances([{ Name: `tag:${LABEL_SHARD}`, Values: shards }]);
     const byKey = new Map<string, Instance>();
     for (const i of all) {
       const t = tagsOf(i);

@@ -1,0 +1,307 @@
+// An EC2 Query API emulator: the wire format the real EC2Client sends (form-encoded POST /,
+// `Action=...`, lists as `X.1`, XML answers, EC2's error XML) for the instance actions the aws
+// provider uses (RunInstances with ClientToken and MinCount/MaxCount, DescribeInstances with
+// filters and paging, TerminateInstances, CreateTags, Stop/StartInstances), fault injection
+// (capacity per subnet, RequestLimitExceeded, InstanceLimitExceeded, hung calls), and instances
+// that are real SSH sandboxes (the local provider's) on their own loopback address. The
+// emulated cloud-init installs the key of the instance's launch index from the user data.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Fastify from 'fastify';
+import { pino, type Logger } from 'pino';
+import { generateVmKeyPair } from '../../isolation/keys.js';
+import { keysInUserData } from '../../providers/aws/run-input.js';
+import { LocalProvider } from '../../providers/local/provider.js';
+
+/** Tag the emulator puts on its instances: the sandbox's SSH port (real VMs listen on 22). */
+export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
+
+export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances';
+const ACTIONS: Ec2Action[] = ['RunInstances', 'DescribeInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances'];
+
+export interface Ec2Faults {
+  /** RunInstances into these subnets fails with InsufficientInstanceCapacity. */
+  noCapacitySubnets: Set<string>;
+  /** The next N calls answer RequestLimitExceeded (HTTP 503, as EC2 does). */
+  throttleNext: number;
+  /** RunInstances answers InstanceLimitExceeded while set. */
+  instanceLimitExceeded: boolean;
+  /** The next N calls never answer (until close). */
+  hangNext: number;
+}
+
+interface Inst {
+  id: string;
+  reservationId: string;
+  sandboxName: string;
+  state: 'pending' | 'running' | 'stopping' | 'stopped' | 'shutting-down' | 'terminated';
+  tags: Map<string, string>;
+  launchIndex: number;
+  clientToken: string;
+  params: Record<string, string>;
+  privateIp?: string;
+  subnetId: string;
+  zone: string;
+  launchTime: string;
+  terminatedAt?: number;
+}
+
+export interface Ec2EmulatorOptions {
+  host?: string;
+  port?: number;
+  dataDir?: string;
+  log?: Logger;
+  /** Subnet -> availability zone. Unknown subnets are InvalidSubnetID.NotFound. */
+  subnets?: Record<string, string>;
+  /** How long a sandbox boots before it listens (instance `pending` meanwhile). */
+  bootDelayMs?: number;
+  /** How long terminated instances stay visible (EC2: about an hour). */
+  terminatedVisibleMs?: number;
+}
+
+export interface Ec2Emulator {
+  url: string;
+  faults: Ec2Faults;
+  calls: Record<Ec2Action, number>;
+  /** The form parameters of the RunInstances that launched this instance. */
+  runRequest(instanceId: string): Record<string, string> | undefined;
+  instances(): { id: string; state: string; tags: Record<string, string>; subnetId: string; privateIp?: string; launchIndex: number }[];
+  resetCalls(): void;
+  close(): Promise<void>;
+}
+
+const DEFAULT_SUBNETS: Record<string, string> = { 'subnet-0aaa1111': 'us-east-1a', 'subnet-0bbb2222': 'us-east-1b', 'subnet-0ccc3333': 'us-east-1c' };
+const STATE_CODE: Record<Inst['state'], number> = { pending: 0, running: 16, 'shutting-down': 32, terminated: 48, stopping: 64, stopped: 80 };
+
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
+
+class Ec2Error extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly status = 400,
+  ) {
+    super(message);
+  }
+}
+
+/** `Prefix.1`, `Prefix.2`, ... values. */
+function list(p: Record<string, string>, prefix: string): string[] {
+  const out: string[] = [];
+  for (let i = 1; p[`${prefix}.${i}`] !== undefined; i++) out.push(p[`${prefix}.${i}`]!);
+  return out;
+}
+
+export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<Ec2Emulator> {
+  const host = opts.host ?? '127.0.0.1';
+  if (!/^127\./.test(host)) throw new Error(`EC2 emulator: host ${host} is not a loopback address`);
+  const log = opts.log ?? pino({ level: 'silent' });
+  const ownDataDir = !opts.dataDir;
+  const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'ec2-emu-'));
+  const local = new LocalProvider({ bootDelayMs: opts.bootDelayMs ?? 0, dir: join(dataDir, 'ec2-vms') }, { shard: 'ec2-emulator', dataDir, log });
+  const subnets = opts.subnets ?? DEFAULT_SUBNETS;
+  const terminatedVisibleMs = opts.terminatedVisibleMs ?? 60_000;
+  const faults: Ec2Faults = { noCapacitySubnets: new Set(), throttleNext: 0, instanceLimitExceeded: false, hangNext: 0 };
+  const calls = Object.fromEntries(ACTIONS.map((a) => [a, 0])) as Record<Ec2Action, number>;
+  const instances = new Map<string, Inst>();
+  const tokens = new Map<string, { params: string; ids: string[] }>();
+  const hung = new Set<() => void>();
+  const booting = new Set<Promise<unknown>>();
+  let closing = false;
+
+  const hex = (n: number) => randomBytes(n).toString('hex').slice(0, 17);
+
+  function visible(i: Inst): boolean {
+    return i.state !== 'terminated' || Date.now() - (i.terminatedAt ?? 0) < terminatedVisibleMs;
+  }
+
+  async function boot(inst: Inst, publicKey: string): Promise<void> {
+    const spec = {
+      vmId: inst.id, name: inst.sandboxName, shard: 'ec2-emulator', className: 'ec2',
+      labels: Object.fromEntries(inst.tags), publicKey, machine: {}, maxRunSeconds: 24 * 3600,
+    };
+    try {
+      await local.create(spec);
+      for (let t = 0; t < 3000 && !closing; t++) {
+        if (inst.state !== 'pending') return;
+        try {
+          const info = local.connectInfo({ vmId: inst.id, name: inst.sandboxName, internalIp: '' }, '');
+          inst.privateIp = info.host;
+          inst.tags.set(EMULATOR_SSH_PORT_TAG, String(info.port));
+          inst.state = 'running';
+          return;
+        } catch {
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      }
+    } catch (err) {
+      log.warn({ id: inst.id, err: (err as Error).message }, 'ec2 emulator: sandbox failed');
+      inst.state = 'terminated';
+      inst.terminatedAt = Date.now();
+    }
+  }
+
+  function runInstances(p: Record<string, string>): Inst[] {
+    const token = p['ClientToken'] ?? '';
+    const { ClientToken: _t, ...rest } = p;
+    const fingerprint = JSON.stringify(Object.entries(rest).sort());
+    if (token && tokens.has(token)) {
+      const prior = tokens.get(token)!;
+      if (prior.params !== fingerprint) throw new Ec2Error('IdempotentParameterMismatch', `Arguments on this idempotent request are inconsistent with arguments used in previous request(s).`);
+      return prior.ids.map((id) => instances.get(id)!);
+    }
+    const min = Number(p['MinCount'] ?? 1);
+    const max = Number(p['MaxCount'] ?? min);
+    if (!(min >= 1) || !(max >= min)) throw new Ec2Error('InvalidParameterValue', `MinCount ${p['MinCount']} / MaxCount ${p['MaxCount']} are not valid`);
+    if (!/^ami-[0-9a-f]{8,17}$/.test(p['ImageId'] ?? '')) throw new Ec2Error('InvalidAMIID.Malformed', `Invalid id: "${p['ImageId']}"`);
+    const subnetId = p['NetworkInterface.1.SubnetId'] ?? p['SubnetId'] ?? Object.keys(subnets)[0]!;
+    const zone = subnets[subnetId];
+    if (!zone) throw new Ec2Error('InvalidSubnetID.NotFound', `The subnet ID '${subnetId}' does not exist`);
+    if (faults.instanceLimitExceeded) throw new Ec2Error('InstanceLimitExceeded', `You have requested more instances (${max}) than your current instance limit allows for the specified instance type.`);
+    if (faults.noCapacitySubnets.has(subnetId)) {
+      throw new Ec2Error('InsufficientInstanceCapacity', `We currently do not have sufficient ${p['InstanceType']} capacity in the Availability Zone you requested (${zone}). Our system will be working on provisioning additional capacity.`, 500);
+    }
+    const tags = new Map<string, string>();
+    for (let i = 1; p[`TagSpecification.${i}.ResourceType`] !== undefined; i++) {
+      if (p[`TagSpecification.${i}.ResourceType`] !== 'instance') continue;
+      for (let j = 1; p[`TagSpecification.${i}.Tag.${j}.Key`] !== undefined; j++) tags.set(p[`TagSpecification.${i}.Tag.${j}.Key`]!, p[`TagSpecification.${i}.Tag.${j}.Value`] ?? '');
+    }
+    const userData = p['UserData'] ? Buffer.from(p['UserData'], 'base64').toString() : '';
+    const keys = keysInUserData(userData);
+    const reservationId = `r-${hex(9)}`;
+    const out: Inst[] = [];
+    for (let idx = 0; idx < max; idx++) {
+      const id = `i-${hex(9)}`;
+      const inst: Inst = { id, reservationId, sandboxName: `ec2-${id}`, state: 'pending', tags: new Map(tags), launchIndex: idx, clientToken: token, params: p, subnetId, zone, launchTime: new Date().toISOString() };
+      instances.set(id, inst);
+      out.push(inst);
+      // Cloud-init: the key listed for this launch index, or a throwaway (nobody gets in).
+      const key = keys.get(idx) ?? generateVmKeyPair(`${id}-nobody`).publicKey;
+      const b = boot(inst, key);
+      booting.add(b);
+      void b.finally(() => booting.delete(b));
+    }
+    if (token) tokens.set(token, { params: fingerprint, ids: out.map((i) => i.id) });
+    return out;
+  }
+
+  function instanceXml(i: Inst): string {
+    const tagSet = [...i.tags].map(([k, v]) => `<item><key>${esc(k)}</key><value>${esc(v)}</value></item>`).join('');
+    return `<item><instanceId>${i.id}</instanceId><imageId>${esc(i.params['ImageId'] ?? '')}</imageId><instanceState><code>${STATE_CODE[i.state]}</code><name>${i.state}</name></instanceState>${i.privateIp && i.state !== 'terminated' ? `<privateIpAddress>${i.privateIp}</privateIpAddress>` : ''}<amiLaunchIndex>${i.launchIndex}</amiLaunchIndex><instanceType>${esc(i.params['InstanceType'] ?? '')}</instanceType><launchTime>${i.launchTime}</launchTime><placement><availabilityZone>${i.zone}</availabilityZone><tenancy>default</tenancy></placement><subnetId>${i.subnetId}</subnetId><clientToken>${esc(i.clientToken)}</clientToken><tagSet>${tagSet}</tagSet></item>`;
+  }
+
+  function matches(i: Inst, filters: { name: string; values: string[] }[]): boolean {
+    return filters.every(({ name, values }) => {
+      if (name.startsWith('tag:')) return values.includes(i.tags.get(name.slice(4)) ?? '\0');
+      if (name === 'tag-key') return values.some((v) => i.tags.has(v));
+      if (name === 'instance-state-name') return values.includes(i.state);
+      if (name === 'instance-id') return values.includes(i.id);
+      if (name === 'client-token') return values.includes(i.clientToken);
+      throw new Ec2Error('InvalidParameterValue', `The filter '${name}' is invalid`);
+    });
+  }
+
+  async function setState(ids: string[], to: 'terminate' | 'stop' | 'start'): Promise<string> {
+    for (const id of ids) if (!instances.has(id) || !visible(instances.get(id)!)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
+    const items: string[] = [];
+    for (const id of ids) {
+      const i = instances.get(id)!;
+      const prev = i.state;
+      if (to === 'terminate' && i.state !== 'terminated') {
+        i.state = 'terminated';
+        i.terminatedAt = Date.now();
+        await local.delete([{ vmId: i.id, name: i.sandboxName }]);
+      } else if (to === 'stop' && (i.state === 'running' || i.state === 'pending')) {
+        i.state = 'stopped';
+      } else if (to === 'start' && i.state === 'stopped') {
+        i.state = 'running';
+      }
+      items.push(`<item><instanceId>${id}</instanceId><currentState><code>${STATE_CODE[i.state]}</code><name>${i.state}</name></currentState><previousState><code>${STATE_CODE[prev]}</code><name>${prev}</name></previousState></item>`);
+    }
+    return `<instancesSet>${items.join('')}</instancesSet>`;
+  }
+
+  const app = Fastify({ logger: false, forceCloseConnections: true });
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => done(null, Object.fromEntries(new URLSearchParams(String(body)))));
+  app.post('/', async (req, reply) => {
+    const p = (req.body ?? {}) as Record<string, string>;
+    const action = p['Action'] as Ec2Action;
+    const requestId = `${hex(8)}-${hex(4)}`;
+    const answer = (inner: string) => reply.type('text/xml').send(`<?xml version="1.0" encoding="UTF-8"?>\n<${action}Response xmlns="http://ec2.amazonaws.com/doc/2016-11-15/"><requestId>${requestId}</requestId>${inner}</${action}Response>`);
+    try {
+      if (!ACTIONS.includes(action)) throw new Ec2Error('InvalidAction', `The action ${action} is not valid for this web service.`);
+      calls[action]++;
+      if (faults.hangNext > 0) {
+        faults.hangNext--;
+        await new Promise<void>((r) => hung.add(r));
+        throw new Ec2Error('ServiceUnavailable', 'emulator closing', 503);
+      }
+      if (faults.throttleNext > 0) {
+        faults.throttleNext--;
+        throw new Ec2Error('RequestLimitExceeded', 'Request limit exceeded.', 503);
+      }
+      switch (action) {
+        case 'RunInstances': {
+          const out = runInstances(p);
+          return answer(`<reservationId>${out[0]!.reservationId}</reservationId><ownerId>000000000000</ownerId><groupSet/><instancesSet>${out.map(instanceXml).join('')}</instancesSet>`);
+        }
+        case 'DescribeInstances': {
+          const ids = list(p, 'InstanceId');
+          const filters: { name: string; values: string[] }[] = [];
+          for (let i = 1; p[`Filter.${i}.Name`] !== undefined; i++) filters.push({ name: p[`Filter.${i}.Name`]!, values: list(p, `Filter.${i}.Value`) });
+          for (const id of ids) if (!instances.has(id)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
+          const all = [...instances.values()].filter((i) => visible(i) && (ids.length === 0 || ids.includes(i.id)) && matches(i, filters));
+          const max = Math.max(5, Math.min(1000, Number(p['MaxResults'] ?? 1000)));
+          const start = Number(p['NextToken'] ?? 0);
+          const page = all.slice(start, start + max);
+          const next = start + max < all.length ? `<nextToken>${start + max}</nextToken>` : '';
+          const byRes = new Map<string, Inst[]>();
+          for (const i of page) byRes.set(i.reservationId, [...(byRes.get(i.reservationId) ?? []), i]);
+          const res = [...byRes].map(([rid, is]) => `<item><reservationId>${rid}</reservationId><ownerId>000000000000</ownerId><groupSet/><instancesSet>${is.map(instanceXml).join('')}</instancesSet></item>`).join('');
+          return answer(`<reservationSet>${res}</reservationSet>${next}`);
+        }
+        case 'TerminateInstances':
+          return answer(await setState(list(p, 'InstanceId'), 'terminate'));
+        case 'StopInstances':
+          return answer(await setState(list(p, 'InstanceId'), 'stop'));
+        case 'StartInstances':
+          return answer(await setState(list(p, 'InstanceId'), 'start'));
+        case 'CreateTags': {
+          const ids = list(p, 'ResourceId');
+          for (const id of ids) if (!instances.has(id)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
+          for (const id of ids) for (let j = 1; p[`Tag.${j}.Key`] !== undefined; j++) instances.get(id)!.tags.set(p[`Tag.${j}.Key`]!, p[`Tag.${j}.Value`] ?? '');
+          return answer('<return>true</return>');
+        }
+      }
+    } catch (err) {
+      const e = err instanceof Ec2Error ? err : new Ec2Error('InternalError', (err as Error).message, 500);
+      return reply
+        .code(e.status)
+        .type('text/xml')
+        .send(`<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>${e.code}</Code><Message>${esc(e.message)}</Message></Error></Errors><RequestID>${requestId}</RequestID></Response>`);
+    }
+  });
+  const address = await app.listen({ host, port: opts.port ?? 0 });
+
+  return {
+    url: address.replace('localhost', host),
+    faults,
+    calls,
+    runRequest: (id) => instances.get(id)?.params,
+    instances: () => [...instances.values()].filter(visible).map((i) => ({ id: i.id, state: i.state, tags: Object.fromEntries(i.tags), subnetId: i.subnetId, ...(i.privateIp ? { privateIp: i.privateIp } : {}), launchIndex: i.launchIndex })),
+    resetCalls() {
+      for (const a of ACTIONS) calls[a] = 0;
+    },
+    async close() {
+      closing = true;
+      for (const r of hung) r();
+      await Promise.allSettled([...booting]);
+      await app.close();
+      await local.delete([...instances.values()].map((i) => ({ vmId: i.id, name: i.sandboxName })));
+      await local.close();
+      if (ownDataDir) rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}

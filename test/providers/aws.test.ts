@@ -1,0 +1,149 @@
+// The EC2 provider through the real @aws-sdk/client-ec2 EC2Client against the EC2 emulator.
+import { randomBytes } from 'node:crypto';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connectSsh } from '../../src/connect/ssh.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/server.js';
+import { createLogger } from '../../src/isolation/redact.js';
+import { parseAwsConfig } from '../../src/providers/aws/config.js';
+import { AwsProvider } from '../../src/providers/aws/provider.js';
+import { LABEL_SHARD, LABEL_VM } from '../../src/providers/provider.js';
+import { providerContract } from './contract.js';
+import { makeSpec, waitRunning } from './local-fixture.js';
+
+const machine = { instanceType: 'c6i.large', imageId: 'ami-0123456789abcdef0', subnets: ['subnet-0aaa1111', 'subnet-0bbb2222'], securityGroupIds: ['sg-0ccc3333'], tags: { team: 'ci' } };
+
+interface Fixture {
+  emu: Ec2Emulator;
+  provider: AwsProvider;
+  shard: string;
+  cleanup(): Promise<void>;
+}
+
+async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
+  const emu = await startEc2Emulator({ bootDelayMs: 0 });
+  const shard = `a${randomBytes(3).toString('hex')}`;
+  const provider = new AwsProvider(parseAwsConfig({ region: 'us-east-1', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 3, requestsPerSecond: 1000, ...config }), { shard, dataDir: '/nonexistent', log: createLogger({ level: 'silent' }) });
+  return {
+    emu,
+    provider,
+    shard,
+    async cleanup() {
+      await provider.close();
+      await emu.close();
+    },
+  };
+}
+
+providerContract('aws', async () => {
+  const fx = await fixture();
+  return { provider: fx.provider, machine, cleanup: fx.cleanup };
+});
+
+describe('aws provider against the EC2 emulator', () => {
+  const fixtures: Fixture[] = [];
+  const setup = async (config: Record<string, unknown> = {}) => {
+    const fx = await fixture(config);
+    fixtures.push(fx);
+    return fx;
+  };
+  afterEach(async () => {
+    for (const fx of fixtures.splice(0)) await fx.cleanup();
+  });
+
+  it('sends an isolated RunInstances: ClientToken, tags, no public IP, IMDSv2 hop limit 1, no profile', async () => {
+    const fx = await setup();
+    const t = makeSpec(fx.shard, machine);
+    const vm = await fx.provider.create(t.spec);
+    const p = fx.emu.runRequest(vm.cloudId)!;
+    expect(p['ClientToken']).toMatch(/^rf-[0-9a-f]{40}$/);
+    expect(p['NetworkInterface.1.AssociatePublicIpAddress']).toBe('false');
+    expect(p['NetworkInterface.1.SubnetId']).toBe('subnet-0aaa1111');
+    expect(p['MetadataOptions.HttpTokens']).toBe('required');
+    expect(p['MetadataOptions.HttpPutResponseHopLimit']).toBe('1');
+    expect(p['InstanceInitiatedShutdownBehavior']).toBe('terminate');
+    expect(Object.keys(p).some((k) => k.startsWith('IamInstanceProfile'))).toBe(false);
+    const [inst] = fx.emu.instances();
+    expect(inst!.tags).toMatchObject({ [LABEL_SHARD]: fx.shard, [LABEL_VM]: t.spec.vmId, Name: t.spec.name, team: 'ci' });
+    // The same create again (a retry) is the same instance: the ClientToken makes it idempotent.
+    expect((await fx.provider.create(t.spec)).cloudId).toBe(vm.cloudId);
+    expect(fx.emu.instances()).toHaveLength(1);
+  });
+
+  it('reaches the VM on its private address with its own key, and only that key', async () => {
+    const fx = await setup();
+    const a = makeSpec(fx.shard, machine);
+    const b = makeSpec(fx.shard, machine);
+    await fx.provider.createMany([a.spec, b.spec]);
+    const vm = await waitRunning(fx.provider, a.spec);
+    const session = await connectSsh(fx.provider.connectInfo(vm, a.keys.privateKey), { timeoutMs: 10_000 });
+    let out = '';
+    expect((await session.exec('echo ec2-ok', { onData: (c) => void (out += String(c)) })).exitCode).toBe(0);
+    expect(out).toContain('ec2-ok');
+    session.close();
+    await expect(connectSsh(fx.provider.connectInfo(vm, b.keys.privateKey), { timeoutMs: 3000 })).rejects.toThrow();
+  });
+
+  it('launches a batch with one RunInstances, then tags each instance with its own VM', async () => {
+    const fx = await setup();
+    const specs = [makeSpec(fx.shard, machine), makeSpec(fx.shard, machine), makeSpec(fx.shard, machine)].map((t) => t.spec);
+    const results = await fx.provider.createMany(specs);
+    expect(results.every((r) => r.ok)).toBe(true);
+    expect(fx.emu.calls.RunInstances).toBe(1);
+    expect(fx.emu.runRequest(results[0]!.ok ? results[0]!.vm.cloudId : '')!['MaxCount']).toBe('3');
+    const listed = await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    expect(listed.map((v) => [v.name, v.vmId]).sort()).toEqual(specs.map((s) => [s.name, s.vmId]).sort());
+  });
+
+  it('fails over to the next subnet on InsufficientInstanceCapacity and avoids it afterwards', async () => {
+    const fx = await setup();
+    fx.emu.faults.noCapacitySubnets.add('subnet-0aaa1111');
+    const vm = await fx.provider.create(makeSpec(fx.shard, machine).spec);
+    expect(fx.emu.runRequest(vm.cloudId)!['NetworkInterface.1.SubnetId']).toBe('subnet-0bbb2222');
+    expect(fx.provider.subnetCooldowns().has('subnet-0aaa1111')).toBe(true);
+    fx.emu.faults.noCapacitySubnets.clear();
+    const again = await fx.provider.create(makeSpec(fx.shard, machine).spec);
+    expect(fx.emu.runRequest(again.cloudId)!['NetworkInterface.1.SubnetId']).toBe('subnet-0bbb2222');
+    fx.emu.faults.noCapacitySubnets.add('subnet-0bbb2222');
+    await expect(fx.provider.create(makeSpec(fx.shard, machine).spec)).rejects.toMatchObject({ kind: 'stockout' });
+  });
+
+  it('backs off on RequestLimitExceeded with bounded retries', async () => {
+    const fx = await setup({ retries: 2 });
+    fx.emu.faults.throttleNext = 2;
+    await fx.provider.create(makeSpec(fx.shard, machine).spec);
+    expect(fx.provider.stats.rateLimited).toBe(2);
+    fx.emu.faults.throttleNext = 100;
+    const before = fx.emu.calls.DescribeInstances;
+    await expect(fx.provider.list({ [LABEL_SHARD]: fx.shard })).rejects.toMatchObject({ kind: 'rateLimited' });
+    expect(fx.emu.calls.DescribeInstances - before).toBe(3); // 1 + 2 retries
+    fx.emu.faults.throttleNext = 0;
+  });
+
+  it('reports InstanceLimitExceeded as quota, without retrying', async () => {
+    const fx = await setup();
+    fx.emu.faults.instanceLimitExceeded = true;
+    await expect(fx.provider.create(makeSpec(fx.shard, machine).spec)).rejects.toMatchObject({ kind: 'quota' });
+    expect(fx.emu.calls.RunInstances).toBe(1);
+  });
+
+  it('times out a hung call and retries it', async () => {
+    const fx = await setup({ callTimeout: '500ms', retries: 1 });
+    fx.emu.faults.hangNext = 1;
+    await fx.provider.create(makeSpec(fx.shard, machine).spec);
+    expect(fx.provider.stats.timeouts).toBe(1);
+    expect(fx.emu.instances()).toHaveLength(1); // the retry carried the same ClientToken
+  });
+
+  it('describes the whole shard with one DescribeInstances and terminates what it is told', async () => {
+    const fx = await setup();
+    const specs = [makeSpec(fx.shard, machine).spec, makeSpec(fx.shard, machine).spec];
+    await fx.provider.createMany(specs);
+    fx.emu.resetCalls();
+    expect(await fx.provider.describe(specs)).toHaveLength(2);
+    expect(fx.emu.calls.DescribeInstances).toBe(1);
+    await fx.provider.delete(specs);
+    expect(fx.emu.instances().every((i) => i.state === 'terminated')).toBe(true);
+    await fx.provider.delete(specs); // already gone: fine
+    expect(await fx.provider.list({ [LABEL_SHARD]: fx.shard })).toEqual([]);
+  });
+});
