@@ -2,7 +2,9 @@
 // `Action=...`, lists as `X.1`, XML answers, EC2's error XML) for the instance actions the aws
 // provider uses (RunInstances with ClientToken and MinCount/MaxCount, DescribeInstances with
 // filters and paging, TerminateInstances, CreateTags, Stop/StartInstances), fault injection
-// (capacity per subnet, RequestLimitExceeded, InstanceLimitExceeded, hung calls), and instances
+// (capacity per subnet, RequestLimitExceeded, InstanceLimitExceeded, hung calls), Dedicated Hosts
+// (AllocateHosts, DescribeHosts, ReleaseHosts; one instance per host; Mac hosts scrub after their
+// instance leaves and cannot be released before 24 h, on an injectable clock), and instances
 // that are real SSH sandboxes (the local provider's) on their own loopback address. The
 // emulated cloud-init installs the key of the instance's launch index from the user data.
 import { randomBytes } from 'node:crypto';
@@ -18,8 +20,25 @@ import { LocalProvider } from '../../providers/local/provider.js';
 /** Tag the emulator puts on its instances: the sandbox's SSH port (real VMs listen on 22). */
 export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
 
-export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances';
-const ACTIONS: Ec2Action[] = ['RunInstances', 'DescribeInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances'];
+export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances' | 'AllocateHosts' | 'DescribeHosts' | 'ReleaseHosts';
+const ACTIONS: Ec2Action[] = ['RunInstances', 'DescribeInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances', 'AllocateHosts', 'DescribeHosts', 'ReleaseHosts'];
+
+/** EC2 bills a Mac host for at least this long and refuses to release it earlier. */
+export const MAC_MIN_ALLOCATION_MS = 24 * 3600_000;
+
+interface Host {
+  id: string;
+  instanceType: string;
+  zone: string;
+  allocatedAt: number;
+  /** Scrubbing after its Mac instance stopped or terminated: DescribeHosts says `pending`. */
+  scrubUntil?: number;
+  released?: number;
+  instanceId?: string;
+  tags: Map<string, string>;
+}
+
+const isMacType = (t: string | undefined) => !!t && /^mac[0-9a-z-]*\.metal$/.test(t);
 
 export interface Ec2Faults {
   /** RunInstances into these subnets fails with InsufficientInstanceCapacity. */
@@ -30,6 +49,8 @@ export interface Ec2Faults {
   instanceLimitExceeded: boolean;
   /** The next N calls never answer (until close). */
   hangNext: number;
+  /** AllocateHosts in these availability zones fails with InsufficientHostCapacity. */
+  noHostCapacityZones: Set<string>;
 }
 
 interface Inst {
@@ -46,6 +67,7 @@ interface Inst {
   zone: string;
   launchTime: string;
   terminatedAt?: number;
+  hostId?: string;
 }
 
 export interface Ec2EmulatorOptions {
@@ -59,6 +81,10 @@ export interface Ec2EmulatorOptions {
   bootDelayMs?: number;
   /** How long terminated instances stay visible (EC2: about an hour). */
   terminatedVisibleMs?: number;
+  /** The clock of dedicated hosts (allocation time, 24-hour minimum, scrubbing); tests pass a virtual one. */
+  now?: () => number;
+  /** How long a Mac host scrubs after its instance stops or terminates (EC2: 110 min up to hours). */
+  scrubMs?: number;
 }
 
 export interface Ec2Emulator {
@@ -67,7 +93,8 @@ export interface Ec2Emulator {
   calls: Record<Ec2Action, number>;
   /** The form parameters of the RunInstances that launched this instance. */
   runRequest(instanceId: string): Record<string, string> | undefined;
-  instances(): { id: string; state: string; tags: Record<string, string>; subnetId: string; privateIp?: string; launchIndex: number }[];
+  instances(): { id: string; state: string; tags: Record<string, string>; subnetId: string; privateIp?: string; launchIndex: number; hostId?: string }[];
+  hosts(): { id: string; state: string; instanceType: string; zone: string; allocatedAt: number; instanceId?: string }[];
   resetCalls(): void;
   close(): Promise<void>;
 }
@@ -103,7 +130,41 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
   const local = new LocalProvider({ bootDelayMs: opts.bootDelayMs ?? 0, dir: join(dataDir, 'ec2-vms') }, { shard: 'ec2-emulator', dataDir, log });
   const subnets = opts.subnets ?? DEFAULT_SUBNETS;
   const terminatedVisibleMs = opts.terminatedVisibleMs ?? 60_000;
-  const faults: Ec2Faults = { noCapacitySubnets: new Set(), throttleNext: 0, instanceLimitExceeded: false, hangNext: 0 };
+  const faults: Ec2Faults = { noCapacitySubnets: new Set(), throttleNext: 0, instanceLimitExceeded: false, hangNext: 0, noHostCapacityZones: new Set() };
+  const now = opts.now ?? Date.now;
+  const scrubMs = opts.scrubMs ?? 110 * 60_000;
+  const hosts = new Map<string, Host>();
+  const hostTokens = new Map<string, string[]>();
+
+  function hostState(h: Host): string {
+    if (h.released !== undefined) return 'released';
+    if (h.scrubUntil !== undefined && now() < h.scrubUntil) return 'pending';
+    return 'available';
+  }
+
+  /** The instance left the host: a Mac host scrubs before it takes another. */
+  function leaveHost(i: Inst): void {
+    const h = i.hostId ? hosts.get(i.hostId) : undefined;
+    if (!h || h.instanceId !== i.id) return;
+    h.instanceId = undefined;
+    if (isMacType(h.instanceType)) h.scrubUntil = now() + scrubMs;
+  }
+
+  /** Placement on a dedicated host: the named one, or (auto-placement) any free one of the type in the zone. */
+  function placeOnHost(p: Record<string, string>, zone: string): Host {
+    const wanted = p['Placement.HostId'];
+    const type = p['InstanceType'];
+    const free = (h: Host) => hostState(h) === 'available' && !h.instanceId && h.instanceType === type && h.zone === zone;
+    if (wanted) {
+      const h = hosts.get(wanted);
+      if (!h || h.released !== undefined) throw new Ec2Error('InvalidHostID.NotFound', `The host ID '${wanted}' does not exist`);
+      if (!free(h)) throw new Ec2Error('InsufficientHostCapacity', `There is no available capacity on host ${wanted} for ${type} (state ${hostState(h)}${h.instanceId ? `, running ${h.instanceId}` : ''}).`);
+      return h;
+    }
+    const h = [...hosts.values()].find(free);
+    if (!h) throw new Ec2Error('InsufficientHostCapacity', `There are no available Dedicated Hosts of type ${type} in ${zone}.`);
+    return h;
+  }
   const calls = Object.fromEntries(ACTIONS.map((a) => [a, 0])) as Record<Ec2Action, number>;
   const instances = new Map<string, Inst>();
   const tokens = new Map<string, { params: string; ids: string[] }>();
@@ -168,6 +229,11 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
       if (p[`TagSpecification.${i}.ResourceType`] !== 'instance') continue;
       for (let j = 1; p[`TagSpecification.${i}.Tag.${j}.Key`] !== undefined; j++) tags.set(p[`TagSpecification.${i}.Tag.${j}.Key`]!, p[`TagSpecification.${i}.Tag.${j}.Value`] ?? '');
     }
+    let host: Host | undefined;
+    if (isMacType(p['InstanceType']) || p['Placement.Tenancy'] === 'host') {
+      if (max !== 1) throw new Ec2Error('InvalidParameterCombination', 'One instance per Dedicated Host: MinCount and MaxCount must be 1.');
+      host = placeOnHost(p, zone);
+    }
     const userData = p['UserData'] ? Buffer.from(p['UserData'], 'base64').toString() : '';
     const keys = keysInUserData(userData);
     const reservationId = `r-${hex(9)}`;
@@ -175,6 +241,10 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     for (let idx = 0; idx < max; idx++) {
       const id = `i-${hex(9)}`;
       const inst: Inst = { id, reservationId, sandboxName: `ec2-${id}`, state: 'pending', tags: new Map(tags), launchIndex: idx, clientToken: token, params: p, subnetId, zone, launchTime: new Date().toISOString() };
+      if (host) {
+        inst.hostId = host.id;
+        host.instanceId = id;
+      }
       instances.set(id, inst);
       out.push(inst);
       // Cloud-init: the key listed for this launch index, or a throwaway (nobody gets in).
@@ -189,7 +259,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
 
   function instanceXml(i: Inst): string {
     const tagSet = [...i.tags].map(([k, v]) => `<item><key>${esc(k)}</key><value>${esc(v)}</value></item>`).join('');
-    return `<item><instanceId>${i.id}</instanceId><imageId>${esc(i.params['ImageId'] ?? '')}</imageId><instanceState><code>${STATE_CODE[i.state]}</code><name>${i.state}</name></instanceState>${i.privateIp && i.state !== 'terminated' ? `<privateIpAddress>${i.privateIp}</privateIpAddress>` : ''}<amiLaunchIndex>${i.launchIndex}</amiLaunchIndex><instanceType>${esc(i.params['InstanceType'] ?? '')}</instanceType><launchTime>${i.launchTime}</launchTime><placement><availabilityZone>${i.zone}</availabilityZone><tenancy>default</tenancy></placement><subnetId>${i.subnetId}</subnetId><clientToken>${esc(i.clientToken)}</clientToken><tagSet>${tagSet}</tagSet></item>`;
+    return `<item><instanceId>${i.id}</instanceId><imageId>${esc(i.params['ImageId'] ?? '')}</imageId><instanceState><code>${STATE_CODE[i.state]}</code><name>${i.state}</name></instanceState>${i.privateIp && i.state !== 'terminated' ? `<privateIpAddress>${i.privateIp}</privateIpAddress>` : ''}<amiLaunchIndex>${i.launchIndex}</amiLaunchIndex><instanceType>${esc(i.params['InstanceType'] ?? '')}</instanceType><launchTime>${i.launchTime}</launchTime><placement><availabilityZone>${i.zone}</availabilityZone><tenancy>${i.hostId ? 'host' : 'default'}</tenancy>${i.hostId ? `<hostId>${i.hostId}</hostId>` : ''}</placement><subnetId>${i.subnetId}</subnetId><clientToken>${esc(i.clientToken)}</clientToken><tagSet>${tagSet}</tagSet></item>`;
   }
 
   function matches(i: Inst, filters: { name: string; values: string[] }[]): boolean {
@@ -212,9 +282,11 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
       if (to === 'terminate' && i.state !== 'terminated') {
         i.state = 'terminated';
         i.terminatedAt = Date.now();
+        leaveHost(i);
         await local.delete([{ vmId: i.id, name: i.sandboxName }]);
       } else if (to === 'stop' && (i.state === 'running' || i.state === 'pending')) {
         i.state = 'stopped';
+        leaveHost(i);
       } else if (to === 'start' && i.state === 'stopped') {
         i.state = 'running';
       }
@@ -268,6 +340,63 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
           return answer(await setState(list(p, 'InstanceId'), 'stop'));
         case 'StartInstances':
           return answer(await setState(list(p, 'InstanceId'), 'start'));
+        case 'AllocateHosts': {
+          const type = p['InstanceType'];
+          const zone = p['AvailabilityZone'] ?? '';
+          if (!type) throw new Ec2Error('MissingParameter', 'The request must contain the parameter InstanceType');
+          if (!Object.values(subnets).includes(zone)) throw new Ec2Error('InvalidParameterValue', `Invalid availability zone: [${zone}]`);
+          const token = p['ClientToken'];
+          if (token && hostTokens.has(token)) return answer(`<hostIdSet>${hostTokens.get(token)!.map((h) => `<item>${h}</item>`).join('')}</hostIdSet>`);
+          if (faults.noHostCapacityZones.has(zone)) throw new Ec2Error('InsufficientHostCapacity', `There is no Dedicated Host capacity available for instance type ${type} in Availability Zone ${zone}.`);
+          const quantity = Number(p['Quantity'] ?? 1);
+          const tags = new Map<string, string>();
+          for (let i = 1; p[`TagSpecification.${i}.ResourceType`] !== undefined; i++) {
+            for (let j = 1; p[`TagSpecification.${i}.Tag.${j}.Key`] !== undefined; j++) tags.set(p[`TagSpecification.${i}.Tag.${j}.Key`]!, p[`TagSpecification.${i}.Tag.${j}.Value`] ?? '');
+          }
+          const ids: string[] = [];
+          for (let n = 0; n < quantity; n++) {
+            const id = `h-${hex(9)}`;
+            hosts.set(id, { id, instanceType: type, zone, allocatedAt: now(), tags: new Map(tags) });
+            ids.push(id);
+          }
+          if (token) hostTokens.set(token, ids);
+          return answer(`<hostIdSet>${ids.map((h) => `<item>${h}</item>`).join('')}</hostIdSet>`);
+        }
+        case 'DescribeHosts': {
+          const ids = list(p, 'HostId');
+          const filters: { name: string; values: string[] }[] = [];
+          for (let i = 1; p[`Filter.${i}.Name`] !== undefined; i++) filters.push({ name: p[`Filter.${i}.Name`]!, values: list(p, `Filter.${i}.Value`) });
+          for (const id of ids) if (!hosts.has(id)) throw new Ec2Error('InvalidHostID.NotFound', `The host ID '${id}' does not exist`);
+          const shown = [...hosts.values()].filter((h) => (ids.length === 0 || ids.includes(h.id)) && filters.every(({ name, values }) => {
+            if (name.startsWith('tag:')) return values.includes(h.tags.get(name.slice(4)) ?? '\0');
+            if (name === 'state') return values.includes(hostState(h));
+            if (name === 'instance-type') return values.includes(h.instanceType);
+            if (name === 'availability-zone') return values.includes(h.zone);
+            throw new Ec2Error('InvalidParameterValue', `The filter '${name}' is invalid`);
+          }));
+          const items = shown.map((h) => {
+            const inst = h.instanceId ? `<item><instanceId>${h.instanceId}</instanceId><instanceType>${esc(h.instanceType)}</instanceType></item>` : '';
+            const tagSet = [...h.tags].map(([k, v]) => `<item><key>${esc(k)}</key><value>${esc(v)}</value></item>`).join('');
+            return `<item><hostId>${h.id}</hostId><autoPlacement>off</autoPlacement><availabilityZone>${h.zone}</availabilityZone><hostProperties><instanceType>${esc(h.instanceType)}</instanceType><cores>8</cores><sockets>1</sockets><totalVCpus>8</totalVCpus></hostProperties><instances>${inst}</instances><state>${hostState(h)}</state><allocationTime>${new Date(h.allocatedAt).toISOString()}</allocationTime>${h.released !== undefined ? `<releaseTime>${new Date(h.released).toISOString()}</releaseTime>` : ''}<tagSet>${tagSet}</tagSet></item>`;
+          });
+          return answer(`<hostSet>${items.join('')}</hostSet>`);
+        }
+        case 'ReleaseHosts': {
+          const ok: string[] = [];
+          const bad: string[] = [];
+          for (const id of list(p, 'HostId')) {
+            const h = hosts.get(id);
+            const fail = (code: string, message: string) => bad.push(`<item><resourceId>${id}</resourceId><error><code>${code}</code><message>${esc(message)}</message></error></item>`);
+            if (!h || h.released !== undefined) fail('Client.InvalidHost.NotFound', `The host ID '${id}' does not exist or is released`);
+            else if (h.instanceId) fail('Client.InvalidHostState', `Dedicated host ${id} still has instance ${h.instanceId}: stop or terminate it first`);
+            else if (isMacType(h.instanceType) && now() - h.allocatedAt < MAC_MIN_ALLOCATION_MS) fail('Client.InvalidHostState', `Mac Dedicated Host ${id} cannot be released until 24 hours after allocation (${new Date(h.allocatedAt + MAC_MIN_ALLOCATION_MS).toISOString()})`);
+            else {
+              h.released = now();
+              ok.push(`<item>${id}</item>`);
+            }
+          }
+          return answer(`<successful>${ok.join('')}</successful><unsuccessful>${bad.join('')}</unsuccessful>`);
+        }
         case 'CreateTags': {
           const ids = list(p, 'ResourceId');
           for (const id of ids) if (!instances.has(id)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
@@ -290,7 +419,8 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     faults,
     calls,
     runRequest: (id) => instances.get(id)?.params,
-    instances: () => [...instances.values()].filter(visible).map((i) => ({ id: i.id, state: i.state, tags: Object.fromEntries(i.tags), subnetId: i.subnetId, ...(i.privateIp ? { privateIp: i.privateIp } : {}), launchIndex: i.launchIndex })),
+    instances: () => [...instances.values()].filter(visible).map((i) => ({ id: i.id, state: i.state, tags: Object.fromEntries(i.tags), subnetId: i.subnetId, ...(i.privateIp ? { privateIp: i.privateIp } : {}), launchIndex: i.launchIndex, ...(i.hostId ? { hostId: i.hostId } : {}) })),
+    hosts: () => [...hosts.values()].map((h) => ({ id: h.id, state: hostState(h), instanceType: h.instanceType, zone: h.zone, allocatedAt: h.allocatedAt, ...(h.instanceId ? { instanceId: h.instanceId } : {}) })),
     resetCalls() {
       for (const a of ACTIONS) calls[a] = 0;
     },
