@@ -6,6 +6,7 @@ import type { Database } from '../db/schema.js';
 import { REDACT_PATHS } from '../isolation/redact.js';
 import type { Metrics } from '../manager/metrics.js';
 import { adminRoutes } from './admin.js';
+import { billingRoutes } from './billing.js';
 import { healthRoutes } from './health.js';
 import { metricsRoutes } from './metrics.js';
 import { statusRoutes } from './status.js';
@@ -15,6 +16,8 @@ export interface ApiDeps {
   shard: string;
   /** null disables the admin routes (they answer 403). */
   adminToken: string | null;
+  /** null disables the billing feed (403). */
+  billingToken?: string | null;
   metrics: Metrics;
   log: Logger;
   /** Extra readiness check for /readyz, e.g. "the manager holds the shard lock". */
@@ -58,6 +61,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await app.register(metricsRoutes, { metrics: deps.metrics });
   await app.register(statusRoutes, { db: deps.db, shard: deps.shard });
   await app.register(adminRoutes, { db: deps.db, shard: deps.shard, adminToken: deps.adminToken });
+  await app.register(billingRoutes, { db: deps.db, shard: deps.shard, token: deps.billingToken ?? null });
   return app as unknown as FastifyInstance;
 }
 

@@ -1,4 +1,4 @@
-// Bearer-token check for the admin API, in constant time.
+// Bearer-token checks for the admin and billing APIs, in constant time.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 
@@ -13,13 +13,18 @@ export function bearerMatches(header: string | undefined, token: string): boolea
 
 /** onRequest hook: 403 while the admin API is disabled, 401 without the right token. */
 export function requireAdmin(adminToken: string | null) {
+  return requireBearer(adminToken, 'admin API disabled: set http.adminToken');
+}
+
+/** onRequest hook: 403 (`disabled`) when no token is configured, 401 without the right one. */
+export function requireBearer(token: string | null, disabled: string) {
   return async (req: FastifyRequest, reply: FastifyReply): Promise<void> => {
-    if (adminToken === null) {
-      await reply.code(403).send({ error: 'admin API disabled: set http.adminToken' });
+    if (token === null) {
+      await reply.code(403).send({ error: disabled });
       return;
     }
     const header = req.headers.authorization;
-    if (bearerMatches(header, adminToken)) return;
+    if (bearerMatches(header, token)) return;
     const missing = header === undefined;
     await reply
       .code(401)

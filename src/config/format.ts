@@ -25,7 +25,7 @@ export function valueAt(tree: unknown, path: readonly PropertyKey[]): unknown {
 /** Fields whose values must not be echoed back into error output (logs, CI output). */
 function isSecretPath(path: readonly PropertyKey[]): boolean {
   const last = path[path.length - 1];
-  return last === 'runnerToken' || last === 'adminToken' || (last === 'key' && path[path.length - 2] === 'secrets');
+  return last === 'runnerToken' || last === 'adminToken' || (last === 'key' && path[path.length - 2] === 'secrets') || (last === 'token' && path[0] === 'billing') || (last === 'secret' && path[0] === 'billing');
 }
 
 /** JSON of the offending value, shortened; secrets described, URL passwords masked. */

@@ -1,5 +1,6 @@
 // zod schema of the shard YAML. Each leaf carries the "expected ..." phrase its errors print,
 // so every message reads `<path>: expected <what>, got <value>` (see format.ts).
+import { Cron } from 'croner';
 import { z } from 'zod';
 import { formatDuration, tryParseDuration } from './duration.js';
 
@@ -79,15 +80,86 @@ const token = (min: number) => {
   return z.string({ error: what }).min(min, { error: what }).nullable();
 };
 
+function numberAtLeast(min: number) {
+  const what = `number >= ${min}`;
+  return z.preprocess(numeric, z.number({ error: what }).min(min, { error: what }));
+}
+
+const cronSchedule = z.string({ error: 'five-field cron schedule like "* 8-18 * * mon-fri"' }).refine(
+  (s) => {
+    if (s.trim().split(/\s+/).length !== 5) return false;
+    try {
+      new Cron(s, { paused: true });
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { error: 'five-field cron schedule like "* 8-18 * * mon-fri"' },
+);
+
+const timeZone = z.string({ error: 'IANA time zone like Europe/Berlin' }).refine(
+  (tz) => {
+    try {
+      new Intl.DateTimeFormat('en-US', { timeZone: tz });
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { error: 'IANA time zone like Europe/Berlin' },
+);
+
+const periodSchema = z.strictObject(
+  {
+    cron: cronSchedule,
+    timezone: timeZone.default('UTC'),
+    idle: intAtLeast(0).optional(),
+    idleTime: duration(0, 24 * HOUR).optional(),
+    scaleFactor: numberAtLeast(0).optional(),
+    scaleFactorLimit: intAtLeast(0).optional(),
+    standby: intAtLeast(0).optional(),
+  },
+  { error: 'mapping with cron, timezone and the settings it overrides' },
+);
+
+const poolSchema = z.strictObject(
+  {
+    idle: intAtLeast(0),
+    max: intAtLeast(1),
+    idleTime: duration(0, 24 * HOUR).default(60_000),
+    scaleFactor: numberAtLeast(0).default(0),
+    scaleFactorLimit: intAtLeast(0).default(0),
+    standby: intAtLeast(0).default(0),
+    periods: z.array(periodSchema, { error: 'list of periods' }).default([]),
+    policy: z.enum(['static', 'predictive'], { error: 'static or predictive' }).default('static'),
+    target: duration(1000, HOUR).default(10_000),
+    bound: z.preprocess(numeric, z.number({ error: 'number between 0.0001 and 0.5' }).min(0.0001, { error: 'number between 0.0001 and 0.5' }).max(0.5, { error: 'number between 0.0001 and 0.5' })).default(0.05),
+    idleBudget: intAtLeast(0).nullable().default(null),
+    intake: z.enum(['auto', 'preemptive', 'coldStart'], { error: 'auto, preemptive or coldStart' }).default('auto'),
+  },
+  { error: 'mapping with idle and max' },
+);
+
 export const classSchema = z.strictObject({
   runnerToken: nonEmpty(),
   provider: stringMatching(CLASS_NAME, 'provider name'),
   costFactor: positiveNumber().default(1),
-  pool: z.strictObject({ idle: intAtLeast(0), max: intAtLeast(1) }, { error: 'mapping with idle and max' }),
+  pool: poolSchema,
   jobTimeout: duration(1000, 24 * HOUR).default(3 * HOUR),
   bootTimeout: duration(1000, 24 * HOUR).default(10 * 60_000),
   machine: mapping.default({}),
 });
+
+const webhookSchema = z.strictObject(
+  {
+    url: httpUrl,
+    secret: nonEmpty('shared secret of at least 16 characters').refine((v) => v.length >= 16, { error: 'shared secret of at least 16 characters' }),
+    batchSize: intAtLeast(1).refine((n) => n <= 1000, { error: 'integer from 1 to 1000' }).default(100),
+    deadLetterAfter: duration(60_000, 30 * 24 * HOUR).default(24 * HOUR),
+  },
+  { error: 'mapping with url, secret, batchSize, deadLetterAfter' },
+);
 
 export const shardSchema = z.strictObject(
   {
@@ -112,6 +184,12 @@ export const shardSchema = z.strictObject(
     providers: z.record(z.string(), mapping, { error: 'mapping of providers' }).nullable().transform((v) => v ?? {}).default({}),
     dataDir: nonEmpty('non-empty path').default('./data'),
     secrets: z.strictObject({ key: token(16).default(null) }, { error: 'mapping' }).default({ key: null }),
+    billing: z
+      .strictObject(
+        { token: token(16).default(null), webhooks: z.array(webhookSchema, { error: 'list of webhook sinks' }).default([]) },
+        { error: 'mapping' },
+      )
+      .default({ token: null, webhooks: [] }),
     log: z
       .strictObject({ level: z.enum(LOG_LEVELS, { error: `one of ${LOG_LEVELS.join(', ')}` }).default('info') }, { error: 'mapping' })
       .default({ level: 'info' }),

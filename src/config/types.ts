@@ -4,8 +4,39 @@
 export interface PoolConfig {
   /** Warm (booted, never used) VMs to hold. */
   idle: number;
-  /** Upper bound on live VMs of the class (warm + busy + booting + deleting). */
+  /** Upper bound on live VMs of the class (warm + busy + booting + deleting + standby). */
   max: number;
+  /** Warm VMs above the target idle this long are stopped (standby short) or deleted. */
+  idleTimeMs: number;
+  /** Hot capacity is at least scaleFactor x busy VMs (GitLab autoscaler semantics), ... */
+  scaleFactor: number;
+  /** ... that part capped at scaleFactorLimit (0 = no cap). */
+  scaleFactorLimit: number;
+  /** Stopped never-used VMs to hold (providers that can stop/start). */
+  standby: number;
+  /** Schedules overriding the settings above; the last matching one wins. */
+  periods: PoolPeriod[];
+  /** `static` (the settings above) or `predictive` (learned demand, see autoscaler/predictive.ts). */
+  policy: 'static' | 'predictive';
+  /** Predictive: a job should start within `targetMs`, except with probability at most `bound`. */
+  targetMs: number;
+  bound: number;
+  /** Predictive: at most this many never-used VMs (hot + standby); null = `max` only. */
+  idleBudget: number | null;
+  /** `auto` follows the policy's judgement; see autoscaler.intakeMode. */
+  intake: 'auto' | 'preemptive' | 'coldStart';
+}
+
+export interface PoolPeriod {
+  /** Five-field cron (minute hour day-of-month month day-of-week), e.g. "* 8-18 * * mon-fri". */
+  cron: string;
+  /** IANA time zone of the schedule. */
+  timezone: string;
+  idle?: number;
+  idleTimeMs?: number;
+  scaleFactor?: number;
+  scaleFactorLimit?: number;
+  standby?: number;
 }
 
 export interface ClassConfig {
@@ -36,7 +67,23 @@ export interface ShardConfig {
   dataDir: string;
   /** Encryption key for VM private keys and job tokens at rest; null = a key kept in the database. */
   secrets: { key: string | null };
+  billing: BillingConfig;
   log: { level: string };
+}
+
+export interface WebhookSink {
+  url: string;
+  /** HMAC-SHA256 key of the X-Runner-Fleet-Signature header. */
+  secret: string;
+  batchSize: number;
+  /** A batch failing this long is dead-lettered and delivery moves on. */
+  deadLetterAfterMs: number;
+}
+
+export interface BillingConfig {
+  /** Bearer token of GET /v1/billing/events; null disables the pull API. */
+  token: string | null;
+  webhooks: WebhookSink[];
 }
 
 export class ConfigError extends Error {

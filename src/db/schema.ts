@@ -83,6 +83,27 @@ export interface BillingEventsTable {
   billable: boolean;
   payload: ColumnType<unknown, string, string>;
   created_at: Generated<Date>;
+  /** Writing transaction's id (xid8, as text): the feed orders by (txid, seq). */
+  txid: Generated<string>;
+}
+
+export interface BillingSinksTable {
+  shard: string;
+  url: string;
+  cursor: Generated<string>;
+  delivered: ColumnType<string, number | undefined, number>;
+  failing_since: Timestamp | null;
+  attempts: Generated<number>;
+  last_error: string | null;
+  updated_at: Generated<Date>;
+}
+
+export interface BillingDeadLettersTable {
+  shard: string;
+  url: string;
+  event_id: string;
+  error: string;
+  dead_lettered_at: Generated<Date>;
 }
 
 export interface ProviderResourcesTable {
@@ -116,6 +137,8 @@ export interface Database {
   vm_events: VmEventsTable;
   jobs: JobsTable;
   billing_events: BillingEventsTable;
+  billing_sinks: BillingSinksTable;
+  billing_dead_letters: BillingDeadLettersTable;
 }
 
 export type VmRow = Selectable<VmsTable>;

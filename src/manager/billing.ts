@@ -1,8 +1,8 @@
 // Compute-minute events (DESIGN.md: minutes = duration / 60 x cost factor). The pure part
 // builds the event; `writeBillingEvent` inserts it inside the transaction that closes the job.
 import { createHash } from 'node:crypto';
-import type { Transaction } from 'kysely';
-import type { Database } from '../db/schema.js';
+import type { Insertable, Transaction } from 'kysely';
+import type { BillingEventsTable, Database } from '../db/schema.js';
 
 export const BILLING_EVENT_TYPE = 'compute_minutes.v1';
 
@@ -90,26 +90,31 @@ export function buildBillingEvent(input: BillingInput): BillingEvent {
   };
 }
 
+/** The outbox row of an event (the feed serves `payload` verbatim). */
+export function billingRow(ev: BillingEvent): Insertable<BillingEventsTable> {
+  return {
+    id: ev.id,
+    shard: ev.shard,
+    job_id: ev.jobId,
+    class: ev.runnerClass,
+    provider: ev.provider,
+    machine_type: ev.machineType,
+    cost_factor: ev.costFactor,
+    started_at: ev.startedAt,
+    finished_at: ev.finishedAt,
+    duration_seconds: ev.durationSeconds,
+    compute_minutes: ev.computeMinutes,
+    outcome: ev.outcome,
+    billable: ev.billable,
+    payload: JSON.stringify(ev),
+  };
+}
+
 /** Insert the event; a second insert for the same job is a no-op (exactly one per job). */
 export async function writeBillingEvent(trx: Transaction<Database>, ev: BillingEvent): Promise<boolean> {
   const res = await trx
     .insertInto('billing_events')
-    .values({
-      id: ev.id,
-      shard: ev.shard,
-      job_id: ev.jobId,
-      class: ev.runnerClass,
-      provider: ev.provider,
-      machine_type: ev.machineType,
-      cost_factor: ev.costFactor,
-      started_at: ev.startedAt,
-      finished_at: ev.finishedAt,
-      duration_seconds: ev.durationSeconds,
-      compute_minutes: ev.computeMinutes,
-      outcome: ev.outcome,
-      billable: ev.billable,
-      payload: JSON.stringify(ev),
-    })
+    .values(billingRow(ev))
     .onConflict((oc) => oc.columns(['shard', 'job_id']).doNothing())
     .executeTakeFirst();
   return Number(res.numInsertedOrUpdatedRows ?? 0n) > 0;

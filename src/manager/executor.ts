@@ -35,6 +35,8 @@ export interface JobContext {
   pickedAt: number;
   timeoutSeconds: number;
   queuedSeconds: number | null;
+  /** Cold start: the VM is being made for this job; resolves with it `assigned`, throws if it fails. */
+  awaitVm?: (signal: AbortSignal) => Promise<VmRow>;
 }
 
 type EndCause = { kind: 'exit'; code: number | null; signal?: string } | { kind: 'canceled' } | { kind: 'timeout' } | { kind: 'system'; message: string };
@@ -84,7 +86,8 @@ export class Executor {
   }
 
   private async run(ctx: JobContext, abort: AbortController): Promise<void> {
-    const { job, vm, cls } = ctx;
+    const { job, cls } = ctx;
+    let vm = ctx.vm;
     const log = this.d.log.child({ job: job.id, vm: vm.id, class: cls.name });
     // The job token is a secret even where GitLab does not mark it masked.
     const masked = [job.token, ...(job.variables ?? []).filter((v) => v.masked && v.value).map((v) => v.value)];
@@ -106,6 +109,10 @@ export class Executor {
     let startedAt: number | null = null;
     let session: SshSession | undefined;
     try {
+      if (ctx.awaitVm) {
+        trace.append(`No warm VM of class ${cls.name}: creating a fresh one for this job (cold start)\n`);
+        vm = await ctx.awaitVm(abort.signal);
+      }
       // `assigned` already guards the VM (recovery treats both alike): record `running`
       // alongside the start instead of before it, off the start-latency path.
       const marked = this.d.store.transition(vm.id, 'assigned', 'running', {}, `job ${job.id}`).catch((err) => log.warn({ err }, 'could not record running'));

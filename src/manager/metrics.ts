@@ -12,6 +12,16 @@ export function cloudTelemetry(metrics: Metrics, provider: string): import('../p
     stockout(zone) {
       metrics.cloudStockouts.inc({ provider, zone });
     },
+    hosts(className, byState) {
+      for (const [state, n] of Object.entries(byState)) metrics.macHosts.set({ class: className, state }, n);
+    },
+    hostSeconds(className, allocated, used) {
+      if (allocated > 0) metrics.macHostAllocatedSeconds.inc({ class: className }, allocated);
+      if (used > 0) metrics.macHostUsedSeconds.inc({ class: className }, used);
+    },
+    nestedVmReady(className, seconds) {
+      metrics.macNestedVmReady.observe({ class: className }, seconds);
+    },
   };
 }
 
@@ -27,6 +37,7 @@ export interface Metrics {
   jobDuration: Histogram<'class'>;
   vms: Gauge<'class' | 'state'>;
   vmBoot: Histogram<'class'>;
+  vmResume: Histogram<'class'>;
   vmFailures: Counter<'class' | 'reason'>;
   jobRequests: Counter<'class' | 'outcome'>;
   billingEvents: Counter<'class'>;
@@ -36,6 +47,14 @@ export interface Metrics {
   cloudStockouts: Counter<'provider' | 'zone'>;
   providerOperationSeconds: Histogram<'provider' | 'operation' | 'outcome'>;
   classGrowthBlocked: Gauge<'class' | 'reason'>;
+  billingDelivered: Counter<'sink'>;
+  billingDeliveryFailures: Counter<'sink'>;
+  billingDeadLettered: Counter<'sink'>;
+  billingDeliveryLag: Gauge<'sink'>;
+  macHosts: Gauge<'class' | 'state'>;
+  macHostAllocatedSeconds: Counter<'class'>;
+  macHostUsedSeconds: Counter<'class'>;
+  macNestedVmReady: Histogram<'class'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -68,6 +87,10 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     }),
     vmBoot: new Histogram({
       name: 'runner_fleet_vm_boot_seconds', help: 'Time from VM creation request to reachable over SSH.',
+      labelNames: ['class'], buckets: BOOT_BUCKETS, registers,
+    }),
+    vmResume: new Histogram({
+      name: 'runner_fleet_vm_resume_seconds', help: 'Time from starting a standby (stopped) VM to SSH-reachable again.',
       labelNames: ['class'], buckets: BOOT_BUCKETS, registers,
     }),
     vmFailures: new Counter({
@@ -106,6 +129,38 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     classGrowthBlocked: new Gauge({
       name: 'runner_fleet_class_growth_blocked', help: '1 while a class may not create VMs (reason: quota), else 0.',
       labelNames: ['class', 'reason'], registers,
+    }),
+    billingDelivered: new Counter({
+      name: 'runner_fleet_billing_events_delivered_total', help: 'Billing events acknowledged (2xx) by a webhook sink.',
+      labelNames: ['sink'], registers,
+    }),
+    billingDeliveryFailures: new Counter({
+      name: 'runner_fleet_billing_delivery_failures_total', help: 'Billing batches a webhook sink did not acknowledge (each is retried).',
+      labelNames: ['sink'], registers,
+    }),
+    billingDeadLettered: new Counter({
+      name: 'runner_fleet_billing_events_dead_lettered_total', help: 'Billing events a webhook sink gave up on after failing for deadLetterAfter (listed in billing_dead_letters).',
+      labelNames: ['sink'], registers,
+    }),
+    billingDeliveryLag: new Gauge({
+      name: 'runner_fleet_billing_delivery_lag_seconds', help: 'Age of the oldest billing event a webhook sink has not acknowledged; 0 when caught up.',
+      labelNames: ['sink'], registers,
+    }),
+    macHosts: new Gauge({
+      name: 'runner_fleet_mac_hosts', help: 'EC2 Mac dedicated hosts by class and state (allocating, launching, ready, busy, scrubbing, releasable).',
+      labelNames: ['class', 'state'], registers,
+    }),
+    macHostAllocatedSeconds: new Counter({
+      name: 'runner_fleet_mac_host_allocated_seconds_total', help: 'Host-seconds of allocated (billed) Mac hosts; /3600 for host-hours.',
+      labelNames: ['class'], registers,
+    }),
+    macHostUsedSeconds: new Counter({
+      name: 'runner_fleet_mac_host_used_seconds_total', help: 'Host-seconds of Mac hosts holding at least one nested VM (warm or running a job).',
+      labelNames: ['class'], registers,
+    }),
+    macNestedVmReady: new Histogram({
+      name: 'runner_fleet_mac_nested_vm_ready_seconds', help: 'Nested macOS VM clone-to-ready time: from tart clone to the VM having its address.',
+      labelNames: ['class'], buckets: [1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300], registers,
     }),
   };
 }

@@ -8,16 +8,15 @@ import type { VmRow } from '../db/schema.js';
 import type { SshSession } from '../connect/ssh.js';
 import { generateVmKeyPair } from '../isolation/keys.js';
 import { LABEL_SHARD, LABEL_VM, type ConnectInfo, type Provider, type VmRef, type VmSpec } from '../providers/provider.js';
-import { decideScale, type ClassCounts } from './autoscaler.js';
+import { decideScale, staticSettings, staticTargets, type ClassCounts, type TierTargets } from './autoscaler.js';
+import type { DemandModel } from './predictive.js';
 import type { Clock } from './clock.js';
 import type { Metrics } from './metrics.js';
-import type { Store } from './store.js';
-import { VM_STATES, type VmState } from './vm-states.js';
+import type { NewVmInput, Store } from './store.js';
+import { PENDING_STATES, VM_STATES, type VmState } from './vm-states.js';
 
 /** Warm VMs are recycled after this long, well before the cloud-side max run duration. */
 export const WARM_MAX_AGE_MS = 6 * 3600_000;
-/** Surplus warm VMs (above `idle`) are retired after idling this long. */
-const SURPLUS_IDLE_MS = 60_000;
 /** A failed cloud delete is retried after this long. */
 const DELETE_RETRY_MS = 5_000;
 /** After a quota refusal the class creates nothing for this long, then tries again. */
@@ -34,10 +33,25 @@ export interface PoolDeps {
   clock: Clock;
   probe: Probe;
   tickMs?: number;
+  /** Learned demand per class (predictive policy). */
+  demand?: Map<string, DemandModel>;
 }
 
 export function vmName(shard: string, vmId: string): string {
   return `rf-${shard}-${vmId}`;
+}
+
+/** A new VM's identity and its own key pair. */
+export function newVm(shard: string, cls: Pick<ClassConfig, 'name' | 'provider'>): NewVmInput {
+  const id = randomBytes(6).toString('hex');
+  const name = vmName(shard, id);
+  const keys = generateVmKeyPair(name);
+  return { id, class: cls.name, provider: cls.provider, name, publicKey: keys.publicKey, privateKey: keys.privateKey };
+}
+
+/** When a VM's current boot began: its creation, or for a resume from standby its `booting` transition. */
+function bootStart(row: Pick<VmRow, 'created_at' | 'ready_at' | 'updated_at'>): number {
+  return row.ready_at ? row.updated_at.getTime() : row.created_at.getTime();
 }
 
 export function vmRef(row: Pick<VmRow, 'id' | 'name' | 'cloud_id' | 'zone'>): VmRef {
@@ -57,6 +71,9 @@ export class Pool {
   private readonly deleteAfter = new Map<string, number>();
   private readonly sessions = new Map<string, SshSession>();
   private readonly frozen = new Set<string>();
+  private readonly counts = new Map<string, ClassCounts>();
+  /** VMs being made for the standby tier (stopped once up); a restart just keeps them hot. */
+  private readonly toStandby = new Set<string>();
   /** Classes whose growth the cloud refused (quota), until when (ms). */
   private readonly blockedUntil = new Map<string, number>();
   /** When each provider was last asked about booting VMs. */
@@ -130,7 +147,7 @@ export class Pool {
   /** Reserve a warm VM of the class for a job request; null when none is free. */
   reserve(className: string): VmRow | null {
     if (this.frozen.has(className)) return null;
-    const vm = this.rows.find((r) => r.class === className && r.state === 'ready' && !this.reserved.has(r.id) && !this.busy.has(r.id));
+    const vm = this.rows.find((r) => r.class === className && r.state === 'ready' && r.job_id === null && !this.toStandby.has(r.id) && !this.reserved.has(r.id) && !this.busy.has(r.id));
     if (!vm) return null;
     this.reserved.add(vm.id);
     return vm;
@@ -249,57 +266,156 @@ export class Pool {
     for (const r of this.rows) g.inc({ class: r.class, state: r.state });
   }
 
+  /** The class's VM counts as of the last tick (intake's cold-start judgement); none before the first. */
+  classCounts(className: string): ClassCounts | undefined {
+    return this.counts.get(className);
+  }
+
+  /** Whether the class may have one more VM now (below max, growth not blocked). */
+  hasRoom(cls: ClassConfig): boolean {
+    const c = this.classCounts(cls.name);
+    if (!c) return false;
+    return !this.frozen.has(cls.name) && !this.growthBlocked(cls.name, this.d.clock.now()) && c.pending + c.ready + c.busy + c.leaving < cls.pool.max;
+  }
+
   private async scaleClass(cls: ClassConfig, rows: VmRow[], now: number): Promise<void> {
+    // VMs made for a cold-start job are that job's, whatever their state: busy.
+    const forJob = rows.filter((r) => r.job_id !== null && (PENDING_STATES.includes(r.state as VmState) || r.state === 'ready')).length;
+    rows = rows.filter((r) => r.job_id === null || !(PENDING_STATES.includes(r.state as VmState) || r.state === 'ready'));
+    const provider = this.d.providers.get(cls.provider);
+    const standbyCapable = !!(provider?.capabilities.stopStart && provider.stop && provider.start);
+    // VMs made for standby go there as soon as they are up.
+    for (const r of rows.filter((x) => x.state === 'ready' && this.toStandby.has(x.id) && !this.busy.has(x.id) && !this.reserved.has(x.id))) {
+      this.toStandby.delete(r.id);
+      await this.stopVm(cls, r, 'made for standby');
+      r.updated_at = new Date(now);
+    }
     const count = (states: VmState[]) => rows.filter((r) => states.includes(r.state as VmState)).length;
     // A reserved VM still counts as warm: the reservation only covers a job request in flight,
     // which mostly answers "no job". Counting it as taken made the pool create a VM on every
     // poll that a tick happened to overlap, and retire the surplus a minute later.
-    const warm = rows.filter((r) => r.state === 'ready' && !this.busy.has(r.id));
+    const warm = rows.filter((r) => r.state === 'ready' && !this.busy.has(r.id) && !this.toStandby.has(r.id));
     const free = warm.filter((r) => !this.reserved.has(r.id));
+    const standby = rows.filter((r) => r.state === 'stopped' && !this.busy.has(r.id)).sort((a, b) => a.updated_at.getTime() - b.updated_at.getTime());
+    const pendingRows = rows.filter((r) => PENDING_STATES.includes(r.state as VmState));
+    // A booting VM that was ready before is a resume from standby.
+    const resuming = pendingRows.filter((r) => r.state === 'booting' && r.ready_at !== null).length;
+    // Made for standby and still booting, or being stopped right now (its stop call in flight).
+    const pendingStandby =
+      rows.filter((r) => this.toStandby.has(r.id) && (PENDING_STATES.includes(r.state as VmState) || r.state === 'ready')).length +
+      rows.filter((r) => r.state === 'stopped' && this.busy.has(r.id)).length;
     const counts: ClassCounts = {
-      pending: count(['requested', 'creating', 'booting']),
+      pending: pendingRows.length - resuming - pendingStandby,
       ready: warm.length,
-      busy: count(['assigned', 'running']) + (count(['ready']) - warm.length),
+      busy: count(['assigned', 'running']) + rows.filter((r) => r.state === 'ready' && this.busy.has(r.id) && !this.toStandby.has(r.id)).length + forJob,
       leaving: count(['deleting', 'failed']),
+      standby: standby.length,
+      pendingStandby,
+      resuming,
     };
+    this.counts.set(cls.name, counts);
+    // Providers that run VMs on capacity of their own (Mac hosts) cap the class at what they hold
+    // now, and learn what it wants so they can grow: running jobs plus the warm target.
+    const frozen = this.frozen.has(cls.name);
+    const { targets, idleTimeMs } = this.targets(cls, counts, now);
+    const held = provider?.capacity?.(cls.name, counts.busy + (frozen ? 0 : targets.hot));
     const decision = decideScale({
-      pool: cls.pool,
+      targets,
+      max: held === undefined ? cls.pool.max : Math.min(cls.pool.max, held),
       counts,
       readyVms: free.map((r) => ({ id: r.id, readyAt: (r.ready_at ?? r.created_at).getTime() })),
-      frozen: this.frozen.has(cls.name),
+      frozen,
       blocked: this.growthBlocked(cls.name, now),
-      idleTimeMs: SURPLUS_IDLE_MS,
+      idleTimeMs,
+      standbyCapable,
+      standbySince: standby.map((r) => r.updated_at.getTime()),
       now,
     });
     const stale = free.filter((r) => now - (r.ready_at ?? r.created_at).getTime() > WARM_MAX_AGE_MS).map((r) => r.id);
     for (const id of new Set([...decision.retire, ...stale])) {
+      const row = free.find((r) => r.id === id)!;
+      // Intake may have reserved it while this tick awaited: then it stays. Marking the cached
+      // row first keeps reserve() off it while the transition commits.
+      if (this.reserved.has(id)) continue;
+      row.state = 'deleting';
       this.closeSession(id);
       await this.d.store.transition(id, 'ready', 'deleting', {}, decision.retire.includes(id) ? 'pool surplus' : 'warm VM recycled');
     }
+    for (const id of decision.stop) if (!stale.includes(id)) await this.stopVm(cls, free.find((r) => r.id === id)!, 'surplus hot VM to standby');
+    for (const r of standby.slice(0, decision.resume)) await this.resumeVm(cls, r);
+    for (const r of standby.slice(decision.resume, decision.resume + decision.retireStandby)) await this.d.store.transition(r.id, 'stopped', 'deleting', {}, 'standby surplus');
     if (decision.create > 0) await this.createVms(cls, decision.create);
+    if (decision.createStandby > 0) for (const id of await this.createVms(cls, decision.createStandby)) this.toStandby.add(id);
   }
 
-  private async createVms(cls: ClassConfig, n: number): Promise<void> {
-    const { shard } = this.d.config;
+  /** Write-ahead `stopped`, then stop it in the cloud (its disk stays: the standby tier). */
+  private async stopVm(cls: ClassConfig, row: VmRow, why: string): Promise<void> {
+    if (this.reserved.has(row.id)) return; // a job request holds it now
+    row.state = 'stopped'; // keeps reserve() off it while the transition commits
+    this.closeSession(row.id);
+    await this.lifecycle(cls, row, 'ready', 'stopped', why, 'stop');
+  }
+
+  /** Write-ahead `booting` (a resume), then start it; the boot probe makes it ready again. */
+  private async resumeVm(cls: ClassConfig, row: VmRow): Promise<void> {
+    await this.lifecycle(cls, row, 'stopped', 'booting', 'resume from standby', 'start');
+  }
+
+  /** The state change first, then the cloud call it stands for; a failed call fails the VM. */
+  private async lifecycle(cls: ClassConfig, row: VmRow, from: VmState, to: VmState, why: string, op: 'stop' | 'start'): Promise<void> {
+    if (!(await this.d.store.transition(row.id, from, to, {}, why))) return;
+    const provider = this.provider(cls.provider);
+    this.spawn([row.id], async () => {
+      try {
+        await this.cloud(provider, op, () => provider[op]!([vmRef(row)]));
+      } catch (err) {
+        await this.failVm({ ...row, state: to }, `${op} failed: ${(err as Error).message}`, `${op}_failed`);
+      }
+    });
+  }
+
+  /** The class's tier targets now, from its policy. */
+  private targets(cls: ClassConfig, counts: ClassCounts, now: number): { targets: TierTargets; idleTimeMs: number } {
+    const s = staticSettings(cls.pool, now);
+    const model = this.d.demand?.get(cls.name);
+    if (cls.pool.policy === 'predictive' && model) return { targets: model.targets(now, counts), idleTimeMs: s.idleTimeMs };
+    return { targets: staticTargets(s, counts.busy), idleTimeMs: s.idleTimeMs };
+  }
+
+  private async createVms(cls: ClassConfig, n: number): Promise<string[]> {
     const specs: VmSpec[] = [];
     for (let i = 0; i < n; i++) {
-      const id = randomBytes(6).toString('hex');
-      const name = vmName(shard, id);
-      const keys = generateVmKeyPair(name);
+      const vm = newVm(this.d.config.shard, cls);
       // Write-ahead: the row exists before the cloud hears of the VM.
-      await this.d.store.insertVm({ id, class: cls.name, provider: cls.provider, name, publicKey: keys.publicKey, privateKey: keys.privateKey });
-      specs.push({
-        vmId: id,
-        name,
-        shard,
-        className: cls.name,
-        labels: { [LABEL_SHARD]: shard, [LABEL_VM]: id },
-        publicKey: keys.publicKey,
-        machine: cls.machine,
-        maxRunSeconds: Math.ceil((WARM_MAX_AGE_MS + cls.bootTimeoutMs + cls.jobTimeoutMs) / 1000) + 600,
-      });
+      await this.d.store.insertVm(vm);
+      specs.push(this.spec(cls, vm));
     }
     this.d.log.info({ class: cls.name, count: n }, 'creating VMs');
+    this.launch(cls, specs);
+    return specs.map((x) => x.vmId);
+  }
+
+  /** Cold start: create the VM whose row intake wrote with its job (Store.bindJobToNewVm). */
+  launchForJob(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey'>): void {
+    this.d.log.info({ class: cls.name, vm: vm.id }, 'creating a VM for a job (cold start)');
+    this.launch(cls, [this.spec(cls, vm)]);
+  }
+
+  private spec(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey'>): VmSpec {
+    const { shard } = this.d.config;
+    return {
+      vmId: vm.id,
+      name: vm.name,
+      shard,
+      className: cls.name,
+      labels: { [LABEL_SHARD]: shard, [LABEL_VM]: vm.id },
+      publicKey: vm.publicKey,
+      machine: cls.machine,
+      maxRunSeconds: Math.ceil((WARM_MAX_AGE_MS + cls.bootTimeoutMs + cls.jobTimeoutMs) / 1000) + 600,
+    };
+  }
+
+  private launch(cls: ClassConfig, specs: VmSpec[]): void {
     const provider = this.provider(cls.provider);
     this.spawn(specs.map((s) => s.vmId), async () => {
       for (const s of specs) await this.d.store.transition(s.vmId, 'requested', 'creating');
@@ -314,8 +430,10 @@ export class Pool {
           await this.d.store.transition(r.vmId, 'creating', 'failed', { failure: r.error.message.slice(0, 500) });
         }
       }
+      this.notify();
     });
   }
+
 
   /** One describe per provider for all booting VMs, then an SSH probe for each running one. */
   private async watchBooting(now: number): Promise<void> {
@@ -323,7 +441,7 @@ export class Pool {
     const byProvider = new Map<string, VmRow[]>();
     for (const r of booting) {
       const cls = this.d.config.classes[r.class];
-      if (!cls || now - r.created_at.getTime() > cls.bootTimeoutMs) {
+      if (!cls || now - bootStart(r) > cls.bootTimeoutMs) {
         await this.failVm(r, cls ? 'boot timeout' : 'class no longer configured', 'boot_timeout');
         continue;
       }
@@ -361,12 +479,19 @@ export class Pool {
       if (!privateKey) return void (await this.failVm(row, 'private key unreadable with the current secrets.key', 'key'));
       const info = provider.connectInfo({ ...vmRef(row), internalIp }, privateKey);
       try {
-        const session = await this.d.probe(info, { deadlineMs: row.created_at.getTime() + cls.bootTimeoutMs, signal: this.abort.signal });
+        const session = await this.d.probe(info, { deadlineMs: bootStart(row) + cls.bootTimeoutMs, signal: this.abort.signal });
         const readyAt = new Date(this.d.clock.now());
         if (await this.d.store.transition(row.id, 'booting', 'ready', { internal_ip: internalIp, ready_at: readyAt })) {
           this.sessions.set(row.id, session);
-          this.d.metrics.vmBoot.observe({ class: row.class }, (readyAt.getTime() - row.created_at.getTime()) / 1000);
-          this.d.log.info({ vm: row.id, class: row.class, bootSeconds: (readyAt.getTime() - row.created_at.getTime()) / 1000 }, 'VM ready');
+          const seconds = (readyAt.getTime() - bootStart(row)) / 1000;
+          if (row.ready_at) {
+            this.d.metrics.vmResume.observe({ class: row.class }, seconds);
+            this.d.demand?.get(row.class)?.observeResume(seconds);
+          } else {
+            this.d.metrics.vmBoot.observe({ class: row.class }, seconds);
+            this.d.demand?.get(row.class)?.observeBoot(seconds);
+          }
+          this.d.log.info({ vm: row.id, class: row.class, [row.ready_at ? 'resumeSeconds' : 'bootSeconds']: seconds }, 'VM ready');
         } else {
           session.close();
         }

@@ -13,12 +13,14 @@ import { acquireShardLock } from '../db/lock.js';
 import { migrateToLatest } from '../db/migrate.js';
 import { GitLabClient } from '../gitlab/client.js';
 import { deriveKey } from '../isolation/keys.js';
-import { providerFactory, registeredProviders, type Provider } from '../providers/provider.js';
+import { providerFactory, registeredProviders, type Provider, type SecretBox } from '../providers/provider.js';
 import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
 import { Executor } from './executor.js';
 import { Intake } from './intake.js';
 import { cloudTelemetry, createMetrics, type Metrics } from './metrics.js';
+import { BillingDelivery } from './billing-delivery.js';
+import { loadDemandModels } from './demand.js';
 import { DbResourceStore } from './resource-store.js';
 import { Pool } from './pool.js';
 import { Reconciler } from './reconciler.js';
@@ -35,6 +37,8 @@ export interface ShardOptions {
   /** Reconciler sweep interval. */
   sweepMs?: number;
   defaultMetrics?: boolean;
+  /** Billing webhook poll interval and retry base (tests use short ones). */
+  billingPollMs?: number;
 }
 
 export interface Shard {
@@ -71,22 +75,26 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     if (!config.secrets.key) log.warn('secrets.key is not set: VM keys and job tokens are encrypted with a key kept in the database');
     const store = new Store(database.db, config.shard, secretKey);
     const metrics = createMetrics({ shard: config.shard, defaultMetrics: opts.defaultMetrics ?? true });
-    const providers = await createProviders(config, log, metrics, database.db);
+    const providers = await createProviders(config, log, metrics, database.db, { seal: (s) => store.encrypt(s), open: (s) => store.tryDecrypt(s) });
     cleanups.push(async () => Promise.all([...providers.values()].map((p) => p.close())));
     const gitlab = new GitLabClient({ url: config.gitlab.url, timeoutMs: config.gitlab.requestTimeoutMs, log, systemId: `s_${hostname().replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}_${config.shard}` });
+    const demand = await loadDemandModels(database.db, config, clock.now());
     const pool = new Pool({
-      config, store, providers, metrics, log, clock,
+      config, store, providers, metrics, log, clock, demand,
       probe: (info, o) => waitForSsh(info, { deadlineMs: o.deadlineMs, signal: o.signal }),
       ...(opts.tickMs ? { tickMs: opts.tickMs } : {}),
     });
     const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock });
-    const intake = new Intake({ config, store, pool, executor, gitlab, metrics, log, clock });
+    const intake = new Intake({ config, store, pool, executor, gitlab, metrics, log, clock, demand });
     const reconciler = new Reconciler({ config, store, providers, gitlab, metrics, log, clock });
 
     const recovered = await reconciler.recover();
     if (recovered.jobsFailed || recovered.vmsDeleted || recovered.jobsReported) log.info(recovered, 'recovered state from the database');
     pool.start();
     intake.start();
+    const delivery = new BillingDelivery({ db: database.db, shard: config.shard, sinks: config.billing.webhooks, metrics, log: log.child({ component: 'billing' }), ...(opts.billingPollMs ? { pollMs: opts.billingPollMs, retryBaseMs: opts.billingPollMs } : {}) });
+    delivery.start();
+    cleanups.push(() => delivery.stop());
     const sweepTimer = setInterval(() => void reconciler.sweep().catch((err) => log.warn({ err }, 'sweep failed')), opts.sweepMs ?? 30_000);
     cleanups.push(async () => clearInterval(sweepTimer));
     cleanups.push(() => pool.stop());
@@ -95,7 +103,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     let api: FastifyInstance | null = null;
     let url: string | null = null;
     if (opts.http !== false) {
-      const app = await buildApi({ db: database.db, shard: config.shard, adminToken: config.http.adminToken, metrics, log });
+      const app = await buildApi({ db: database.db, shard: config.shard, adminToken: config.http.adminToken, billingToken: config.billing.token, metrics, log });
       api = app;
       url = await app.listen({ host: config.http.listen.host, port: config.http.listen.port });
       cleanups.push(() => app.close());
@@ -133,13 +141,14 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
   }
 }
 
-async function createProviders(config: ShardConfig, log: Logger, metrics: Metrics, db: Kysely<Database>): Promise<Map<string, Provider>> {
+async function createProviders(config: ShardConfig, log: Logger, metrics: Metrics, db: Kysely<Database>, secrets: SecretBox): Promise<Map<string, Provider>> {
   const used = new Set(Object.values(config.classes).map((c) => c.provider));
   const out = new Map<string, Provider>();
   for (const name of used) {
     const factory = providerFactory(name);
     if (!factory) throw new Error(`providers.${name}: unknown provider (known: ${registeredProviders().join(', ')})`);
-    out.set(name, await factory(config.providers[name] ?? {}, { shard: config.shard, dataDir: config.dataDir, log: log.child({ provider: name }), telemetry: cloudTelemetry(metrics, name), resources: new DbResourceStore(db, config.shard, name) }));
+    const classes = Object.fromEntries(Object.values(config.classes).filter((c) => c.provider === name).map((c) => [c.name, c.machine]));
+    out.set(name, await factory(config.providers[name] ?? {}, { shard: config.shard, dataDir: config.dataDir, log: log.child({ provider: name }), telemetry: cloudTelemetry(metrics, name), resources: new DbResourceStore(db, config.shard, name), classes, secrets }));
   }
   return out;
 }

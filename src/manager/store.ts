@@ -28,6 +28,22 @@ export interface JobOutcome {
   traceChecksum: string | null;
 }
 
+export interface BindJobInput {
+  vmId: string;
+  jobId: number;
+  className: string;
+  token: string;
+  projectId: number | null;
+  pipelineId: number | null;
+  namespaceId: number | null;
+  rootNamespaceId: number | null;
+  queuedSeconds: number | null;
+  timeoutSeconds: number;
+  pickedAt: Date;
+}
+
+class DuplicateJobError extends Error {}
+
 export class Store {
   constructor(
     readonly db: Kysely<Database>,
@@ -49,10 +65,15 @@ export class Store {
   }
 
   async insertVm(v: NewVmInput): Promise<void> {
-    await this.db.transaction().execute(async (trx) => {
+    await this.db.transaction().execute((trx) => this.insertVmIn(trx, v));
+  }
+
+  private async insertVmIn(trx: Transaction<Database>, v: NewVmInput, jobId: number | null = null): Promise<void> {
+    {
       await trx
         .insertInto('vms')
         .values({
+          ...(jobId !== null ? { job_id: jobId } : {}),
           id: v.id,
           shard: this.shard,
           class: v.class,
@@ -65,8 +86,8 @@ export class Store {
           updated_at: new Date(),
         })
         .execute();
-      await trx.insertInto('vm_events').values({ vm_id: v.id, from_state: null, to_state: 'requested', at: new Date(), detail: null }).execute();
-    });
+      await trx.insertInto('vm_events').values({ vm_id: v.id, from_state: null, to_state: 'requested', at: new Date(), detail: jobId !== null ? `cold start for job ${jobId}` : null }).execute();
+    }
   }
 
   /**
@@ -97,20 +118,33 @@ export class Store {
   }
 
   /** Bind a job to a warm VM: the job row and the VM's `assigned` state commit together. */
-  async bindJob(input: {
-    vmId: string;
-    jobId: number;
-    className: string;
-    token: string;
-    projectId: number | null;
-    pipelineId: number | null;
-    namespaceId: number | null;
-    rootNamespaceId: number | null;
-    queuedSeconds: number | null;
-    timeoutSeconds: number;
-    pickedAt: Date;
-  }): Promise<boolean> {
+  async bindJob(input: BindJobInput): Promise<boolean> {
     return this.db.transaction().execute(async (trx) => {
+      if (!(await this.insertJobIn(trx, input))) return false; // GitLab handed us a job we already hold
+      const ok = await this.transition(input.vmId, 'ready', 'assigned', { job_id: input.jobId }, `job ${input.jobId}`, trx);
+      if (!ok) throw new InvalidTransitionError(`VM ${input.vmId} is no longer ready`);
+      return true;
+    });
+  }
+
+  /**
+   * Cold start: the job and the VM made for it commit together (the VM row `requested`, bound to
+   * the job), before the cloud hears of the VM; a crash leaves a running job whose VM recovery
+   * deletes and whose failure it reports.
+   */
+  async bindJobToNewVm(input: Omit<BindJobInput, 'vmId'> & { vm: NewVmInput }): Promise<boolean> {
+    return this.db.transaction().execute(async (trx) => {
+      await this.insertVmIn(trx, input.vm, input.jobId);
+      if (!(await this.insertJobIn(trx, { ...input, vmId: input.vm.id }))) throw new DuplicateJobError(`job ${input.jobId} is already held`);
+      return true;
+    }).catch((err) => {
+      if (err instanceof DuplicateJobError) return false;
+      throw err;
+    });
+  }
+
+  private async insertJobIn(trx: Transaction<Database>, input: BindJobInput): Promise<boolean> {
+    {
       const inserted = await trx
         .insertInto('jobs')
         .values({
@@ -131,11 +165,8 @@ export class Store {
         .onConflict((oc) => oc.columns(['shard', 'id']).doNothing())
         .returning('id')
         .executeTakeFirst();
-      if (!inserted) return false; // GitLab handed us a job we already hold
-      const ok = await this.transition(input.vmId, 'ready', 'assigned', { job_id: input.jobId }, `job ${input.jobId}`, trx);
-      if (!ok) throw new InvalidTransitionError(`VM ${input.vmId} is no longer ready`);
-      return true;
-    });
+      return !!inserted;
+    }
   }
 
   /** A job that never reaches a VM (malformed payload) still gets a row and its event. */
@@ -191,7 +222,8 @@ export class Store {
         .executeTakeFirst();
       if (!job) return false;
       await writeBillingEvent(trx, event);
-      if (job.vm_id) await this.transition(job.vm_id, ['assigned', 'running'], 'deleting', {}, `job ${jobId} ${outcome.result}`, trx);
+      // A cold-start job can end before its VM was ready (the VM failed, or the job was canceled).
+      if (job.vm_id) await this.transition(job.vm_id, ['assigned', 'running', 'requested', 'creating', 'booting', 'ready', 'failed'], 'deleting', {}, `job ${jobId} ${outcome.result}`, trx);
       return true;
     });
   }

@@ -2,3 +2,4 @@
 import './local/index.js';
 import './gcp/index.js';
 import './aws/index.js';
+import './mac/index.js';

@@ -117,8 +117,18 @@ export interface Provider {
   list(labels: Record<string, string>): Promise<CloudVm[]>;
   /** Delete VMs; VMs already gone are not an error. */
   delete(refs: VmRef[]): Promise<void>;
+  /** Stop VMs, keeping their disks (the standby tier); where `capabilities.stopStart`. */
+  stop?(refs: VmRef[]): Promise<void>;
+  /** Start stopped VMs again (resume from standby). */
+  start?(refs: VmRef[]): Promise<void>;
   /** How to reach a running VM, given its ephemeral private key. */
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo;
+  /**
+   * For providers whose VMs live on capacity they manage themselves (Mac hosts): the class
+   * wants to hold `wantedVms` VMs (running jobs + its warm target); answers the most VMs of the
+   * class it can hold right now, which the pool uses as the class's `max` until it grows.
+   */
+  capacity?(className: string, wantedVms: number): number;
   /** Release clients, timers and sockets. VMs stay. */
   close(): Promise<void>;
 }
@@ -133,9 +143,22 @@ export interface CloudTelemetry {
   request(operation: string, outcome: string, seconds: number): void;
   /** A zone (GCE) or subnet/AZ (EC2) had no capacity for a VM. */
   stockout(zone: string): void;
+  /** Mac hosts of a class by state (every state, zeros included). */
+  hosts?(className: string, byState: Record<string, number>): void;
+  /** Host-seconds that passed: billed (allocated) and with at least one nested VM (used). */
+  hostSeconds?(className: string, allocated: number, used: number): void;
+  /** A nested VM got its address: seconds from `tart clone` to that moment. */
+  nestedVmReady?(className: string, seconds: number): void;
 }
 
 export const noTelemetry: CloudTelemetry = { request() {}, stockout() {} };
+
+/** The shard's secret box (secrets.key): for provider-held credentials such as Mac host keys. */
+export interface SecretBox {
+  seal(plain: string): string;
+  /** null when sealed under another key. */
+  open(sealed: string): string | null;
+}
 
 /** A provider-managed resource (a Mac host), as persisted. */
 export interface ResourceRecord<D = Record<string, unknown>> {
@@ -170,6 +193,9 @@ export interface ProviderContext {
   dataDir: string;
   log: import('pino').Logger;
   telemetry?: CloudTelemetry;
+  /** The classes served by this provider and their machine profiles (Mac host fleets start from them). */
+  classes?: Record<string, Record<string, unknown>>;
+  secrets?: SecretBox;
 }
 
 export type ProviderFactory = (config: Record<string, unknown>, ctx: ProviderContext) => Provider | Promise<Provider>;

@@ -70,3 +70,38 @@ describe('runner-fleet migrate', () => {
     expect(r.code).toBe(0);
   });
 });
+
+describe('runner-fleet billing export', () => {
+  it('writes the events of jobs finished in [since, until) as csv or jsonl', async () => {
+    const { pino } = await import('pino');
+    const { openDatabase } = await import('../../src/db/connect.js');
+    const { migrateToLatest } = await import('../../src/db/migrate.js');
+    const { insertEvents } = await import('../helpers/billing.js');
+    const config = file('export.yaml', valid.replace('pglite:./db', 'pglite:./export-db'));
+    const database = await openDatabase(`pglite:${join(dir, 'export-db')}`, { log: pino({ level: 'silent' }) });
+    await migrateToLatest(database.db, pino({ level: 'silent' }));
+    // Jobs 1..20 finish one second apart from 2026-11-24T12:00:01Z (sampleEvent).
+    const ids = await insertEvents(database.db, 'cli-1', 1, 20);
+    await insertEvents(database.db, 'other-shard', 1, 5);
+    await database.close();
+
+    const csv = cli(['billing', 'export', '--config', config, '--since', '2026-11-24T12:00:05Z', '--until', '2026-11-24T12:00:10Z'], { SMALL_TOKEN: 'x' });
+    expect(csv.code).toBe(0);
+    const lines = csv.stdout.trimEnd().split('\r\n');
+    expect(lines[0]).toBe('id,type,shard,jobId,pipelineId,projectId,namespaceId,rootNamespaceId,runnerClass,costFactor,provider,machineType,startedAt,finishedAt,durationSeconds,computeMinutes,outcome,billable');
+    expect(lines.slice(1).map((l) => l.split(',')[0])).toEqual(ids.slice(4, 9)); // jobs 5..9: until is exclusive
+    expect(lines[1]).toContain(',cli-1,5,');
+    expect(lines[1]).toMatch(/,90,1\.500000,success,true$/);
+    expect(csv.stderr).toContain('exported 5 events');
+
+    const jsonl = cli(['billing', 'export', '--config', config, '--format', 'jsonl'], { SMALL_TOKEN: 'x' });
+    expect(jsonl.code).toBe(0);
+    const events = jsonl.stdout.trimEnd().split('\n').map((l) => JSON.parse(l) as { id: string; shard: string });
+    expect(events.map((e) => e.id)).toEqual(ids);
+
+    const bad = cli(['billing', 'export', '--config', config, '--since', 'yesterday'], { SMALL_TOKEN: 'x' });
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--since: expected an ISO 8601 date or date-time');
+    expect(cli(['billing', 'export', '--config', config, '--format', 'xml'], { SMALL_TOKEN: 'x' }).stderr).toContain('--format: expected csv or jsonl, got "xml"');
+  }, 180_000);
+});

@@ -1,3 +1,4 @@
+import { poolConfig } from '../../src/config/pool-defaults.js';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -48,7 +49,7 @@ describe('loading a shard config', () => {
       runnerToken: 'small-runner-token',
       provider: 'local',
       costFactor: 1,
-      pool: { idle: 2, max: 20 },
+      pool: poolConfig({ idle: 2, max: 20 }),
       jobTimeoutMs: 5_400_000,
       bootTimeoutMs: 45_000,
       machine: { vcpus: 2, memoryGb: 8 },
@@ -150,6 +151,25 @@ describe('loading a shard config', () => {
       'classes.a.runnerToken: expected non-empty string, got nothing',
       'classes.a.pool.idle: expected integer >= 0, got nothing',
       'classes.a.pool.max: expected integer >= 1, got nothing',
+    ]);
+  });
+
+  it('checks pool policies, periods and billing sinks field by field', () => {
+    const head = 'shard: s\ngitlab: { url: "http://127.0.0.1:9" }\nproviders: { local: }\n';
+    expect(errorsOf(`${head}classes:\n  a:\n    runnerToken: t\n    provider: local\n    pool: { idle: 1, max: 4, policy: magic, bound: 2, intake: eager, periods: [{ cron: "every day", timezone: Mars/Olympus }] }\n`)).toEqual([
+      'classes.a.pool.periods[0].cron: expected five-field cron schedule like "* 8-18 * * mon-fri", got "every day"',
+      'classes.a.pool.periods[0].timezone: expected IANA time zone like Europe/Berlin, got "Mars/Olympus"',
+      'classes.a.pool.policy: expected static or predictive, got "magic"',
+      'classes.a.pool.bound: expected number between 0.0001 and 0.5, got 2',
+      'classes.a.pool.intake: expected auto, preemptive or coldStart, got "eager"',
+    ]);
+    const ok = `${head}classes: { a: { runnerToken: t, provider: local, pool: { idle: 1, max: 4 } } }\n`;
+    expect(errorsOf(`${ok}billing: { token: short, webhooks: [{ url: "ftp://x", secret: s, batchSize: 5000, deadLetterAfter: 1s }] }\n`)).toEqual([
+      'billing.token: expected string of at least 16 characters, or null, got a string of 5 characters',
+      'billing.webhooks[0].url: expected http(s) URL, got "ftp://x"',
+      'billing.webhooks[0].secret: expected shared secret of at least 16 characters, got a string of 1 characters',
+      'billing.webhooks[0].batchSize: expected integer from 1 to 1000, got 5000',
+      'billing.webhooks[0].deadLetterAfter: expected duration from 1m to 720h like 500ms, 3s, 2m, 1h30m, got "1s"',
     ]);
   });
 

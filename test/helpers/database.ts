@@ -41,3 +41,21 @@ export async function freshDatabase(kind: 'pglite' | 'postgres', pgliteUrl = 'pg
     },
   };
 }
+
+/** A fresh database of the given kind, opened and migrated; `close` also drops it. */
+export async function migratedDatabase(kind: 'pglite' | 'postgres'): Promise<{ db: import('kysely').Kysely<import('../../src/db/schema.js').Database>; close(): Promise<void> }> {
+  const { pino } = await import('pino');
+  const { openDatabase } = await import('../../src/db/connect.js');
+  const { migrateToLatest } = await import('../../src/db/migrate.js');
+  const silent = pino({ level: 'silent' });
+  const tdb = await freshDatabase(kind);
+  const database = await openDatabase(tdb.url, { log: silent });
+  await migrateToLatest(database.db, silent);
+  return {
+    db: database.db,
+    async close() {
+      await database.close();
+      await tdb.drop();
+    },
+  };
+}

@@ -40,3 +40,39 @@ describe('buildBillingEvent', () => {
     expect(billingEventId('s1', 42)).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   });
 });
+
+describe('compute_minutes.v1 JSON Schema (deploy/billing)', async () => {
+  const { readFileSync } = await import('node:fs');
+  const { resolve } = await import('node:path');
+  const { Ajv2020 } = await import('ajv/dist/2020.js');
+  // A CommonJS module: its default export is the plugin function (typed as the module here).
+  const addFormats = (await import('ajv-formats')).default as unknown as (ajv: InstanceType<typeof Ajv2020>) => void;
+  const schema = JSON.parse(readFileSync(resolve(import.meta.dirname, '../../deploy/billing/compute_minutes.v1.schema.json'), 'utf8'));
+  const ajv = new Ajv2020({ allErrors: true, strict: true });
+  addFormats(ajv);
+  const validate = ajv.compile(schema);
+  const base = {
+    shard: 'gcp-us-1', jobId: 1234, pipelineId: 99, projectId: 7, namespaceId: 70, rootNamespaceId: 7,
+    runnerClass: 'saas-linux-small-amd64', costFactor: 2, provider: 'gcp', machineType: 'n2d-standard-2',
+    startedAt: new Date('2026-11-24T10:00:00.000Z'), finishedAt: new Date('2026-11-24T10:03:20.250Z'), outcome: 'success' as const, failureReason: null,
+  };
+
+  it('describes every event the manager builds', () => {
+    for (const ev of [
+      buildBillingEvent(base),
+      buildBillingEvent({ ...base, outcome: 'failed', failureReason: 'runner_system_failure', machineType: null, pipelineId: null, projectId: null, namespaceId: null, rootNamespaceId: null }),
+      buildBillingEvent({ ...base, outcome: 'canceled', costFactor: 0.5, finishedAt: base.startedAt }),
+    ]) {
+      expect(validate(JSON.parse(JSON.stringify(ev))), JSON.stringify(validate.errors)).toBe(true);
+    }
+  });
+
+  it('rejects what is not a v1 event', () => {
+    const ev = JSON.parse(JSON.stringify(buildBillingEvent(base)));
+    expect(validate({ ...ev, computeMinutes: 6.67 })).toBe(false);
+    expect(validate({ ...ev, type: 'compute_minutes.v2' })).toBe(false);
+    expect(validate({ ...ev, extra: 1 })).toBe(false);
+    const { billable: _, ...missing } = ev;
+    expect(validate(missing)).toBe(false);
+  });
+});

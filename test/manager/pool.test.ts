@@ -1,5 +1,6 @@
 // The pool against a scriptable in-memory cloud and a real database: warm-pool upkeep, the max
 // cap, and the failure paths (create errors, boot timeouts, failed deletes) ending in deletion.
+import { poolConfig } from '../../src/config/pool-defaults.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import pino from 'pino';
 import type { ShardConfig } from '../../src/config/types.js';
@@ -60,10 +61,11 @@ function config(pool: { idle: number; max: number }, bootTimeoutMs = 30_000): Sh
     database: { url: 'pglite:memory' },
     http: { listen: { host: '127.0.0.1', port: 0 }, adminToken: null },
     gitlab: { url: 'http://127.0.0.1:9', pollIntervalMs: 1000, requestTimeoutMs: 1000 },
-    classes: { small: { name: 'small', runnerToken: 't', provider: 'memory', costFactor: 1, pool, jobTimeoutMs: 3600_000, machine: {}, bootTimeoutMs } },
+    classes: { small: { name: 'small', runnerToken: 't', provider: 'memory', costFactor: 1, pool: poolConfig(pool), jobTimeoutMs: 3600_000, machine: {}, bootTimeoutMs } },
     providers: { memory: {} },
     dataDir: '/tmp',
     secrets: { key: null },
+    billing: { token: null, webhooks: [] },
     log: { level: 'silent' },
   };
 }

@@ -143,7 +143,7 @@ describe('local provider', () => {
     expect(isAlive(pgid)).toBe(true);
 
     await fx.provider.delete([spec]);
-    await until(() => !isAlive(pid) && !isAlive(pgid), 5000, 'sandbox and command to die');
+    await until(() => !isAlive(pid) && !isAlive(pgid), 15_000, 'sandbox and command to die');
     expect(existsSync(dir)).toBe(false);
     expect(await fx.provider.describe([spec])).toEqual([]);
     // The session notices: no hang.

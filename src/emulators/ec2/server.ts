@@ -14,11 +14,11 @@ import { join } from 'node:path';
 import Fastify from 'fastify';
 import { pino, type Logger } from 'pino';
 import { generateVmKeyPair } from '../../isolation/keys.js';
-import { keysInUserData } from '../../providers/aws/run-input.js';
+import { EMULATOR_SSH_PORT_TAG, keysInUserData } from '../../providers/aws/run-input.js';
+
+export { EMULATOR_SSH_PORT_TAG };
 import { LocalProvider } from '../../providers/local/provider.js';
 
-/** Tag the emulator puts on its instances: the sandbox's SSH port (real VMs listen on 22). */
-export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
 
 export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances' | 'AllocateHosts' | 'DescribeHosts' | 'ReleaseHosts';
 const ACTIONS: Ec2Action[] = ['RunInstances', 'DescribeInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances', 'AllocateHosts', 'DescribeHosts', 'ReleaseHosts'];
@@ -85,6 +85,8 @@ export interface Ec2EmulatorOptions {
   now?: () => number;
   /** How long a Mac host scrubs after its instance stops or terminates (EC2: 110 min up to hours). */
   scrubMs?: number;
+  /** A directory put first on the instances' PATH: programs the AMI has (a Tart double on Mac hosts). */
+  sandboxPathDir?: string;
 }
 
 export interface Ec2Emulator {
@@ -127,7 +129,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
   const log = opts.log ?? pino({ level: 'silent' });
   const ownDataDir = !opts.dataDir;
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'ec2-emu-'));
-  const local = new LocalProvider({ bootDelayMs: opts.bootDelayMs ?? 0, dir: join(dataDir, 'ec2-vms') }, { shard: 'ec2-emulator', dataDir, log });
+  const local = new LocalProvider({ bootDelayMs: opts.bootDelayMs ?? 0, dir: join(dataDir, 'ec2-vms'), ...(opts.sandboxPathDir ? { extraPathDir: opts.sandboxPathDir } : {}) }, { shard: 'ec2-emulator', dataDir, log });
   const subnets = opts.subnets ?? DEFAULT_SUBNETS;
   const terminatedVisibleMs = opts.terminatedVisibleMs ?? 60_000;
   const faults: Ec2Faults = { noCapacitySubnets: new Set(), throttleNext: 0, instanceLimitExceeded: false, hangNext: 0, noHostCapacityZones: new Set() };
@@ -178,10 +180,16 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     return i.state !== 'terminated' || Date.now() - (i.terminatedAt ?? 0) < terminatedVisibleMs;
   }
 
-  async function boot(inst: Inst, publicKey: string): Promise<void> {
+  /** The user the user-data script sets up (Linux `id -u NAME`, macOS `/Users/NAME`), as an AMI would. */
+  function userOf(script: string): string | undefined {
+    const m = /\bid -u ([a-z_][a-z0-9_-]*)|dscl \. -read \/Users\/([a-z_][a-z0-9_-]*)/.exec(script);
+    return m?.[1] ?? m?.[2];
+  }
+
+  async function boot(inst: Inst, publicKey: string, username: string | undefined): Promise<void> {
     const spec = {
       vmId: inst.id, name: inst.sandboxName, shard: 'ec2-emulator', className: 'ec2',
-      labels: Object.fromEntries(inst.tags), publicKey, machine: {}, maxRunSeconds: 24 * 3600,
+      labels: Object.fromEntries(inst.tags), publicKey, machine: username ? { username } : {}, maxRunSeconds: 24 * 3600,
     };
     try {
       await local.create(spec);
@@ -249,7 +257,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
       out.push(inst);
       // Cloud-init: the key listed for this launch index, or a throwaway (nobody gets in).
       const key = keys.get(idx) ?? generateVmKeyPair(`${id}-nobody`).publicKey;
-      const b = boot(inst, key);
+      const b = boot(inst, key, userOf(userData));
       booting.add(b);
       void b.finally(() => booting.delete(b));
     }

@@ -1,5 +1,5 @@
 // providers.aws and classes.X.machine (aws classes): validated here, every error naming its field.
-import { tryParseDuration } from '../../config/duration.js';
+import { duration, isRecord, parseCallSettings, show } from '../shared/config-fields.js';
 
 export interface AwsProviderConfig {
   region: string;
@@ -28,21 +28,8 @@ export interface AwsMachine {
   tags: Record<string, string>;
 }
 
-const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
-const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
-
 const PROVIDER_KEYS = ['region', 'endpoint', 'requestsPerSecond', 'callTimeout', 'retries', 'retryBase', 'subnetCooldown', 'pollInterval'];
 const MACHINE_KEYS = ['instanceType', 'imageId', 'subnets', 'securityGroupIds', 'diskSizeGb', 'username', 'tags'];
-
-function duration(v: unknown, field: string, dflt: number, errors: string[]): number {
-  if (v === undefined) return dflt;
-  const ms = typeof v === 'string' ? tryParseDuration(v) : typeof v === 'number' && v >= 0 ? v : null;
-  if (ms === null) {
-    errors.push(`${field}: expected a duration like "30s" or "10m", got ${show(v)}`);
-    return dflt;
-  }
-  return ms;
-}
 
 /** Validates `providers.aws`; throws one Error listing every problem. */
 export function parseAwsConfig(raw: unknown): AwsProviderConfig {
@@ -62,33 +49,14 @@ export function parseAwsConfig(raw: unknown): AwsProviderConfig {
     }
     if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:')) errors.push(`${p}.endpoint: expected a URL like http://127.0.0.1:8086 or https://ec2.us-east-1.amazonaws.com, got ${show(endpoint)}`);
   }
-  let requestsPerSecond = 10;
-  if (raw['requestsPerSecond'] !== undefined) {
-    const v = raw['requestsPerSecond'];
-    if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) errors.push(`${p}.requestsPerSecond: expected a number > 0, got ${show(v)}`);
-    else requestsPerSecond = v;
-  }
-  let retries = 4;
-  if (raw['retries'] !== undefined) {
-    const v = raw['retries'];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 10) errors.push(`${p}.retries: expected an integer 0..10, got ${show(v)}`);
-    else retries = v;
-  }
-  const callTimeoutMs = duration(raw['callTimeout'], `${p}.callTimeout`, 30_000, errors);
-  if (callTimeoutMs <= 0) errors.push(`${p}.callTimeout: expected a duration > 0`);
-  const retryBaseMs = duration(raw['retryBase'], `${p}.retryBase`, 500, errors);
+  const call = parseCallSettings(raw, p, errors, { requestsPerSecond: 10 });
   const subnetCooldownMs = duration(raw['subnetCooldown'], `${p}.subnetCooldown`, 600_000, errors);
-  const pollIntervalMs = duration(raw['pollInterval'], `${p}.pollInterval`, 2_000, errors);
   if (errors.length) throw new Error(errors.join('\n'));
   return {
     region: region as string,
     ...(typeof endpoint === 'string' ? { endpoint: endpoint.replace(/\/+$/, '') } : {}),
-    requestsPerSecond,
-    callTimeoutMs,
-    retries,
-    retryBaseMs,
+    ...call,
     subnetCooldownMs,
-    pollIntervalMs,
   };
 }
 

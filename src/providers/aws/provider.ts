@@ -14,7 +14,6 @@ import {
   type Filter,
   type Instance,
 } from '@aws-sdk/client-ec2';
-import pRetry from 'p-retry';
 import type { Logger } from 'pino';
 import {
   LABEL_SHARD,
@@ -35,12 +34,14 @@ import {
 } from '../provider.js';
 import { coolDown, usableZones, type ZoneCooldowns } from '../shared/placement.js';
 import { projectBucket, type TokenBucket } from '../shared/rate-limit.js';
+import { machineProfiles } from '../shared/config-fields.js';
 import { parseAwsMachine, type AwsMachine, type AwsProviderConfig } from './config.js';
+import { ec2Call } from './call.js';
 import { classifyAwsError } from './errors.js';
 import { runInstancesInput } from './run-input.js';
+import { EMULATOR_SSH_PORT_TAG } from './run-input.js';
+export { EMULATOR_SSH_PORT_TAG };
 
-/** Tag the EC2 emulator puts on its instances: the sandbox's SSH port (real VMs use 22). */
-export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
 
 const LIVE_STATES = ['pending', 'running', 'stopping', 'stopped', 'shutting-down'];
 
@@ -100,7 +101,6 @@ export class AwsProvider implements Provider {
   private readonly telemetry: CloudTelemetry;
   private cooldowns: ZoneCooldowns = new Map();
   private readonly seen = new Map<string, Seen>();
-  private readonly machines = new Map<string, AwsMachine>();
   private readonly shardOf = new Map<string, string>();
   /** SSH ports learnt from the emulator's tag, for connectInfo calls given only a ref. */
   private readonly ports = new Map<string, number>();
@@ -128,70 +128,12 @@ export class AwsProvider implements Provider {
 
   // ---- the one path every EC2 call takes ------------------------------------------------------
 
-  private async call<T>(action: string, zone: string | undefined, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    const timeout = this.cfg.callTimeoutMs;
-    return pRetry(
-      async () => {
-        await this.bucket.take();
-        this.stats.calls[action] = (this.stats.calls[action] ?? 0) + 1;
-        const abort = new AbortController();
-        let timedOut = false;
-        const timer = setTimeout(() => {
-          timedOut = true;
-          abort.abort();
-        }, timeout);
-        const started = performance.now();
-        let outcome = 'ok';
-        try {
-          return await fn(abort.signal);
-        } catch (err) {
-          if (timedOut) {
-            this.stats.timeouts++;
-            outcome = 'timeout';
-            throw new ProviderError('retryable', `aws ${action}${zone ? ` in ${zone}` : ''}: no answer within ${timeout} ms`, { provider: 'aws', operation: action, ...(zone ? { zone } : {}) });
-          }
-          const pe = classifyAwsError(err, { operation: action, ...(zone ? { zone } : {}) });
-          outcome = pe.kind;
-          throw pe;
-        } finally {
-          clearTimeout(timer);
-          this.telemetry.request(action, outcome, (performance.now() - started) / 1000);
-        }
-      },
-      {
-        retries: this.cfg.retries,
-        minTimeout: this.cfg.retryBaseMs,
-        maxTimeout: Math.max(this.cfg.retryBaseMs, 30_000),
-        factor: 2,
-        randomize: true,
-        shouldRetry: ({ error }) => error instanceof ProviderError && (error.kind === 'retryable' || error.kind === 'rateLimited'),
-        onFailedAttempt: async ({ error, retriesLeft }) => {
-          const kind = error instanceof ProviderError ? error.kind : 'fatal';
-          if (kind !== 'retryable' && kind !== 'rateLimited') return;
-          if (kind === 'rateLimited') this.stats.rateLimited++;
-          if (retriesLeft <= 0) return;
-          this.stats.retries++;
-          this.log.debug({ action, zone, kind, retriesLeft, err: error.message }, 'aws call failed; retrying');
-          // EC2 refills its token bucket at a fixed rate: a throttled caller waits longer.
-          if (kind === 'rateLimited') await new Promise((r) => setTimeout(r, this.cfg.retryBaseMs * (1 + Math.random()) * 2));
-        },
-      },
-    );
+  private call<T>(action: string, zone: string | undefined, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    return ec2Call({ provider: 'aws', cfg: this.cfg, bucket: this.bucket, telemetry: this.telemetry, log: this.log, stats: this.stats }, action, zone, fn);
   }
 
-  private machine(spec: Pick<VmSpec, 'className' | 'machine'>): AwsMachine {
-    const key = `${spec.className}\0${JSON.stringify(spec.machine)}`;
-    let m = this.machines.get(key);
-    if (!m) {
-      try {
-        m = parseAwsMachine(spec.className, spec.machine);
-      } catch (err) {
-        throw new ProviderError('fatal', (err as Error).message, { provider: 'aws', operation: 'create' });
-      }
-      this.machines.set(key, m);
-    }
-    return m;
-  }
+  private readonly machine = machineProfiles('aws', parseAwsMachine);
+
 
   // ---- create ---------------------------------------------------------------------------------
 

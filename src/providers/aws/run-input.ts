@@ -1,10 +1,14 @@
 // The RunInstances request for one VM or a batch of one class in one subnet (pure). Isolation
 // rules from DESIGN.md live here: no public IP, no instance profile, IMDSv2 only with hop limit
 // 1, terminate on shutdown, and each VM accepts only its own key.
+import { shq } from '../../gitlab/script.js';
 import { createHash } from 'node:crypto';
 import type { RunInstancesCommandInput, Tag } from '@aws-sdk/client-ec2';
 import { LABEL_SHARD, LABEL_VM, type VmSpec } from '../provider.js';
 import type { AwsMachine } from './config.js';
+
+/** Tag the EC2 emulator puts on its instances: the sandbox's SSH port (real instances listen on 22). */
+export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
 
 /** Tag naming the batch (its ClientToken) on every instance of a MinCount/MaxCount launch. */
 export const TAG_BATCH = 'runner-fleet-batch';
@@ -19,7 +23,6 @@ export function clientToken(specs: Pick<VmSpec, 'name'>[], subnet: string): stri
   return `rf-${h.slice(0, 40)}`;
 }
 
-const shq = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /**
  * A boot script that installs the VM's own public key for `username`. In a batch every instance

@@ -1,5 +1,5 @@
 // providers.gcp and classes.X.machine (gcp classes): validated here, every error naming its field.
-import { tryParseDuration } from '../../config/duration.js';
+import { duration, isRecord, parseCallSettings, show } from '../shared/config-fields.js';
 
 export interface GcpProviderConfig {
   project: string;
@@ -51,21 +51,7 @@ export interface GcpMachine {
   username: string;
 }
 
-const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
-const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
-
 const PROVIDER_KEYS = ['project', 'credentials', 'endpoint', 'network', 'subnetwork', 'requestsPerSecond', 'callTimeout', 'zoneCooldown', 'retries', 'retryBase', 'operationTimeout', 'pollInterval', 'bulkInsertMin'];
-
-function duration(v: unknown, field: string, dflt: number, errors: string[]): number {
-  if (v === undefined) return dflt;
-  if (typeof v === 'number' && Number.isFinite(v) && v >= 0) return v;
-  const ms = typeof v === 'string' ? tryParseDuration(v) : null;
-  if (ms === null) {
-    errors.push(`${field}: expected a duration like "30s" or "10m", got ${show(v)}`);
-    return dflt;
-  }
-  return ms;
-}
 
 /** Validates `providers.gcp`; throws one Error listing every problem. */
 export function parseGcpConfig(raw: unknown): GcpProviderConfig {
@@ -99,24 +85,9 @@ export function parseGcpConfig(raw: unknown): GcpProviderConfig {
   }
   const network = str('network');
   const subnetwork = str('subnetwork');
-  let requestsPerSecond = 20;
-  if (raw['requestsPerSecond'] !== undefined) {
-    const v = raw['requestsPerSecond'];
-    if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) errors.push(`${p}.requestsPerSecond: expected a number > 0, got ${show(v)}`);
-    else requestsPerSecond = v;
-  }
-  let retries = 4;
-  if (raw['retries'] !== undefined) {
-    const v = raw['retries'];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 10) errors.push(`${p}.retries: expected an integer 0..10, got ${show(v)}`);
-    else retries = v;
-  }
-  const callTimeoutMs = duration(raw['callTimeout'], `${p}.callTimeout`, 30_000, errors);
-  if (callTimeoutMs <= 0) errors.push(`${p}.callTimeout: expected a duration > 0`);
+  const call = parseCallSettings(raw, p, errors, { requestsPerSecond: 20 });
   const zoneCooldownMs = duration(raw['zoneCooldown'], `${p}.zoneCooldown`, 600_000, errors);
-  const retryBaseMs = duration(raw['retryBase'], `${p}.retryBase`, 500, errors);
   const operationTimeoutMs = duration(raw['operationTimeout'], `${p}.operationTimeout`, 600_000, errors);
-  const pollIntervalMs = duration(raw['pollInterval'], `${p}.pollInterval`, 2_000, errors);
   let bulkInsertMin = 8;
   if (raw['bulkInsertMin'] !== undefined) {
     const v = raw['bulkInsertMin'];
@@ -130,13 +101,9 @@ export function parseGcpConfig(raw: unknown): GcpProviderConfig {
     ...(endpoint ? { endpoint: endpoint.replace(/\/+$/, '') } : {}),
     ...(network ? { network } : {}),
     ...(subnetwork ? { subnetwork } : {}),
-    requestsPerSecond,
-    callTimeoutMs,
+    ...call,
     zoneCooldownMs,
-    retries,
-    retryBaseMs,
     operationTimeoutMs,
-    pollIntervalMs,
     bulkInsertMin,
   };
 }

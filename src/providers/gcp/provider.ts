@@ -31,6 +31,8 @@ import { projectBucket, type TokenBucket } from '../shared/rate-limit.js';
 import { requestId } from './request-id.js';
 import { retrieveWindowsPassword } from './windows.js';
 import { coolDown, nextUsableAt, usableZones } from '../shared/placement.js';
+import { cloudRetryOptions } from '../shared/retry.js';
+import { machineProfiles } from '../shared/config-fields.js';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
 type Operation = protos.google.cloud.compute.v1.IOperation;
@@ -126,7 +128,6 @@ export class GcpProvider implements Provider {
   private readonly seen = new Map<string, Seen>();
   private readonly shardOf = new Map<string, string>();
   private readonly deleting = new Set<string>();
-  private readonly machines = new Map<string, GcpMachine>();
   private readonly listCache = new Map<string, { at: number; result: Promise<Instance[]> }>();
 
   constructor(
@@ -191,24 +192,7 @@ export class GcpProvider implements Provider {
           this.telemetry.request(method, outcome, (performance.now() - started) / 1000);
         }
       },
-      {
-        retries: this.cfg.retries,
-        minTimeout: this.cfg.retryBaseMs,
-        maxTimeout: Math.max(this.cfg.retryBaseMs, 30_000),
-        factor: 2,
-        randomize: true,
-        shouldRetry: ({ error }) => error instanceof ProviderError && (error.kind === 'retryable' || error.kind === 'rateLimited'),
-        onFailedAttempt: async ({ error, retriesLeft }) => {
-          const kind = error instanceof ProviderError ? error.kind : 'fatal';
-          if (kind !== 'retryable' && kind !== 'rateLimited') return;
-          if (kind === 'rateLimited') this.stats.rateLimited++;
-          if (retriesLeft <= 0) return;
-          this.stats.retries++;
-          this.log.debug({ method, zone, kind, retriesLeft, err: error.message }, 'gcp call failed; retrying');
-          // Throttled: back off harder than for a transient failure.
-          if (kind === 'rateLimited') await new Promise((r) => setTimeout(r, this.cfg.retryBaseMs * (1 + Math.random()) * 2));
-        },
-      },
+      cloudRetryOptions({ cfg: this.cfg, log: this.log, context: { method, zone }, message: 'gcp call failed; retrying', stats: this.stats }),
     );
   }
 
@@ -228,19 +212,8 @@ export class GcpProvider implements Provider {
     return cur;
   }
 
-  private machine(spec: Pick<VmSpec, 'className' | 'machine'>): GcpMachine {
-    const key = `${spec.className}\0${JSON.stringify(spec.machine)}`;
-    let m = this.machines.get(key);
-    if (!m) {
-      try {
-        m = parseGcpMachine(spec.className, spec.machine);
-      } catch (err) {
-        throw new ProviderError('fatal', (err as Error).message, { provider: 'gcp', operation: 'create' });
-      }
-      this.machines.set(key, m);
-    }
-    return m;
-  }
+  private readonly machine = machineProfiles('gcp', parseGcpMachine);
+
 
   private remember(spec: VmSpec, machine: GcpMachine, zone: string): void {
     this.seen.set(spec.name, { zone, os: machine.os, username: machine.username });

@@ -10,6 +10,11 @@ export interface LocalProviderConfig {
    * can stand in programs a real VM image has (the GCE emulator's `powershell.exe` shim).
    */
   extraPathDir?: string;
+  /**
+   * Test hook (not a config file field): every sandbox listens on this port of its own loopback
+   * address instead of a random one, as VMs all listen on 22 (the Tart double's nested VMs).
+   */
+  sshPort?: number;
 }
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };

@@ -87,9 +87,10 @@ export class LocalProvider implements Provider {
       vmId: spec.vmId,
       labels: { ...spec.labels },
       publicKey: spec.publicKey,
-      username: USERNAME,
+      // The user a VM image would create (the EC2 emulator passes the one its user data names).
+      username: typeof spec.machine['username'] === 'string' && /^[a-z_][a-z0-9_-]{0,31}$/.test(spec.machine['username']) ? spec.machine['username'] : USERNAME,
       host: loopbackAddress(spec.name),
-      port: 0,
+      port: this.config.sshPort ?? 0,
       bootDelayMs,
       maxRunSeconds: spec.maxRunSeconds > 0 ? spec.maxRunSeconds : 24 * 3600,
       createdAt: new Date().toISOString(),
@@ -169,7 +170,8 @@ export class LocalProvider implements Provider {
     const name = 'cloudId' in vm && vm.cloudId ? vm.cloudId : vm.name;
     const state = readJson<SandboxState>(files(this.dirOf(name)).state);
     if (!state) throw new ProviderError('retryable', `local VM ${name} is not listening yet`, { provider: 'local', operation: 'connectInfo' });
-    return { protocol: 'ssh', os: 'linux', host: state.host, port: state.port, username: USERNAME, privateKey };
+    const username = readJson<SandboxSpec>(files(this.dirOf(name)).spec)?.username ?? USERNAME;
+    return { protocol: 'ssh', os: 'linux', host: state.host, port: state.port, username, privateKey };
   }
 
   async close(): Promise<void> {

@@ -3,10 +3,13 @@
 // with `perJob: instance`, on a whole Mac instance per job.
 import { tryParseDuration } from '../../config/duration.js';
 import { parseAwsConfig, type AwsProviderConfig } from '../aws/config.js';
+import { isRecord, show } from '../shared/config-fields.js';
 
 export type MacProviderConfig = AwsProviderConfig & {
   /** How long a host's macOS instance may take to become reachable over SSH (6-20 min on EC2). */
   hostLaunchTimeoutMs: number;
+  /** How often the host fleet syncs with EC2 (one DescribeHosts + one DescribeInstances) and lists each host's VMs. */
+  hostPollIntervalMs: number;
 };
 
 export interface MacMachine {
@@ -27,22 +30,25 @@ export interface MacMachine {
   tags: Record<string, string>;
 }
 
-const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
-const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
 const MACHINE_KEYS = ['instanceType', 'hostImageId', 'subnets', 'securityGroupIds', 'hosts', 'perJob', 'hostUsername', 'vm', 'tags'];
 const VM_KEYS = ['image', 'username', 'sshPort', 'cpu', 'memoryMb'];
 
 export function parseMacConfig(raw: unknown): MacProviderConfig {
   const p = 'providers.mac';
   const errors: string[] = [];
-  let timeout = 30 * 60_000;
+  // The mac provider's own keys; the rest are the EC2 client's (region, endpoint, retries...).
+  const own = { hostLaunchTimeout: 30 * 60_000, hostPollInterval: 15_000 };
   let rest: unknown = raw;
-  if (isRecord(raw) && raw['hostLaunchTimeout'] !== undefined) {
-    const v = raw['hostLaunchTimeout'];
-    const ms = typeof v === 'string' ? tryParseDuration(v) : null;
-    if (ms === null || ms <= 0) errors.push(`${p}.hostLaunchTimeout: expected a duration like "30m", got ${show(v)}`);
-    else timeout = ms;
-    const { hostLaunchTimeout: _, ...others } = raw;
+  if (isRecord(raw)) {
+    const others: Record<string, unknown> = { ...raw };
+    for (const key of Object.keys(own) as (keyof typeof own)[]) {
+      const v = raw[key];
+      delete others[key];
+      if (v === undefined) continue;
+      const ms = typeof v === 'string' ? tryParseDuration(v) : null;
+      if (ms === null || ms <= 0) errors.push(`${p}.${key}: expected a duration like "${key === 'hostLaunchTimeout' ? '30m' : '15s'}", got ${show(v)}`);
+      else own[key] = ms;
+    }
     rest = others;
   }
   let aws: AwsProviderConfig | undefined;
@@ -52,7 +58,7 @@ export function parseMacConfig(raw: unknown): MacProviderConfig {
     errors.push(...String((err as Error).message).split('\n').map((e) => e.replace(/^providers\.aws/, p)));
   }
   if (errors.length || !aws) throw new Error(errors.join('\n'));
-  return { ...aws, hostLaunchTimeoutMs: timeout };
+  return { ...aws, hostLaunchTimeoutMs: own.hostLaunchTimeout, hostPollIntervalMs: own.hostPollInterval };
 }
 
 export function validateMacMachine(className: string, machine: unknown): string[] {

@@ -18,7 +18,9 @@ import {
 import type { Logger } from 'pino';
 import { LABEL_SHARD, ProviderError, type ResourceStore } from '../provider.js';
 import type { MacMachine } from './config.js';
-import { planHosts, type HostState, type HostView } from './host-pool.js';
+import { planHosts, VMS_PER_HOST, type HostState, type HostView } from './host-pool.js';
+import { macHostUserData } from './user-data.js';
+import { EMULATOR_SSH_PORT_TAG } from '../aws/run-input.js';
 
 export const HOST_KIND = 'mac_host';
 /** Tag on hosts and their instances: the host record's id (also the ClientToken of both). */
@@ -34,6 +36,11 @@ export interface HostData {
   instanceId?: string | null;
   privateIp?: string | null;
   launchStartedAt?: number;
+  /** The manager's key for this host's instance: public half in user data, private half sealed. */
+  hostPublicKey?: string;
+  hostKeySealed?: string;
+  /** SSH port of the host instance when not 22 (the EC2 emulator's sandboxes). */
+  sshPort?: number | null;
   [key: string]: unknown;
 }
 
@@ -56,7 +63,13 @@ export interface HostFleetDeps {
   /** Whether the host's macOS instance answers over SSH (Tart usable). */
   probe(rec: HostRecord): Promise<boolean>;
   hostLaunchTimeoutMs: number;
+  /** A fresh key pair for a host instance (private half sealed with the shard's secrets key). */
+  newHostKey?(recordId: string): { publicKey: string; sealedPrivateKey: string };
 }
+
+/** A host marked busy for a job instance that EC2 never shows within this long is free again. */
+const JOB_LAUNCH_GRACE_MS = 2 * 60_000;
+
 
 export class HostFleet {
   constructor(private readonly d: HostFleetDeps) {}
@@ -102,18 +115,53 @@ export class HostFleet {
         nestedVms: input.nested.get(r.id)?.vms ?? 0,
         busyVms: input.nested.get(r.id)?.busy ?? 0,
       })),
-      config: { minHosts: this.d.machine.hosts.min, maxHosts: this.d.machine.hosts.max, zones: [...new Set(this.d.machine.subnets.map((s) => s.zone))] },
+      config: { minHosts: this.d.machine.hosts.min, maxHosts: this.d.machine.hosts.max, zones: [...new Set(this.d.machine.subnets.map((s) => s.zone))], slotsPerHost: this.perInstance ? 1 : VMS_PER_HOST },
       wantedSlots: input.wantedSlots,
       now: this.d.now(),
     });
     for (const a of plan.allocate) for (let n = 0; n < a.count; n++) await this.allocate(a.zone);
-    for (const id of plan.retire) await this.retire(recs.find((r) => r.id === id)!);
+    // With a Mac instance per job an idle host runs nothing: retiring it is releasing it.
+    for (const id of plan.retire) await (this.perInstance ? this.release(recs.find((r) => r.id === id)!) : this.retire(recs.find((r) => r.id === id)!));
     for (const id of plan.release) await this.release(recs.find((r) => r.id === id)!);
     for (const rec of recs) {
       const scrubbed = rec.state === 'scrubbing' && cloudHosts.get(rec.id)?.State === 'available' && !cloudInstances.has(rec.id);
-      if (scrubbed && !plan.release.includes(rec.id)) await this.launch(rec);
+      if (scrubbed && !plan.release.includes(rec.id)) await (this.perInstance ? this.to(rec, 'scrubbing', 'ready', {}, 'scrubbed') : this.launch(rec));
     }
     return this.records();
+  }
+
+  /** `perJob: instance`: the host's instance is a job VM, launched on demand, terminated after its job. */
+  private get perInstance(): boolean {
+    return this.d.machine.perJob === 'instance';
+  }
+
+  /**
+   * `perJob: instance`: launch a job's Mac instance on a ready host. The host is marked busy
+   * with the job's VM first (write-ahead); the launch is idempotent by the VM's name.
+   */
+  async launchJob(rec: HostRecord, job: { vmId: string; name: string; publicKey: string; labels: Record<string, string> }): Promise<string> {
+    const m = this.d.machine;
+    if (!(await this.to(rec, 'ready', 'busy', { jobVm: job.vmId, jobName: job.name, jobLaunchAt: this.d.now() }, `job VM ${job.vmId}`))) {
+      throw new ProviderError('stockout', `mac host ${rec.id} was taken meanwhile`, { provider: 'mac', operation: 'create', zone: rec.data.zone });
+    }
+    const tags = [
+      ...Object.entries(m.tags).map(([Key, Value]) => ({ Key, Value })),
+      ...Object.entries(job.labels).map(([Key, Value]) => ({ Key, Value })),
+      { Key: LABEL_SHARD, Value: this.d.shard },
+      { Key: TAG_HOST_RECORD, Value: rec.id },
+      { Key: 'Name', Value: job.name },
+    ];
+    try {
+      const out = await this.runOnHost(rec, { clientToken: `rf-job-${job.name}`.slice(0, 64), tags, publicKey: job.publicKey, terminateOnShutdown: true });
+      const id = out.Instances?.[0]?.InstanceId;
+      if (!id) throw new ProviderError('fatal', 'RunInstances answered no instance', { provider: 'mac', operation: 'RunInstances' });
+      await this.d.resources.update(HOST_KIND, rec.id, { instanceId: id });
+      return id;
+    } catch (err) {
+      // Nothing launched: the host is free again.
+      await this.to({ ...rec, state: 'busy' }, 'busy', 'ready', { jobVm: null, jobName: null }, `launch failed: ${(err as Error).message.slice(0, 200)}`);
+      throw err;
+    }
   }
 
   private async to(rec: HostRecord, from: HostState | HostState[], to: HostState, data: Partial<HostData> = {}, detail?: string): Promise<boolean> {
@@ -129,7 +177,8 @@ export class HostFleet {
       case 'allocating': {
         if (!host) return void (await this.allocateCall(rec)); // the call may not have reached EC2: it is idempotent
         const allocatedAt = host.AllocationTime ? new Date(host.AllocationTime).getTime() : this.d.now();
-        if (hostState === 'available') await this.launch({ ...rec, data: { ...rec.data, hostId: host.HostId!, allocatedAt } });
+        if (hostState === 'available' && this.perInstance) await this.to(rec, 'allocating', 'ready', { hostId: host.HostId!, allocatedAt }, 'host available');
+        else if (hostState === 'available') await this.launch({ ...rec, data: { ...rec.data, hostId: host.HostId!, allocatedAt } });
         else await this.d.resources.update(HOST_KIND, rec.id, { hostId: host.HostId, allocatedAt });
         return;
       }
@@ -139,8 +188,10 @@ export class HostFleet {
           return;
         }
         const ip = inst.PrivateIpAddress;
-        if (inst.State?.Name === 'running' && ip && (await this.d.probe({ ...rec, data: { ...rec.data, privateIp: ip, instanceId: inst.InstanceId! } }))) {
-          await this.to(rec, 'launching', 'ready', { instanceId: inst.InstanceId!, privateIp: ip }, 'host instance reachable');
+        const port = Number(inst.Tags?.find((t) => t.Key === EMULATOR_SSH_PORT_TAG)?.Value);
+        const found = { instanceId: inst.InstanceId!, privateIp: ip ?? null, sshPort: Number.isInteger(port) && port > 0 ? port : null };
+        if (inst.State?.Name === 'running' && ip && (await this.d.probe({ ...rec, data: { ...rec.data, ...found } }))) {
+          await this.to(rec, 'launching', 'ready', found, 'host instance reachable');
         } else if (this.d.now() - (rec.data.launchStartedAt ?? this.d.now()) > this.d.hostLaunchTimeoutMs) {
           this.d.log.warn({ host: rec.id, instance: inst.InstanceId }, 'mac host instance did not become reachable; replacing it');
           await this.retire(rec);
@@ -149,6 +200,7 @@ export class HostFleet {
       }
       case 'ready':
       case 'busy': {
+        if (this.perInstance) return void (await this.syncJobHost(rec, host, inst));
         if (!inst || inst.State?.Name !== 'running') {
           // The instance went away behind our back: the host scrubs.
           await this.to(rec, rec.state, 'scrubbing', { instanceId: null, privateIp: null }, 'host instance gone');
@@ -171,6 +223,21 @@ export class HostFleet {
       }
       case 'released':
         return;
+    }
+  }
+
+  /** `perJob: instance`: busy while its job's instance lives; scrubbing once EC2 scrubs it. */
+  private async syncJobHost(rec: HostRecord, host: Host | undefined, inst: Instance | undefined): Promise<void> {
+    if (inst) {
+      if (rec.state === 'ready') await this.to(rec, 'ready', 'busy', { instanceId: inst.InstanceId! }, 'job instance found');
+      return;
+    }
+    if (rec.state !== 'busy') return;
+    if (!host || host.State === 'pending' || host.State === 'released') {
+      await this.to(rec, 'busy', 'scrubbing', { instanceId: null, privateIp: null, jobVm: null, jobName: null }, 'job instance gone');
+    } else if (this.d.now() - Number(rec.data['jobLaunchAt'] ?? 0) > JOB_LAUNCH_GRACE_MS) {
+      // Marked busy, but the launch never reached EC2 (a crash in between): free again.
+      await this.to(rec, 'busy', 'ready', { jobVm: null, jobName: null }, 'job launch never happened');
     }
   }
 
@@ -212,8 +279,11 @@ export class HostFleet {
   /** Write-ahead `launching`, then the host's macOS instance. */
   private async launch(rec: HostRecord): Promise<void> {
     const launchStartedAt = this.d.now();
-    if (!(await this.to(rec, ['allocating', 'scrubbing'], 'launching', { hostId: rec.data.hostId!, allocatedAt: rec.data.allocatedAt!, launchStartedAt }))) return;
-    await this.runInstance({ ...rec, state: 'launching', data: { ...rec.data, launchStartedAt } });
+    // A new key for every launch: a scrubbed host comes back as a new instance.
+    const key = this.d.newHostKey?.(rec.id);
+    const keyData = key ? { hostPublicKey: key.publicKey, hostKeySealed: key.sealedPrivateKey } : {};
+    if (!(await this.to(rec, ['allocating', 'scrubbing'], 'launching', { hostId: rec.data.hostId!, allocatedAt: rec.data.allocatedAt!, launchStartedAt, ...keyData }))) return;
+    await this.runInstance({ ...rec, state: 'launching', data: { ...rec.data, launchStartedAt, ...keyData } });
   }
 
   private async runInstance(rec: HostRecord): Promise<void> {
@@ -224,11 +294,17 @@ export class HostFleet {
       { Key: 'Name', Value: `rf-${this.d.shard}-host-${rec.id.slice(0, 8)}` },
       ...Object.entries(m.tags).map(([Key, Value]) => ({ Key, Value })),
     ];
-    await this.d.call('RunInstances', (abortSignal) =>
+    // One launch per host and scrub cycle: the same token after a crash is the same instance.
+    await this.runOnHost(rec, { clientToken: `${rec.id.slice(0, 36)}-${String(rec.data.launchStartedAt ?? 0).slice(-10)}`, tags, publicKey: rec.data.hostPublicKey });
+  }
+
+  /** A Mac instance on the record's host: no public IP, IMDSv2 with hop limit 1, the key in user data. */
+  private runOnHost(rec: HostRecord, o: { clientToken: string; tags: { Key: string; Value: string }[]; publicKey: string | undefined; terminateOnShutdown?: boolean }) {
+    const m = this.d.machine;
+    return this.d.call('RunInstances', (abortSignal) =>
       this.d.ec2.send(
         new RunInstancesCommand({
-          // One launch per host and scrub cycle: the same token after a crash is the same instance.
-          ClientToken: `${rec.id.slice(0, 36)}-${String(rec.data.launchStartedAt ?? 0).slice(-10)}`,
+          ClientToken: o.clientToken,
           ImageId: m.hostImageId,
           InstanceType: m.instanceType as never,
           MinCount: 1,
@@ -236,7 +312,9 @@ export class HostFleet {
           Placement: { Tenancy: 'host', HostId: rec.data.hostId! },
           NetworkInterfaces: [{ DeviceIndex: 0, SubnetId: rec.data.subnet, Groups: m.securityGroupIds, AssociatePublicIpAddress: false, DeleteOnTermination: true }],
           MetadataOptions: { HttpTokens: 'required', HttpPutResponseHopLimit: 1, HttpEndpoint: 'enabled' },
-          TagSpecifications: [{ ResourceType: 'instance', Tags: tags }],
+          TagSpecifications: [{ ResourceType: 'instance', Tags: o.tags }],
+          ...(o.terminateOnShutdown ? { InstanceInitiatedShutdownBehavior: 'terminate' as const } : {}),
+          ...(o.publicKey ? { UserData: Buffer.from(macHostUserData(m.hostUsername, o.publicKey)).toString('base64') } : {}),
         }),
         { abortSignal },
       ),

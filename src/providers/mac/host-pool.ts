@@ -35,6 +35,8 @@ export interface HostPoolConfig {
   maxHosts: number;
   /** Availability zones to allocate in, in preference order. */
   zones: string[];
+  /** Job VMs a host holds: VMS_PER_HOST nested VMs, or 1 with a Mac instance per job. */
+  slotsPerHost?: number;
 }
 
 export interface HostPlanInput {
@@ -71,8 +73,9 @@ function capacityHosts(hosts: HostView[]): HostView[] {
 export function planHosts(input: HostPlanInput): HostPlan {
   const { config, now } = input;
   const live = input.hosts.filter((h) => h.state !== 'released');
-  const needed = Math.min(config.maxHosts, Math.max(config.minHosts, Math.ceil(input.wantedSlots / VMS_PER_HOST)));
-  const capped = Math.ceil(input.wantedSlots / VMS_PER_HOST) > config.maxHosts;
+  const perHost = config.slotsPerHost ?? VMS_PER_HOST;
+  const needed = Math.min(config.maxHosts, Math.max(config.minHosts, Math.ceil(input.wantedSlots / perHost)));
+  const capped = Math.ceil(input.wantedSlots / perHost) > config.maxHosts;
 
   // A scrubbing host is paid for and comes back: it counts against maxHosts but gives no slot now.
   const serving = capacityHosts(live);

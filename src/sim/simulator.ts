@@ -1,0 +1,431 @@
+// runner-fleet simulate: the manager's decision core on a virtual clock. Each class runs the real
+// autoscaler (static settings with periods, or the predictive demand model), the real tier logic
+// (decideScale) and the real intake mode rule against a simulated provider (log-normal boot and
+// resume times, stop/start where the provider has it) and a simulated GitLab queue (jobs wait
+// until the class's intake takes them: at its next poll when a hot VM is free, at once when a VM
+// turns hot, or with a fresh VM in cold-start mode). Discrete events in a binary heap; VM-seconds
+// integrate the count of VMs per state between events.
+import type { ClassConfig, ShardConfig } from '../config/types.js';
+import { decideScale, intakeMode, staticSettings, staticTargets, type ClassCounts, type TierTargets } from '../manager/autoscaler.js';
+import { DemandModel, priorBootTime as defaultBoot } from '../manager/predictive.js';
+import { logNormal, rng } from './random.js';
+import type { TraceJob } from './trace.js';
+
+export type { BootTime } from '../manager/predictive.js';
+import type { BootTime } from '../manager/predictive.js';
+
+export interface SimulateOptions {
+  config: ShardConfig;
+  jobs: TraceJob[];
+  /** Overrides every class's `pool.policy`. */
+  policy?: 'static' | 'predictive';
+  boot?: Record<string, BootTime>;
+  /** Resume time as a fraction of boot time (standby tier). */
+  resumeFraction?: number;
+  seed?: number;
+  /** Autoscaler tick (the live pool ticks every 500 ms; 5 s keeps a day fast and changes little). */
+  tickS?: number;
+  /** Where the virtual clock starts (ms since the epoch): periods and the weekly profile read it. */
+  startMs?: number;
+  /** Sample pool size every this many seconds for the report's `timeline` (0 = none). */
+  timelineS?: number;
+}
+
+export interface Figures {
+  jobs: number;
+  startedWithin120s: number;
+  startLatency: { p50: number; p90: number; p99: number; max: number };
+  busyVmSeconds: number;
+  bootVmSeconds: number;
+  hotIdleVmSeconds: number;
+  standbyVmSeconds: number;
+  oracleOverheadVmSeconds: number;
+  cloudCalls: { create: number; delete: number; stop: number; start: number; list: number };
+  /** Jobs still waiting when the trace's last job could have finished (a class that never gets a VM). */
+  jobsNotStarted: number;
+}
+
+export interface SimReport extends Figures {
+  byClass: Record<string, Figures>;
+  timeline?: { t: number; hot: Record<string, number>; standby: Record<string, number>; busy: Record<string, number> }[];
+  /** Start latency of the jobs that arrived in each timeline window (all classes). */
+  latencyTimeline?: { t: number; jobs: number; p50: number; p90: number; max: number }[];
+}
+
+/** Providers whose VMs can be stopped and started (a standby tier). */
+const STOP_START = new Set(['gcp', 'aws']);
+const STOP_S = 10;
+
+type Ev =
+  | { t: number; k: 'arrive'; c: number; job: number }
+  | { t: number; k: 'hot'; c: number; vm: number; bootS: number } // a VM became hot (boot or resume done)
+  | { t: number; k: 'standby'; c: number; vm: number } // a VM reached standby (booted then stopped, or stopped)
+  | { t: number; k: 'stopping'; c: number; vm: number } // a VM made for standby booted: now it stops
+  | { t: number; k: 'coldReady'; c: number; job: number; bootS: number }
+  | { t: number; k: 'done'; c: number }
+  | { t: number; k: 'tick' }
+  | { t: number; k: 'poll'; c: number };
+
+class Heap {
+  private readonly a: Ev[] = [];
+  get size(): number {
+    return this.a.length;
+  }
+  push(e: Ev): void {
+    const a = this.a;
+    a.push(e);
+    let i = a.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (a[p]!.t <= e.t) break;
+      a[i] = a[p]!;
+      i = p;
+    }
+    a[i] = e;
+  }
+  pop(): Ev {
+    const a = this.a;
+    const top = a[0]!;
+    const last = a.pop()!;
+    if (a.length > 0) {
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        if (l >= a.length) break;
+        const r = l + 1;
+        const m = r < a.length && a[r]!.t < a[l]!.t ? r : l;
+        if (a[m]!.t >= last.t) break;
+        a[i] = a[m]!;
+        i = m;
+      }
+      a[i] = last;
+    }
+    return top;
+  }
+}
+
+interface Cls {
+  name: string;
+  cfg: ClassConfig;
+  policy: 'static' | 'predictive';
+  standbyCapable: boolean;
+  bootMedianS: number;
+  boot: () => number;
+  resume: () => number;
+  model: DemandModel | null;
+  pollS: number;
+  queue: number[];
+  queueHead: number;
+  /** Hot idle VMs: id -> ready time (s), insertion order = oldest first. */
+  hot: Map<number, number>;
+  standby: number[];
+  /** When each standby VM got there (s), parallel to `standby`. */
+  standbySince: number[];
+  pendingHot: number;
+  pendingStandby: number;
+  /** Of pendingStandby: still booting (the rest are stopping). */
+  bootingStandby: number;
+  resuming: number;
+  busy: number;
+  coldBooting: number;
+  // integrals
+  last: number;
+  busyS: number;
+  bootS: number;
+  hotS: number;
+  standbyS: number;
+  latencies: number[];
+  calls: Figures['cloudCalls'];
+  polling: boolean;
+}
+
+export function simulate(o: SimulateOptions): SimReport {
+  const random = rng(o.seed ?? 1);
+  const tick = o.tickS ?? 5;
+  const startMs = o.startMs ?? Date.parse('2026-11-23T00:00:00Z'); // a Monday
+  const resumeFraction = o.resumeFraction ?? 0.25;
+  const classes: Cls[] = Object.values(o.config.classes).map((cfg) => {
+    const bt = o.boot?.[cfg.name] ?? defaultBoot(cfg);
+    const policy = o.policy ?? cfg.pool.policy;
+    const standbyCapable = STOP_START.has(cfg.provider);
+    const model =
+      policy === 'predictive'
+        ? new DemandModel({ targetMs: cfg.pool.targetMs, bound: cfg.pool.bound, max: cfg.pool.max, idleBudget: cfg.pool.idleBudget, standbyCapable, boot: { medianS: bt.medianS, p95S: bt.p95S }, resumeFraction })
+        : null;
+    return {
+      name: cfg.name, cfg, policy, standbyCapable, bootMedianS: bt.medianS,
+      boot: logNormal(random, bt.medianS, bt.p95S),
+      resume: logNormal(random, bt.medianS * resumeFraction, bt.p95S * resumeFraction),
+      model, pollS: o.config.gitlab.pollIntervalMs / 1000,
+      queue: [], queueHead: 0, hot: new Map(), standby: [], standbySince: [], pendingHot: 0, pendingStandby: 0, bootingStandby: 0, resuming: 0, busy: 0, coldBooting: 0,
+      last: 0, busyS: 0, bootS: 0, hotS: 0, standbyS: 0, latencies: [], calls: { create: 0, delete: 0, stop: 0, start: 0, list: 0 }, polling: false,
+    };
+  });
+  const byName = new Map(classes.map((c, i) => [c.name, i]));
+  const jobs = o.jobs;
+  // The predictive model's history: the trace's own weekly profile, as if last week had the same
+  // traffic (the live manager learns it from weeks of its job history).
+  const span = jobs.reduce((m, j) => Math.max(m, j.arrivalS), 0);
+  for (const c of classes) {
+    if (!c.model) continue;
+    const arrivals = jobs.filter((j) => j.className === c.name).map((j) => startMs - 7 * 86_400_000 + j.arrivalS * 1000);
+    c.model.learnHistory(arrivals, startMs - 7 * 86_400_000, startMs - 7 * 86_400_000 + Math.max(span * 1000, 1));
+  }
+
+  const horizon = span + jobs.reduce((m, j) => Math.max(m, j.durationS), 0) + 6 * 3600;
+  const heap = new Heap();
+  for (let i = 0; i < jobs.length; i++) heap.push({ t: jobs[i]!.arrivalS, k: 'arrive', c: byName.get(jobs[i]!.className)!, job: i });
+  heap.push({ t: 0, k: 'tick' });
+  let vmIds = 0;
+  let started = 0;
+  let now = 0;
+  const timeline: NonNullable<SimReport['timeline']> = [];
+  let nextSample = 0;
+
+  const integrate = (c: Cls) => {
+    const dt = now - c.last;
+    if (dt <= 0) return;
+    c.busyS += dt * c.busy;
+    c.bootS += dt * (c.pendingHot + c.bootingStandby + c.resuming + c.coldBooting);
+    c.hotS += dt * c.hot.size;
+    // A VM on its way into standby (stopping) is counted with standby.
+    c.standbyS += dt * (c.standby.length + c.pendingStandby - c.bootingStandby);
+    c.last = now;
+  };
+  const counts = (c: Cls): ClassCounts => ({
+    pending: c.pendingHot,
+    ready: c.hot.size,
+    busy: c.busy + c.coldBooting,
+    leaving: 0,
+    standby: c.standby.length,
+    pendingStandby: c.pendingStandby,
+    resuming: c.resuming,
+  });
+  const waiting = (c: Cls) => c.queue.length - c.queueHead;
+  const windows = new Map<number, number[]>();
+  const record = (c: Cls, job: number) => {
+    const l = now - jobs[job]!.arrivalS;
+    c.latencies.push(l);
+    if (o.timelineS) {
+      const w = Math.floor(jobs[job]!.arrivalS / o.timelineS);
+      const list = windows.get(w) ?? [];
+      list.push(l);
+      windows.set(w, list);
+    }
+  };
+  const startJob = (c: Cls, job: number) => {
+    c.busy++;
+    record(c, job);
+    started++;
+    heap.push({ t: now + jobs[job]!.durationS, k: 'done', c: byName.get(c.name)! });
+  };
+  /** Preemptive intake: each free hot VM takes the oldest waiting job. */
+  const match = (c: Cls) => {
+    while (waiting(c) > 0 && c.hot.size > 0) {
+      const [vm] = c.hot.keys();
+      c.hot.delete(vm!);
+      startJob(c, c.queue[c.queueHead++]!);
+    }
+    if (c.queueHead > 1024 && c.queueHead * 2 > c.queue.length) {
+      c.queue.splice(0, c.queueHead);
+      c.queueHead = 0;
+    }
+  };
+  const live = (c: Cls) => c.pendingHot + c.hot.size + c.busy + c.coldBooting + c.standby.length + c.pendingStandby + c.resuming;
+  /** Cold-start intake: take waiting jobs and boot a VM for each, within max. */
+  const coldStart = (c: Cls, ci: number) => {
+    while (waiting(c) > 0 && live(c) < c.cfg.pool.max) {
+      const job = c.queue[c.queueHead++]!;
+      const b = c.boot();
+      c.coldBooting++;
+      c.calls.create++;
+      heap.push({ t: now + b, k: 'coldReady', c: ci, job, bootS: b });
+    }
+  };
+  const intake = (c: Cls, ci: number) => {
+    if (waiting(c) === 0) return;
+    const mode = intakeMode(c.cfg.pool.intake, counts(c));
+    if (mode === 'preemptive' || c.hot.size > 0) match(c);
+    if (mode === 'coldStart') coldStart(c, ci);
+  };
+  /** The intake loop asks again one poll interval after GitLab's last "no job" (phase random on arrival). */
+  const schedulePoll = (c: Cls, ci: number, delayS: number) => {
+    if (c.polling || now > horizon) return;
+    c.polling = true;
+    heap.push({ t: now + delayS, k: 'poll', c: ci });
+  };
+
+  const targetsOf = (c: Cls): { targets: TierTargets; idleTimeMs: number } => {
+    const s = staticSettings(c.cfg.pool, startMs + now * 1000);
+    if (c.model) return { targets: c.model.targets(startMs + now * 1000, counts(c)), idleTimeMs: s.idleTimeMs };
+    return { targets: staticTargets(s, c.busy + c.coldBooting), idleTimeMs: s.idleTimeMs };
+  };
+
+  const scale = (c: Cls, ci: number) => {
+    const { targets, idleTimeMs } = targetsOf(c);
+    const d = decideScale({
+      targets, max: c.cfg.pool.max, counts: counts(c),
+      readyVms: [...c.hot].map(([id, readyAt]) => ({ id: String(id), readyAt: readyAt * 1000 })),
+      frozen: false, idleTimeMs, standbyCapable: c.standbyCapable, now: now * 1000,
+      standbySince: c.standbySince.map((t) => t * 1000),
+    });
+    for (let i = 0; i < d.create; i++) {
+      const b = c.boot();
+      c.pendingHot++;
+      c.calls.create++;
+      heap.push({ t: now + b, k: 'hot', c: ci, vm: ++vmIds, bootS: b });
+    }
+    for (let i = 0; i < d.createStandby; i++) {
+      c.pendingStandby++;
+      c.bootingStandby++;
+      c.calls.create++;
+      heap.push({ t: now + c.boot(), k: 'stopping', c: ci, vm: ++vmIds });
+    }
+    for (let i = 0; i < d.resume; i++) {
+      // Resume the oldest first; the order matches standbySince.
+      c.standby.shift();
+      c.standbySince.shift();
+      c.resuming++;
+      c.calls.start++;
+      const r = c.resume();
+      c.model?.observeResume(r);
+      heap.push({ t: now + r, k: 'hot', c: ci, vm: ++vmIds, bootS: -1 });
+    }
+    for (const id of d.stop) {
+      c.hot.delete(Number(id));
+      c.pendingStandby++;
+      c.calls.stop++;
+      heap.push({ t: now + STOP_S, k: 'standby', c: ci, vm: Number(id) });
+    }
+    for (const id of d.retire) {
+      c.hot.delete(Number(id));
+      c.calls.delete++;
+    }
+    for (let i = 0; i < d.retireStandby; i++) {
+      c.standby.shift();
+      c.standbySince.shift();
+      c.calls.delete++;
+    }
+    // One describe per poll of the VMs on their way (the pool's list call).
+    if (c.pendingHot + c.pendingStandby + c.resuming + c.coldBooting > 0) c.calls.list++;
+  };
+
+  const lastArrival = span;
+  while (heap.size > 0) {
+    const e = heap.pop();
+    // Ticks stop once every job has started, or at the horizon (a class that never gets a VM).
+    if (e.k === 'tick' && e.t > lastArrival && (started === jobs.length || e.t > horizon)) continue;
+    now = e.t;
+    if (o.timelineS && now >= nextSample) {
+      for (const c of classes) integrate(c);
+      timeline.push({
+        t: Math.round(now),
+        hot: Object.fromEntries(classes.map((c) => [c.name, c.hot.size + c.pendingHot + c.resuming])),
+        standby: Object.fromEntries(classes.map((c) => [c.name, c.standby.length + c.pendingStandby])),
+        busy: Object.fromEntries(classes.map((c) => [c.name, c.busy + c.coldBooting])),
+      });
+      nextSample = now + o.timelineS;
+    }
+    if (e.k === 'tick') {
+      for (let ci = 0; ci < classes.length; ci++) {
+        const c = classes[ci]!;
+        integrate(c);
+        c.model?.observeQueue(waiting(c)); // GitLab's queue hint
+        scale(c, ci);
+        if (waiting(c) > 0) intake(c, ci);
+      }
+      heap.push({ t: now + tick, k: 'tick' });
+      continue;
+    }
+    const c = classes[e.c]!;
+    integrate(c);
+    switch (e.k) {
+      case 'arrive':
+        c.queue.push(e.job);
+        c.model?.observeArrival(startMs + now * 1000);
+        schedulePoll(c, e.c, c.pollS * random());
+        break;
+      case 'poll':
+        c.polling = false;
+        intake(c, e.c);
+        if (waiting(c) > 0) schedulePoll(c, e.c, c.pollS);
+        break;
+      case 'hot':
+        if (e.bootS >= 0) {
+          c.pendingHot--;
+          c.model?.observeBoot(e.bootS);
+        } else {
+          c.resuming--;
+        }
+        c.hot.set(e.vm, now);
+        // A VM turning hot wakes the intake loop: it asks GitLab at once.
+        match(c);
+        break;
+      case 'stopping':
+        c.bootingStandby--;
+        c.calls.stop++;
+        heap.push({ t: now + STOP_S, k: 'standby', c: e.c, vm: e.vm });
+        break;
+      case 'standby':
+        c.pendingStandby--;
+        c.standby.push(e.vm);
+        c.standbySince.push(now);
+        break;
+      case 'coldReady':
+        c.coldBooting--;
+        c.model?.observeBoot(e.bootS);
+        c.busy++;
+        record(c, e.job);
+        started++;
+        heap.push({ t: now + jobs[e.job]!.durationS, k: 'done', c: e.c });
+        break;
+      case 'done':
+        c.busy--;
+        c.calls.delete++;
+        if (waiting(c) > 0) intake(c, e.c);
+        break;
+    }
+  }
+  for (const c of classes) integrate(c);
+
+  const figures = (cs: Cls[], jobCount: number, oracle: number): Figures => {
+    const lat = cs.flatMap((c) => c.latencies).sort((a, b) => a - b);
+    const q = (p: number) => (lat.length ? round(lat[Math.min(lat.length - 1, Math.ceil(p * lat.length) - 1)]!) : 0);
+    const sum = (f: (c: Cls) => number) => round(cs.reduce((a, c) => a + f(c), 0));
+    return {
+      jobs: jobCount,
+      startedWithin120s: jobCount ? round(lat.filter((l) => l <= 120).length / jobCount, 6) : 1,
+      startLatency: { p50: q(0.5), p90: q(0.9), p99: q(0.99), max: lat.length ? round(lat[lat.length - 1]!) : 0 },
+      busyVmSeconds: sum((c) => c.busyS),
+      bootVmSeconds: sum((c) => c.bootS),
+      hotIdleVmSeconds: sum((c) => c.hotS),
+      standbyVmSeconds: sum((c) => c.standbyS),
+      oracleOverheadVmSeconds: round(oracle),
+      cloudCalls: {
+        create: sum((c) => c.calls.create), delete: sum((c) => c.calls.delete), stop: sum((c) => c.calls.stop),
+        start: sum((c) => c.calls.start), list: sum((c) => c.calls.list),
+      },
+      jobsNotStarted: jobCount - lat.length,
+    };
+  };
+  const jobsOf = (c: Cls) => jobs.filter((j) => j.className === c.name).length;
+  const byClass = Object.fromEntries(classes.map((c) => [c.name, figures([c], jobsOf(c), jobsOf(c) * c.bootMedianS)]));
+  const report: SimReport = {
+    ...figures(classes, jobs.length, classes.reduce((a, c) => a + jobsOf(c) * c.bootMedianS, 0)),
+    byClass,
+  };
+  if (o.timelineS) {
+    report.timeline = timeline;
+    report.latencyTimeline = [...windows.entries()].sort((a, b) => a[0] - b[0]).map(([w, l]) => {
+      l.sort((a, b) => a - b);
+      const q = (p: number) => round(l[Math.min(l.length - 1, Math.ceil(p * l.length) - 1)]!);
+      return { t: w * o.timelineS!, jobs: l.length, p50: q(0.5), p90: q(0.9), max: round(l[l.length - 1]!) };
+    });
+  }
+  return report;
+}
+
+function round(x: number, digits = 3): number {
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}

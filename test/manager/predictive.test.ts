@@ -1,0 +1,134 @@
+// The predictive policy's decisions on crafted situations, on a virtual clock.
+import { describe, expect, it } from 'vitest';
+import { decideScale } from '../../src/manager/autoscaler.js';
+import { DemandModel, poissonQuantile, probit } from '../../src/manager/predictive.js';
+
+const MON = Date.parse('2026-11-23T00:00:00Z'); // a Monday
+const H = 3600_000;
+const counts = { pending: 0, ready: 0, busy: 0, leaving: 0 };
+const model = (o: Partial<ConstructorParameters<typeof DemandModel>[0]> = {}) =>
+  new DemandModel({ targetMs: 10_000, bound: 0.05, max: 500, idleBudget: null, standbyCapable: false, boot: { medianS: 35, p95S: 60 }, resumeFraction: 0.25, ...o });
+
+describe('predictive policy', () => {
+  it('holds nothing for an idle class whose boot alone meets the target', () => {
+    expect(model({ targetMs: 120_000 }).targets(MON, counts)).toEqual({ hot: 0, standby: 0 });
+    expect(model().targets(MON, counts)).toEqual({ hot: 0, standby: 0 }); // no demand seen: nothing to hold
+  });
+
+  it('diurnal ramp: learnt from history, it grows the pool before the morning rise, not after', () => {
+    // Three weeks of history: 0.05 jobs/s at night, 2 jobs/s from 08:00 to 18:00 UTC on weekdays.
+    const arrivals: number[] = [];
+    for (let t = MON - 21 * 24 * H; t < MON; t += 1000) {
+      const d = new Date(t);
+      const day = d.getUTCDay() >= 1 && d.getUTCDay() <= 5 && d.getUTCHours() >= 8 && d.getUTCHours() < 18;
+      if (day ? true : (t / 1000) % 20 === 0) arrivals.push(t, ...(day ? [t + 500] : []));
+    }
+    const m = model();
+    m.learnHistory(arrivals, MON - 21 * 24 * H, MON);
+    const night = m.targets(MON + 3 * H, counts).hot;
+    const justBefore = m.targets(MON + 8 * H - 30_000, counts).hot; // lead time reaches 08:00
+    const midday = m.targets(MON + 12 * H, counts).hot;
+    expect(night).toBeLessThan(10);
+    expect(justBefore).toBeGreaterThan(100); // ~2/s over a 60 s boot at 95%
+    expect(midday).toBe(justBefore);
+  });
+
+  it('burst: a pipeline fanning out 40 jobs at once raises the hot tier by batches, within seconds', () => {
+    const m = model();
+    const now = MON + 10 * H;
+    for (let i = 0; i < 5; i++) for (let j = 0; j < 40; j++) m.observeArrival(now - (5 - i) * 60_000 + j); // 5 pipelines of 40 in 5 min
+    const quiet = model();
+    for (let i = 0; i < 200; i++) quiet.observeArrival(now - 300_000 + i * 1500); // same count, spread out
+    expect(m.batchSize(now)).toBeCloseTo(40, 0);
+    expect(m.targets(now, counts).hot).toBeGreaterThan(quiet.targets(now, counts).hot);
+    expect(m.targets(now, counts).hot % 40).toBe(0); // whole pipelines
+    const before = m.targets(now, counts).hot;
+    m.observeQueue(25); // GitLab says 25 jobs wait right now: they need VMs at once
+    expect(m.targets(now, counts).hot).toBe(before + 25);
+  });
+
+  it('boot-time drift: slower boots lengthen the lead time and grow the hot tier', () => {
+    const m = model();
+    const now = MON + 10 * H;
+    for (let i = 0; i < 300; i++) m.observeArrival(now - 300_000 + i * 1000); // 1 job/s
+    const before = m.targets(now, counts).hot;
+    for (let i = 0; i < 60; i++) m.observeBoot(150 + (i % 5) * 10); // a region's boots slowed to ~2.5 min
+    expect(m.bootTime.median).toBeGreaterThan(120);
+    expect(m.targets(now, counts).hot).toBeGreaterThan(2 * before);
+  });
+
+  it('with stop/start, keeps a small hot tier for the resume time and the rest as cheap standby', () => {
+    const now = MON + 10 * H;
+    const hotOnly = model();
+    const tiered = model({ standbyCapable: true });
+    for (const m of [hotOnly, tiered]) for (let i = 0; i < 300; i++) m.observeArrival(now - 300_000 + i * 1000);
+    const a = hotOnly.targets(now, counts);
+    const b = tiered.targets(now, counts);
+    expect(b.hot).toBeLessThan(a.hot / 2);
+    expect(b.hot + b.standby).toBe(a.hot);
+  });
+
+  it('stockout: a class that cannot create keeps its VMs and turns standby into hot', () => {
+    const now = MON + 10 * H;
+    const m = model({ standbyCapable: true });
+    for (let i = 0; i < 300; i++) m.observeArrival(now - 300_000 + i * 1000);
+    const targets = m.targets(now, counts);
+    const d = decideScale({ targets, max: 500, counts: { pending: 0, ready: 1, busy: 20, leaving: 0, standby: 6 }, readyVms: [{ id: 'a', readyAt: now - H }], frozen: false, blocked: true, idleTimeMs: 60_000, standbyCapable: true, now });
+    expect(d.create + d.createStandby).toBe(0);
+    expect(d.retire).toEqual([]);
+    expect(d.resume).toBe(Math.min(6, targets.hot - 1));
+  });
+
+  it('respects max and the idle budget', () => {
+    const now = MON + 10 * H;
+    const m = model({ max: 30, idleBudget: 8, standbyCapable: true });
+    for (let i = 0; i < 600; i++) m.observeArrival(now - 300_000 + i * 500);
+    const t = m.targets(now, { ...counts, busy: 25 });
+    expect(t.hot + t.standby).toBeLessThanOrEqual(5);
+    expect(model({ idleBudget: 3 }).targets(now, counts).hot).toBeLessThanOrEqual(3);
+  });
+
+  it('computes Poisson quantiles and the normal inverse', () => {
+    expect(poissonQuantile(0, 0.99)).toBe(0);
+    expect(poissonQuantile(1, 0.5)).toBe(1);
+    expect(poissonQuantile(10, 0.95)).toBe(15);
+    expect(poissonQuantile(1000, 0.95)).toBe(1053);
+    expect(probit(0.975)).toBeCloseTo(1.959964, 5);
+    expect(probit(0.05)).toBeCloseTo(-1.644854, 5);
+  });
+});
+
+describe('predictive models of the live manager', () => {
+  it('learn arrivals and boot times from the database at start-up', async () => {
+    const { migratedDatabase } = await import('../helpers/database.js');
+    const { loadDemandModels } = await import('../../src/manager/demand.js');
+    const { parseConfig } = await import('../../src/config/load.js');
+    const { db, close } = await migratedDatabase('pglite');
+    try {
+      const config = parseConfig(`
+shard: dm
+gitlab: { url: "http://127.0.0.1:9" }
+providers: { local: {} }
+classes:
+  busy-class: { runnerToken: a, provider: local, pool: { idle: 0, max: 500, policy: predictive, target: 1s } }
+  static-class: { runnerToken: b, provider: local, pool: { idle: 1, max: 5 } }
+`);
+      const now = MON + 7 * 24 * H + 10 * H; // the next Monday, 10:00
+      // Last Monday 10:00-11:00: a job every 2 s (queued 5 s before pick-up); VMs booted in 30 s.
+      const jobs = Array.from({ length: 1800 }, (_, i) => ({
+        id: String(100 + i), shard: 'dm', class: 'busy-class', state: 'finished', token_enc: 'x', picked_at: new Date(MON + 10 * H + i * 2000 + 5000), queued_seconds: 5, timeout_seconds: 3600,
+      }));
+      await db.insertInto('jobs').values(jobs as never).execute();
+      await db.insertInto('vms').values(Array.from({ length: 20 }, (_, i) => ({ id: `v${i}`, shard: 'dm', class: 'busy-class', provider: 'local', name: `rf-dm-v${i}`, state: 'deleted', public_key: 'k', private_key_enc: 'x', created_at: new Date(now - 3600_000 + i * 60_000), ready_at: new Date(now - 3600_000 + i * 60_000 + 30_000) })) as never).execute();
+      const models = await loadDemandModels(db, config, now);
+      expect([...models.keys()]).toEqual(['busy-class']);
+      const m = models.get('busy-class')!;
+      expect(m.rate(now, 60_000)).toBeCloseTo(0.5, 1);
+      expect(m.bootTime.median).toBeGreaterThan(25);
+      expect(m.bootTime.median).toBeLessThan(35);
+      expect(m.targets(now, counts).hot).toBeGreaterThan(15); // ~0.5/s over a ~30 s boot
+    } finally {
+      await close();
+    }
+  });
+});
