@@ -123,17 +123,24 @@ export class GitLabClient {
   private async call(what: string, path: string, init: { method: string; headers?: Record<string, string>; body?: string | Buffer; signal?: AbortSignal | undefined }): Promise<Response> {
     return pRetry(
       async () => {
-        const signals = [AbortSignal.timeout(this.o.timeoutMs), ...(init.signal ? [init.signal] : [])];
+        if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
+        // The caller's signal (shutdown) may cut the wait for an answer, never an answer that has
+        // arrived: a job GitLab has handed out must be read and recorded, or it is lost.
+        const untilAnswer = new AbortController();
+        const cut = () => untilAnswer.abort();
+        init.signal?.addEventListener('abort', cut, { once: true });
         let res: Response;
         try {
           const headers = { 'user-agent': `runner-fleet ${this.o.version ?? RUNNER_VERSION} (${platform()}/${this.info().architecture})`, ...init.headers };
-          res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, signal: AbortSignal.any(signals) });
+          res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, signal: AbortSignal.any([AbortSignal.timeout(this.o.timeoutMs), untilAnswer.signal]) });
         } catch (err) {
           if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
           const e = err as Error & { cause?: { code?: string; message?: string } };
           // undici says only "fetch failed"; the cause names the real problem (ECONNREFUSED ...).
           const why = e.name === 'TimeoutError' ? `no answer within ${this.o.timeoutMs} ms` : `${e.message}${e.cause ? ` (${e.cause.code ?? e.cause.message})` : ''}`;
           throw new Error(`${what}: ${why}`);
+        } finally {
+          init.signal?.removeEventListener('abort', cut);
         }
         if (res.status >= 500 || res.status === 429) {
           await res.body?.cancel();
@@ -146,7 +153,8 @@ export class GitLabClient {
         minTimeout: this.o.minRetryMs ?? 500,
         maxTimeout: 10_000,
         randomize: true,
-        ...(init.signal ? { signal: init.signal } : {}),
+        // Not p-retry's `signal`: it rejects an attempt that succeeded if the signal fires during it.
+        shouldRetry: () => !init.signal?.aborted,
         onFailedAttempt: ({ error, attemptNumber, retriesLeft }) => {
           if (retriesLeft > 0) this.o.log.debug({ err: error.message, attempt: attemptNumber }, 'GitLab call failed; retrying');
         },

@@ -36,6 +36,43 @@ describe('GitLabClient', () => {
     expect(await client.requestJob('bad-token')).toEqual({ kind: 'forbidden' });
   });
 
+  it('keeps a job whose answer has begun to arrive when the stop signal fires, and stops a request still waiting', async () => {
+    // A GitLab that sends its 201 headers at once and the body a little later.
+    const { createServer: http } = await import('node:http');
+    let headersSent!: () => void;
+    const sent = new Promise<void>((ok) => (headersSent = ok));
+    const server = http((req, res) => {
+      req.resume();
+      if (req.url?.includes('wait')) return; // never answers: a long poll
+      res.writeHead(201, { 'content-type': 'application/json' });
+      res.flushHeaders();
+      headersSent();
+      setTimeout(() => res.end(JSON.stringify({ id: 77, token: 'job-token' })), 300);
+    });
+    await new Promise<void>((ok) => server.listen(0, '127.0.0.1', ok));
+    const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    try {
+      const c = new GitLabClient({ url: base, timeoutMs: 5000, log, systemId: 's_test', retries: 2, minRetryMs: 10 });
+      const stop = new AbortController();
+      const answer = c.requestJob('good-token', stop.signal);
+      await sent;
+      await new Promise((ok) => setTimeout(ok, 50));
+      stop.abort();
+      expect(await answer).toEqual({ kind: 'job', raw: { id: 77, token: 'job-token' } });
+
+      const waiting = new GitLabClient({ url: `${base}/wait`, timeoutMs: 5000, log, systemId: 's_test', retries: 2, minRetryMs: 10 });
+      const stop2 = new AbortController();
+      const started = Date.now();
+      const pending = waiting.requestJob('good-token', stop2.signal);
+      setTimeout(() => stop2.abort(), 100);
+      await expect(pending).rejects.toThrow(/aborted/);
+      expect(Date.now() - started).toBeLessThan(2000);
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
+
   it('retries 5xx a bounded number of times, then throws', async () => {
     gitlab.faults.requestStatus = 502;
     const before = gitlab.stats().requests;
