@@ -7,7 +7,7 @@ import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
 import type { SshSession } from '../connect/ssh.js';
 import { generateVmKeyPair } from '../isolation/keys.js';
-import { LABEL_SHARD, LABEL_VM, type ConnectInfo, type Provider, type VmRef, type VmSpec } from '../providers/provider.js';
+import { LABEL_SHARD, LABEL_VM, supportsStandby, type ConnectInfo, type Provider, type VmRef, type VmSpec } from '../providers/provider.js';
 import { decideScale, staticSettings, staticTargets, type ClassCounts, type TierTargets } from './autoscaler.js';
 import type { DemandModel } from './predictive.js';
 import type { Clock } from './clock.js';
@@ -283,7 +283,7 @@ export class Pool {
     const forJob = rows.filter((r) => r.job_id !== null && (PENDING_STATES.includes(r.state as VmState) || r.state === 'ready')).length;
     rows = rows.filter((r) => r.job_id === null || !(PENDING_STATES.includes(r.state as VmState) || r.state === 'ready'));
     const provider = this.d.providers.get(cls.provider);
-    const standbyCapable = !!(provider?.capabilities.stopStart && provider.stop && provider.start);
+    const standbyCapable = supportsStandby(provider);
     // VMs made for standby go there as soon as they are up.
     for (const r of rows.filter((x) => x.state === 'ready' && this.toStandby.has(x.id) && !this.busy.has(x.id) && !this.reserved.has(x.id))) {
       this.toStandby.delete(r.id);
@@ -486,10 +486,10 @@ export class Pool {
           const seconds = (readyAt.getTime() - bootStart(row)) / 1000;
           if (row.ready_at) {
             this.d.metrics.vmResume.observe({ class: row.class }, seconds);
-            this.d.demand?.get(row.class)?.observeResume(seconds);
+            this.d.demand?.get(row.class)?.observeResume(seconds, row.zone);
           } else {
             this.d.metrics.vmBoot.observe({ class: row.class }, seconds);
-            this.d.demand?.get(row.class)?.observeBoot(seconds);
+            this.d.demand?.get(row.class)?.observeBoot(seconds, row.zone);
           }
           this.d.log.info({ vm: row.id, class: row.class, [row.ready_at ? 'resumeSeconds' : 'bootSeconds']: seconds }, 'VM ready');
         } else {

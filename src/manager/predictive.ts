@@ -1,7 +1,7 @@
 // The predictive policy's model of one class (pure: fed observations and `now`, no I/O). It learns
 // the arrival rate by time of week (5-minute slots, averaged over the weeks of history), follows
 // the last minutes' rate, reads GitLab's queue hints, learns boot and resume times (log-normal,
-// exponentially weighted), and sizes the hot and standby tiers so that a job waits longer than
+// exponentially weighted, per zone: boot-time.ts), and sizes the hot and standby tiers so that a job waits longer than
 // the class's target with probability at most `bound`, at the least idle cost:
 //   - a job that finds a hot VM starts at once; one that finds only standby waits a resume; one
 //     that finds neither waits a boot; a resume or boot is late (over the target) with the
@@ -14,6 +14,7 @@
 
 import type { ClassConfig } from '../config/types.js';
 import type { ClassCounts, TierTargets } from './autoscaler.js';
+import { ZonedTime } from './boot-time.js';
 
 export interface BootTime {
   medianS: number;
@@ -47,39 +48,6 @@ export interface DemandModelOptions {
   resumeFraction: number;
 }
 
-/** Log-normal estimate through EWMA of ln(x) and its square. */
-class LogNormal {
-  private mean: number;
-  private sq: number;
-  private n = 0;
-  constructor(medianS: number, p95S: number, private readonly alpha = 0.1) {
-    const sigma = Math.max(0.01, Math.log(Math.max(p95S, medianS * 1.01) / medianS) / 1.645);
-    this.mean = Math.log(medianS);
-    this.sq = sigma * sigma + this.mean * this.mean;
-  }
-  observe(x: number): void {
-    const l = Math.log(Math.max(0.05, x));
-    const a = this.n < 10 ? 1 / (this.n + 2) : this.alpha; // settle quickly, then follow drift
-    this.mean += a * (l - this.mean);
-    this.sq += a * (l * l - this.sq);
-    this.n++;
-  }
-  get median(): number {
-    return Math.exp(this.mean);
-  }
-  get sigma(): number {
-    return Math.sqrt(Math.max(0, this.sq - this.mean * this.mean));
-  }
-  get p95(): number {
-    return Math.exp(this.mean + 1.645 * this.sigma);
-  }
-  /** P(X > x). */
-  exceeds(x: number): number {
-    if (this.sigma < 1e-9) return this.median > x ? 1 : 0;
-    return 1 - normalCdf((Math.log(x) - this.mean) / this.sigma);
-  }
-}
-
 export class DemandModel {
   /** Arrivals per slot of the week, averaged over the weeks of history. */
   private readonly weekly = new Float64Array(SLOTS);
@@ -87,12 +55,12 @@ export class DemandModel {
   private readonly recent: number[] = [];
   private recentHead = 0;
   private queued = 0;
-  readonly bootTime: LogNormal;
-  readonly resumeTime: LogNormal;
+  readonly bootTime: ZonedTime;
+  readonly resumeTime: ZonedTime;
 
   constructor(private readonly o: DemandModelOptions) {
-    this.bootTime = new LogNormal(o.boot.medianS, o.boot.p95S);
-    this.resumeTime = new LogNormal(o.boot.medianS * o.resumeFraction, o.boot.p95S * o.resumeFraction);
+    this.bootTime = new ZonedTime(o.boot.medianS, o.boot.p95S);
+    this.resumeTime = new ZonedTime(o.boot.medianS * o.resumeFraction, o.boot.p95S * o.resumeFraction);
   }
 
   static slotOf(t: number): number {
@@ -118,12 +86,13 @@ export class DemandModel {
     this.recent.push(t);
   }
 
-  observeBoot(seconds: number): void {
-    this.bootTime.observe(seconds);
+  /** A VM booted in `seconds` (in `zone`, where the provider has zones). */
+  observeBoot(seconds: number, zone?: string | null): void {
+    this.bootTime.observe(seconds, zone);
   }
 
-  observeResume(seconds: number): void {
-    this.resumeTime.observe(seconds);
+  observeResume(seconds: number, zone?: string | null): void {
+    this.resumeTime.observe(seconds, zone);
   }
 
   /** GitLab's queue hint (job_info.queue_size / queue_depth): jobs waiting for this class now. */
@@ -201,14 +170,6 @@ export class DemandModel {
     }
     return { hot, standby };
   }
-}
-
-/** Standard normal CDF (Abramowitz-Stegun 7.1.26, |error| < 1.5e-7). */
-export function normalCdf(z: number): number {
-  const x = Math.abs(z) / Math.SQRT2;
-  const t = 1 / (1 + 0.3275911 * x);
-  const erf = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.exp(-x * x);
-  return z >= 0 ? (1 + erf) / 2 : (1 - erf) / 2;
 }
 
 /** Smallest k with P(Poisson(m) <= k) >= p. */

@@ -13,7 +13,7 @@ import { acquireShardLock } from '../db/lock.js';
 import { migrateToLatest } from '../db/migrate.js';
 import { GitLabClient } from '../gitlab/client.js';
 import { deriveKey } from '../isolation/keys.js';
-import { providerFactory, registeredProviders, type Provider, type SecretBox } from '../providers/provider.js';
+import { providerFactory, registeredProviders, supportsStandby, type Provider, type SecretBox } from '../providers/provider.js';
 import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
 import { Executor } from './executor.js';
@@ -78,7 +78,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     const providers = await createProviders(config, log, metrics, database.db, { seal: (s) => store.encrypt(s), open: (s) => store.tryDecrypt(s) });
     cleanups.push(async () => Promise.all([...providers.values()].map((p) => p.close())));
     const gitlab = new GitLabClient({ url: config.gitlab.url, timeoutMs: config.gitlab.requestTimeoutMs, log, systemId: `s_${hostname().replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}_${config.shard}` });
-    const demand = await loadDemandModels(database.db, config, clock.now());
+    const demand = await loadDemandModels(database.db, config, clock.now(), (cls) => supportsStandby(providers.get(cls.provider)));
     const pool = new Pool({
       config, store, providers, metrics, log, clock, demand,
       probe: (info, o) => waitForSsh(info, { deadlineMs: o.deadlineMs, signal: o.signal }),

@@ -253,3 +253,8 @@ export async function createEach(provider: Pick<Provider, 'create'>, specs: VmSp
     }),
   );
 }
+
+/** A provider that can stop and start VMs, so a class on it can hold a standby tier. */
+export function supportsStandby(p: Provider | undefined): boolean {
+  return !!(p?.capabilities.stopStart && p.stop && p.start);
+}

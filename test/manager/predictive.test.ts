@@ -1,6 +1,8 @@
 // The predictive policy's decisions on crafted situations, on a virtual clock.
 import { describe, expect, it } from 'vitest';
 import { decideScale } from '../../src/manager/autoscaler.js';
+import { ZonedTime } from '../../src/manager/boot-time.js';
+import { startsOfVm } from '../../src/manager/demand.js';
 import { DemandModel, poissonQuantile, probit } from '../../src/manager/predictive.js';
 
 const MON = Date.parse('2026-11-23T00:00:00Z'); // a Monday
@@ -98,6 +100,56 @@ describe('predictive policy', () => {
   });
 });
 
+describe('boot and resume times per zone', () => {
+  it('plans for the zones VMs land in now: a stockout moving placements to a slow zone switches to its times', () => {
+    const t = new ZonedTime(35, 60);
+    for (let i = 0; i < 40; i++) t.observe(18 + (i % 5), 'zone-a'); // fast zone
+    for (let i = 0; i < 6; i++) t.observe(85 + (i % 3) * 5, 'zone-b'); // a few boots in the slow one
+    for (let i = 0; i < 14; i++) t.observe(18 + (i % 5), 'zone-a');
+    // The recent placements are mostly zone-a: a boot is rarely over 60 s.
+    expect(t.exceeds(60)).toBeLessThan(0.35);
+    expect(t.exceeds(60)).toBeGreaterThan(0.15); // 6 of the last 20 boots were in zone-b
+    // Zone-a stocks out; the next boots land in zone-b, whose own times are already known.
+    for (let i = 0; i < 20; i++) t.observe(85 + (i % 3) * 5, 'zone-b');
+    expect(t.exceeds(60)).toBeGreaterThan(0.95);
+    expect(t.p95).toBeCloseTo(t.zone('zone-b')!.p95, 5);
+    expect(t.median).toBeGreaterThan(80);
+    // The class-wide average still remembers zone-a and would plan for boots that no longer happen.
+    expect(t.overall.exceeds(60)).toBeLessThan(t.exceeds(60));
+  });
+
+  it('a zone with fewer than three boots borrows the class-wide estimate; no zone at all is the class-wide one', () => {
+    const t = new ZonedTime(35, 60);
+    for (let i = 0; i < 30; i++) t.observe(30, 'zone-a');
+    t.observe(200, 'zone-c');
+    expect(t.zone('zone-c')!.observations).toBe(1);
+    // 1 of the last 31 boots (window 20) in zone-c, weighed with the class-wide estimate, not its one slow boot.
+    expect(t.exceeds(150)).toBeLessThan(0.05);
+    const plain = new ZonedTime(35, 60);
+    for (let i = 0; i < 30; i++) plain.observe(30);
+    expect(plain.p95).toBeCloseTo(plain.overall.p95, 9);
+    expect(plain.median).toBeCloseTo(30, 0);
+  });
+
+  it('reads boots and resumes off a VM\'s events', () => {
+    const at = (s: number) => new Date(MON + s * 1000);
+    const { boots, resumes } = startsOfVm([
+      { from_state: null, to_state: 'requested', at: at(0) },
+      { from_state: 'requested', to_state: 'creating', at: at(1) },
+      { from_state: 'creating', to_state: 'booting', at: at(4) },
+      { from_state: 'booting', to_state: 'ready', at: at(31) },
+      { from_state: 'ready', to_state: 'stopped', at: at(40) },
+      { from_state: 'stopped', to_state: 'booting', at: at(100) },
+      { from_state: 'booting', to_state: 'ready', at: at(106) },
+      { from_state: 'ready', to_state: 'stopped', at: at(200) },
+      { from_state: 'stopped', to_state: 'booting', at: at(300) },
+      { from_state: 'booting', to_state: 'failed', at: at(400) }, // a resume that never came up is no time
+    ], 'zone-a');
+    expect(boots).toEqual([{ seconds: 31, zone: 'zone-a' }]);
+    expect(resumes).toEqual([{ seconds: 6, zone: 'zone-a' }]);
+  });
+});
+
 describe('predictive models of the live manager', () => {
   it('learn arrivals and boot times from the database at start-up', async () => {
     const { migratedDatabase } = await import('../helpers/database.js');
@@ -119,14 +171,33 @@ classes:
         id: String(100 + i), shard: 'dm', class: 'busy-class', state: 'finished', token_enc: 'x', picked_at: new Date(MON + 10 * H + i * 2000 + 5000), queued_seconds: 5, timeout_seconds: 3600,
       }));
       await db.insertInto('jobs').values(jobs as never).execute();
-      await db.insertInto('vms').values(Array.from({ length: 20 }, (_, i) => ({ id: `v${i}`, shard: 'dm', class: 'busy-class', provider: 'local', name: `rf-dm-v${i}`, state: 'deleted', public_key: 'k', private_key_enc: 'x', created_at: new Date(now - 3600_000 + i * 60_000), ready_at: new Date(now - 3600_000 + i * 60_000 + 30_000) })) as never).execute();
+      // 20 VMs in zone-a that booted in 30 s (write-ahead `requested` to `ready`); 5 of them were
+      // stopped into standby and resumed in 8 s.
+      const vms = Array.from({ length: 20 }, (_, i) => ({ id: `v${i}`, at: now - 3600_000 + i * 60_000 }));
+      await db.insertInto('vms').values(vms.map((v) => ({ id: v.id, shard: 'dm', class: 'busy-class', provider: 'local', name: `rf-dm-${v.id}`, zone: 'zone-a', state: 'deleted', public_key: 'k', private_key_enc: 'x', created_at: new Date(v.at), ready_at: new Date(v.at + 30_000) })) as never).execute();
+      const ev = (vm: string, from: string | null, to: string, at: number) => ({ vm_id: vm, from_state: from, to_state: to, at: new Date(at) });
+      await db.insertInto('vm_events').values(vms.flatMap((v, i) => [
+        ev(v.id, null, 'requested', v.at), ev(v.id, 'requested', 'creating', v.at + 100), ev(v.id, 'creating', 'booting', v.at + 3000), ev(v.id, 'booting', 'ready', v.at + 30_000),
+        ...(i < 5 ? [ev(v.id, 'ready', 'stopped', v.at + 31_000), ev(v.id, 'stopped', 'booting', v.at + 40_000), ev(v.id, 'booting', 'ready', v.at + 48_000)] : []),
+        ev(v.id, 'ready', 'busy', v.at + 50_000), ev(v.id, 'busy', 'deleting', v.at + 55_000), ev(v.id, 'deleting', 'deleted', v.at + 56_000),
+      ])).execute();
       const models = await loadDemandModels(db, config, now);
       expect([...models.keys()]).toEqual(['busy-class']);
       const m = models.get('busy-class')!;
       expect(m.rate(now, 60_000)).toBeCloseTo(0.5, 1);
       expect(m.bootTime.median).toBeGreaterThan(25);
       expect(m.bootTime.median).toBeLessThan(35);
+      expect(m.bootTime.zone('zone-a')?.observations).toBe(20);
+      expect(m.resumeTime.zone('zone-a')?.observations).toBe(5);
+      // Five resumes of 8 s have pulled it most of the way from the local prior (0.5 s).
+      expect(m.resumeTime.median).toBeGreaterThan(5);
+      expect(m.resumeTime.median).toBeLessThan(8.01);
       expect(m.targets(now, counts).hot).toBeGreaterThan(15); // ~0.5/s over a ~30 s boot
+      // On a provider with stop/start, the same demand is held mostly as standby.
+      const tiered = (await loadDemandModels(db, config, now, () => true)).get('busy-class')!;
+      const t = tiered.targets(now, counts);
+      expect(t.standby).toBeGreaterThan(0);
+      expect(t.hot).toBeLessThan(m.targets(now, counts).hot);
     } finally {
       await close();
     }
