@@ -106,6 +106,9 @@ function crossFieldErrors(input: unknown): string[] {
       if (Number.isInteger(idle) && Number.isInteger(max) && max >= 1 && idle > max) {
         errors.push(`${formatPath(['classes', name, 'pool', 'idle'])}: expected integer <= pool.max (${max}), got ${idle}`);
       }
+      if (pool['standbyMode'] === 'suspend' && checks && !checks.suspend) {
+        errors.push(`${formatPath(['classes', name, 'pool', 'standbyMode'])}: expected "stop" (provider ${String(provider)} cannot suspend VMs), got "suspend"`);
+      }
     }
   }
   if (isRecord(providers)) {
@@ -130,6 +133,7 @@ function toShardConfig(raw: RawShardConfig, baseDir: string): ShardConfig {
         scaleFactor: c.pool.scaleFactor,
         scaleFactorLimit: c.pool.scaleFactorLimit,
         standby: c.pool.standby,
+        standbyMode: c.pool.standbyMode,
         periods: c.pool.periods.map((p) => ({
           cron: p.cron,
           timezone: p.timezone,

@@ -7,6 +7,7 @@ export function poolConfig(p: Pick<PoolConfig, 'idle' | 'max'> & Partial<PoolCon
     scaleFactor: 0,
     scaleFactorLimit: 0,
     standby: 0,
+    standbyMode: 'stop',
     periods: [],
     policy: 'static',
     targetMs: 10_000,

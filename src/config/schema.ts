@@ -131,6 +131,7 @@ const poolSchema = z.strictObject(
     scaleFactor: numberAtLeast(0).default(0),
     scaleFactorLimit: intAtLeast(0).default(0),
     standby: intAtLeast(0).default(0),
+    standbyMode: z.enum(['stop', 'suspend'], { error: 'stop or suspend' }).default('stop'),
     periods: z.array(periodSchema, { error: 'list of periods' }).default([]),
     policy: z.enum(['static', 'predictive'], { error: 'static or predictive' }).default('static'),
     target: duration(1000, HOUR).default(10_000),

@@ -14,6 +14,11 @@ export interface PoolConfig {
   scaleFactorLimit: number;
   /** Stopped never-used VMs to hold (providers that can stop/start). */
   standby: number;
+  /**
+   * How standby VMs are kept: `stop` (disk only; a resume boots the OS again) or `suspend` (memory
+   * kept on disk; a resume continues the booted OS, faster; providers that can suspend: gcp).
+   */
+  standbyMode: 'stop' | 'suspend';
   /** Schedules overriding the settings above; the last matching one wins. */
   periods: PoolPeriod[];
   /** `static` (the settings above) or `predictive` (learned demand, see autoscaler/predictive.ts). */

@@ -348,12 +348,13 @@ export class Pool {
     if (decision.createStandby > 0) for (const id of await this.createVms(cls, decision.createStandby)) this.toStandby.add(id);
   }
 
-  /** Write-ahead `stopped`, then stop it in the cloud (its disk stays: the standby tier). */
+  /** Write-ahead `stopped`, then stop or suspend it in the cloud (its disk stays: the standby tier). */
   private async stopVm(cls: ClassConfig, row: VmRow, why: string): Promise<void> {
     if (this.reserved.has(row.id)) return; // a job request holds it now
     row.state = 'stopped'; // keeps reserve() off it while the transition commits
     this.closeSession(row.id);
-    await this.lifecycle(cls, row, 'ready', 'stopped', why, 'stop');
+    const op = cls.pool.standbyMode === 'suspend' ? 'suspend' : 'stop';
+    await this.lifecycle(cls, row, 'ready', 'stopped', `${why} (${op})`, op);
   }
 
   /** Write-ahead `booting` (a resume), then start it; the boot probe makes it ready again. */
@@ -362,7 +363,7 @@ export class Pool {
   }
 
   /** The state change first, then the cloud call it stands for; a failed call fails the VM. */
-  private async lifecycle(cls: ClassConfig, row: VmRow, from: VmState, to: VmState, why: string, op: 'stop' | 'start'): Promise<void> {
+  private async lifecycle(cls: ClassConfig, row: VmRow, from: VmState, to: VmState, why: string, op: 'stop' | 'suspend' | 'start'): Promise<void> {
     if (!(await this.d.store.transition(row.id, from, to, {}, why))) return;
     const provider = this.provider(cls.provider);
     this.spawn([row.id], async () => {

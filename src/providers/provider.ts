@@ -72,6 +72,8 @@ export interface ConnectInfo {
 export interface ProviderCapabilities {
   batchCreate: boolean;
   stopStart: boolean;
+  /** Standby by suspend (pool.standbyMode: suspend) as well as by stop. */
+  suspend?: boolean;
   gpu: boolean;
   windows: boolean;
   nestedVms: boolean;
@@ -119,8 +121,10 @@ export interface Provider {
   delete(refs: VmRef[]): Promise<void>;
   /** Stop VMs, keeping their disks (the standby tier); where `capabilities.stopStart`. */
   stop?(refs: VmRef[]): Promise<void>;
-  /** Start stopped VMs again (resume from standby). */
+  /** Start stopped VMs again (resume from standby); suspended ones are resumed. */
   start?(refs: VmRef[]): Promise<void>;
+  /** Suspend VMs: memory kept on disk, resumed by `start` faster than a stopped VM boots; where `capabilities.suspend`. */
+  suspend?(refs: VmRef[]): Promise<void>;
   /** How to reach a running VM, given its ephemeral private key. */
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo;
   /**
@@ -208,6 +212,8 @@ export type ProviderFactory = (config: Record<string, unknown>, ctx: ProviderCon
 export interface ProviderValidators {
   config?(raw: unknown): string[];
   machine?(className: string, machine: unknown): string[];
+  /** The provider can suspend VMs (classes may set pool.standbyMode: suspend). */
+  suspend?: boolean;
 }
 
 const registry = new Map<string, ProviderFactory>();

@@ -163,6 +163,11 @@ describe('loading a shard config', () => {
       'classes.a.pool.bound: expected number between 0.0001 and 0.5, got 2',
       'classes.a.pool.intake: expected auto, preemptive or coldStart, got "eager"',
     ]);
+    // Suspend needs a provider that can suspend (gcp); local cannot, and a typo is named.
+    expect(errorsOf(`${head}classes:\n  a: { runnerToken: t, provider: local, pool: { idle: 1, max: 4, standby: 1, standbyMode: suspend } }\n  b: { runnerToken: t, provider: local, pool: { idle: 1, max: 4, standbyMode: hibernate } }\n`)).toEqual([
+      'classes.b.pool.standbyMode: expected stop or suspend, got "hibernate"',
+      'classes.a.pool.standbyMode: expected "stop" (provider local cannot suspend VMs), got "suspend"',
+    ]);
     const ok = `${head}classes: { a: { runnerToken: t, provider: local, pool: { idle: 1, max: 4 } } }\n`;
     expect(errorsOf(`${ok}billing: { token: short, webhooks: [{ url: "ftp://x", secret: s, batchSize: 5000, deadLetterAfter: 1s }] }\n`)).toEqual([
       'billing.token: expected string of at least 16 characters, or null, got a string of 5 characters',

@@ -1,6 +1,6 @@
 // A Compute Engine v1 REST emulator: the wire format the real InstancesClient/ZoneOperationsClient
 // send in REST fallback mode (instances insert/bulkInsert/get/list/aggregatedList/delete/
-// setMetadata/setLabels/stop/start/getSerialPortOutput, zoneOperations get/wait), GCE's error
+// setMetadata/setLabels/stop/start/suspend/resume/getSerialPortOutput, zoneOperations get/wait), GCE's error
 // JSON, fault injection (stockouts, 429s, quota, hung calls), and instances that are real SSH
 // sandboxes (the local provider's) on their own loopback address. Used by tests, demo, benches.
 import { constants as cryptoConstants, createHash, createPublicKey, publicEncrypt, randomBytes, randomInt } from 'node:crypto';
@@ -32,9 +32,11 @@ export type GceCall =
   | 'setLabels'
   | 'stop'
   | 'start'
+  | 'suspend'
+  | 'resume'
   | 'serialPort';
 
-const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'serialPort'];
+const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort'];
 
 export interface GceFaults {
   /** Inserts into these zones finish DONE with a ZONE_RESOURCE_POOL_EXHAUSTED operation error. */
@@ -55,7 +57,7 @@ export interface GceFaults {
   failNextWith?: { status: number; reason: string; message: string };
 }
 
-export type InstanceStatus = 'PROVISIONING' | 'STAGING' | 'RUNNING' | 'STOPPING' | 'TERMINATED';
+export type InstanceStatus = 'PROVISIONING' | 'STAGING' | 'RUNNING' | 'STOPPING' | 'TERMINATED' | 'SUSPENDING' | 'SUSPENDED';
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 export interface GceEmulatorOptions {
@@ -86,6 +88,9 @@ export interface GceEmulator {
   windowsPasswords: Map<string, string>;
   /** Boot delay for instances booted from now on. */
   bootDelayMs: number;
+  /** How long a suspend (writing memory out) and a resume (reading it back) take. */
+  suspendDelayMs: number;
+  resumeDelayMs: number;
   /** Root directory of the VM sandboxes. */
   sandboxRoot: string;
   /** The insert body received for this instance (bulkInsert: the effective per-instance body). */
@@ -204,6 +209,8 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     calls,
     windowsPasswords,
     bootDelayMs: opts.bootDelayMs ?? 0,
+    suspendDelayMs: 50,
+    resumeDelayMs: 50,
     sandboxRoot,
     inserted: (name) => inserted.get(name),
     instance: (name, zone) => findInst(name, zone)?.res,
@@ -406,6 +413,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       for (const w of inst.runningWaiters.splice(0)) w();
     }
     if (status === 'TERMINATED') inst.res['lastStopTimestamp'] = now();
+    if (status === 'SUSPENDED') inst.res['lastSuspendedTimestamp'] = now();
   }
 
   /** PROVISIONING -> STAGING (sandbox starting) -> RUNNING (sandbox listening, port recorded). */
@@ -848,6 +856,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     const again = replay(project, rid);
     if (again) return again.json;
     const inst = instOr404(req.params);
+    if (inst.res['status'] === 'SUSPENDED' || inst.res['status'] === 'SUSPENDING') throw new HttpError(400, 'badRequest', `Instance '${inst.name}' is suspended: resume it instead of starting it`);
     const op = newOp(project, zone, 'start', inst.res['selfLink'], inst.id, rid);
     if (inst.res['status'] !== 'TERMINATED') {
       op.finish(); // already running (or on its way): nothing to do, as in GCE
@@ -856,6 +865,36 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     bootAll(op, [inst]);
     return op.json;
   });
+
+  // Suspend keeps the guest's memory: the sandbox and its commands are frozen (SIGSTOP), and a
+  // resume thaws them, so the VM answers again without a boot. Both are idempotent: a VM already
+  // where the call leads finishes at once.
+  const freezeRoute = (call: 'suspend' | 'resume', from: InstanceStatus, via: InstanceStatus, to: InstanceStatus, delayMs: () => number): void => {
+    app.post(`${Z}/instances/:name/${call}`, { config: { call } }, async (req: Req) => {
+      const { project, zone } = req.params;
+      const rid = q(req, 'requestId');
+      const again = replay(project, rid);
+      if (again) return again.json;
+      const inst = instOr404(req.params);
+      const status = inst.res['status'];
+      if (status !== from && status !== via && status !== to) throw new HttpError(400, 'resourceNotReady', `The resource '${inst.res['selfLink']}' is not ready: status ${status} cannot be ${call}d`);
+      const op = newOp(project, zone, call, inst.res['selfLink'], inst.id, rid);
+      if (status !== from) {
+        op.finish();
+        return op.json;
+      }
+      setStatus(inst, via);
+      void sleep(delayMs()).then(() => {
+        if (inst.res['status'] !== via) return op.finish();
+        local.freeze(inst.sandboxName, call === 'suspend');
+        setStatus(inst, to);
+        op.finish();
+      });
+      return op.json;
+    });
+  };
+  freezeRoute('suspend', 'RUNNING', 'SUSPENDING', 'SUSPENDED', () => emu.suspendDelayMs);
+  freezeRoute('resume', 'SUSPENDED', 'STAGING', 'RUNNING', () => emu.resumeDelayMs);
 
   app.get(`${Z}/instances/:name/serialPort`, { config: { call: 'serialPort' } }, async (req: Req) => {
     const inst = instOr404(req.params);

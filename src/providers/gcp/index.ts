@@ -9,6 +9,7 @@ export { retrieveWindowsPassword } from './windows.js';
 
 registerProvider('gcp', (config, ctx) => new GcpProvider(parseGcpConfig(config), ctx), {
   config: (raw) => errorsOf(() => parseGcpConfig(raw)),
+  suspend: true,
   machine: (className, machine) => {
     const errors = validateGcpMachine(className, machine);
     // The provider can fetch a Windows password (windows-keys), but the manager connects with

@@ -95,10 +95,12 @@ interface Seen {
   os: GuestOs;
   username: string;
   sshPort?: number;
+  /** Suspended (or suspending): `start` resumes it instead. Unknown until created or listed. */
+  suspended?: boolean;
 }
 
 export interface GcpClients {
-  instances: Pick<InstancesClient, 'insert' | 'bulkInsert' | 'delete' | 'get' | 'aggregatedListAsync' | 'setLabels' | 'setMetadata' | 'getSerialPortOutput' | 'stop' | 'start' | 'close'>;
+  instances: Pick<InstancesClient, 'insert' | 'bulkInsert' | 'delete' | 'get' | 'aggregatedListAsync' | 'setLabels' | 'setMetadata' | 'getSerialPortOutput' | 'stop' | 'start' | 'suspend' | 'resume' | 'close'>;
   operations: Pick<ZoneOperationsClient, 'wait' | 'close'>;
 }
 
@@ -117,7 +119,7 @@ const LIST_CACHE_MS = 1000;
 
 export class GcpProvider implements Provider {
   readonly name = 'gcp';
-  readonly capabilities: ProviderCapabilities = { batchCreate: true, stopStart: true, gpu: true, windows: true, nestedVms: false };
+  readonly capabilities: ProviderCapabilities = { batchCreate: true, stopStart: true, suspend: true, gpu: true, windows: true, nestedVms: false };
   readonly stats: GcpStats = { calls: {}, retries: 0, timeouts: 0, stockouts: 0, rateLimited: 0, bulkInserts: 0, bulkFallbacks: 0, listCacheHits: 0 };
   private readonly clients: GcpClients;
   private readonly bucket: TokenBucket;
@@ -216,7 +218,7 @@ export class GcpProvider implements Provider {
 
 
   private remember(spec: VmSpec, machine: GcpMachine, zone: string): void {
-    this.seen.set(spec.name, { zone, os: machine.os, username: machine.username });
+    this.seen.set(spec.name, { zone, os: machine.os, username: machine.username, suspended: false });
     this.shardOf.set(spec.name, spec.labels[LABEL_SHARD] ?? spec.shard);
     this.deleting.delete(spec.name);
     this.listCache.clear();
@@ -445,6 +447,7 @@ export class GcpProvider implements Provider {
         os: prior?.os ?? (windows ? 'windows' : 'linux'),
         username: prior?.username ?? sshUser ?? 'runner',
         ...(Number.isInteger(port) && port > 0 ? { sshPort: port } : {}),
+        suspended: i.status === 'SUSPENDED' || i.status === 'SUSPENDING',
       });
     }
     const ip = i.networkInterfaces?.[0]?.networkIP ?? undefined;
@@ -519,24 +522,39 @@ export class GcpProvider implements Provider {
     if (errors.length) throw errors.length === 1 ? errors[0]! : new ProviderError(errors[0]!.kind, `${errors.length} deletes failed; first: ${errors[0]!.message}`, { provider: 'gcp', operation: 'delete', cause: errors });
   }
 
-  /** Stop (standby tiers); the disk stays. */
+  /** Stop (standby tier): the disk stays; a start boots the OS again. */
   async stop(refs: VmRef[]): Promise<void> {
     await this.lifecycle(refs, 'stop');
   }
 
-  async start(refs: VmRef[]): Promise<void> {
-    await this.lifecycle(refs, 'start');
+  /** Suspend (standby tier): memory is kept on disk; a resume continues the booted OS. */
+  async suspend(refs: VmRef[]): Promise<void> {
+    await this.lifecycle(refs, 'suspend');
   }
 
-  private async lifecycle(refs: VmRef[], what: 'stop' | 'start'): Promise<void> {
+  /** Start stopped VMs and resume suspended ones (GCE refuses `start` for a suspended VM). */
+  async start(refs: VmRef[]): Promise<void> {
+    const unknown = refs.filter((r) => this.seen.get(r.name)?.suspended === undefined);
+    if (unknown.length) await this.describe(unknown); // one list tells which are suspended
+    const suspended = refs.filter((r) => this.seen.get(r.name)?.suspended);
+    await Promise.all([this.lifecycle(refs.filter((r) => !suspended.includes(r)), 'start'), this.lifecycle(suspended, 'resume')]);
+  }
+
+  private async lifecycle(refs: VmRef[], what: 'stop' | 'start' | 'suspend' | 'resume'): Promise<void> {
+    if (refs.length === 0) return;
     const zones = await this.zonesOf(refs);
+    const { instances } = this.clients;
     await Promise.all(
       refs.map(async (r) => {
         const zone = zones.get(r.name);
         if (!zone) throw new ProviderError('notFound', `gcp ${what} ${r.name}: no such VM`, { provider: 'gcp', operation: what });
         const req = { project: this.cfg.project, zone, instance: r.name, requestId: requestId(this.cfg.project, zone, r.name, what, String(this.now())) };
-        const [lro] = await this.call(`instances.${what}`, zone, (o) => (what === 'stop' ? this.clients.instances.stop(req, o) : this.clients.instances.start(req, o)));
+        const [lro] = await this.call(`instances.${what}`, zone, (o) =>
+          what === 'stop' ? instances.stop(req, o) : what === 'start' ? instances.start(req, o) : what === 'suspend' ? instances.suspend(req, o) : instances.resume(req, o),
+        );
         await this.waitOp(zone, lro.latestResponse as Operation, `${what} ${r.name}`);
+        const seen = this.seen.get(r.name);
+        if (seen) seen.suspended = what === 'suspend';
       }),
     );
     this.listCache.clear();

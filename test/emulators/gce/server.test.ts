@@ -1,6 +1,6 @@
 // The GCE emulator through the real @google-cloud/compute clients (REST fallback).
 import { constants, privateDecrypt } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InstancesClient, ZoneOperationsClient, type protos } from '@google-cloud/compute';
@@ -309,12 +309,46 @@ describe('GCE emulator through the real InstancesClient', () => {
     expect(tail.start).toBe(all.next);
   });
 
+  it('suspends (sandbox frozen, memory kept), refuses start while suspended, and resumes the same sandbox without a boot', async () => {
+    const name = uniq('sr');
+    const keys = generateVmKeyPair(name);
+    await waitOp(await insert(name, { a: '1' }, keys.publicKey));
+    const running = await get(name);
+    const ip = running.networkInterfaces![0]!.networkIP!;
+    const port = Number(running.metadata?.items?.find((i) => i.key === EMULATOR_SSH_PORT_KEY)?.value);
+    const pid = Number(readFileSync(join(emu.sandboxRoot, name, 'pid'), 'utf8'));
+    const procState = () => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]![0];
+    expect(procState()).not.toBe('T');
+
+    const [suspend] = await instances.suspend({ project: PROJECT, zone: ZONE, instance: name });
+    await waitOp(suspend.latestResponse as Operation);
+    expect((await get(name)).status).toBe('SUSPENDED');
+    expect(procState()).toBe('T'); // frozen, not gone
+    await expect(connectSsh({ protocol: 'ssh', os: 'linux', host: ip, port, username: 'runner', privateKey: keys.privateKey }, { timeoutMs: 500 })).rejects.toThrow();
+    await expect(instances.start({ project: PROJECT, zone: ZONE, instance: name })).rejects.toMatchObject({ status: 400 });
+
+    const [resume] = await instances.resume({ project: PROJECT, zone: ZONE, instance: name });
+    await waitOp(resume.latestResponse as Operation);
+    const after = await get(name);
+    expect(after.status).toBe('RUNNING');
+    expect(after.lastSuspendedTimestamp).toBeTruthy();
+    expect(Number(readFileSync(join(emu.sandboxRoot, name, 'pid'), 'utf8'))).toBe(pid); // the same guest, not a new boot
+    const ssh = await connectSsh({ protocol: 'ssh', os: 'linux', host: ip, port, username: 'runner', privateKey: keys.privateKey });
+    try {
+      expect((await ssh.exec('true')).exitCode).toBe(0);
+    } finally {
+      ssh.close();
+    }
+  });
+
   it('counts calls per method', () => {
     expect(emu.calls.insert).toBeGreaterThan(0);
     expect(emu.calls.operationsWait).toBeGreaterThan(0);
     expect(emu.calls.bulkInsert).toBe(2);
     expect(emu.calls.setMetadata).toBe(2);
     expect(emu.calls.stop).toBe(1);
+    expect(emu.calls.suspend).toBe(1);
+    expect(emu.calls.resume).toBe(1);
     expect(emu.calls.setLabels).toBe(2);
   });
 });
