@@ -1,4 +1,4 @@
-// Command line: start, demo, migrate, config check, simulate, billing export.
+// Command line: start, demo, migrate, config check, simulate, billing export, network check/allocate.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
@@ -24,6 +24,12 @@ Usage:
   runner-fleet billing export --config SHARD.yaml [--since TIME] [--until TIME] [--format csv|jsonl]
                                               compute-minute events of jobs finished in [since, until)
                                               to stdout (default: all of them, csv)
+  runner-fleet network check --registry CIDRS.csv
+                                              find overlapping subnets in a CIDR registry; exit 1 on any
+  runner-fleet network allocate --registry CIDRS.csv --environment ENV --network NET
+                       [--within 10.0.0.0/8] [--prefix 21] [--write]
+                                              the subnet CIDR of a shard network: its registered one, else
+                                              the lowest free block (--write appends it to the registry)
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -46,6 +52,13 @@ export async function main(argv: string[]): Promise<number> {
     case 'billing':
       if (rest[0] === 'export') return billingExport(rest.slice(1));
       process.stderr.write(`unknown billing subcommand ${JSON.stringify(rest[0] ?? '')}\n\n${USAGE}`);
+      return 2;
+    case 'network':
+      if (rest[0] === 'check' || rest[0] === 'allocate') {
+        const { networkCommand } = await import('./network-cli.js');
+        return networkCommand(rest[0], rest.slice(1), (m) => new UsageError(m));
+      }
+      process.stderr.write(`unknown network subcommand ${JSON.stringify(rest[0] ?? '')}\n\n${USAGE}`);
       return 2;
     case undefined:
     case 'help':

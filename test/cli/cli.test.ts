@@ -1,6 +1,6 @@
 // The command line as an operator uses it: a real process, exit codes and messages.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -104,4 +104,44 @@ describe('runner-fleet billing export', () => {
     expect(bad.stderr).toContain('--since: expected an ISO 8601 date or date-time');
     expect(cli(['billing', 'export', '--config', config, '--format', 'xml'], { SMALL_TOKEN: 'x' }).stderr).toContain('--format: expected csv or jsonl, got "xml"');
   }, 180_000);
+});
+
+describe('runner-fleet network', () => {
+  const registryText = readFileSync('deploy/network/cidr-registry.csv', 'utf8');
+
+  it('checks a registry: ok, or every overlap named with exit 1', () => {
+    const ok = cli(['network', 'check', '--registry', file('cidrs.csv', registryText)]);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/ok \(\d+ subnets, no overlaps\)/);
+    const bad = cli(['network', 'check', '--registry', file('bad-cidrs.csv', `${registryText.trimEnd()}\nGCP/dup,gitlab-ci/dup/p1,10.14.100.0/22\n`)]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain('1 overlapping subnet pair');
+    expect(bad.stderr).toMatch(/line \d+ \(GCP\/gitlab-r-saas-l-s-amd64-5 gitlab-ci\/saas-l-s-amd64\/p5 10\.14\.96\.0\/21\) overlaps line \d+ \(GCP\/dup gitlab-ci\/dup\/p1 10\.14\.100\.0\/22\)/);
+  });
+
+  it('allocates a free subnet, writes it with --write, and answers the same one after', () => {
+    const path = file('alloc.csv', registryText);
+    const args = ['network', 'allocate', '--registry', path, '--environment', 'GCP/gitlab-r-saas-l-s-amd64-7', '--network', 'gitlab-ci/saas-l-s-amd64/p7', '--within', '10.14.0.0/16'];
+    const dry = cli(args);
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toBe('GCP/gitlab-r-saas-l-s-amd64-7,gitlab-ci/saas-l-s-amd64/p7,10.14.112.0/21\n');
+    expect(readFileSync(path, 'utf8')).toBe(registryText);
+    expect(cli([...args, '--write']).code).toBe(0);
+    expect(readFileSync(path, 'utf8')).toBe(`${registryText}GCP/gitlab-r-saas-l-s-amd64-7,gitlab-ci/saas-l-s-amd64/p7,10.14.112.0/21\n`);
+    const again = cli([...args, '--write']);
+    expect(again.stdout).toBe(dry.stdout);
+    expect(again.stderr).toContain('already has 10.14.112.0/21');
+    expect(readFileSync(path, 'utf8').split('\n').filter((l) => l.includes('saas-l-s-amd64-7'))).toHaveLength(1);
+    expect(cli(['network', 'check', '--registry', path]).code).toBe(0);
+  });
+
+  it('rejects bad flags by name', () => {
+    const path = file('flags.csv', registryText);
+    const base = ['network', 'allocate', '--registry', path, '--environment', 'GCP/x', '--network', 'net/x'];
+    expect(cli([...base, '--within', '10.14.1.0/16']).stderr).toContain('--within: 10.14.1.0/16: host bits are set; the network is 10.14.0.0/16');
+    expect(cli([...base, '--within', '8.8.0.0/16']).stderr).toContain('--within: 8.8.0.0/16 is not inside a private range');
+    expect(cli([...base, '--prefix', '30']).stderr).toContain('--prefix: expected an integer from 8 (the --within range) to 29, got "30"');
+    expect(cli(['network', 'allocate', '--registry', path, '--environment', 'a,b', '--network', 'n']).stderr).toContain('--environment: expected letters, digits and . _ / -, got "a,b"');
+    expect(cli(['network', 'check']).code).toBe(2);
+  });
 });

@@ -1,0 +1,80 @@
+// `runner-fleet network check|allocate`: the shard network plan over a CIDR registry file.
+import { appendFileSync, readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { CidrError, formatCidr, isPrivate, parseCidr } from './isolation/cidr.js';
+import { RegistryError, allocate, describeConflict, findConflicts, parseRegistry, registryLine, type RegistryRow } from './isolation/network-plan.js';
+
+type Usage = (message: string) => Error;
+
+export async function networkCommand(sub: 'check' | 'allocate', args: string[], usage: Usage): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      registry: { type: 'string' }, environment: { type: 'string' }, network: { type: 'string' },
+      within: { type: 'string', default: '10.0.0.0/8' }, prefix: { type: 'string', default: '21' }, write: { type: 'boolean', default: false },
+    },
+    strict: true,
+  });
+  if (!values.registry) throw usage('--registry FILE is required');
+  const path = values.registry;
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    process.stderr.write(`${path}: cannot read: ${(err as Error).message}\n`);
+    return 1;
+  }
+  let rows: RegistryRow[];
+  try {
+    rows = parseRegistry(text);
+  } catch (err) {
+    if (!(err instanceof RegistryError)) throw err;
+    process.stderr.write(`${path}: invalid registry\n${err.message.split('\n').map((l) => `  ${l}`).join('\n')}\n`);
+    return 1;
+  }
+  const conflicts = findConflicts(rows);
+  if (conflicts.length) {
+    process.stderr.write(`${path}: ${conflicts.length} overlapping subnet pair${conflicts.length === 1 ? '' : 's'}\n${conflicts.map((c) => `  ${describeConflict(c)}`).join('\n')}\n`);
+    return 1;
+  }
+  if (sub === 'check') {
+    process.stdout.write(`${path}: ok (${rows.length} subnets, no overlaps)\n`);
+    return 0;
+  }
+
+  const name = (flag: string, v: string | undefined) => {
+    if (!v) throw usage(`--${flag} is required`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9._\/-]*$/.test(v)) throw usage(`--${flag}: expected letters, digits and . _ / -, got ${JSON.stringify(v)}`);
+    return v;
+  };
+  const environment = name('environment', values.environment);
+  const network = name('network', values.network);
+  let within;
+  try {
+    within = parseCidr(values.within);
+  } catch (err) {
+    if (err instanceof CidrError) throw usage(`--within: ${err.message}`);
+    throw err;
+  }
+  if (!isPrivate(within)) throw usage(`--within: ${values.within} is not inside a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)`);
+  const prefix = Number(values.prefix);
+  if (!/^\d{1,2}$/.test(values.prefix) || prefix < within.prefix || prefix > 29) throw usage(`--prefix: expected an integer from ${within.prefix} (the --within range) to 29, got ${JSON.stringify(values.prefix)}`);
+
+  const got = allocate(rows, { environment, network, within, prefix });
+  if (got.kind === 'full') {
+    process.stderr.write(`${path}: no free /${prefix} left in ${formatCidr(within)}\n`);
+    return 1;
+  }
+  process.stdout.write(`${registryLine(got.row)}\n`);
+  if (got.kind === 'existing') {
+    process.stderr.write(`${environment} ${network} already has ${formatCidr(got.row.cidr)} (line ${got.row.line}); nothing allocated\n`);
+    return 0;
+  }
+  if (values.write) {
+    appendFileSync(path, `${text.endsWith('\n') || text === '' ? '' : '\n'}${registryLine(got.row)}\n`);
+    process.stderr.write(`allocated ${formatCidr(got.row.cidr)} to ${environment} ${network}; appended to ${path}\n`);
+  } else {
+    process.stderr.write(`free: ${formatCidr(got.row.cidr)} (not written; add --write to append it to ${path})\n`);
+  }
+  return 0;
+}
