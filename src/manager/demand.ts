@@ -5,7 +5,7 @@
 import type { Kysely } from 'kysely';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { Database } from '../db/schema.js';
-import { DemandModel, priorBootTime } from './predictive.js';
+import { DemandModel, priorBootTime, priorResumeFraction } from './predictive.js';
 
 const HISTORY_MS = 28 * 24 * 3600_000;
 const BOOT_HISTORY_MS = 7 * 24 * 3600_000;
@@ -58,7 +58,7 @@ export async function loadDemandModels(
       idleBudget: cls.pool.idleBudget,
       standbyCapable: standbyCapable(cls),
       boot: priorBootTime(cls),
-      resumeFraction: 0.25,
+      resumeFraction: priorResumeFraction(cls.pool),
     });
     const since = new Date(now - HISTORY_MS);
     const jobs = await db.selectFrom('jobs').select(['picked_at', 'queued_seconds']).where('shard', '=', config.shard).where('class', '=', cls.name).where('picked_at', '>=', since).execute();

@@ -30,6 +30,14 @@ export function priorBootTime(cls: Pick<ClassConfig, 'name' | 'provider' | 'mach
   return { medianS: 35, p95S: 60 };
 }
 
+/**
+ * Prior resume time from standby as a fraction of a cold boot, until resumes are observed: a
+ * stopped VM skips provisioning but boots its OS again; a suspended one only reloads its memory.
+ */
+export function priorResumeFraction(pool: Pick<ClassConfig['pool'], 'standbyMode'>): number {
+  return pool.standbyMode === 'suspend' ? 0.1 : 0.25;
+}
+
 const SLOT_MS = 5 * 60_000;
 const WEEK_MS = 7 * 24 * 3600_000;
 const SLOTS = WEEK_MS / SLOT_MS;

@@ -7,7 +7,7 @@
 // integrate the count of VMs per state between events.
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import { decideScale, intakeMode, staticSettings, staticTargets, type ClassCounts, type TierTargets } from '../manager/autoscaler.js';
-import { DemandModel, priorBootTime as defaultBoot } from '../manager/predictive.js';
+import { DemandModel, priorBootTime as defaultBoot, priorResumeFraction } from '../manager/predictive.js';
 import { logNormal, rng } from './random.js';
 import type { TraceJob } from './trace.js';
 
@@ -20,7 +20,7 @@ export interface SimulateOptions {
   /** Overrides every class's `pool.policy`. */
   policy?: 'static' | 'predictive';
   boot?: Record<string, BootTime>;
-  /** Resume time as a fraction of boot time (standby tier). */
+  /** Resume time as a fraction of boot time (standby tier); default by the class's standbyMode (stop 0.25, suspend 0.1). */
   resumeFraction?: number;
   seed?: number;
   /** Autoscaler tick (the live pool ticks every 500 ms; 5 s keeps a day fast and changes little). */
@@ -143,11 +143,11 @@ export function simulate(o: SimulateOptions): SimReport {
   const random = rng(o.seed ?? 1);
   const tick = o.tickS ?? 5;
   const startMs = o.startMs ?? Date.parse('2026-11-23T00:00:00Z'); // a Monday
-  const resumeFraction = o.resumeFraction ?? 0.25;
   const classes: Cls[] = Object.values(o.config.classes).map((cfg) => {
     const bt = o.boot?.[cfg.name] ?? defaultBoot(cfg);
     const policy = o.policy ?? cfg.pool.policy;
     const standbyCapable = STOP_START.has(cfg.provider);
+    const resumeFraction = o.resumeFraction ?? priorResumeFraction(cfg.pool);
     const model =
       policy === 'predictive'
         ? new DemandModel({ targetMs: cfg.pool.targetMs, bound: cfg.pool.bound, max: cfg.pool.max, idleBudget: cfg.pool.idleBudget, standbyCapable, boot: { medianS: bt.medianS, p95S: bt.p95S }, resumeFraction })

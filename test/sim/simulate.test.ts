@@ -108,4 +108,25 @@ describe('runner-fleet simulate', () => {
     expect(p.startLatency.p90).toBeLessThan(cold.startLatency.p90);
     expect(p.startedWithin120s).toBe(1);
   });
+
+  it('standby by suspend resumes faster than by stop: the same standby tier starts jobs sooner', () => {
+    const gcp = (mode: string) => `
+shard: sim-g
+gitlab: { url: "http://127.0.0.1:9", pollInterval: 2s }
+providers: { gcp: { project: sim-project } }
+classes:
+  linux-a: { runnerToken: a, provider: gcp, machine: { machineType: n2d-standard-2, image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64, zones: [us-central1-a] }, pool: { idle: 1, standby: 12, standbyMode: ${mode}, max: 60, intake: auto, idleTime: 0s } }
+  linux-b: { runnerToken: b, provider: gcp, machine: { machineType: n2d-standard-2, image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64, zones: [us-central1-a] }, pool: { idle: 1, standby: 6, standbyMode: ${mode}, max: 60, intake: auto, idleTime: 0s } }
+`;
+    const sim = (mode: string) => {
+      const config = parseConfig(gcp(mode));
+      return simulate({ config, jobs: parseTrace(trace(), new Set(Object.keys(config.classes))), boot: { 'linux-a': { medianS: 35, p95S: 60 }, 'linux-b': { medianS: 35, p95S: 60 } }, seed: 3 });
+    };
+    const stop = sim('stop');
+    const suspend = sim('suspend');
+    expect(stop.cloudCalls.start).toBeGreaterThan(50); // the standby tier is used
+    expect(suspend.cloudCalls.start).toBeGreaterThan(50);
+    expect(suspend.startLatency.p90).toBeLessThan(stop.startLatency.p90);
+    expect(suspend.bootVmSeconds).toBeLessThan(stop.bootVmSeconds);
+  });
 });
