@@ -2,6 +2,7 @@
 // so every message reads `<path>: expected <what>, got <value>` (see format.ts).
 import { Cron } from 'croner';
 import { z } from 'zod';
+import { parseCidr } from '../isolation/cidr.js';
 import { formatDuration, tryParseDuration } from './duration.js';
 
 export const SHARD_NAME = /^[a-z0-9-]{1,40}$/;
@@ -84,6 +85,21 @@ function numberAtLeast(min: number) {
   const what = `number >= ${min}`;
   return z.preprocess(numeric, z.number({ error: what }).min(min, { error: what }));
 }
+
+/** An IPv4 CIDR with no host bits set, kept as written. */
+const cidr = z.string({ error: 'IPv4 CIDR like 10.0.0.5/32' }).refine(
+  (v) => {
+    try {
+      parseCidr(v);
+      return true;
+    } catch {
+      return false;
+    }
+  },
+  { error: 'IPv4 CIDR like 10.0.0.5/32 (no host bits set)' },
+);
+
+export const AUDIT_MODES = ['off', 'warn', 'enforce'] as const;
 
 const cronSchedule = z.string({ error: 'five-field cron schedule like "* 8-18 * * mon-fri"' }).refine(
   (s) => {
@@ -191,6 +207,16 @@ export const shardSchema = z.strictObject(
         { error: 'mapping' },
       )
       .default({ token: null, webhooks: [] }),
+    isolation: z
+      .strictObject(
+        {
+          managerRanges: z.array(cidr, { error: 'list of IPv4 CIDRs' }).default([]),
+          audit: z.enum(AUDIT_MODES, { error: 'off, warn or enforce' }).default('warn'),
+          auditInterval: duration(60_000, 24 * HOUR).default(600_000),
+        },
+        { error: 'mapping' },
+      )
+      .default({ managerRanges: [], audit: 'warn', auditInterval: 600_000 }),
     log: z
       .strictObject({ level: z.enum(LOG_LEVELS, { error: `one of ${LOG_LEVELS.join(', ')}` }).default('info') }, { error: 'mapping' })
       .default({ level: 'info' }),

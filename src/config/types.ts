@@ -73,7 +73,16 @@ export interface ShardConfig {
   /** Encryption key for VM private keys and job tokens at rest; null = a key kept in the database. */
   secrets: { key: string | null };
   billing: BillingConfig;
+  isolation: IsolationConfig;
   log: { level: string };
+}
+
+export interface IsolationConfig {
+  /** Where the manager's connections to job VMs come from: the only sources allowed in. */
+  managerRanges: string[];
+  /** Audit the runner networks' ingress rules: log findings (warn), refuse to start on any (enforce), or not at all. */
+  audit: 'off' | 'warn' | 'enforce';
+  auditIntervalMs: number;
 }
 
 export interface WebhookSink {

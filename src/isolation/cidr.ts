@@ -15,6 +15,15 @@ export class CidrError extends Error {
 
 /** `10.12.8.0/21` -> its block; an error names what is wrong (bad octet, host bits set, ...). */
 export function parseCidr(text: string): Cidr {
+  return parse(text, false);
+}
+
+/** As a cloud reads a source range: host bits masked (`10.0.0.1/24` is 10.0.0.0/24), a bare address is a /32. */
+export function parseNetwork(text: string): Cidr {
+  return parse(text.includes('/') ? text : `${text.trim()}/32`, true);
+}
+
+function parse(text: string, loose: boolean): Cidr {
   const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(text.trim());
   if (!m) throw new CidrError(`expected an IPv4 CIDR like 10.12.8.0/21, got ${JSON.stringify(text)}`);
   const octets = m.slice(1, 5).map(Number);
@@ -23,7 +32,7 @@ export function parseCidr(text: string): Cidr {
   if (prefix > 32) throw new CidrError(`${text}: prefix length above 32`);
   const addr = octets.reduce((a, o) => a * 256 + o, 0);
   const base = addr - (addr % blockSize(prefix));
-  if (base !== addr) throw new CidrError(`${text}: host bits are set; the network is ${formatCidr({ base, prefix })}`);
+  if (base !== addr && !loose) throw new CidrError(`${text}: host bits are set; the network is ${formatCidr({ base, prefix })}`);
   return { base, prefix };
 }
 
@@ -77,4 +86,14 @@ export function firstFree(within: Cidr, prefix: number, used: readonly Cidr[]): 
     at = Math.max(at, Math.ceil(cidrEnd(u) / size) * size);
   }
   return at + size <= end && at + size <= TOTAL ? { base: at, prefix } : null;
+}
+
+/** What is left of `a` once every block of `minus` is taken out, as the fewest aligned blocks. */
+export function subtract(a: Cidr, minus: readonly Cidr[]): Cidr[] {
+  const hits = minus.filter((m) => overlaps(a, m));
+  if (hits.length === 0) return [a];
+  if (hits.some((m) => contains(m, a))) return [];
+  // Some block lies strictly inside: split in halves and look again.
+  const half = blockSize(a.prefix + 1);
+  return [...subtract({ base: a.base, prefix: a.prefix + 1 }, hits), ...subtract({ base: a.base + half, prefix: a.prefix + 1 }, hits)];
 }

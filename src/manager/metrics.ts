@@ -55,6 +55,8 @@ export interface Metrics {
   macHostAllocatedSeconds: Counter<'class'>;
   macHostUsedSeconds: Counter<'class'>;
   macNestedVmReady: Histogram<'class'>;
+  isolationFindings: Gauge<'provider' | 'kind'>;
+  isolationAuditTimestamp: Gauge<'provider'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -104,6 +106,14 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     billingEvents: new Counter({
       name: 'runner_fleet_billing_events_written_total', help: 'Compute-minute events written to the outbox.',
       labelNames: ['class'], registers,
+    }),
+    isolationFindings: new Gauge({
+      name: 'runner_fleet_isolation_findings', help: 'Openings the last isolation audit found in the runner networks (ingress other than from the manager), by provider and kind.',
+      labelNames: ['provider', 'kind'], registers,
+    }),
+    isolationAuditTimestamp: new Gauge({
+      name: 'runner_fleet_isolation_audit_timestamp_seconds', help: 'When the last isolation audit of a provider succeeded (unix seconds).',
+      labelNames: ['provider'], registers,
     }),
     orphansDeleted: new Counter({
       name: 'runner_fleet_orphan_vms_deleted_total', help: 'Cloud VMs of this shard that the database did not know, deleted by the reconciler.',

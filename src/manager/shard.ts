@@ -13,6 +13,7 @@ import { acquireShardLock } from '../db/lock.js';
 import { migrateToLatest } from '../db/migrate.js';
 import { GitLabClient } from '../gitlab/client.js';
 import { deriveKey } from '../isolation/keys.js';
+import { startIsolationAudits } from './isolation-audit.js';
 import { providerFactory, registeredProviders, supportsStandby, type Provider, type SecretBox } from '../providers/provider.js';
 import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
@@ -77,6 +78,8 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     const metrics = createMetrics({ shard: config.shard, defaultMetrics: opts.defaultMetrics ?? true });
     const providers = await createProviders(config, log, metrics, database.db, { seal: (s) => store.encrypt(s), open: (s) => store.tryDecrypt(s) });
     cleanups.push(async () => Promise.all([...providers.values()].map((p) => p.close())));
+    const stopAudits = await startIsolationAudits({ config, providers, metrics, log });
+    cleanups.push(async () => stopAudits());
     const gitlab = new GitLabClient({ url: config.gitlab.url, timeoutMs: config.gitlab.requestTimeoutMs, log, systemId: `s_${hostname().replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}_${config.shard}` });
     const demand = await loadDemandModels(database.db, config, clock.now(), (cls) => supportsStandby(providers.get(cls.provider)));
     const pool = new Pool({

@@ -2,6 +2,8 @@
 // A provider knows its cloud and nothing else: no pools, no jobs, no GitLab.
 // Every method is safe to retry: creation is keyed by the VM's deterministic
 // name, deletion of a VM that is already gone succeeds.
+import type { Cidr } from '../isolation/cidr.js';
+import type { IsolationFinding } from '../isolation/firewall-audit.js';
 
 /** Labels every cloud resource carries so the reconciler can find it. */
 export const LABEL_SHARD = 'runner-fleet-shard';
@@ -69,6 +71,11 @@ export interface ConnectInfo {
   jump?: ConnectInfo;
 }
 
+/** An isolation finding and the classes whose VMs it concerns. */
+export interface ClassFinding extends IsolationFinding {
+  classes: string[];
+}
+
 export interface ProviderCapabilities {
   batchCreate: boolean;
   stopStart: boolean;
@@ -133,6 +140,12 @@ export interface Provider {
    * class it can hold right now, which the pool uses as the class's `max` until it grows.
    */
   capacity?(className: string, wantedVms: number): number;
+  /**
+   * Isolation audit of the networks its classes' VMs live on: every ingress rule that lets
+   * anything but the manager (`managerRanges`) reach a job VM, and access ports the manager
+   * cannot reach. One read of the network's rules, whatever the number of classes.
+   */
+  auditIsolation?(managerRanges: Cidr[]): Promise<ClassFinding[]>;
   /** Release clients, timers and sockets. VMs stay. */
   close(): Promise<void>;
 }

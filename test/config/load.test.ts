@@ -176,6 +176,13 @@ describe('loading a shard config', () => {
       'billing.webhooks[0].batchSize: expected integer from 1 to 1000, got 5000',
       'billing.webhooks[0].deadLetterAfter: expected duration from 1m to 720h like 500ms, 3s, 2m, 1h30m, got "1s"',
     ]);
+    expect(errorsOf(`${ok}isolation: { managerRanges: ["10.0.0.5/24", "10.0.0"], audit: strict, auditInterval: 5s }\n`)).toEqual([
+      'isolation.managerRanges[0]: expected IPv4 CIDR like 10.0.0.5/32 (no host bits set), got "10.0.0.5/24"',
+      'isolation.managerRanges[1]: expected IPv4 CIDR like 10.0.0.5/32 (no host bits set), got "10.0.0"',
+      'isolation.audit: expected off, warn or enforce, got "strict"',
+      'isolation.auditInterval: expected duration from 1m to 24h like 500ms, 3s, 2m, 1h30m, got "5s"',
+    ]);
+    expect(errorsOf(`${ok}isolation: { audit: enforce }\n`)).toEqual(['isolation.managerRanges: expected at least one CIDR (the manager\'s addresses) with isolation.audit: enforce, got []']);
   });
 
   it('names line and column of a YAML syntax error', () => {

@@ -18,9 +18,14 @@ export interface GceShard {
   close(): Promise<void>;
 }
 
-export async function startGceShard(o: { shard: string; className: string; token: string; pool: string; bootDelayMs?: number }): Promise<GceShard> {
+export async function startGceShard(o: {
+  shard: string; className: string; token: string; pool: string; bootDelayMs?: number;
+  /** The shard's `isolation:` mapping (YAML flow), and the project's firewall rules. */
+  isolation?: string; firewalls?: Record<string, unknown>[];
+}): Promise<GceShard> {
   const dir = mkdtempSync(join(tmpdir(), `rf-${o.shard}-`));
   const gce = await startGceEmulator({ dataDir: join(dir, 'gce'), bootDelayMs: o.bootDelayMs ?? 0 });
+  if (o.firewalls) gce.setFirewalls(`${o.shard}-project`, o.firewalls);
   const gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
   const config = parseConfig(`
 shard: ${o.shard}
@@ -36,13 +41,23 @@ classes:
       machineType: n2d-standard-2
       image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64
       zones: ["us-central1-a"]
+      networkTags: [runner-vm]
 providers:
   gcp: { project: ${o.shard}-project, endpoint: "${gce.url}", requestsPerSecond: 1000, callTimeout: 5s, retryBase: 20ms }
 dataDir: "${dir}"
 secrets: { key: "e2e-gce-secret-key-0123456789abcdef" }
 log: { level: warn }
+${o.isolation ? `isolation: ${o.isolation}` : ''}
 `);
-  const shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false });
+  let shard: Shard;
+  try {
+    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false });
+  } catch (err) {
+    await gitlab.close();
+    await gce.close();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   return {
     gce, gitlab, shard,
     instanceOf: (vmId) => gce.instances().find((i) => i['labels']?.[LABEL_VM] === vmId),

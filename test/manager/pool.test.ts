@@ -66,6 +66,7 @@ function config(pool: { idle: number; max: number }, bootTimeoutMs = 30_000): Sh
     dataDir: '/tmp',
     secrets: { key: null },
     billing: { token: null, webhooks: [] },
+    isolation: { managerRanges: [], audit: 'off', auditIntervalMs: 600_000 },
     log: { level: 'silent' },
   };
 }

@@ -34,9 +34,10 @@ export type GceCall =
   | 'start'
   | 'suspend'
   | 'resume'
-  | 'serialPort';
+  | 'serialPort'
+  | 'firewallsList';
 
-const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort'];
+const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'firewallsList'];
 
 export interface GceFaults {
   /** Inserts into these zones finish DONE with a ZONE_RESOURCE_POOL_EXHAUSTED operation error. */
@@ -103,6 +104,12 @@ export interface GceEmulator {
   waitRunning(name: string, timeoutMs?: number): Promise<Json>;
   /** Append to an instance's serial port output. */
   serialWrite(name: string, port: number, text: string): void;
+  /**
+   * Replace a project's firewall rules (as `firewalls.insert` bodies: name, network, priority,
+   * direction, sourceRanges, sourceTags, targetTags, allowed, denied, ...); `firewalls.list`
+   * answers them with GCE's defaults and links filled in.
+   */
+  setFirewalls(project: string, rules: Json[]): void;
   resetCalls(): void;
   /** Calls held open by `hangNext` right now (a client that gives up releases its call). */
   hungCalls(): number;
@@ -195,6 +202,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const operations = new Map<string, Op>(); // `${project}/${zone}/${opName}`
   const requestIds = new Map<string, Op>(); // `${project}/${requestId}`
   const inserted = new Map<string, Json>();
+  const firewalls = new Map<string, Json[]>(); // project -> Firewall resources
   const hung = new Set<() => void>();
   const hungFaults = new Set<() => void>();
   let closing = false;
@@ -227,6 +235,27 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     serialWrite: (name, port, text) => {
       const inst = findInst(name);
       if (inst) serialAppend(inst, port, text);
+    },
+    setFirewalls: (project, rules) => {
+      firewalls.set(
+        project,
+        rules.map((r, i) => {
+          const network = String(r['network'] ?? 'global/networks/default');
+          return {
+            kind: 'compute#firewall',
+            id: String(nextId++),
+            creationTimestamp: now(),
+            priority: 1000,
+            direction: 'INGRESS',
+            disabled: false,
+            logConfig: { enable: false },
+            ...r,
+            name: String(r['name'] ?? `rule-${i}`),
+            network: network.startsWith('http') ? network : `${base}/compute/v1/${network.startsWith('projects/') ? network : `projects/${project}/${network}`}`,
+            selfLink: `${base}/compute/v1/projects/${project}/global/firewalls/${String(r['name'] ?? `rule-${i}`)}`,
+          };
+        }),
+      );
     },
     hungCalls: () => hungFaults.size,
     releaseHung: () => {
@@ -728,8 +757,8 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     return inst.res;
   });
 
-  /** Filter + paging shared by list and aggregatedList. */
-  function page(req: Req, all: Inst[]): { items: Inst[]; nextPageToken?: string } {
+  /** Filter + paging shared by list, aggregatedList and firewalls.list. */
+  function page<T>(req: Req, all: T[], res: (t: T) => Json, order: (a: T, b: T) => number): { items: T[]; nextPageToken?: string } {
     let filter;
     try {
       filter = parseFilter(q(req, 'filter') ?? '');
@@ -737,9 +766,9 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       if (err instanceof FilterError) throw new HttpError(400, 'invalid', `Invalid value for field 'filter': '${q(req, 'filter')}'. ${err.message}`);
       throw err;
     }
-    let matched: Inst[];
+    let matched: T[];
     try {
-      matched = all.filter((i) => matchFilter(filter, i.res)).sort((a, b) => (a.zone === b.zone ? a.name.localeCompare(b.name) : a.zone.localeCompare(b.zone)));
+      matched = all.filter((i) => matchFilter(filter, res(i))).sort(order);
     } catch (err) {
       if (err instanceof FilterError) throw new HttpError(400, 'invalid', err.message);
       throw err;
@@ -752,11 +781,25 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     return { items, ...(start + max < matched.length ? { nextPageToken: Buffer.from(String(start + max)).toString('base64url') } : {}) };
   }
 
+  const byZoneAndName = (a: Inst, b: Inst) => (a.zone === b.zone ? a.name.localeCompare(b.name) : a.zone.localeCompare(b.zone));
+
+  app.get('/compute/v1/projects/:project/global/firewalls', { config: { call: 'firewallsList' } }, async (req: Req) => {
+    const { project } = req.params;
+    const { items, nextPageToken } = page(req, firewalls.get(project) ?? [], (f) => f, (a, b) => String(a['name']).localeCompare(String(b['name'])));
+    return {
+      kind: 'compute#firewallList',
+      id: `projects/${project}/global/firewalls`,
+      items,
+      ...(nextPageToken ? { nextPageToken } : {}),
+      selfLink: `${base}/compute/v1/projects/${project}/global/firewalls`,
+    };
+  });
+
   app.get(`${Z}/instances`, { config: { call: 'list' } }, async (req: Req) => {
     const { project, zone } = req.params;
     const all = [...instances.values()].filter((i) => i.project === project && i.zone === zone);
     await refresh(all);
-    const { items, nextPageToken } = page(req, all);
+    const { items, nextPageToken } = page(req, all, (i) => i.res, byZoneAndName);
     return {
       kind: 'compute#instanceList',
       id: `projects/${project}/zones/${zone}/instances`,
@@ -770,7 +813,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     const { project } = req.params;
     const all = [...instances.values()].filter((i) => i.project === project);
     await refresh(all);
-    const { items, nextPageToken } = page(req, all);
+    const { items, nextPageToken } = page(req, all, (i) => i.res, byZoneAndName);
     const byZone: Record<string, Json> = {};
     for (const i of items) ((byZone[`zones/${i.zone}`] ??= { instances: [] })['instances'] as Json[]).push(i.res);
     return {

@@ -1,7 +1,7 @@
 // Compute Engine provider: the imperative shell around the pure parts (config, insert-body,
 // errors, zones, request-id). Every call goes through `call`: per-project token bucket, a
 // timeout, and bounded jittered retries (p-retry) for retryable and rate-limited errors only.
-import { InstancesClient, ZoneOperationsClient, type protos } from '@google-cloud/compute';
+import { FirewallsClient, InstancesClient, ZoneOperationsClient, type protos } from '@google-cloud/compute';
 import { PassThroughClient } from 'google-auth-library';
 import pRetry from 'p-retry';
 import type { ClientOptions } from 'google-gax';
@@ -11,6 +11,7 @@ import {
   LABEL_VM,
   ProviderError,
   noTelemetry,
+  type ClassFinding,
   type CloudTelemetry,
   type CloudVm,
   type CloudVmState,
@@ -33,6 +34,8 @@ import { retrieveWindowsPassword } from './windows.js';
 import { coolDown, nextUsableAt, usableZones } from '../shared/placement.js';
 import { cloudRetryOptions } from '../shared/retry.js';
 import { machineProfiles } from '../shared/config-fields.js';
+import type { Cidr } from '../../isolation/cidr.js';
+import { auditIngress, fromGceFirewall } from '../../isolation/firewall-audit.js';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
 type Operation = protos.google.cloud.compute.v1.IOperation;
@@ -102,6 +105,8 @@ interface Seen {
 export interface GcpClients {
   instances: Pick<InstancesClient, 'insert' | 'bulkInsert' | 'delete' | 'get' | 'aggregatedListAsync' | 'setLabels' | 'setMetadata' | 'getSerialPortOutput' | 'stop' | 'start' | 'suspend' | 'resume' | 'close'>;
   operations: Pick<ZoneOperationsClient, 'wait' | 'close'>;
+  /** Read only, for the isolation audit. */
+  firewalls?: Pick<FirewallsClient, 'list' | 'close'>;
 }
 
 export interface GcpStats {
@@ -141,7 +146,7 @@ export class GcpProvider implements Provider {
     this.telemetry = ctx.telemetry ?? noTelemetry;
     this.now = deps.now ?? Date.now;
     const opts = clientOptions(cfg);
-    this.clients = deps.clients ?? { instances: new InstancesClient(opts), operations: new ZoneOperationsClient(opts) };
+    this.clients = deps.clients ?? { instances: new InstancesClient(opts), operations: new ZoneOperationsClient(opts), firewalls: new FirewallsClient(opts) };
     this.pollIntervalMs = cfg.pollIntervalMs;
     this.bucket = projectBucket(`${cfg.endpoint ?? 'googleapis'}/${cfg.project}`, cfg.requestsPerSecond);
   }
@@ -606,7 +611,27 @@ export class GcpProvider implements Provider {
     );
   }
 
+  /** One `firewalls.list` of the project; the rules of the runner network, audited for each class's network tags. */
+  async auditIsolation(managerRanges: Cidr[]): Promise<ClassFinding[]> {
+    const firewalls = this.clients.firewalls;
+    if (!firewalls) return [];
+    const [all] = await this.call('firewalls.list', undefined, (o) => firewalls.list({ project: this.cfg.project }, o));
+    const network = (this.cfg.network ?? 'default').split('/').pop()!;
+    const rules = all.filter((f) => (f.network ?? '').split('/').pop() === network).map(fromGceFirewall).filter((r) => r !== null);
+    const out = new Map<string, ClassFinding>();
+    for (const [className, machine] of Object.entries(this.ctx.classes ?? {})) {
+      const { networkTags } = this.machine({ className, machine });
+      for (const f of auditIngress({ rules, vmTags: networkTags, managerRanges, accessPorts: [22] })) {
+        const key = `${f.kind}\0${f.message}`;
+        const seen = out.get(key);
+        if (seen) seen.classes.push(className);
+        else out.set(key, { ...f, classes: [className] });
+      }
+    }
+    return [...out.values()];
+  }
+
   async close(): Promise<void> {
-    await Promise.allSettled([this.clients.instances.close(), this.clients.operations.close()]);
+    await Promise.allSettled([this.clients.instances.close(), this.clients.operations.close(), this.clients.firewalls?.close()]);
   }
 }

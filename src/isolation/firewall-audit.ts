@@ -1,0 +1,143 @@
+// Isolation audit of a runner network's ingress rules (pure). The rule: only the manager may reach
+// a job VM, on its access ports; nothing else, and never another job VM. Given the network's
+// ingress rules (GCE firewall rules, normalised), the VMs' network tags and the manager's source
+// ranges, it names every rule that lets anything else in, and says when the manager itself is
+// shut out. Rules are weighed as the cloud does: a deny at the same or a higher priority (lower
+// number) takes precedence over an allow for the sources and ports it covers.
+import { type Cidr, contains, formatCidr, parseNetwork, subtract } from './cidr.js';
+
+export interface PortRange {
+  /** `tcp`, `udp`, `icmp`, ... or `all`. */
+  protocol: string;
+  from: number;
+  to: number;
+}
+
+export interface IngressRule {
+  name: string;
+  /** Lower wins (GCE: 0-65535, default 1000). */
+  priority: number;
+  action: 'allow' | 'deny';
+  sourceRanges: Cidr[];
+  sourceTags: string[];
+  sourceServiceAccounts: string[];
+  /** Empty: the rule applies to every VM of the network. */
+  targetTags: string[];
+  /** Job VMs have no service account: a rule aimed at service accounts never applies to them. */
+  targetServiceAccounts: string[];
+  ports: PortRange[];
+}
+
+export interface AuditInput {
+  rules: IngressRule[];
+  /** The job VMs' network tags. */
+  vmTags: string[];
+  managerRanges: Cidr[];
+  /** TCP ports the manager needs (22; 5985-5986 for WinRM). */
+  accessPorts: number[];
+}
+
+export type FindingKind = 'vm-to-vm' | 'others-can-reach' | 'manager-cannot-reach';
+
+export interface IsolationFinding {
+  kind: FindingKind;
+  rule?: string;
+  message: string;
+}
+
+export const ALL_PORTS: PortRange[] = [{ protocol: 'all', from: 0, to: 65535 }];
+
+/** GCE `allowed`/`denied` entries (`{ IPProtocol: 'tcp', ports: ['22', '5985-5986'] }`) as ranges. */
+export function gcePorts(entries: { IPProtocol?: string | null; ports?: string[] | null }[]): PortRange[] {
+  const out: PortRange[] = [];
+  for (const e of entries) {
+    const protocol = (e.IPProtocol ?? 'all').toLowerCase();
+    if (!e.ports?.length) {
+      out.push({ protocol, from: 0, to: 65535 });
+      continue;
+    }
+    for (const p of e.ports) {
+      const [a, b] = p.split('-').map(Number);
+      out.push({ protocol, from: a!, to: b ?? a! });
+    }
+  }
+  return out;
+}
+
+export function formatPorts(ports: PortRange[]): string {
+  return ports.map((p) => (p.protocol === 'all' ? 'all traffic' : p.from === 0 && p.to === 65535 ? `${p.protocol}:all` : `${p.protocol}:${p.from === p.to ? p.from : `${p.from}-${p.to}`}`)).join(', ');
+}
+
+function portsCover(outer: PortRange[], inner: PortRange[]): boolean {
+  return inner.every((i) => outer.some((o) => (o.protocol === 'all' || o.protocol === i.protocol) && o.from <= i.from && o.to >= i.to));
+}
+
+function appliesToVms(r: IngressRule, vmTags: string[]): boolean {
+  return r.targetServiceAccounts.length === 0 && (r.targetTags.length === 0 || r.targetTags.some((t) => vmTags.includes(t)));
+}
+
+export function auditIngress(input: AuditInput): IsolationFinding[] {
+  const { vmTags, managerRanges } = input;
+  const rules = input.rules.filter((r) => appliesToVms(r, vmTags)).sort((a, b) => a.priority - b.priority || (a.action === 'deny' ? -1 : 1));
+  const findings: IsolationFinding[] = [];
+  const managers = managerRanges.map(formatCidr).join(', ');
+  for (const r of rules) {
+    if (r.action !== 'allow') continue;
+    const deniers = rules.filter((d) => d.action === 'deny' && d.priority <= r.priority && portsCover(d.ports, r.ports));
+    const what = `firewall rule "${r.name}" (priority ${r.priority})`;
+    const to = `reach the job VMs on ${formatPorts(r.ports)}`;
+    const deniedTags = new Set(deniers.flatMap((d) => d.sourceTags));
+    const deniedRanges = deniers.flatMap((d) => d.sourceRanges);
+    const tags = r.sourceTags.filter((t) => !deniedTags.has(t));
+    const own = tags.filter((t) => vmTags.includes(t));
+    if (own.length) findings.push({ kind: 'vm-to-vm', rule: r.name, message: `${what} lets VMs tagged ${own.join(', ')} (the job VMs themselves) ${to}` });
+    const others = tags.filter((t) => !vmTags.includes(t));
+    if (others.length) findings.push({ kind: 'others-can-reach', rule: r.name, message: `${what} lets VMs tagged ${others.join(', ')} ${to}` });
+    if (r.sourceServiceAccounts.length) findings.push({ kind: 'others-can-reach', rule: r.name, message: `${what} lets VMs of ${r.sourceServiceAccounts.join(', ')} ${to}` });
+    const open = r.sourceRanges.filter((s) => subtract(s, [...managerRanges, ...deniedRanges]).length > 0);
+    if (open.length) {
+      findings.push({ kind: 'others-can-reach', rule: r.name, message: `${what} lets ${open.map(formatCidr).join(', ')} ${to}; only the manager (${managers || 'isolation.managerRanges'}) should` });
+    }
+  }
+  for (const port of input.accessPorts) {
+    const need: PortRange[] = [{ protocol: 'tcp', from: port, to: port }];
+    const reached = managerRanges.length > 0 && managerRanges.every((m) =>
+      rules.some((r) => r.action === 'allow' && portsCover(r.ports, need) && r.sourceRanges.some((s) => contains(s, m))
+        && !rules.some((d) => d.action === 'deny' && d.priority <= r.priority && portsCover(d.ports, need) && d.sourceRanges.some((s) => contains(s, m)))),
+    );
+    if (!reached) findings.push({ kind: 'manager-cannot-reach', message: `no firewall rule lets the manager (${managers || 'isolation.managerRanges'}) reach the job VMs on tcp:${port}: they would never become ready` });
+  }
+  return findings;
+}
+
+/** A GCE firewall resource (as the Compute API returns it) in the audit's terms; null for egress or disabled rules. */
+export function fromGceFirewall(f: {
+  name?: string | null; direction?: string | null; disabled?: boolean | null; priority?: number | null;
+  sourceRanges?: string[] | null; sourceTags?: string[] | null; sourceServiceAccounts?: string[] | null;
+  targetTags?: string[] | null; targetServiceAccounts?: string[] | null;
+  allowed?: { IPProtocol?: string | null; ports?: string[] | null }[] | null; denied?: { IPProtocol?: string | null; ports?: string[] | null }[] | null;
+}): IngressRule | null {
+  if ((f.direction ?? 'INGRESS') !== 'INGRESS' || f.disabled) return null;
+  const deny = (f.denied?.length ?? 0) > 0;
+  return {
+    name: f.name ?? '(unnamed)',
+    priority: f.priority ?? 1000,
+    action: deny ? 'deny' : 'allow',
+    // An unparseable range is treated as everything: the audit must not miss an opening.
+    sourceRanges: (f.sourceRanges ?? []).map(rangeOrEverything),
+    sourceTags: f.sourceTags ?? [],
+    sourceServiceAccounts: f.sourceServiceAccounts ?? [],
+    targetTags: f.targetTags ?? [],
+    targetServiceAccounts: f.targetServiceAccounts ?? [],
+    ports: gcePorts((deny ? f.denied : f.allowed) ?? []),
+  };
+}
+
+/** An unreadable source range (IPv6, say) is treated as everything: the audit must not miss an opening. */
+function rangeOrEverything(s: string): Cidr {
+  try {
+    return parseNetwork(s);
+  } catch {
+    return { base: 0, prefix: 0 };
+  }
+}

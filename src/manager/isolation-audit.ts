@@ -1,0 +1,68 @@
+// The isolation audit, run at start-up and every `isolation.auditInterval`: each provider reads its
+// runner networks' ingress rules and the pure audit (src/isolation/firewall-audit.ts) names every
+// opening, that is, any way into a job VM other than from the manager. Findings are logged and
+// exported as `runner_fleet_isolation_findings`; with `audit: enforce` the manager will not start
+// while there are any.
+import type { Logger } from 'pino';
+import type { ShardConfig } from '../config/types.js';
+import { parseCidr } from '../isolation/cidr.js';
+import type { FindingKind } from '../isolation/firewall-audit.js';
+import type { ClassFinding, Provider } from '../providers/provider.js';
+import type { Metrics } from './metrics.js';
+
+const KINDS: FindingKind[] = ['vm-to-vm', 'others-can-reach', 'manager-cannot-reach'];
+
+export class IsolationAuditError extends Error {
+  override name = 'IsolationAuditError';
+}
+
+export interface AuditDeps {
+  config: ShardConfig;
+  providers: ReadonlyMap<string, Provider>;
+  metrics: Metrics;
+  log: Logger;
+}
+
+/** One audit of every provider that can audit; a provider whose audit fails is logged and skipped. */
+export async function auditIsolation(d: AuditDeps): Promise<Map<string, ClassFinding[]>> {
+  const out = new Map<string, ClassFinding[]>();
+  const managers = d.config.isolation.managerRanges.map(parseCidr);
+  for (const [name, provider] of d.providers) {
+    if (!provider.auditIsolation) continue;
+    let findings: ClassFinding[];
+    try {
+      findings = await provider.auditIsolation(managers);
+    } catch (err) {
+      d.log.warn({ provider: name, err: (err as Error).message }, 'isolation audit failed; will try again');
+      continue;
+    }
+    out.set(name, findings);
+    for (const kind of KINDS) d.metrics.isolationFindings.set({ provider: name, kind }, findings.filter((f) => f.kind === kind).length);
+    d.metrics.isolationAuditTimestamp.set({ provider: name }, Date.now() / 1000);
+    for (const f of findings) d.log.warn({ provider: name, kind: f.kind, rule: f.rule, classes: f.classes }, `isolation: ${f.message}`);
+    if (findings.length === 0) d.log.info({ provider: name }, 'isolation audit: only the manager reaches the job VMs');
+  }
+  return out;
+}
+
+/**
+ * The start-up audit, then one every interval. With `enforce`, findings at start-up refuse the
+ * start (an error listing them); later findings are logged and exported: jobs in flight are not
+ * stopped by a firewall change, but SREs get the alert. Returns the stop function.
+ */
+export async function startIsolationAudits(d: AuditDeps): Promise<() => void> {
+  const { audit, managerRanges, auditIntervalMs } = d.config.isolation;
+  if (audit === 'off') return () => {};
+  if (managerRanges.length === 0) {
+    if ([...d.providers.values()].some((p) => p.auditIsolation)) d.log.info('isolation audit off: set isolation.managerRanges to the addresses the manager connects from');
+    return () => {};
+  }
+  const first = await auditIsolation(d);
+  const all = [...first.values()].flat();
+  if (audit === 'enforce' && all.length) {
+    throw new IsolationAuditError(`isolation audit (isolation.audit: enforce) found ${all.length} opening${all.length === 1 ? '' : 's'} into job VMs:\n  ${all.map((f) => f.message).join('\n  ')}`);
+  }
+  const timer = setInterval(() => void auditIsolation(d).catch((err) => d.log.warn({ err }, 'isolation audit failed')), auditIntervalMs);
+  timer.unref();
+  return () => clearInterval(timer);
+}
