@@ -927,9 +927,9 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
         return op.json;
       }
       setStatus(inst, via);
-      void sleep(delayMs()).then(() => {
+      void sleep(delayMs()).then(async () => {
         if (inst.res['status'] !== via) return op.finish();
-        local.freeze(inst.sandboxName, call === 'suspend');
+        await local.freeze(inst.sandboxName, call === 'suspend');
         setStatus(inst, to);
         op.finish();
       });

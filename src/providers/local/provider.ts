@@ -2,6 +2,7 @@
 // on a loopback address. It behaves like a cloud where it matters to the manager: VMs boot
 // asynchronously, survive the manager, carry labels, and are found again by listing.
 import { spawn } from 'node:child_process';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
@@ -154,14 +155,18 @@ export class LocalProvider implements Provider {
   /**
    * Freezes (`SIGSTOP`) or thaws (`SIGCONT`) a sandbox and every command it started: its memory
    * stays, so a thawed sandbox answers at once, without a boot. What a suspend and resume are to
-   * the GCE emulator. False when the sandbox is not running.
+   * the GCE emulator. Resolves once the kernel shows the sandbox stopped (or running again): a
+   * signal takes effect only when the process is next scheduled, later on a loaded machine.
+   * False when the sandbox is not running.
    */
-  freeze(name: string, frozen: boolean): boolean {
+  async freeze(name: string, frozen: boolean, timeoutMs = 5000): Promise<boolean> {
     const dir = this.dirOf(name);
     const f = files(dir);
     const pid = readJson<number>(f.pid);
     if (!pid || !isAlive(pid, dir)) return false;
     for (const pgid of [pid, ...this.procGroups(f.procs, f.home)]) signalGroup(pgid, frozen ? 'SIGSTOP' : 'SIGCONT');
+    const end = Date.now() + timeoutMs;
+    while (Date.now() < end && isStopped(pid) !== frozen) await sleep(5);
     return true;
   }
 
@@ -242,6 +247,15 @@ export class LocalProvider implements Provider {
           return false; // gone (or no /proc): nothing we can safely kill
         }
       });
+  }
+}
+
+/** The process is in the stopped state (`T` in /proc/PID/stat); false when unknown or gone. */
+function isStopped(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] === 'T';
+  } catch {
+    return false;
   }
 }
 
