@@ -26,6 +26,12 @@ export interface IngressRule {
   /** Job VMs have no service account: a rule aimed at service accounts never applies to them. */
   targetServiceAccounts: string[];
   ports: PortRange[];
+  /** Sources the audit cannot weigh (IPv6 ranges, prefix lists): always an opening. */
+  otherSources?: string[];
+  /** How findings name the rule (default `firewall rule "NAME" (priority N)`). */
+  label?: string;
+  /** How findings name the VMs of a source tag (default `VMs tagged`; EC2: `members of`). */
+  groupNoun?: string;
 }
 
 export interface AuditInput {
@@ -43,6 +49,25 @@ export interface IsolationFinding {
   kind: FindingKind;
   rule?: string;
   message: string;
+}
+
+/** A finding and the classes whose VMs it concerns. */
+export interface ClassFinding extends IsolationFinding {
+  classes: string[];
+}
+
+/** Audits each class against its rules; a finding shared by several classes is listed once, with all of them. */
+export function auditClasses(classes: { className: string; rules: IngressRule[]; vmTags: string[] }[], managerRanges: Cidr[], accessPorts: number[]): ClassFinding[] {
+  const found = new Map<string, ClassFinding>();
+  for (const { className, rules, vmTags } of classes) {
+    for (const f of auditIngress({ rules, vmTags, managerRanges, accessPorts })) {
+      const key = `${f.kind}\0${f.message}`;
+      const seen = found.get(key);
+      if (seen) seen.classes.push(className);
+      else found.set(key, { ...f, classes: [className] });
+    }
+  }
+  return [...found.values()];
 }
 
 export const ALL_PORTS: PortRange[] = [{ protocol: 'all', from: 0, to: 65535 }];
@@ -84,16 +109,18 @@ export function auditIngress(input: AuditInput): IsolationFinding[] {
   for (const r of rules) {
     if (r.action !== 'allow') continue;
     const deniers = rules.filter((d) => d.action === 'deny' && d.priority <= r.priority && portsCover(d.ports, r.ports));
-    const what = `firewall rule "${r.name}" (priority ${r.priority})`;
+    const what = r.label ?? `firewall rule "${r.name}" (priority ${r.priority})`;
+    const noun = r.groupNoun ?? 'VMs tagged';
     const to = `reach the job VMs on ${formatPorts(r.ports)}`;
     const deniedTags = new Set(deniers.flatMap((d) => d.sourceTags));
     const deniedRanges = deniers.flatMap((d) => d.sourceRanges);
     const tags = r.sourceTags.filter((t) => !deniedTags.has(t));
     const own = tags.filter((t) => vmTags.includes(t));
-    if (own.length) findings.push({ kind: 'vm-to-vm', rule: r.name, message: `${what} lets VMs tagged ${own.join(', ')} (the job VMs themselves) ${to}` });
+    if (own.length) findings.push({ kind: 'vm-to-vm', rule: r.name, message: `${what} lets ${noun} ${own.join(', ')} (the job VMs themselves) ${to}` });
     const others = tags.filter((t) => !vmTags.includes(t));
-    if (others.length) findings.push({ kind: 'others-can-reach', rule: r.name, message: `${what} lets VMs tagged ${others.join(', ')} ${to}` });
+    if (others.length) findings.push({ kind: 'others-can-reach', rule: r.name, message: `${what} lets ${noun} ${others.join(', ')} ${to}` });
     if (r.sourceServiceAccounts.length) findings.push({ kind: 'others-can-reach', rule: r.name, message: `${what} lets VMs of ${r.sourceServiceAccounts.join(', ')} ${to}` });
+    if (r.otherSources?.length) findings.push({ kind: 'others-can-reach', rule: r.name, message: `${what} lets ${r.otherSources.join(', ')} ${to}` });
     const open = r.sourceRanges.filter((s) => subtract(s, [...managerRanges, ...deniedRanges]).length > 0);
     if (open.length) {
       findings.push({ kind: 'others-can-reach', rule: r.name, message: `${what} lets ${open.map(formatCidr).join(', ')} ${to}; only the manager (${managers || 'isolation.managerRanges'}) should` });
@@ -140,4 +167,38 @@ function rangeOrEverything(s: string): Cidr {
   } catch {
     return { base: 0, prefix: 0 };
   }
+}
+
+type Ec2Permission = {
+  IpProtocol?: string; FromPort?: number; ToPort?: number;
+  IpRanges?: { CidrIp?: string }[]; Ipv6Ranges?: { CidrIpv6?: string }[];
+  PrefixListIds?: { PrefixListId?: string }[]; UserIdGroupPairs?: { GroupId?: string }[];
+};
+
+/**
+ * An EC2 security group's inbound permissions in the audit's terms: allow-only rules that apply
+ * to the group's members, where a referenced group is a source "tag" (a group referencing one of
+ * the VMs' own groups lets job VMs reach each other).
+ */
+export function fromEc2SecurityGroup(sg: { GroupId?: string; GroupName?: string; IpPermissions?: Ec2Permission[] }): IngressRule[] {
+  const id = sg.GroupId ?? '(unknown group)';
+  return (sg.IpPermissions ?? []).map((p, i) => {
+    const protocol = p.IpProtocol === '-1' || p.IpProtocol === undefined ? 'all' : ({ '6': 'tcp', '17': 'udp', '1': 'icmp' } as Record<string, string>)[p.IpProtocol] ?? p.IpProtocol.toLowerCase();
+    // tcp/udp carry a port range; icmp's "ports" are type and code, and -1 means all of them.
+    const ranged = (protocol === 'tcp' || protocol === 'udp') && p.FromPort !== undefined && p.FromPort !== -1;
+    return {
+      name: `${id}#${i + 1}`,
+      priority: 0,
+      action: 'allow' as const,
+      sourceRanges: (p.IpRanges ?? []).map((r) => rangeOrEverything(r.CidrIp ?? '')),
+      sourceTags: (p.UserIdGroupPairs ?? []).map((g) => g.GroupId ?? '(unknown group)'),
+      sourceServiceAccounts: [],
+      targetTags: [id],
+      targetServiceAccounts: [],
+      ports: [{ protocol, from: ranged ? p.FromPort! : 0, to: ranged ? p.ToPort ?? p.FromPort! : 65535 }],
+      otherSources: [...(p.Ipv6Ranges ?? []).map((r) => r.CidrIpv6 ?? '?'), ...(p.PrefixListIds ?? []).map((r) => `prefix list ${r.PrefixListId ?? '?'}`)],
+      label: `security group ${id}${sg.GroupName ? ` (${sg.GroupName})` : ''}`,
+      groupNoun: 'members of',
+    };
+  });
 }

@@ -3,7 +3,9 @@
 // Every method is safe to retry: creation is keyed by the VM's deterministic
 // name, deletion of a VM that is already gone succeeds.
 import type { Cidr } from '../isolation/cidr.js';
-import type { IsolationFinding } from '../isolation/firewall-audit.js';
+import type { ClassFinding } from '../isolation/firewall-audit.js';
+
+export type { ClassFinding };
 
 /** Labels every cloud resource carries so the reconciler can find it. */
 export const LABEL_SHARD = 'runner-fleet-shard';
@@ -69,11 +71,6 @@ export interface ConnectInfo {
   password?: string;
   /** A host to tunnel through (macOS nested VMs behind their Mac host). */
   jump?: ConnectInfo;
-}
-
-/** An isolation finding and the classes whose VMs it concerns. */
-export interface ClassFinding extends IsolationFinding {
-  classes: string[];
 }
 
 export interface ProviderCapabilities {

@@ -1,7 +1,8 @@
 // An EC2 Query API emulator: the wire format the real EC2Client sends (form-encoded POST /,
 // `Action=...`, lists as `X.1`, XML answers, EC2's error XML) for the instance actions the aws
 // provider uses (RunInstances with ClientToken and MinCount/MaxCount, DescribeInstances with
-// filters and paging, TerminateInstances, CreateTags, Stop/StartInstances), fault injection
+// filters and paging, TerminateInstances, CreateTags, Stop/StartInstances, DescribeSecurityGroups
+// for the isolation audit), fault injection
 // (capacity per subnet, RequestLimitExceeded, InstanceLimitExceeded, hung calls), Dedicated Hosts
 // (AllocateHosts, DescribeHosts, ReleaseHosts; one instance per host; Mac hosts scrub after their
 // instance leaves and cannot be released before 24 h, on an injectable clock), and instances
@@ -20,8 +21,15 @@ export { EMULATOR_SSH_PORT_TAG };
 import { LocalProvider } from '../../providers/local/provider.js';
 
 
-export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances' | 'AllocateHosts' | 'DescribeHosts' | 'ReleaseHosts';
-const ACTIONS: Ec2Action[] = ['RunInstances', 'DescribeInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances', 'AllocateHosts', 'DescribeHosts', 'ReleaseHosts'];
+export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances' | 'AllocateHosts' | 'DescribeHosts' | 'ReleaseHosts' | 'DescribeSecurityGroups';
+const ACTIONS: Ec2Action[] = ['RunInstances', 'DescribeInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances', 'AllocateHosts', 'DescribeHosts', 'ReleaseHosts', 'DescribeSecurityGroups'];
+
+/** A security group's inbound rules, as DescribeSecurityGroups answers them. */
+export interface EmulatedSecurityGroup {
+  groupId: string;
+  groupName?: string;
+  ingress: { protocol: string; fromPort?: number; toPort?: number; cidrs?: string[]; ipv6Cidrs?: string[]; groups?: string[] }[];
+}
 
 /** EC2 bills a Mac host for at least this long and refuses to release it earlier. */
 export const MAC_MIN_ALLOCATION_MS = 24 * 3600_000;
@@ -97,6 +105,8 @@ export interface Ec2Emulator {
   runRequest(instanceId: string): Record<string, string> | undefined;
   instances(): { id: string; state: string; tags: Record<string, string>; subnetId: string; privateIp?: string; launchIndex: number; hostId?: string }[];
   hosts(): { id: string; state: string; instanceType: string; zone: string; allocatedAt: number; instanceId?: string }[];
+  /** Replace the account's security groups (DescribeSecurityGroups answers them). */
+  setSecurityGroups(groups: EmulatedSecurityGroup[]): void;
   resetCalls(): void;
   close(): Promise<void>;
 }
@@ -136,6 +146,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
   const now = opts.now ?? Date.now;
   const scrubMs = opts.scrubMs ?? 110 * 60_000;
   const hosts = new Map<string, Host>();
+  const securityGroups = new Map<string, EmulatedSecurityGroup>();
   const hostTokens = new Map<string, string[]>();
 
   function hostState(h: Host): string {
@@ -405,6 +416,18 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
           }
           return answer(`<successful>${ok.join('')}</successful><unsuccessful>${bad.join('')}</unsuccessful>`);
         }
+        case 'DescribeSecurityGroups': {
+          const ids = list(p, 'GroupId');
+          for (const id of ids) if (!securityGroups.has(id)) throw new Ec2Error('InvalidGroup.NotFound', `The security group '${id}' does not exist`);
+          const shown = ids.length ? ids.map((id) => securityGroups.get(id)!) : [...securityGroups.values()];
+          const perm = (r: EmulatedSecurityGroup['ingress'][number]) =>
+            `<item><ipProtocol>${esc(r.protocol)}</ipProtocol>${r.fromPort !== undefined ? `<fromPort>${r.fromPort}</fromPort><toPort>${r.toPort ?? r.fromPort}</toPort>` : ''}`
+            + `<groups>${(r.groups ?? []).map((g) => `<item><userId>000000000000</userId><groupId>${esc(g)}</groupId></item>`).join('')}</groups>`
+            + `<ipRanges>${(r.cidrs ?? []).map((c) => `<item><cidrIp>${esc(c)}</cidrIp></item>`).join('')}</ipRanges>`
+            + `<ipv6Ranges>${(r.ipv6Cidrs ?? []).map((c) => `<item><cidrIpv6>${esc(c)}</cidrIpv6></item>`).join('')}</ipv6Ranges><prefixListIds/></item>`;
+          const items = shown.map((g) => `<item><ownerId>000000000000</ownerId><groupId>${esc(g.groupId)}</groupId><groupName>${esc(g.groupName ?? g.groupId)}</groupName><groupDescription>emulated</groupDescription><vpcId>vpc-0emulator</vpcId><ipPermissions>${g.ingress.map(perm).join('')}</ipPermissions><ipPermissionsEgress/></item>`);
+          return answer(`<securityGroupInfo>${items.join('')}</securityGroupInfo>`);
+        }
         case 'CreateTags': {
           const ids = list(p, 'ResourceId');
           for (const id of ids) if (!instances.has(id)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
@@ -428,6 +451,10 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     calls,
     runRequest: (id) => instances.get(id)?.params,
     instances: () => [...instances.values()].filter(visible).map((i) => ({ id: i.id, state: i.state, tags: Object.fromEntries(i.tags), subnetId: i.subnetId, ...(i.privateIp ? { privateIp: i.privateIp } : {}), launchIndex: i.launchIndex, ...(i.hostId ? { hostId: i.hostId } : {}) })),
+    setSecurityGroups: (groups) => {
+      securityGroups.clear();
+      for (const g of groups) securityGroups.set(g.groupId, g);
+    },
     hosts: () => [...hosts.values()].map((h) => ({ id: h.id, state: hostState(h), instanceType: h.instanceType, zone: h.zone, allocatedAt: h.allocatedAt, ...(h.instanceId ? { instanceId: h.instanceId } : {}) })),
     resetCalls() {
       for (const a of ACTIONS) calls[a] = 0;

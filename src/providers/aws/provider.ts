@@ -5,6 +5,7 @@
 import {
   CreateTagsCommand,
   DescribeInstancesCommand,
+  DescribeSecurityGroupsCommand,
   EC2Client,
   RunInstancesCommand,
   StartInstancesCommand,
@@ -20,6 +21,7 @@ import {
   LABEL_VM,
   ProviderError,
   noTelemetry,
+  type ClassFinding,
   type CloudTelemetry,
   type CloudVm,
   type CloudVmState,
@@ -40,6 +42,8 @@ import { ec2Call } from './call.js';
 import { classifyAwsError } from './errors.js';
 import { runInstancesInput } from './run-input.js';
 import { EMULATOR_SSH_PORT_TAG } from './run-input.js';
+import type { Cidr } from '../../isolation/cidr.js';
+import { auditClasses, fromEc2SecurityGroup, type IngressRule } from '../../isolation/firewall-audit.js';
 export { EMULATOR_SSH_PORT_TAG };
 
 
@@ -327,6 +331,19 @@ export class AwsProvider implements Provider {
       username: this.seen.get(vm.name)?.username ?? 'runner',
       privateKey,
     };
+  }
+
+  /**
+   * One DescribeSecurityGroups for the groups of every class; each class is audited against the
+   * inbound rules of its own groups (a rule referencing one of them is VM-to-VM traffic).
+   */
+  async auditIsolation(managerRanges: Cidr[]): Promise<ClassFinding[]> {
+    const classes = Object.entries(this.ctx.classes ?? {}).map(([className, machine]) => ({ className, groups: this.machine({ className, machine }).securityGroupIds }));
+    const ids = [...new Set(classes.flatMap((c) => c.groups))];
+    if (ids.length === 0) return [];
+    const out = await this.call('DescribeSecurityGroups', undefined, (abortSignal) => this.client.send(new DescribeSecurityGroupsCommand({ GroupIds: ids }), { abortSignal }));
+    const rulesOf = new Map<string, IngressRule[]>((out.SecurityGroups ?? []).map((g) => [g.GroupId ?? '', fromEc2SecurityGroup(g)]));
+    return auditClasses(classes.map((c) => ({ className: c.className, rules: c.groups.flatMap((g) => rulesOf.get(g) ?? []), vmTags: c.groups })), managerRanges, [22]);
   }
 
   async close(): Promise<void> {

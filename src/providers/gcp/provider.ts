@@ -35,7 +35,7 @@ import { coolDown, nextUsableAt, usableZones } from '../shared/placement.js';
 import { cloudRetryOptions } from '../shared/retry.js';
 import { machineProfiles } from '../shared/config-fields.js';
 import type { Cidr } from '../../isolation/cidr.js';
-import { auditIngress, fromGceFirewall } from '../../isolation/firewall-audit.js';
+import { auditClasses, fromGceFirewall } from '../../isolation/firewall-audit.js';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
 type Operation = protos.google.cloud.compute.v1.IOperation;
@@ -618,17 +618,8 @@ export class GcpProvider implements Provider {
     const [all] = await this.call('firewalls.list', undefined, (o) => firewalls.list({ project: this.cfg.project }, o));
     const network = (this.cfg.network ?? 'default').split('/').pop()!;
     const rules = all.filter((f) => (f.network ?? '').split('/').pop() === network).map(fromGceFirewall).filter((r) => r !== null);
-    const out = new Map<string, ClassFinding>();
-    for (const [className, machine] of Object.entries(this.ctx.classes ?? {})) {
-      const { networkTags } = this.machine({ className, machine });
-      for (const f of auditIngress({ rules, vmTags: networkTags, managerRanges, accessPorts: [22] })) {
-        const key = `${f.kind}\0${f.message}`;
-        const seen = out.get(key);
-        if (seen) seen.classes.push(className);
-        else out.set(key, { ...f, classes: [className] });
-      }
-    }
-    return [...out.values()];
+    const classes = Object.entries(this.ctx.classes ?? {}).map(([className, machine]) => ({ className, rules, vmTags: this.machine({ className, machine }).networkTags }));
+    return auditClasses(classes, managerRanges, [22]);
   }
 
   async close(): Promise<void> {
