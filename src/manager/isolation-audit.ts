@@ -23,9 +23,10 @@ export interface AuditDeps {
   log: Logger;
 }
 
-/** One audit of every provider that can audit; a provider whose audit fails is logged and skipped. */
-export async function auditIsolation(d: AuditDeps): Promise<Map<string, ClassFinding[]>> {
+/** One audit of every provider that can audit; a provider whose audit fails is logged and left out of the answer. */
+export async function auditIsolation(d: AuditDeps): Promise<{ findings: Map<string, ClassFinding[]>; failed: string[] }> {
   const out = new Map<string, ClassFinding[]>();
+  const failed: string[] = [];
   const managers = d.config.isolation.managerRanges.map(parseCidr);
   for (const [name, provider] of d.providers) {
     if (!provider.auditIsolation) continue;
@@ -34,6 +35,7 @@ export async function auditIsolation(d: AuditDeps): Promise<Map<string, ClassFin
       findings = await provider.auditIsolation(managers);
     } catch (err) {
       d.log.warn({ provider: name, err: (err as Error).message }, 'isolation audit failed; will try again');
+      failed.push(`${name}: ${(err as Error).message}`);
       continue;
     }
     out.set(name, findings);
@@ -42,12 +44,12 @@ export async function auditIsolation(d: AuditDeps): Promise<Map<string, ClassFin
     for (const f of findings) d.log.warn({ provider: name, kind: f.kind, rule: f.rule, classes: f.classes }, `isolation: ${f.message}`);
     if (findings.length === 0) d.log.info({ provider: name }, 'isolation audit: only the manager reaches the job VMs');
   }
-  return out;
+  return { findings: out, failed };
 }
 
 /**
- * The start-up audit, then one every interval. With `enforce`, findings at start-up refuse the
- * start (an error listing them); later findings are logged and exported: jobs in flight are not
+ * The start-up audit, then one every interval. With `enforce`, findings at start-up (or an audit
+ * that cannot run) refuse the start, with an error listing them; later findings are logged and exported: jobs in flight are not
  * stopped by a firewall change, but SREs get the alert. Returns the stop function.
  */
 export async function startIsolationAudits(d: AuditDeps): Promise<() => void> {
@@ -58,10 +60,12 @@ export async function startIsolationAudits(d: AuditDeps): Promise<() => void> {
     return () => {};
   }
   const first = await auditIsolation(d);
-  const all = [...first.values()].flat();
+  const all = [...first.findings.values()].flat();
   if (audit === 'enforce' && all.length) {
     throw new IsolationAuditError(`isolation audit (isolation.audit: enforce) found ${all.length} opening${all.length === 1 ? '' : 's'} into job VMs:\n  ${all.map((f) => f.message).join('\n  ')}`);
   }
+  // Enforce means the start waits for a clean audit: one that could not run proves nothing.
+  if (audit === 'enforce' && first.failed.length) throw new IsolationAuditError(`isolation audit (isolation.audit: enforce) could not run:\n  ${first.failed.join('\n  ')}`);
   const timer = setInterval(() => void auditIsolation(d).catch((err) => d.log.warn({ err }, 'isolation audit failed')), auditIntervalMs);
   timer.unref();
   return () => clearInterval(timer);

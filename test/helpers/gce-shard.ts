@@ -22,10 +22,13 @@ export async function startGceShard(o: {
   shard: string; className: string; token: string; pool: string; bootDelayMs?: number;
   /** The shard's `isolation:` mapping (YAML flow), and the project's firewall rules. */
   isolation?: string; firewalls?: Record<string, unknown>[];
+  /** Runs before the shard starts (e.g. to set emulator faults). */
+  beforeStart?: (gce: GceEmulator) => void;
 }): Promise<GceShard> {
   const dir = mkdtempSync(join(tmpdir(), `rf-${o.shard}-`));
   const gce = await startGceEmulator({ dataDir: join(dir, 'gce'), bootDelayMs: o.bootDelayMs ?? 0 });
   if (o.firewalls) gce.setFirewalls(`${o.shard}-project`, o.firewalls);
+  o.beforeStart?.(gce);
   const gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
   const config = parseConfig(`
 shard: ${o.shard}

@@ -68,6 +68,10 @@ describe('isolation audit on gcp', () => {
     await expect(startGceShard({ ...o, shard: 'iso-refused', firewalls: open })).rejects.toThrow(
       /isolation audit \(isolation.audit: enforce\) found 1 opening into job VMs:\n {2}firewall rule "default-allow-ssh" \(priority 1000\) lets 0\.0\.0\.0\/0 reach the job VMs on tcp:22/,
     );
+    // An audit that cannot run (no compute.firewalls.list permission) proves nothing: no start either.
+    await expect(
+      startGceShard({ ...o, shard: 'iso-denied', firewalls: [open[0]!], beforeStart: (gce) => (gce.faults.failNextWith = { status: 403, reason: 'forbidden', message: "Required 'compute.firewalls.list' permission for 'projects/iso-denied-project'" }) }),
+    ).rejects.toThrow(/isolation audit \(isolation.audit: enforce\) could not run:\n {2}gcp: .*compute\.firewalls\.list/);
     const env = await startGceShard({ ...o, shard: 'iso-ok', firewalls: [open[0]!] });
     try {
       const text = await env.shard.metrics.registry.metrics();
