@@ -146,12 +146,14 @@ export function fromGceFirewall(f: {
 }): IngressRule | null {
   if ((f.direction ?? 'INGRESS') !== 'INGRESS' || f.disabled) return null;
   const deny = (f.denied?.length ?? 0) > 0;
+  // GCE: an ingress rule that names no source at all applies to every source (0.0.0.0/0).
+  const sourceless = !f.sourceRanges?.length && !f.sourceTags?.length && !f.sourceServiceAccounts?.length;
   return {
     name: f.name ?? '(unnamed)',
     priority: f.priority ?? 1000,
     action: deny ? 'deny' : 'allow',
     // An unparseable range is treated as everything: the audit must not miss an opening.
-    sourceRanges: (f.sourceRanges ?? []).map(rangeOrEverything),
+    sourceRanges: sourceless ? [{ base: 0, prefix: 0 }] : (f.sourceRanges ?? []).map(rangeOrEverything),
     sourceTags: f.sourceTags ?? [],
     sourceServiceAccounts: f.sourceServiceAccounts ?? [],
     targetTags: f.targetTags ?? [],

@@ -63,6 +63,12 @@ describe('isolation audit of ingress rules', () => {
     ]);
   });
 
+  it('reads a rule with no source as GCE does: from everywhere', () => {
+    expect(audit([SSH_FROM_MANAGER, { name: 'no-source', targetTags: ['runner-vm'], allowed: [{ IPProtocol: 'tcp', ports: ['80'] }] }]).map((f) => f.message)).toEqual([
+      'firewall rule "no-source" (priority 1000) lets 0.0.0.0/0 reach the job VMs on tcp:80; only the manager (10.0.0.5/32) should',
+    ]);
+  });
+
   it('says when the manager cannot reach an access port', () => {
     expect(audit([SSH_FROM_MANAGER], { ports: [22, 5986] }).map((f) => f.message)).toEqual(['no firewall rule lets the manager (10.0.0.5/32) reach the job VMs on tcp:5986: they would never become ready']);
     expect(audit([SSH_FROM_MANAGER], { managers: ['10.0.0.5/32', '10.0.1.0/28'] }).map((f) => f.kind)).toEqual(['manager-cannot-reach']);
