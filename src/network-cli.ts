@@ -1,7 +1,7 @@
 // `runner-fleet network check|allocate`: the shard network plan over a CIDR registry file.
 import { appendFileSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { CidrError, formatCidr, isPrivate, parseCidr } from './isolation/cidr.js';
+import { CidrError, formatCidr, isPrivate, notPrivate, parseCidr } from './isolation/cidr.js';
 import { RegistryError, allocate, describeConflict, findConflicts, parseRegistry, registryLine, type RegistryRow } from './isolation/network-plan.js';
 
 type Usage = (message: string) => Error;
@@ -56,7 +56,7 @@ export async function networkCommand(sub: 'check' | 'allocate', args: string[], 
     if (err instanceof CidrError) throw usage(`--within: ${err.message}`);
     throw err;
   }
-  if (!isPrivate(within)) throw usage(`--within: ${values.within} is not inside a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)`);
+  if (!isPrivate(within)) throw usage(`--within: ${notPrivate(values.within)}`);
   const prefix = Number(values.prefix);
   if (!/^\d{1,2}$/.test(values.prefix) || prefix < within.prefix || prefix > 29) throw usage(`--prefix: expected an integer from ${within.prefix} (the --within range) to 29, got ${JSON.stringify(values.prefix)}`);
 

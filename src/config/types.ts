@@ -1,5 +1,6 @@
 // The validated, typed shard configuration. `load.ts` turns YAML into this (durations in
 // milliseconds, ${VAR} expanded, defaults applied); nothing past the loader re-checks shapes.
+import type { AUDIT_MODES } from './schema.js';
 
 export interface PoolConfig {
   /** Warm (booted, never used) VMs to hold. */
@@ -81,7 +82,7 @@ export interface IsolationConfig {
   /** Where the manager's connections to job VMs come from: the only sources allowed in. */
   managerRanges: string[];
   /** Audit the runner networks' ingress rules: log findings (warn), refuse to start on any (enforce), or not at all. */
-  audit: 'off' | 'warn' | 'enforce';
+  audit: (typeof AUDIT_MODES)[number];
   auditIntervalMs: number;
 }
 

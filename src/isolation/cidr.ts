@@ -63,11 +63,17 @@ export function contains(outer: Cidr, inner: Cidr): boolean {
   return inner.base >= outer.base && cidrEnd(inner) <= cidrEnd(outer);
 }
 
+const PRIVATE = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16'];
 /** RFC 1918 private ranges: runner subnets must sit in one of them. */
-export const PRIVATE_RANGES: readonly Cidr[] = ['10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16'].map(parseCidr);
+const PRIVATE_RANGES: readonly Cidr[] = PRIVATE.map(parseCidr);
 
 export function isPrivate(c: Cidr): boolean {
   return PRIVATE_RANGES.some((r) => contains(r, c));
+}
+
+/** `10.12.8.0/21 is not inside a private range (10.0.0.0/8, ...)`: the error both the registry and the CLI give. */
+export function notPrivate(text: string): string {
+  return `${text} is not inside a private range (${PRIVATE.join(', ')})`;
 }
 
 /**

@@ -43,7 +43,8 @@ export interface AuditInput {
   accessPorts: number[];
 }
 
-export type FindingKind = 'vm-to-vm' | 'others-can-reach' | 'manager-cannot-reach';
+export const FINDING_KINDS = ['vm-to-vm', 'others-can-reach', 'manager-cannot-reach'] as const;
+export type FindingKind = (typeof FINDING_KINDS)[number];
 
 export interface IsolationFinding {
   kind: FindingKind;
@@ -70,10 +71,8 @@ export function auditClasses(classes: { className: string; rules: IngressRule[];
   return [...found.values()];
 }
 
-export const ALL_PORTS: PortRange[] = [{ protocol: 'all', from: 0, to: 65535 }];
-
 /** GCE `allowed`/`denied` entries (`{ IPProtocol: 'tcp', ports: ['22', '5985-5986'] }`) as ranges. */
-export function gcePorts(entries: { IPProtocol?: string | null; ports?: string[] | null }[]): PortRange[] {
+function gcePorts(entries: { IPProtocol?: string | null; ports?: string[] | null }[]): PortRange[] {
   const out: PortRange[] = [];
   for (const e of entries) {
     const protocol = (e.IPProtocol ?? 'all').toLowerCase();
@@ -89,7 +88,7 @@ export function gcePorts(entries: { IPProtocol?: string | null; ports?: string[]
   return out;
 }
 
-export function formatPorts(ports: PortRange[]): string {
+function formatPorts(ports: PortRange[]): string {
   return ports.map((p) => (p.protocol === 'all' ? 'all traffic' : p.from === 0 && p.to === 65535 ? `${p.protocol}:all` : `${p.protocol}:${p.from === p.to ? p.from : `${p.from}-${p.to}`}`)).join(', ');
 }
 

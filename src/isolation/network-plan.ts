@@ -2,7 +2,7 @@
 // networks peered directly or through one common network. The registry is a CSV with the header
 // `environment,network,cidr` (a row per subnet, as in shared/data/ephemeral-runner-cidrs.csv);
 // the whole registry is one peering domain, so any two overlapping rows are a conflict.
-import { CidrError, type Cidr, cidrEnd, formatCidr, firstFree, isPrivate, parseCidr } from './cidr.js';
+import { CidrError, type Cidr, cidrEnd, formatCidr, firstFree, isPrivate, notPrivate, parseCidr } from './cidr.js';
 
 export interface RegistryRow {
   /** 1-based line in the registry file. */
@@ -39,7 +39,7 @@ export function parseRegistry(text: string): RegistryRow[] {
     else {
       try {
         const cidr = parseCidr(cidrText);
-        if (!isPrivate(cidr)) errors.push(`line ${i + 1}: cidr: ${cidrText} is not inside a private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)`);
+        if (!isPrivate(cidr)) errors.push(`line ${i + 1}: cidr: ${notPrivate(cidrText)}`);
         else rows.push({ line: i + 1, environment, network, cidr });
       } catch (err) {
         if (!(err instanceof CidrError)) throw err;

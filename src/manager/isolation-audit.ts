@@ -6,11 +6,9 @@
 import type { Logger } from 'pino';
 import type { ShardConfig } from '../config/types.js';
 import { parseCidr } from '../isolation/cidr.js';
-import type { FindingKind } from '../isolation/firewall-audit.js';
+import { FINDING_KINDS } from '../isolation/firewall-audit.js';
 import type { ClassFinding, Provider } from '../providers/provider.js';
 import type { Metrics } from './metrics.js';
-
-const KINDS: FindingKind[] = ['vm-to-vm', 'others-can-reach', 'manager-cannot-reach'];
 
 export class IsolationAuditError extends Error {
   override name = 'IsolationAuditError';
@@ -39,7 +37,7 @@ export async function auditIsolation(d: AuditDeps): Promise<{ findings: Map<stri
       continue;
     }
     out.set(name, findings);
-    for (const kind of KINDS) d.metrics.isolationFindings.set({ provider: name, kind }, findings.filter((f) => f.kind === kind).length);
+    for (const kind of FINDING_KINDS) d.metrics.isolationFindings.set({ provider: name, kind }, findings.filter((f) => f.kind === kind).length);
     d.metrics.isolationAuditTimestamp.set({ provider: name }, Date.now() / 1000);
     for (const f of findings) d.log.warn({ provider: name, kind: f.kind, rule: f.rule, classes: f.classes }, `isolation: ${f.message}`);
     if (findings.length === 0) d.log.info({ provider: name }, 'isolation audit: only the manager reaches the job VMs');
