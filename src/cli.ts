@@ -194,7 +194,8 @@ async function start(args: string[]): Promise<number> {
   const config = loadOrExplain(configArg(args));
   if (!config) return 1;
   const log = createLogger({ level: config.log.level, shard: config.shard });
-  const shard = await startShard({ config, log });
+  // A second manager with the same config waits as standby, serving /readyz (503) and /metrics.
+  const shard = await startShard({ config, log, waitActive: false });
   return untilSignal(shard, log);
 }
 

@@ -21,7 +21,7 @@ export interface ApiDeps {
   metrics: Metrics;
   log: Logger;
   /** Extra readiness check for /readyz, e.g. "the manager holds the shard lock". */
-  ready?: () => Promise<boolean>;
+  ready?: () => Promise<import('./health.js').Readiness>;
 }
 
 /** Request lines at debug, not info: probes and scrapes would otherwise flood the log. */

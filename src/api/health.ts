@@ -4,9 +4,12 @@ import { sql, type Kysely } from 'kysely';
 import type { FastifyInstance } from 'fastify';
 import type { Database } from '../db/schema.js';
 
+/** true = ready; otherwise why not: a reason, or a status of its own (`standby`) with its reason. */
+export type Readiness = boolean | string | { status: string; reason: string };
+
 export interface HealthOptions {
   db: Kysely<Database>;
-  ready?: () => Promise<boolean>;
+  ready?: () => Promise<Readiness>;
   /** Longest a readiness check may take before it counts as failed (default 2 s). */
   checkTimeoutMs?: number;
 }
@@ -23,24 +26,31 @@ export async function healthRoutes(app: FastifyInstance, opts: HealthOptions): P
   app.get('/healthz', { schema: { response: { 200: statusSchema } } }, async () => ({ status: 'ok' }));
 
   app.get('/readyz', { schema: { response: { 200: statusSchema, 503: statusSchema } } }, async (req, reply) => {
-    const reason = await notReadyReason(opts, timeoutMs);
-    if (reason === null) return { status: 'ready' };
-    req.log.warn({ reason }, 'not ready');
-    return reply.code(503).send({ status: 'unavailable', reason });
+    const not = await notReady(opts, timeoutMs);
+    if (not === null) return { status: 'ready' };
+    // A standby is healthy: it says so at debug, not as a warning every probe.
+    if (not.status === 'standby') req.log.debug(not, 'standby');
+    else req.log.warn(not, 'not ready');
+    return reply.code(503).send(not);
   });
 }
 
-async function notReadyReason(opts: HealthOptions, timeoutMs: number): Promise<string | null> {
+/** null when ready; else the 503 body. A standby manager answers `standby` and who holds the shard. */
+async function notReady(opts: HealthOptions, timeoutMs: number): Promise<{ status: string; reason: string } | null> {
   try {
     await withTimeout(sql`SELECT 1`.execute(opts.db), timeoutMs);
   } catch (err) {
-    return `database: ${(err as Error).message}`;
+    return { status: 'unavailable', reason: `database: ${(err as Error).message}` };
   }
   if (opts.ready) {
     try {
-      if (!(await withTimeout(opts.ready(), timeoutMs))) return 'manager: not ready';
+      const r = await withTimeout(opts.ready(), timeoutMs);
+      if (r === true) return null;
+      if (r === false) return { status: 'unavailable', reason: 'manager: not ready' };
+      if (typeof r === 'string') return { status: 'unavailable', reason: r };
+      return r;
     } catch (err) {
-      return `manager: ${(err as Error).message}`;
+      return { status: 'unavailable', reason: `manager: ${(err as Error).message}` };
     }
   }
   return null;

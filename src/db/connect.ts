@@ -24,6 +24,8 @@ export interface OpenOptions {
   poolSize?: number;
   /** Server-side statement_timeout for postgres:// in ms (default 60 s; 0 disables). */
   statementTimeoutMs?: number;
+  /** application_name of every session (default runner-fleet): a takeover ends a stale manager's sessions by it. */
+  applicationName?: string;
 }
 
 // Other modules (the shard lock) need to know whether sessions are real.
@@ -49,7 +51,7 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<OpenDatabas
     statement_timeout: opts.statementTimeoutMs ?? 60_000,
     // A transaction left open by a crashed code path must not hold row locks forever.
     idle_in_transaction_session_timeout: 5 * 60_000,
-    application_name: 'runner-fleet',
+    application_name: opts.applicationName ?? 'runner-fleet',
   });
   watchConnections(pool, opts.log);
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });

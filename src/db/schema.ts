@@ -14,6 +14,22 @@ export interface ShardSecretsTable {
   created_at: Generated<Date>;
 }
 
+/** bigint columns arrive as strings from pg. */
+export interface ShardEpochsTable {
+  shard: string;
+  epoch: ColumnType<string, number | string, number | string>;
+}
+
+export interface ShardLeasesTable {
+  shard: string;
+  epoch: ColumnType<string, number | string, number | string>;
+  holder: string;
+  holder_host: string;
+  acquired_at: Date;
+  renewed_at: Date;
+  expires_at: Date;
+}
+
 export interface VmsTable {
   id: string;
   shard: string;
@@ -133,6 +149,8 @@ export interface Database {
   provider_resources: ProviderResourcesTable;
   provider_resource_events: ProviderResourceEventsTable;
   shard_secrets: ShardSecretsTable;
+  shard_epochs: ShardEpochsTable;
+  shard_leases: ShardLeasesTable;
   vms: VmsTable;
   vm_events: VmEventsTable;
   jobs: JobsTable;

@@ -71,6 +71,21 @@ export interface ScaleInput {
   now: number;
 }
 
+/** Every VM of the class that exists or is on its way: what counts toward `max`. */
+export function liveVmCount(c: ClassCounts): number {
+  return c.pending + c.ready + c.busy + c.leaving + (c.standby ?? 0) + (c.pendingStandby ?? 0) + (c.resuming ?? 0);
+}
+
+/**
+ * How many more VMs the class may have now. `claimed`: room already promised since `counts` was
+ * taken (cold-start job requests in flight, VMs created but not yet counted). The pool's
+ * scaling, intake's cold start and the simulator all ask this one function, so a burst of
+ * cold starts between two pool ticks cannot pass `max`.
+ */
+export function classRoom(c: ClassCounts, max: number, claimed = 0): number {
+  return Math.max(0, max - liveVmCount(c) - claimed);
+}
+
 /** Surplus standby VMs are deleted after this many idle times unused. */
 export const STANDBY_KEEP = 10;
 
@@ -86,7 +101,6 @@ export function decideScale(input: ScaleInput): ScaleDecision {
   const resuming = counts.resuming ?? 0;
   const targets = input.standbyCapable ? input.targets : { hot: input.targets.hot, standby: 0 };
   const out: ScaleDecision = { create: 0, createStandby: 0, resume: 0, stop: [], retire: [], retireStandby: 0, capped: false };
-  const live = counts.pending + counts.ready + counts.busy + counts.leaving + standby + pendingStandby + resuming;
 
   if (input.frozen) {
     out.retire = input.readyVms.map((v) => v.id).slice(0, counts.ready);
@@ -116,7 +130,7 @@ export function decideScale(input: ScaleInput): ScaleDecision {
       }
     }
   }
-  let room = Math.max(0, input.max - live);
+  let room = classRoom(counts, input.max);
   if (!input.blocked) {
     out.create = Math.min(hotShort, room);
     room -= out.create;

@@ -14,6 +14,8 @@ import { intakeMode } from './autoscaler.js';
 import { newVm, type Pool } from './pool.js';
 import type { DemandModel } from './predictive.js';
 import { InvalidTransitionError, type Store } from './store.js';
+import pRetry from 'p-retry';
+import { FencedError, isTransientDbError } from '../db/fence.js';
 
 export interface IntakeDeps {
   config: ShardConfig;
@@ -26,7 +28,15 @@ export interface IntakeDeps {
   clock: Clock;
   /** Predictive classes' demand models: fed each job's queue entry and GitLab's queue hint. */
   demand?: Map<string, DemandModel>;
+  /**
+   * Whether this manager may take a job now: false once its shard lease may have run out (a
+   * standby may be taking over), so no job is handed to a manager that cannot record it.
+   */
+  canRequest?: () => boolean;
 }
+
+/** A bind the database did not take: how often to try it before failing the job back to GitLab. */
+const BIND_RETRIES = 4;
 
 /** After a 403 the runner token is wrong or revoked: ask again rarely. */
 const FORBIDDEN_BACKOFF_MS = 60_000;
@@ -52,42 +62,56 @@ export class Intake {
     const log = this.d.log.child({ class: cls.name });
     let errors = 0;
     while (!signal.aborted) {
+      if (this.d.canRequest && !this.d.canRequest()) {
+        await this.d.clock.sleep(Math.min(this.d.config.gitlab.pollIntervalMs, 1000), signal).catch(() => {});
+        continue;
+      }
       const vm = this.d.pool.reserve(cls.name);
       if (!vm) {
-        // Only once the pool has read its VMs: a restarted manager's warm VMs come first.
+        // Only once the pool has read its VMs: a restarted manager's warm VMs come first. Room is
+        // claimed before GitLab is asked, so a burst of cold starts cannot pass max or capacity.
         const counts = this.d.pool.classCounts(cls.name);
-        if (counts && intakeMode(cls.pool.intake, counts) === 'coldStart' && this.d.pool.hasRoom(cls)) {
-          errors = await this.coldStart(cls, log, errors);
+        const claim = counts && intakeMode(cls.pool.intake, counts) === 'coldStart' ? this.d.pool.claimRoom(cls) : null;
+        if (claim) {
+          errors = await this.coldStart(cls, claim, log, errors);
           continue;
         }
         await this.d.pool.waitForChange(this.d.config.gitlab.pollIntervalMs, signal);
         continue;
       }
       let handedOver = false;
+      let res: Awaited<ReturnType<GitLabClient['requestJob']>>;
+      let pickedAt: number;
       try {
-        const res = await this.d.gitlab.requestJob(cls.runnerToken, signal);
+        res = await this.d.gitlab.requestJob(cls.runnerToken, signal);
         // GitLab's time_in_queue_seconds ends when it answers: our share starts here.
-        const pickedAt = this.d.clock.now();
-        this.d.metrics.jobRequests.inc({ class: cls.name, outcome: res.kind });
-        errors = 0;
-        if (res.kind === 'none') {
-          this.d.pool.release(vm.id);
-          await this.d.clock.sleep(this.d.config.gitlab.pollIntervalMs, signal);
-          continue;
-        }
-        if (res.kind === 'forbidden') {
-          log.error('GitLab refused the runner token (403); check classes.%s.runnerToken', cls.name);
-          this.d.pool.release(vm.id);
-          await this.d.clock.sleep(FORBIDDEN_BACKOFF_MS, signal);
-          continue;
-        }
-        handedOver = await this.accept(cls, vm.id, res.raw, pickedAt, log);
+        pickedAt = this.d.clock.now();
       } catch (err) {
+        this.d.pool.release(vm.id);
         if (signal.aborted) break;
         errors++;
         this.d.metrics.jobRequests.inc({ class: cls.name, outcome: 'error' });
         log.warn({ err: (err as Error).message }, 'job request failed');
-        await this.d.clock.sleep(Math.min(this.d.config.gitlab.pollIntervalMs * 2 ** Math.min(errors, 5), 60_000), signal);
+        await this.d.clock.sleep(Math.min(this.d.config.gitlab.pollIntervalMs * 2 ** Math.min(errors, 5), 60_000), signal).catch(() => {});
+        continue;
+      }
+      this.d.metrics.jobRequests.inc({ class: cls.name, outcome: res.kind });
+      errors = 0;
+      if (res.kind !== 'job') {
+        this.d.pool.release(vm.id);
+        if (res.kind === 'forbidden') {
+          log.error('GitLab refused the runner token (403); check classes.%s.runnerToken', cls.name);
+          await this.d.clock.sleep(FORBIDDEN_BACKOFF_MS, signal).catch(() => {});
+        } else {
+          await this.d.clock.sleep(this.d.config.gitlab.pollIntervalMs, signal).catch(() => {});
+        }
+        continue;
+      }
+      // GitLab has handed the job to us: from here it is bound and run, or failed back, never dropped.
+      try {
+        handedOver = await this.accept(cls, vm.id, res.raw, pickedAt, log);
+      } catch (err) {
+        await this.failBack(cls, res.raw, pickedAt, log, err);
       } finally {
         if (!handedOver) this.d.pool.release(vm.id);
       }
@@ -95,52 +119,100 @@ export class Intake {
   }
 
   /**
-   * Cold start (nothing warm or coming): ask GitLab for a job, then make a VM for it. The job and
-   * its VM row commit together first; the executor streams "creating a VM" to the job's log and
-   * runs it once the VM is ready, or fails it as our fault if the VM never gets there.
+   * Cold start (nothing warm or coming), in room claimed beforehand: ask GitLab for a job, then
+   * make a VM for it. The job and its VM row commit together first; the executor streams
+   * "creating a VM" to the job's log and runs it once the VM is ready, or fails it as our fault
+   * if the VM never gets there.
    */
-  private async coldStart(cls: ClassConfig, log: Logger, errors: number): Promise<number> {
+  private async coldStart(cls: ClassConfig, claim: string, log: Logger, errors: number): Promise<number> {
     const { signal } = this.abort;
+    let launched = false;
     try {
-      const res = await this.d.gitlab.requestJob(cls.runnerToken, signal);
+      let res: Awaited<ReturnType<GitLabClient['requestJob']>>;
+      try {
+        res = await this.d.gitlab.requestJob(cls.runnerToken, signal);
+      } catch (err) {
+        if (signal.aborted) return errors;
+        this.d.metrics.jobRequests.inc({ class: cls.name, outcome: 'error' });
+        log.warn({ err: (err as Error).message }, 'job request failed');
+        await this.d.clock.sleep(Math.min(this.d.config.gitlab.pollIntervalMs * 2 ** Math.min(errors + 1, 5), 60_000), signal).catch(() => {});
+        return errors + 1;
+      }
       const pickedAt = this.d.clock.now();
       this.d.metrics.jobRequests.inc({ class: cls.name, outcome: res.kind });
       if (res.kind === 'none') {
+        this.d.pool.releaseRoom(cls.name, claim);
         await this.d.pool.waitForChange(this.d.config.gitlab.pollIntervalMs, signal);
         return 0;
       }
       if (res.kind === 'forbidden') {
         log.error('GitLab refused the runner token (403); check classes.%s.runnerToken', cls.name);
-        await this.d.clock.sleep(FORBIDDEN_BACKOFF_MS, signal);
+        this.d.pool.releaseRoom(cls.name, claim);
+        await this.d.clock.sleep(FORBIDDEN_BACKOFF_MS, signal).catch(() => {});
         return 0;
       }
-      const parsed = parseJobPayload(res.raw);
-      if (!parsed.ok) {
-        await this.reject(cls, { ...parsed, error: `malformed job payload: ${parsed.error}` }, pickedAt, log);
-        return 0;
+      try {
+        launched = await this.acceptCold(cls, claim, res.raw, pickedAt, log);
+      } catch (err) {
+        await this.failBack(cls, res.raw, pickedAt, log, err);
       }
-      const job = parsed.job;
-      const timeoutSeconds = jobTimeoutSeconds(job, cls.jobTimeoutMs / 1000);
-      const queuedSeconds = job.job_info?.time_in_queue_seconds ?? null;
-      this.observe(cls, job, pickedAt, queuedSeconds);
-      const vm = newVm(this.d.config.shard, cls);
-      const bound = await this.d.store.bindJobToNewVm({ jobId: job.id, className: cls.name, token: job.token, ...jobIdentity(job), queuedSeconds, timeoutSeconds, pickedAt: new Date(pickedAt), vm });
-      if (!bound) {
-        log.warn({ job: job.id }, 'GitLab handed out a job this shard already holds; ignoring');
-        return 0;
-      }
-      this.d.pool.launchForJob(cls, vm);
-      const row = (await this.d.store.vm(vm.id))!;
-      log.info({ job: job.id, vm: vm.id, queuedSeconds }, 'job picked up (cold start)');
-      this.d.executor.start({ job, vm: row, cls, pickedAt, timeoutSeconds, queuedSeconds, awaitVm: (s) => this.awaitVm(vm.id, s) });
       return 0;
-    } catch (err) {
-      if (signal.aborted) return errors;
-      this.d.metrics.jobRequests.inc({ class: cls.name, outcome: 'error' });
-      log.warn({ err: (err as Error).message }, 'job request failed');
-      await this.d.clock.sleep(Math.min(this.d.config.gitlab.pollIntervalMs * 2 ** Math.min(errors + 1, 5), 60_000), signal);
-      return errors + 1;
+    } finally {
+      if (!launched) this.d.pool.releaseRoom(cls.name, claim);
     }
+  }
+
+  private async acceptCold(cls: ClassConfig, claim: string, raw: unknown, pickedAt: number, log: Logger): Promise<boolean> {
+    const parsed = parseJobPayload(raw);
+    if (!parsed.ok) {
+      await this.reject(cls, { ...parsed, error: `malformed job payload: ${parsed.error}` }, pickedAt, log);
+      return false;
+    }
+    const job = parsed.job;
+    const timeoutSeconds = jobTimeoutSeconds(job, cls.jobTimeoutMs / 1000);
+    const queuedSeconds = job.job_info?.time_in_queue_seconds ?? null;
+    this.observe(cls, job, pickedAt, queuedSeconds);
+    const vm = newVm(this.d.config.shard, cls);
+    const outcome = await this.bindWithRetry(job.id, vm.id, log, () =>
+      this.d.store.bindJobToNewVm({ jobId: job.id, className: cls.name, token: job.token, ...jobIdentity(job), queuedSeconds, timeoutSeconds, pickedAt: new Date(pickedAt), vm }),
+    );
+    if (outcome === 'duplicate') {
+      log.warn({ job: job.id }, 'GitLab handed out a job this shard already holds; its executor runs it');
+      return false;
+    }
+    this.d.pool.launchForJob(cls, vm, claim);
+    const row = (await this.d.store.vm(vm.id))!;
+    log.info({ job: job.id, vm: vm.id, queuedSeconds }, 'job picked up (cold start)');
+    this.d.executor.start({ job, vm: row, cls, pickedAt, timeoutSeconds, queuedSeconds, awaitVm: (s) => this.awaitVm(vm.id, s) });
+    return true;
+  }
+
+  /**
+   * Commit a bind, retrying what a retry can cure (deadlock, lost connection). A retry that finds
+   * the job already bound to this very VM means an earlier attempt committed and only its answer
+   * was lost: that is success. Anything else holding the job is a duplicate hand-out.
+   */
+  private async bindWithRetry(jobId: number, vmId: string, log: Logger, bind: () => Promise<boolean>): Promise<'bound' | 'duplicate'> {
+    let tried = false;
+    return pRetry(
+      async () => {
+        const first = !tried;
+        tried = true;
+        if (await bind()) return 'bound' as const;
+        if (!first) {
+          const row = await this.d.store.job(jobId);
+          if (row?.vm_id === vmId && row.state === 'running') return 'bound' as const;
+        }
+        return 'duplicate' as const;
+      },
+      {
+        retries: BIND_RETRIES,
+        minTimeout: 100,
+        maxTimeout: 2000,
+        shouldRetry: ({ error }) => isTransientDbError(error) && !this.abort.signal.aborted,
+        onFailedAttempt: ({ error, attemptNumber }) => log.warn({ job: jobId, attempt: attemptNumber, err: error.message }, 'binding the job failed'),
+      },
+    );
   }
 
   /** Wait for a cold-start VM to be ready and take it for its job (the pool fails it on boot timeout). */
@@ -176,25 +248,27 @@ export class Intake {
     this.observe(cls, job, pickedAt, queuedSeconds);
     const ids = jobIdentity(job);
     const bind = (id: string) =>
-      this.d.store.bindJob({ vmId: id, jobId: job.id, className: cls.name, token: job.token, ...ids, queuedSeconds, timeoutSeconds, pickedAt: new Date(pickedAt) });
-    let bound: boolean;
+      this.bindWithRetry(job.id, id, log, () => this.d.store.bindJob({ vmId: id, jobId: job.id, className: cls.name, token: job.token, ...ids, queuedSeconds, timeoutSeconds, pickedAt: new Date(pickedAt) }));
+    let outcome: 'bound' | 'duplicate';
     try {
-      bound = await bind(vmId);
+      outcome = await bind(vmId);
     } catch (err) {
       if (!(err instanceof InvalidTransitionError)) throw err;
       // The reserved VM was lost between reservation and binding: take another warm one.
       const other = this.d.pool.reserve(cls.name);
-      if (!other) {
-        await this.reject(cls, { error: 'no warm VM left for the job (its VM was lost)', jobId: job.id, token: job.token }, pickedAt, log, 'runner_system_failure');
-        return false;
-      }
+      if (!other) throw new Error('no warm VM left for the job (its VM was lost)');
       this.d.pool.release(vmId);
       vmId = other.id;
-      bound = await bind(vmId).catch(() => false);
-      if (!bound) this.d.pool.release(vmId);
+      try {
+        outcome = await bind(vmId);
+      } catch (err2) {
+        this.d.pool.release(vmId);
+        throw err2;
+      }
+      if (outcome !== 'bound') this.d.pool.release(vmId);
     }
-    if (!bound) {
-      log.warn({ job: job.id }, 'GitLab handed out a job this shard already holds; ignoring');
+    if (outcome === 'duplicate') {
+      log.warn({ job: job.id }, 'GitLab handed out a job this shard already holds; its executor runs it');
       return false;
     }
     const vm = await this.d.store.vm(vmId);
@@ -203,7 +277,22 @@ export class Intake {
     return true;
   }
 
-  /** A malformed payload: fail the job back to GitLab with the reason, never crash. */
+  /**
+   * A job GitLab handed to us that we could not bind (the database refused, this manager lost the
+   * shard): fail it back to GitLab at once with a trace line saying why, so it does not wait for
+   * GitLab's stuck-job timeout; the user can retry it.
+   */
+  private async failBack(cls: ClassConfig, raw: unknown, pickedAt: number, log: Logger, err: unknown): Promise<void> {
+    const parsed = parseJobPayload(raw);
+    const jobId = parsed.ok ? parsed.job.id : parsed.jobId;
+    const token = parsed.ok ? parsed.job.token : parsed.token;
+    const reason = err instanceof FencedError ? 'this manager lost the shard to another one' : ((err as Error)?.message ?? String(err));
+    this.d.metrics.jobsFailedBack.inc({ class: cls.name, reason: err instanceof FencedError ? 'fenced' : isTransientDbError(err) ? 'database' : 'error' });
+    log.error({ job: jobId, err: reason }, 'could not take the job GitLab handed out: failing it back');
+    await this.reject(cls, { error: `the job could not be recorded: ${reason}`, ...(jobId !== undefined ? { jobId } : {}), ...(token !== undefined ? { token } : {}) }, pickedAt, log, 'runner_system_failure');
+  }
+
+  /** A malformed payload (or a job we could not take): fail it back to GitLab with the reason, never crash. */
   private async reject(cls: ClassConfig, parsed: { error: string; jobId?: number; token?: string }, pickedAt: number, log: Logger, failureReason = 'runner_unsupported'): Promise<void> {
     log.error({ job: parsed.jobId, error: parsed.error }, 'job refused');
     if (parsed.jobId === undefined || parsed.token === undefined) return; // nothing to answer to
@@ -224,7 +313,10 @@ export class Intake {
       outcome: 'failed',
       failureReason,
     });
-    await this.d.store.recordRejectedJob({ jobId: parsed.jobId, className: cls.name, token: parsed.token, pickedAt: at, failureReason, event });
+    // The record is worth retrying, but GitLab hears of the failure whether or not it lands.
+    await pRetry(() => this.d.store.recordRejectedJob({ jobId: parsed.jobId!, className: cls.name, token: parsed.token!, pickedAt: at, failureReason, event }), {
+      retries: BIND_RETRIES, minTimeout: 100, maxTimeout: 2000, shouldRetry: ({ error }) => isTransientDbError(error),
+    }).catch((err) => log.error({ job: parsed.jobId, err: (err as Error).message }, 'could not record the refused job: its billing event is missing'));
     this.d.metrics.jobsTotal.inc({ class: cls.name, result: 'rejected' });
     const message = Buffer.from(`ERROR: runner-fleet could not run this job: ${parsed.error}\n`);
     const sent = await this.d.gitlab.patchTrace(parsed.jobId, parsed.token, message, 0).catch(() => null);

@@ -57,6 +57,11 @@ export interface Metrics {
   macNestedVmReady: Histogram<'class'>;
   isolationFindings: Gauge<'provider' | 'kind'>;
   isolationAuditTimestamp: Gauge<'provider'>;
+  shardActive: Gauge;
+  shardEpoch: Gauge;
+  shardTakeovers: Counter;
+  shardStepDowns: Counter<'reason'>;
+  jobsFailedBack: Counter<'class' | 'reason'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -114,6 +119,23 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     isolationAuditTimestamp: new Gauge({
       name: 'runner_fleet_isolation_audit_timestamp_seconds', help: 'When the last isolation audit of a provider succeeded (unix seconds).',
       labelNames: ['provider'], registers,
+    }),
+    shardActive: new Gauge({
+      name: 'runner_fleet_shard_active', help: '1 while this manager holds the shard (active), 0 while it waits as standby.', registers,
+    }),
+    shardEpoch: new Gauge({
+      name: 'runner_fleet_shard_epoch', help: 'The shard epoch this manager took over at (bumped by every takeover); 0 before its first.', registers,
+    }),
+    shardTakeovers: new Counter({
+      name: 'runner_fleet_shard_takeovers_total', help: 'Times this manager became active for the shard.', registers,
+    }),
+    shardStepDowns: new Counter({
+      name: 'runner_fleet_shard_step_downs_total', help: 'Times this manager stopped being active without a shutdown: lease lost (connection, renewal, takeover) or fenced.',
+      labelNames: ['reason'], registers,
+    }),
+    jobsFailedBack: new Counter({
+      name: 'runner_fleet_jobs_failed_back_total', help: 'Jobs GitLab handed out that could not be recorded or bound, failed back to GitLab as runner_system_failure.',
+      labelNames: ['class', 'reason'], registers,
     }),
     orphansDeleted: new Counter({
       name: 'runner_fleet_orphan_vms_deleted_total', help: 'Cloud VMs of this shard that the database did not know, deleted by the reconciler.',

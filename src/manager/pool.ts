@@ -8,7 +8,7 @@ import type { VmRow } from '../db/schema.js';
 import type { SshSession } from '../connect/ssh.js';
 import { generateVmKeyPair } from '../isolation/keys.js';
 import { LABEL_SHARD, LABEL_VM, supportsStandby, type ConnectInfo, type Provider, type VmRef, type VmSpec } from '../providers/provider.js';
-import { decideScale, staticSettings, staticTargets, type ClassCounts, type TierTargets } from './autoscaler.js';
+import { classRoom, decideScale, staticSettings, staticTargets, type ClassCounts, type TierTargets } from './autoscaler.js';
 import type { DemandModel } from './predictive.js';
 import type { Clock } from './clock.js';
 import type { Metrics } from './metrics.js';
@@ -72,6 +72,14 @@ export class Pool {
   private readonly sessions = new Map<string, SshSession>();
   private readonly frozen = new Set<string>();
   private readonly counts = new Map<string, ClassCounts>();
+  /** The class's max at the last tick: pool.max, or less where the provider holds less (Mac hosts). */
+  private readonly maxNow = new Map<string, number>();
+  /**
+   * Room promised since the last read of the rows, per class: cold-start claims in flight
+   * (`claim-N`) and VMs created since (their ids), dropped once a tick reads their rows.
+   */
+  private readonly unseen = new Map<string, Set<string>>();
+  private claimSeq = 0;
   /** VMs being made for the standby tier (stopped once up); a restart just keeps them hot. */
   private readonly toStandby = new Set<string>();
   /** Classes whose growth the cloud refused (quota), until when (ms). */
@@ -242,6 +250,8 @@ export class Pool {
     const now = this.d.clock.now();
     this.stale.clear();
     this.rows = await this.d.store.liveVms();
+    const read = new Set(this.rows.map((r) => r.id));
+    for (const ids of this.unseen.values()) for (const id of ids) if (read.has(id)) ids.delete(id);
     // A reservation ends when its VM is no longer warm (bound to a job, or gone).
     const warm = new Set(this.rows.filter((r) => r.state === 'ready').map((r) => r.id));
     for (const id of this.reserved) if (!warm.has(id)) this.reserved.delete(id);
@@ -271,11 +281,30 @@ export class Pool {
     return this.counts.get(className);
   }
 
-  /** Whether the class may have one more VM now (below max, growth not blocked). */
-  hasRoom(cls: ClassConfig): boolean {
+  private unseenOf(className: string): Set<string> {
+    let s = this.unseen.get(className);
+    if (!s) this.unseen.set(className, (s = new Set()));
+    return s;
+  }
+
+  /**
+   * Claim room for one cold-start VM before asking GitLab for its job: null when the class is at
+   * its max (or its provider's capacity, e.g. no Mac host ready), frozen or blocked. Atomic with
+   * every other claim and with the pool's own creates; give it back with releaseRoom, or turn it
+   * into the job's VM with launchForJob.
+   */
+  claimRoom(cls: ClassConfig): string | null {
     const c = this.classCounts(cls.name);
-    if (!c) return false;
-    return !this.frozen.has(cls.name) && !this.growthBlocked(cls.name, this.d.clock.now()) && c.pending + c.ready + c.busy + c.leaving < cls.pool.max;
+    if (!c || this.frozen.has(cls.name) || this.growthBlocked(cls.name, this.d.clock.now())) return null;
+    const claimed = this.unseenOf(cls.name);
+    if (classRoom(c, this.maxNow.get(cls.name) ?? cls.pool.max, claimed.size) < 1) return null;
+    const claim = `claim-${++this.claimSeq}`;
+    claimed.add(claim);
+    return claim;
+  }
+
+  releaseRoom(className: string, claim: string): void {
+    this.unseen.get(className)?.delete(claim);
   }
 
   private async scaleClass(cls: ClassConfig, rows: VmRow[], now: number): Promise<void> {
@@ -319,9 +348,12 @@ export class Pool {
     const frozen = this.frozen.has(cls.name);
     const { targets, idleTimeMs } = this.targets(cls, counts, now);
     const held = provider?.capacity?.(cls.name, counts.busy + (frozen ? 0 : targets.hot));
+    const max = held === undefined ? cls.pool.max : Math.min(cls.pool.max, held);
+    this.maxNow.set(cls.name, max);
     const decision = decideScale({
       targets,
-      max: held === undefined ? cls.pool.max : Math.min(cls.pool.max, held),
+      // Room claimed by cold starts, or taken by VMs made since the rows were read, is not free.
+      max: Math.max(0, max - this.unseenOf(cls.name).size),
       counts,
       readyVms: free.map((r) => ({ id: r.id, readyAt: (r.ready_at ?? r.created_at).getTime() })),
       frozen,
@@ -389,6 +421,7 @@ export class Pool {
       const vm = newVm(this.d.config.shard, cls);
       // Write-ahead: the row exists before the cloud hears of the VM.
       await this.d.store.insertVm(vm);
+      this.unseenOf(cls.name).add(vm.id);
       specs.push(this.spec(cls, vm));
     }
     this.d.log.info({ class: cls.name, count: n }, 'creating VMs');
@@ -396,8 +429,11 @@ export class Pool {
     return specs.map((x) => x.vmId);
   }
 
-  /** Cold start: create the VM whose row intake wrote with its job (Store.bindJobToNewVm). */
-  launchForJob(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey'>): void {
+  /** Cold start: create the VM whose row intake wrote with its job (Store.bindJobToNewVm), in the room `claim` held. */
+  launchForJob(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey'>, claim?: string): void {
+    const claimed = this.unseenOf(cls.name);
+    if (claim) claimed.delete(claim);
+    claimed.add(vm.id);
     this.d.log.info({ class: cls.name, vm: vm.id }, 'creating a VM for a job (cold start)');
     this.launch(cls, [this.spec(cls, vm)]);
   }

@@ -1,6 +1,7 @@
 // The ResourceStore providers get through their context: provider_resources rows of one shard
 // and provider, every state change recorded in provider_resource_events.
-import { sql, type Kysely } from 'kysely';
+import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Fence } from '../db/fence.js';
 import type { Database } from '../db/schema.js';
 import type { ResourceRecord, ResourceStore } from '../providers/provider.js';
 
@@ -9,7 +10,13 @@ export class DbResourceStore implements ResourceStore {
     private readonly db: Kysely<Database>,
     private readonly shard: string,
     private readonly provider: string,
+    /** The active manager's epoch fence (fence.ts): a stale manager allocates or releases nothing. */
+    private readonly fence: Fence | null = null,
   ) {}
+
+  private write<T>(fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+    return this.fence ? this.fence.transaction(this.db, fn) : this.db.transaction().execute(fn);
+  }
 
   private scope() {
     return this.db.selectFrom('provider_resources').selectAll().where('shard', '=', this.shard).where('provider', '=', this.provider);
@@ -21,7 +28,7 @@ export class DbResourceStore implements ResourceStore {
   }
 
   async insert(kind: string, id: string, state: string, data: Record<string, unknown>): Promise<boolean> {
-    return this.db.transaction().execute(async (trx) => {
+    return this.write(async (trx) => {
       const res = await trx
         .insertInto('provider_resources')
         .values({ shard: this.shard, provider: this.provider, kind, id, state, data: JSON.stringify(data), created_at: new Date(), updated_at: new Date() })
@@ -35,7 +42,7 @@ export class DbResourceStore implements ResourceStore {
 
   async transition(kind: string, id: string, from: string | string[], to: string, data: Record<string, unknown> = {}, detail?: string): Promise<boolean> {
     const froms = Array.isArray(from) ? from : [from];
-    return this.db.transaction().execute(async (trx) => {
+    return this.write(async (trx) => {
       const cur = await trx
         .selectFrom('provider_resources')
         .select('state')
@@ -60,13 +67,13 @@ export class DbResourceStore implements ResourceStore {
   }
 
   async update(kind: string, id: string, data: Record<string, unknown>): Promise<void> {
-    await this.db
+    await this.write((trx) => trx
       .updateTable('provider_resources')
       .set({ data: sql`data || ${JSON.stringify(data)}::jsonb` as unknown as string, updated_at: new Date() })
       .where('shard', '=', this.shard)
       .where('provider', '=', this.provider)
       .where('kind', '=', kind)
       .where('id', '=', id)
-      .execute();
+      .execute());
   }
 }

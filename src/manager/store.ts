@@ -1,6 +1,7 @@
 // The manager's database access: VM rows and their state transitions (each recorded in
 // vm_events), job rows, and the closing transaction that writes the billing event.
 import { sql, type Kysely, type Transaction } from 'kysely';
+import type { Fence } from '../db/fence.js';
 import type { Database, JobRow, VmRow, VmUpdate } from '../db/schema.js';
 import { decryptSecret, encryptSecret } from '../isolation/keys.js';
 import { writeBillingEvent, type BillingEvent } from './billing.js';
@@ -49,7 +50,14 @@ export class Store {
     readonly db: Kysely<Database>,
     readonly shard: string,
     private readonly secretKey: Buffer,
+    /** Epoch fence of the active manager: every state change commits only under it. Tools and unit tests run without one. */
+    readonly fence: Fence | null = null,
   ) {}
+
+  /** A state-changing transaction: fenced by the shard epoch when this store has a fence. */
+  write<T>(fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+    return this.fence ? this.fence.transaction(this.db, fn) : this.db.transaction().execute(fn);
+  }
 
   encrypt(plain: string): string {
     return encryptSecret(plain, this.secretKey);
@@ -65,7 +73,7 @@ export class Store {
   }
 
   async insertVm(v: NewVmInput): Promise<void> {
-    await this.db.transaction().execute((trx) => this.insertVmIn(trx, v));
+    await this.write((trx) => this.insertVmIn(trx, v));
   }
 
   private async insertVmIn(trx: Transaction<Database>, v: NewVmInput, jobId: number | null = null): Promise<void> {
@@ -105,7 +113,7 @@ export class Store {
       return true;
     };
     if ('isTransaction' in db && db.isTransaction) return run(db as Transaction<Database>);
-    return (db as Kysely<Database>).transaction().execute(run);
+    return this.write(run);
   }
 
   async vm(id: string): Promise<VmRow | undefined> {
@@ -119,7 +127,7 @@ export class Store {
 
   /** Bind a job to a warm VM: the job row and the VM's `assigned` state commit together. */
   async bindJob(input: BindJobInput): Promise<boolean> {
-    return this.db.transaction().execute(async (trx) => {
+    return this.write(async (trx) => {
       if (!(await this.insertJobIn(trx, input))) return false; // GitLab handed us a job we already hold
       const ok = await this.transition(input.vmId, 'ready', 'assigned', { job_id: input.jobId }, `job ${input.jobId}`, trx);
       if (!ok) throw new InvalidTransitionError(`VM ${input.vmId} is no longer ready`);
@@ -133,7 +141,7 @@ export class Store {
    * deletes and whose failure it reports.
    */
   async bindJobToNewVm(input: Omit<BindJobInput, 'vmId'> & { vm: NewVmInput }): Promise<boolean> {
-    return this.db.transaction().execute(async (trx) => {
+    return this.write(async (trx) => {
       await this.insertVmIn(trx, input.vm, input.jobId);
       if (!(await this.insertJobIn(trx, { ...input, vmId: input.vm.id }))) throw new DuplicateJobError(`job ${input.jobId} is already held`);
       return true;
@@ -169,7 +177,11 @@ export class Store {
     }
   }
 
-  /** A job that never reaches a VM (malformed payload) still gets a row and its event. */
+  /**
+   * A job that never reaches a VM (malformed payload, or a bind that failed) still gets a row and
+   * its event. Not fenced: it records the end of a job only this manager was handed, and touches
+   * nothing another manager could own, so even a manager that lost the shard must write it.
+   */
   async recordRejectedJob(input: { jobId: number; className: string; token: string; pickedAt: Date; failureReason: string; event: BillingEvent }): Promise<void> {
     await this.db.transaction().execute(async (trx) => {
       await trx
@@ -194,7 +206,7 @@ export class Store {
   }
 
   async markJobStarted(jobId: number, at: Date): Promise<void> {
-    await this.db.updateTable('jobs').set({ started_at: at }).where('shard', '=', this.shard).where('id', '=', String(jobId)).where('started_at', 'is', null).execute();
+    await this.write((trx) => trx.updateTable('jobs').set({ started_at: at }).where('shard', '=', this.shard).where('id', '=', String(jobId)).where('started_at', 'is', null).execute());
   }
 
   /**
@@ -203,7 +215,7 @@ export class Store {
    * Returns false when the job was already closed (a replay after a crash).
    */
   async closeJob(jobId: number, outcome: JobOutcome, event: BillingEvent): Promise<boolean> {
-    return this.db.transaction().execute(async (trx) => {
+    return this.write(async (trx) => {
       const job = await trx
         .updateTable('jobs')
         .set({
@@ -228,6 +240,7 @@ export class Store {
     });
   }
 
+  /** Records that GitLab has the final state: a fact, not a decision, so not fenced. */
   async markReported(jobId: number): Promise<void> {
     await this.db.updateTable('jobs').set({ reported_at: new Date() }).where('shard', '=', this.shard).where('id', '=', String(jobId)).execute();
   }

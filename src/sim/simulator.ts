@@ -6,7 +6,7 @@
 // turns hot, or with a fresh VM in cold-start mode). Discrete events in a binary heap; VM-seconds
 // integrate the count of VMs per state between events.
 import type { ClassConfig, ShardConfig } from '../config/types.js';
-import { decideScale, intakeMode, staticSettings, staticTargets, type ClassCounts, type TierTargets } from '../manager/autoscaler.js';
+import { classRoom, decideScale, intakeMode, staticSettings, staticTargets, type ClassCounts, type TierTargets } from '../manager/autoscaler.js';
 import { DemandModel, priorBootTime as defaultBoot, priorResumeFraction } from '../manager/predictive.js';
 import { logNormal, rng } from './random.js';
 import type { TraceJob } from './trace.js';
@@ -231,10 +231,9 @@ export function simulate(o: SimulateOptions): SimReport {
       c.queueHead = 0;
     }
   };
-  const live = (c: Cls) => c.pendingHot + c.hot.size + c.busy + c.coldBooting + c.standby.length + c.pendingStandby + c.resuming;
-  /** Cold-start intake: take waiting jobs and boot a VM for each, within max. */
+  /** Cold-start intake: take waiting jobs and boot a VM for each, within max (the manager's room check). */
   const coldStart = (c: Cls, ci: number) => {
-    while (waiting(c) > 0 && live(c) < c.cfg.pool.max) {
+    while (waiting(c) > 0 && classRoom(counts(c), c.cfg.pool.max) > 0) {
       const job = c.queue[c.queueHead++]!;
       const b = c.boot();
       c.coldBooting++;
