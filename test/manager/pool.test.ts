@@ -164,4 +164,39 @@ describe('Pool', () => {
     expect(cloud.deletes).toBe(2);
     expect(cloud.vms.size).toBe(0);
   });
+
+  it('claims cold-start room atomically: claims between two ticks never pass max', async () => {
+    const cfg = config({ idle: 0, max: 2 });
+    metrics = createMetrics({ shard: 'pool-test', defaultMetrics: false });
+    pool = new Pool({ config: cfg, store, providers: new Map([['memory', cloud]]), metrics, log: pino({ level: 'silent' }), clock: realClock, probe: async () => fakeSession, tickMs: 60_000 });
+    const cls = cfg.classes['small']!;
+    expect(pool.claimRoom(cls)).toBeNull(); // no counts before the first tick
+    await pool.kick();
+    const a = pool.claimRoom(cls);
+    const b = pool.claimRoom(cls);
+    expect(a).not.toBeNull();
+    expect(b).not.toBeNull();
+    expect(pool.claimRoom(cls)).toBeNull();
+    pool.releaseRoom('small', a!);
+    expect(pool.claimRoom(cls)).not.toBeNull();
+    expect(pool.claimRoom(cls)).toBeNull();
+    await pool.kick(); // claims outlive a tick until the VMs they became are read
+    expect(pool.claimRoom(cls)).toBeNull();
+  });
+
+  it("counts the VMs its own tick created against cold-start room until a tick reads them", async () => {
+    const cfg = config({ idle: 1, max: 2 });
+    metrics = createMetrics({ shard: 'pool-test', defaultMetrics: false });
+    pool = new Pool({ config: cfg, store, providers: new Map([['memory', cloud]]), metrics, log: pino({ level: 'silent' }), clock: realClock, probe: async () => fakeSession, tickMs: 60_000 });
+    const cls = cfg.classes['small']!;
+    // Hold the create call so no follow-up tick refreshes the counts.
+    const creating = new Promise<void>((r) => setTimeout(r, 300));
+    const create = cloud.create.bind(cloud);
+    cloud.create = async (spec) => (await creating, create(spec));
+    await pool.kick(); // counts say 0 VMs; the tick then creates one for idle
+    expect(cloud.creates).toBe(0);
+    expect(pool.claimRoom(cls)).not.toBeNull();
+    expect(pool.claimRoom(cls)).toBeNull();
+    await pool.settle();
+  });
 });
