@@ -24,3 +24,6 @@ CREATE TABLE shard_leases (
   renewed_at   timestamptz NOT NULL,
   expires_at   timestamptz NOT NULL
 );
+
+-- Which epoch made each VM transition: the audit trail that shows no stale manager acted.
+ALTER TABLE vm_events ADD COLUMN epoch bigint;

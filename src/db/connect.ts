@@ -30,6 +30,16 @@ export interface OpenOptions {
 
 // Other modules (the shard lock) need to know whether sessions are real.
 const kinds = new WeakMap<Kysely<Database>, DatabaseKind>();
+// Sessions that died, by server process id: the shard lock learns at once that its session is gone.
+const lostSessions = new WeakMap<Kysely<Database>, Set<(pid: number, err: Error) => void>>();
+
+/** Calls `fn` with the backend pid of every session of `db` that fails or ends unexpectedly. */
+export function onSessionLost(db: Kysely<Database>, fn: (pid: number, err: Error) => void): () => void {
+  const set = lostSessions.get(db);
+  if (!set) return () => {};
+  set.add(fn);
+  return () => set.delete(fn);
+}
 
 /** The kind of a database opened by openDatabase, or undefined for one opened elsewhere. */
 export function databaseKind(db: Kysely<Database>): DatabaseKind | undefined {
@@ -53,9 +63,11 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<OpenDatabas
     idle_in_transaction_session_timeout: 5 * 60_000,
     application_name: opts.applicationName ?? 'runner-fleet',
   });
-  watchConnections(pool, opts.log);
+  const lost = new Set<(pid: number, err: Error) => void>();
+  watchConnections(pool, opts.log, lost);
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   kinds.set(db, 'postgres');
+  lostSessions.set(db, lost);
   try {
     await pool.query('SELECT 1');
   } catch (err) {
@@ -114,9 +126,15 @@ async function openPglite(location: string, opts: OpenOptions): Promise<OpenData
  * unheard 'error' on a checked-out client (the shard lock's, a transaction's) would crash the
  * process. The failed query or the next use reports the failure; the pool drops the client.
  */
-function watchConnections(pool: pg.Pool, log: Logger): void {
+function watchConnections(pool: pg.Pool, log: Logger, lost?: Set<(pid: number, err: Error) => void>): void {
   pool.on('error', (err) => log.warn({ err }, 'idle database connection failed'));
-  pool.on('connect', (client) => client.on('error', (err) => log.warn({ err }, 'database connection failed')));
+  pool.on('connect', (client) =>
+    client.on('error', (err) => {
+      log.warn({ err }, 'database connection failed');
+      const pid = (client as unknown as { processID?: number }).processID;
+      if (pid !== undefined) for (const fn of lost ?? []) fn(pid, err);
+    }),
+  );
 }
 
 function splitHostPort(conn: string): [string, number] {

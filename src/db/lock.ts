@@ -12,7 +12,7 @@
 // within leaseMs of being sent means a standby may be taking over, so it steps down (`lost`).
 import { sql, type Kysely } from 'kysely';
 import type { Logger } from 'pino';
-import { databaseKind } from './connect.js';
+import { databaseKind, onSessionLost } from './connect.js';
 import type { Database } from './schema.js';
 
 /** First key of the two-key advisory lock: keeps our locks apart from other users of the server. */
@@ -134,7 +134,13 @@ export async function tryAcquireShardLock(db: Kysely<Database>, shard: string, o
       await sql`SELECT pg_advisory_unlock(${LOCK_NAMESPACE}::int, hashtext(${shard}))`.execute(conn).catch(() => {});
       throw err;
     }
+    // A terminated or broken session is known the moment its socket fails, not at the next renewal.
+    const { rows: me } = await sql<{ pid: number }>`SELECT pg_backend_pid() AS pid`.execute(conn);
     acquired = true;
+    const unwatch = onSessionLost(db, (pid, err) => {
+      if (pid === me[0]?.pid) loseLease(new Error(`lease session lost: ${err.message}`));
+    });
+    released.then(unwatch, unwatch);
     held(epoch);
     const renewMs = opts.renewMs ?? 1000;
     let renewing = false;

@@ -56,6 +56,8 @@ export interface VmEventsTable {
   to_state: string;
   at: Timestamp;
   detail: string | null;
+  /** The shard epoch of the manager that made the transition (null: unfenced tools and tests). */
+  epoch?: ColumnType<string | null, number | null | undefined, number | null>;
 }
 
 export interface JobsTable {

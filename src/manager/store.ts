@@ -94,7 +94,7 @@ export class Store {
           updated_at: new Date(),
         })
         .execute();
-      await trx.insertInto('vm_events').values({ vm_id: v.id, from_state: null, to_state: 'requested', at: new Date(), detail: jobId !== null ? `cold start for job ${jobId}` : null }).execute();
+      await trx.insertInto('vm_events').values({ vm_id: v.id, from_state: null, to_state: 'requested', at: new Date(), detail: jobId !== null ? `cold start for job ${jobId}` : null, epoch: this.fence?.epoch ?? null }).execute();
     }
   }
 
@@ -109,7 +109,7 @@ export class Store {
       const cur = await trx.selectFrom('vms').select('state').where('id', '=', vmId).forUpdate().executeTakeFirst();
       if (!cur || !froms.includes(cur.state as VmState)) return false;
       await trx.updateTable('vms').set({ ...patch, state: to, updated_at: new Date() }).where('id', '=', vmId).execute();
-      await trx.insertInto('vm_events').values({ vm_id: vmId, from_state: cur.state, to_state: to, at: new Date(), detail }).execute();
+      await trx.insertInto('vm_events').values({ vm_id: vmId, from_state: cur.state, to_state: to, at: new Date(), detail, epoch: this.fence?.epoch ?? null }).execute();
       return true;
     };
     if ('isTransaction' in db && db.isTransaction) return run(db as Transaction<Database>);

@@ -102,7 +102,7 @@ describe.runIf(process.env['DATABASE_URL'])('shard lock on PostgreSQL', () => {
       await sql`SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid
         WHERE l.locktype = 'advisory' AND s.datname = current_database() AND l.pid <> pg_backend_pid()`.execute(b.db);
       const err = await lease.lost;
-      expect(err.message).toMatch(/lease renewal failed|taken over/);
+      expect(err.message).toMatch(/lease session lost|lease renewal failed|taken over/);
       expect(onLost).toBe(err);
       expect(lease.valid()).toBe(false);
       const takeover = await tryAcquireShardLock(b.db, 'shard-a', { log, instance: B });
