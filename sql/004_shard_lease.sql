@@ -27,3 +27,17 @@ CREATE TABLE shard_leases (
 
 -- Which epoch made each VM transition: the audit trail that shows no stale manager acted.
 ALTER TABLE vm_events ADD COLUMN epoch bigint;
+
+-- Jobs GitLab handed to this shard, recorded the moment the answer arrives and before anything
+-- else is done with it: GitLab gives no way to read a handed-out job again, so a manager that
+-- dies before binding it leaves this row, and the active manager fails the job back to GitLab
+-- instead of leaving it to GitLab's stuck-job timeout. Deleted in the transaction that binds
+-- (or refuses) the job.
+CREATE TABLE job_handouts (
+  shard        text NOT NULL,
+  job_id       bigint NOT NULL,
+  class        text NOT NULL,
+  token_enc    text NOT NULL,
+  received_at  timestamptz NOT NULL,
+  PRIMARY KEY (shard, job_id)
+);

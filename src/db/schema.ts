@@ -30,6 +30,14 @@ export interface ShardLeasesTable {
   expires_at: Date;
 }
 
+export interface JobHandoutsTable {
+  shard: string;
+  job_id: ColumnType<string, number | string, number | string>;
+  class: string;
+  token_enc: string;
+  received_at: Date;
+}
+
 export interface VmsTable {
   id: string;
   shard: string;
@@ -153,6 +161,7 @@ export interface Database {
   shard_secrets: ShardSecretsTable;
   shard_epochs: ShardEpochsTable;
   shard_leases: ShardLeasesTable;
+  job_handouts: JobHandoutsTable;
   vms: VmsTable;
   vm_events: VmEventsTable;
   jobs: JobsTable;

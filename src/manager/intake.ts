@@ -5,10 +5,10 @@
 import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { GitLabClient } from '../gitlab/client.js';
-import { jobTimeoutSeconds, parseJobPayload } from '../gitlab/job-payload.js';
-import { buildBillingEvent } from './billing.js';
+import { jobTimeoutSeconds, parseJobPayload, type ParsedJob } from '../gitlab/job-payload.js';
+import { failJobBack } from './fail-back.js';
 import type { Clock } from './clock.js';
-import { jobIdentity, machineType, reportFinal, type Executor } from './executor.js';
+import { jobIdentity, type Executor } from './executor.js';
 import type { Metrics } from './metrics.js';
 import { intakeMode } from './autoscaler.js';
 import { newVm, type Pool } from './pool.js';
@@ -108,10 +108,12 @@ export class Intake {
         continue;
       }
       // GitLab has handed the job to us: from here it is bound and run, or failed back, never dropped.
+      const parsed = parseJobPayload(res.raw);
+      await this.recordHandout(cls, parsed, pickedAt, log);
       try {
-        handedOver = await this.accept(cls, vm.id, res.raw, pickedAt, log);
+        handedOver = await this.accept(cls, vm.id, parsed, pickedAt, log);
       } catch (err) {
-        await this.failBack(cls, res.raw, pickedAt, log, err);
+        await this.failBack(cls, parsed, pickedAt, log, err);
       } finally {
         if (!handedOver) this.d.pool.release(vm.id);
       }
@@ -151,10 +153,12 @@ export class Intake {
         await this.d.clock.sleep(FORBIDDEN_BACKOFF_MS, signal).catch(() => {});
         return 0;
       }
+      const parsed = parseJobPayload(res.raw);
+      await this.recordHandout(cls, parsed, pickedAt, log);
       try {
-        launched = await this.acceptCold(cls, claim, res.raw, pickedAt, log);
+        launched = await this.acceptCold(cls, claim, parsed, pickedAt, log);
       } catch (err) {
-        await this.failBack(cls, res.raw, pickedAt, log, err);
+        await this.failBack(cls, parsed, pickedAt, log, err);
       }
       return 0;
     } finally {
@@ -162,8 +166,7 @@ export class Intake {
     }
   }
 
-  private async acceptCold(cls: ClassConfig, claim: string, raw: unknown, pickedAt: number, log: Logger): Promise<boolean> {
-    const parsed = parseJobPayload(raw);
+  private async acceptCold(cls: ClassConfig, claim: string, parsed: ParsedJob, pickedAt: number, log: Logger): Promise<boolean> {
     if (!parsed.ok) {
       await this.reject(cls, { ...parsed, error: `malformed job payload: ${parsed.error}` }, pickedAt, log);
       return false;
@@ -236,8 +239,7 @@ export class Intake {
   }
 
   /** Returns true when the job was bound to the VM and handed to the executor. */
-  private async accept(cls: ClassConfig, vmId: string, raw: unknown, pickedAt: number, log: Logger): Promise<boolean> {
-    const parsed = parseJobPayload(raw);
+  private async accept(cls: ClassConfig, vmId: string, parsed: ParsedJob, pickedAt: number, log: Logger): Promise<boolean> {
     if (!parsed.ok) {
       await this.reject(cls, { ...parsed, error: `malformed job payload: ${parsed.error}` }, pickedAt, log);
       return false;
@@ -282,8 +284,7 @@ export class Intake {
    * shard): fail it back to GitLab at once with a trace line saying why, so it does not wait for
    * GitLab's stuck-job timeout; the user can retry it.
    */
-  private async failBack(cls: ClassConfig, raw: unknown, pickedAt: number, log: Logger, err: unknown): Promise<void> {
-    const parsed = parseJobPayload(raw);
+  private async failBack(cls: ClassConfig, parsed: ParsedJob, pickedAt: number, log: Logger, err: unknown): Promise<void> {
     const jobId = parsed.ok ? parsed.job.id : parsed.jobId;
     const token = parsed.ok ? parsed.job.token : parsed.token;
     const reason = err instanceof FencedError ? 'this manager lost the shard to another one' : ((err as Error)?.message ?? String(err));
@@ -296,36 +297,16 @@ export class Intake {
   private async reject(cls: ClassConfig, parsed: { error: string; jobId?: number; token?: string }, pickedAt: number, log: Logger, failureReason = 'runner_unsupported'): Promise<void> {
     log.error({ job: parsed.jobId, error: parsed.error }, 'job refused');
     if (parsed.jobId === undefined || parsed.token === undefined) return; // nothing to answer to
-    const at = new Date(pickedAt);
-    const event = buildBillingEvent({
-      shard: this.d.config.shard,
-      jobId: parsed.jobId,
-      projectId: null,
-      pipelineId: null,
-      namespaceId: null,
-      rootNamespaceId: null,
-      runnerClass: cls.name,
-      costFactor: cls.costFactor,
-      provider: cls.provider,
-      machineType: machineType(cls),
-      startedAt: at,
-      finishedAt: at,
-      outcome: 'failed',
-      failureReason,
-    });
-    // The record is worth retrying, but GitLab hears of the failure whether or not it lands.
-    await pRetry(() => this.d.store.recordRejectedJob({ jobId: parsed.jobId!, className: cls.name, token: parsed.token!, pickedAt: at, failureReason, event }), {
-      retries: BIND_RETRIES, minTimeout: 100, maxTimeout: 2000, shouldRetry: ({ error }) => isTransientDbError(error),
-    }).catch((err) => log.error({ job: parsed.jobId, err: (err as Error).message }, 'could not record the refused job: its billing event is missing'));
-    this.d.metrics.jobsTotal.inc({ class: cls.name, result: 'rejected' });
-    const message = Buffer.from(`ERROR: runner-fleet could not run this job: ${parsed.error}\n`);
-    const sent = await this.d.gitlab.patchTrace(parsed.jobId, parsed.token, message, 0).catch(() => null);
-    await reportFinal(this.d.gitlab, this.d.store, this.d.clock, parsed.jobId, parsed.token, {
-      result: 'failed',
-      exitCode: null,
-      failureReason,
-      traceBytes: sent?.ok ? message.length : 0,
-      traceChecksum: null,
-    }, log);
+    await failJobBack(this.d, cls.name, { jobId: parsed.jobId, token: parsed.token, error: parsed.error }, pickedAt, log, failureReason);
+  }
+
+  /** GitLab handed us a job: record it before anything else (see job_handouts), retried, never blocking the job. */
+  private async recordHandout(cls: ClassConfig, parsed: ParsedJob, pickedAt: number, log: Logger): Promise<void> {
+    const jobId = parsed.ok ? parsed.job.id : parsed.jobId;
+    const token = parsed.ok ? parsed.job.token : parsed.token;
+    if (jobId === undefined || token === undefined) return;
+    await pRetry(() => this.d.store.recordHandout(jobId, cls.name, token, new Date(pickedAt)), {
+      retries: 2, minTimeout: 50, maxTimeout: 500, shouldRetry: ({ error }) => isTransientDbError(error),
+    }).catch((err) => log.warn({ job: jobId, err: (err as Error).message }, 'could not record the handout'));
   }
 }

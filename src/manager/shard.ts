@@ -32,6 +32,7 @@ import { cloudTelemetry, createMetrics, type Metrics } from './metrics.js';
 import { BillingDelivery } from './billing-delivery.js';
 import { loadDemandModels } from './demand.js';
 import { DbResourceStore } from './resource-store.js';
+import { failStrandedHandouts } from './fail-back.js';
 import { Pool } from './pool.js';
 import { Reconciler } from './reconciler.js';
 import { Store } from './store.js';
@@ -301,6 +302,11 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
     cleanups.push(() => delivery.stop());
     const sweepTimer = setInterval(() => void reconciler.sweep().catch((err) => log.warn({ err }, 'sweep failed')), opts.sweepMs ?? 30_000);
     cleanups.push(async () => clearInterval(sweepTimer));
+    // Jobs handed to a manager that died before binding them: failed back, not left to GitLab's stuck-job timeout.
+    const handouts = () => void failStrandedHandouts({ config, store, gitlab, metrics, clock }, log).catch((err) => log.warn({ err }, 'handout sweep failed'));
+    handouts();
+    const handoutTimer = setInterval(handouts, Math.min(opts.sweepMs ?? 10_000, 10_000));
+    cleanups.push(async () => clearInterval(handoutTimer));
 
     return {
       pool, executor, intake, reconciler,
@@ -308,6 +314,7 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
       async stepDown() {
         // First what acts: no job request and no cloud call may start from here on.
         clearInterval(sweepTimer);
+        clearInterval(handoutTimer);
         const stops = [intake.stop(), pool.stop()];
         await Promise.allSettled(stops);
         await cleanup();

@@ -129,6 +129,7 @@ export class Store {
   async bindJob(input: BindJobInput): Promise<boolean> {
     return this.write(async (trx) => {
       if (!(await this.insertJobIn(trx, input))) return false; // GitLab handed us a job we already hold
+      await this.forgetHandoutIn(trx, input.jobId);
       const ok = await this.transition(input.vmId, 'ready', 'assigned', { job_id: input.jobId }, `job ${input.jobId}`, trx);
       if (!ok) throw new InvalidTransitionError(`VM ${input.vmId} is no longer ready`);
       return true;
@@ -144,6 +145,7 @@ export class Store {
     return this.write(async (trx) => {
       await this.insertVmIn(trx, input.vm, input.jobId);
       if (!(await this.insertJobIn(trx, { ...input, vmId: input.vm.id }))) throw new DuplicateJobError(`job ${input.jobId} is already held`);
+      await this.forgetHandoutIn(trx, input.jobId);
       return true;
     }).catch((err) => {
       if (err instanceof DuplicateJobError) return false;
@@ -201,6 +203,7 @@ export class Store {
         })
         .onConflict((oc) => oc.columns(['shard', 'id']).doNothing())
         .execute();
+      await this.forgetHandoutIn(trx, input.jobId);
       await writeBillingEvent(trx, input.event);
     });
   }
@@ -238,6 +241,32 @@ export class Store {
       if (job.vm_id) await this.transition(job.vm_id, ['assigned', 'running', 'requested', 'creating', 'booting', 'ready', 'failed'], 'deleting', {}, `job ${jobId} ${outcome.result}`, trx);
       return true;
     });
+  }
+
+  /**
+   * GitLab handed us this job: recorded before anything else is done with it. Not fenced: it is
+   * a fact, and a manager that lost the shard must leave it for the active one all the same.
+   */
+  async recordHandout(jobId: number, className: string, token: string, at: Date): Promise<void> {
+    await this.db
+      .insertInto('job_handouts')
+      .values({ shard: this.shard, job_id: jobId, class: className, token_enc: this.encrypt(token), received_at: at })
+      .onConflict((oc) => oc.columns(['shard', 'job_id']).doNothing())
+      .execute();
+  }
+
+  async forgetHandout(jobId: number): Promise<void> {
+    await this.db.deleteFrom('job_handouts').where('shard', '=', this.shard).where('job_id', '=', String(jobId)).execute();
+  }
+
+  private async forgetHandoutIn(trx: Transaction<Database>, jobId: number): Promise<void> {
+    await trx.deleteFrom('job_handouts').where('shard', '=', this.shard).where('job_id', '=', String(jobId)).execute();
+  }
+
+  /** Handouts older than `before` that no job row took up: their manager died before binding them. */
+  async strandedHandouts(before: Date): Promise<{ jobId: number; className: string; token: string | null; receivedAt: Date }[]> {
+    const rows = await this.db.selectFrom('job_handouts').selectAll().where('shard', '=', this.shard).where('received_at', '<', before).orderBy('received_at').execute();
+    return rows.map((r) => ({ jobId: Number(r.job_id), className: r.class, token: this.tryDecrypt(r.token_enc), receivedAt: r.received_at }));
   }
 
   /** Records that GitLab has the final state: a fact, not a decision, so not fenced. */

@@ -26,7 +26,7 @@ describe.each(databaseKinds())('intake safety on %s', (kind) => {
     db = await freshDatabase(kind);
     gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
     const yaml = shardYaml({ shard: `intake-${kind}`, gitlabUrl: gitlab.url, dbUrl: db.url, dataDir, idle: 1, max: 3 });
-    shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'silent' }), tickMs: 100, defaultMetrics: false, http: false });
+    shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'silent' }), tickMs: 100, defaultMetrics: false, http: false, sweepMs: 500 });
     realBind = shard.store.bindJob.bind(shard.store);
   });
 
@@ -85,6 +85,28 @@ describe.each(databaseKinds())('intake safety on %s', (kind) => {
     expect(event!.billable).toBe(false);
     const metrics = await shard.metrics.registry.metrics();
     expect(metrics).toMatch(/runner_fleet_jobs_failed_back_total\{[^}]*reason="fenced"[^}]*\} 1/);
+  });
+
+  it('fails back a job handed to a manager that died before binding it (its handout row is all that is left)', async () => {
+    // A manager that took this job from GitLab, recorded the handout, and was killed.
+    const id = gitlab.enqueue({ runnerToken: 'dead-manager-token', script: ['echo never runs'], git: false });
+    const res = await fetch(`${gitlab.url}/api/v4/jobs/request`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ token: 'dead-manager-token' }) });
+    const payload = (await res.json()) as { id: number; token: string };
+    expect(payload.id).toBe(id);
+    await shard.store.recordHandout(id, 'saas-linux-small-amd64', payload.token, new Date(Date.now() - 60_000));
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect(final.state).toBe('failed');
+    expect(final.failureReason).toBe('runner_system_failure');
+    expect(final.trace).toContain('stopped before it could start it');
+    expect(await shard.store.strandedHandouts(new Date())).toEqual([]);
+    const events = await shard.store.db.selectFrom('billing_events').select('billable').where('job_id', '=', String(id)).execute();
+    expect(events).toEqual([{ billable: false }]);
+  });
+
+  it('leaves no handout behind for the jobs it bound', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo bound'], git: false });
+    expect((await gitlab.waitForFinal(id, 30_000)).state).toBe('success');
+    expect(await shard.store.strandedHandouts(new Date(Date.now() + 1000))).toEqual([]);
   });
 });
 
