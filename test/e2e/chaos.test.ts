@@ -1,0 +1,40 @@
+// The short chaos run (bench/chaos-harness.ts; `npm run bench:chaos` is the long one): two
+// manager processes on PostgreSQL, the active one SIGKILLed while jobs run, its sessions cut
+// once, 10% of cloud calls failing, a zone stocked out and one missing from lists. Every job
+// ends in GitLab once, with one billing event; nothing runs twice, nothing leaks.
+import { describe, expect, it } from 'vitest';
+import { runChaos } from '../../bench/chaos-harness.js';
+import { freshDatabase } from '../helpers/database.js';
+
+describe.runIf(process.env['DATABASE_URL'])('chaos (short run)', () => {
+  it('keeps every promise while managers die', { timeout: 600_000 }, async () => {
+    const db = await freshDatabase('postgres');
+    try {
+      const r = await runChaos({
+        databaseUrl: db.url,
+        jobs: 16,
+        arrivalS: 40,
+        linesPerJob: [4, 10],
+        lineS: 1,
+        kills: 3,
+        cutConnections: true,
+        cloudErrorRate: 0.1,
+        stockoutZone: 'us-central1-b',
+        unreachableZone: 'us-central1-c',
+        unreachableForS: 20,
+        seed: 7,
+      });
+      expect(r.problems).toEqual([]);
+      expect(r.finalInGitLab).toBe(r.jobs);
+      expect(r.runTwice).toBe(0);
+      expect(r.vmsWithTwoJobs).toBe(0);
+      expect(r.billing).toEqual({ exactlyOne: r.jobs, missing: 0, doubled: 0, billableSystemFailures: 0 });
+      expect(r.vmsLeft).toBe(0);
+      expect(r.healthyVmsDeleted).toBe(0);
+      expect(r.kills).toBe(3);
+      expect(Math.max(...r.failoverS)).toBeLessThan(15);
+    } finally {
+      await db.drop();
+    }
+  });
+});
