@@ -90,7 +90,7 @@ describe('aws provider against the EC2 emulator', () => {
     expect(results.every((r) => r.ok)).toBe(true);
     expect(fx.emu.calls.RunInstances).toBe(1);
     expect(fx.emu.runRequest(results[0]!.ok ? results[0]!.vm.cloudId : '')!['MaxCount']).toBe('3');
-    const listed = await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    const listed = (await fx.provider.list({ [LABEL_SHARD]: fx.shard })).vms;
     expect(listed.map((v) => [v.name, v.vmId]).sort()).toEqual(specs.map((s) => [s.name, s.vmId]).sort());
   });
 
@@ -139,11 +139,11 @@ describe('aws provider against the EC2 emulator', () => {
     const specs = [makeSpec(fx.shard, machine).spec, makeSpec(fx.shard, machine).spec];
     await fx.provider.createMany(specs);
     fx.emu.resetCalls();
-    expect(await fx.provider.describe(specs)).toHaveLength(2);
+    expect((await fx.provider.describe(specs)).vms).toHaveLength(2);
     expect(fx.emu.calls.DescribeInstances).toBe(1);
     await fx.provider.delete(specs);
     expect(fx.emu.instances().every((i) => i.state === 'terminated')).toBe(true);
     await fx.provider.delete(specs); // already gone: fine
-    expect(await fx.provider.list({ [LABEL_SHARD]: fx.shard })).toEqual([]);
+    expect((await fx.provider.list({ [LABEL_SHARD]: fx.shard })).vms).toEqual([]);
   });
 });

@@ -45,7 +45,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       const [a, b] = [await provider.create(s), await provider.create(s)];
       expect(b.cloudId).toBe(a.cloudId);
       expect(a.vmId).toBe(s.vmId);
-      expect(await provider.list({ [LABEL_VM]: s.vmId })).toHaveLength(1);
+      expect((await provider.list({ [LABEL_VM]: s.vmId })).vms).toHaveLength(1);
     });
 
     it('returns createMany results in the order of the specs', async () => {
@@ -59,14 +59,14 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       const specs = [spec().spec, spec().spec];
       await provider.createMany(specs);
       const ghost: VmRef = { vmId: 'ghost', name: `${shard}-ghost` };
-      const vms = await provider.describe([...specs.map(ref), ghost]);
+      const vms = (await provider.describe([...specs.map(ref), ghost])).vms;
       expect(vms.map((v) => v.name).sort()).toEqual(specs.map((s) => s.name).sort());
     });
 
     it('labels every VM with its shard and VM id', async () => {
       const { spec: s } = spec();
       await provider.create(s);
-      const [vm] = await provider.describe([ref(s)]);
+      const [vm] = (await provider.describe([ref(s)])).vms;
       expect(vm?.labels[LABEL_SHARD]).toBe(shard);
       expect(vm?.labels[LABEL_VM]).toBe(s.vmId);
       expect(vm?.vmId).toBe(s.vmId);
@@ -76,9 +76,9 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       const mine = [spec().spec, spec().spec];
       const theirs = spec(otherShard).spec;
       await provider.createMany([...mine, theirs]);
-      const listed = await provider.list({ [LABEL_SHARD]: shard });
+      const listed = (await provider.list({ [LABEL_SHARD]: shard })).vms;
       expect(listed.map((v) => v.vmId).sort()).toEqual(mine.map((s) => s.vmId).sort());
-      expect((await provider.list({ [LABEL_SHARD]: otherShard })).map((v) => v.vmId)).toEqual([theirs.vmId]);
+      expect((await provider.list({ [LABEL_SHARD]: otherShard })).vms.map((v) => v.vmId)).toEqual([theirs.vmId]);
     });
 
     it('deletes, and deleting again (or a VM that never existed) is fine', async () => {
@@ -86,7 +86,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       await provider.create(s);
       await provider.delete([ref(s)]);
       await provider.delete([ref(s), { vmId: 'never', name: `${shard}-never` }]);
-      const left = await provider.describe([ref(s)]);
+      const left = (await provider.describe([ref(s)])).vms;
       expect(left.filter((v) => v.state !== 'terminated')).toEqual([]);
     });
 

@@ -38,7 +38,7 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
     shard,
     async cleanup() {
       try {
-        const all = await provider.list({});
+        const all = (await provider.list({})).vms;
         await provider.delete(all.map((vm) => ({ vmId: vm.vmId ?? vm.name, name: vm.name, zone: vm.zone ?? null })));
       } finally {
         await provider.close();
@@ -107,7 +107,7 @@ describe('gcp provider against the GCE emulator', () => {
     const t = makeSpec(fx.shard, machine);
     await fx.provider.create(t.spec);
     expect(fx.provider.stats.rateLimited).toBeGreaterThanOrEqual(2);
-    expect(await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).toHaveLength(1);
+    expect((await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).vms).toHaveLength(1);
 
     fx.emu.faults.rateLimitNext = 100;
     const started = Date.now();
@@ -131,7 +131,7 @@ describe('gcp provider against the GCE emulator', () => {
     const t = makeSpec(fx.shard, machine);
     await fx.provider.create(t.spec);
     expect(fx.provider.stats.timeouts).toBe(1);
-    expect(await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).toHaveLength(1);
+    expect((await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).vms).toHaveLength(1);
   });
 
   it('creates several VMs of a class with one bulkInsert, names and labels intact', async () => {
@@ -141,7 +141,7 @@ describe('gcp provider against the GCE emulator', () => {
     expect(results.every((r) => r.ok)).toBe(true);
     expect(fx.provider.stats.bulkInserts).toBe(1);
     expect(fx.provider.stats.calls['instances.insert'] ?? 0).toBe(0);
-    const listed = await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    const listed = (await fx.provider.list({ [LABEL_SHARD]: fx.shard })).vms;
     expect(listed.map((v) => [v.name, v.vmId]).sort()).toEqual(specs.map((s) => [s.name, s.vmId]).sort());
     // Each VM holds its own key and no other: the shared bulk body carries none.
     for (const s of specs) {
@@ -195,7 +195,7 @@ describe('gcp provider against the GCE emulator', () => {
     await fx.provider.createMany(specs);
     const count = (m: string) => fx.provider.stats.calls[m] ?? 0;
     const [lists, gets] = [count('instances.aggregatedList'), count('instances.get')];
-    expect(await fx.provider.describe(specs)).toHaveLength(2);
+    expect((await fx.provider.describe(specs)).vms).toHaveLength(2);
     await fx.provider.list({ [LABEL_SHARD]: fx.shard });
     expect(count('instances.aggregatedList') - lists).toBe(1);
     expect(count('instances.get') - gets).toBe(0); // never one get per VM

@@ -34,7 +34,7 @@ describe('Tart on a Mac host (test double over real SSH)', () => {
 
   afterAll(async () => {
     session?.close();
-    const all = (await hosts?.list({})) ?? [];
+    const all = (await hosts?.list({}))?.vms ?? [];
     await hosts?.delete(all.map((v) => ({ vmId: v.name, name: v.name })));
     rmSync(dataDir, { recursive: true, force: true });
   });

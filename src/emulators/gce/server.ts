@@ -276,7 +276,11 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       }
       await Promise.allSettled([...instances.values()].map((i) => i.creating));
       const names = new Set([...instances.values()].map((i) => i.sandboxName));
-      for (const vm of await local.list({}).catch(() => [])) names.add(vm.name);
+      try {
+        for (const vm of local.sandboxes()) names.add(vm.name);
+      } catch {
+        // the root is gone already
+      }
       await local.delete([...names].map((name) => ({ vmId: name, name })));
       instances.clear();
       await app.close();
@@ -560,7 +564,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   async function refresh(list: Inst[]): Promise<void> {
     const running = list.filter((i) => i.res['status'] === 'RUNNING');
     if (!running.length) return;
-    const seen = await local.describe(running.map((i) => ({ vmId: i.name, name: i.sandboxName })));
+    const seen = (await local.describe(running.map((i) => ({ vmId: i.name, name: i.sandboxName })))).vms;
     const alive = new Map(seen.map((v) => [v.name, v.state]));
     for (const i of running) if (i.res['status'] === 'RUNNING' && alive.get(i.sandboxName) !== 'running') setStatus(i, 'TERMINATED');
   }
