@@ -6,6 +6,7 @@ import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/serv
 import { createLogger } from '../../src/isolation/redact.js';
 import { parseAwsConfig } from '../../src/providers/aws/config.js';
 import { AwsProvider } from '../../src/providers/aws/provider.js';
+import { TAG_HOST_RECORD } from '../../src/providers/aws/run-input.js';
 import { LABEL_SHARD, LABEL_VM } from '../../src/providers/provider.js';
 import { providerContract } from './contract.js';
 import { makeSpec, waitRunning } from './local-fixture.js';
@@ -36,7 +37,8 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
 
 providerContract('aws', async () => {
   const fx = await fixture();
-  return { provider: fx.provider, machine, cleanup: fx.cleanup };
+  // A Mac host's instance in a shard with mac classes: the shard's tag, the host record's, no VM tag.
+  return { provider: fx.provider, machine, cleanup: fx.cleanup, foreignLabels: { [TAG_HOST_RECORD]: 'host-record-1' } };
 });
 
 describe('aws provider against the EC2 emulator', () => {

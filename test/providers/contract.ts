@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { connectSsh, waitForSsh } from '../../src/connect/ssh.js';
-import { LABEL_SHARD, LABEL_VM, type Provider, type VmRef, type VmSpec } from '../../src/providers/provider.js';
+import { LABEL_SHARD, LABEL_VM, absentFrom, type Provider, type VmRef, type VmSpec } from '../../src/providers/provider.js';
 import { makeSpec, waitRunning } from './local-fixture.js';
 
 export interface ContractSetup {
@@ -12,6 +12,16 @@ export interface ContractSetup {
   machine?: Record<string, unknown>;
   /** False for providers whose VMs cannot be reached over SSH in tests (emulated clouds). Default true. */
   reachable?: boolean;
+  /**
+   * Labels (besides the shard's) of a resource that shares the shard label but is no job VM of
+   * this provider, e.g. a Mac host's instance in an EC2 shard. Default: none.
+   */
+  foreignLabels?: Record<string, string>;
+  /**
+   * Makes the cloud's lists stop answering for a zone until the returned function is called;
+   * absent for clouds that answer whole or not at all.
+   */
+  partial?(zone: string): () => void;
 }
 
 const ref = (s: VmSpec): VmRef => ({ vmId: s.vmId, name: s.name });
@@ -79,6 +89,34 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       const listed = (await provider.list({ [LABEL_SHARD]: shard })).vms;
       expect(listed.map((v) => v.vmId).sort()).toEqual(mine.map((s) => s.vmId).sort());
       expect((await provider.list({ [LABEL_SHARD]: otherShard })).vms.map((v) => v.vmId)).toEqual([theirs.vmId]);
+    });
+
+    it('lists only the job VMs it owns, never a resource of the shard without its VM label', async () => {
+      const mine = spec().spec;
+      const other = spec().spec;
+      const foreign: VmSpec = { ...other, labels: { [LABEL_SHARD]: shard, ...(env.foreignLabels ?? {}) } };
+      await provider.create(mine);
+      await provider.create(foreign);
+      const listed = (await provider.list({ [LABEL_SHARD]: shard })).vms.map((v) => v.name);
+      expect(listed).toContain(mine.name);
+      expect(listed).not.toContain(foreign.name);
+    });
+
+    it('never reports a VM gone from a partial answer: a zone that did not answer is unknown', async (ctx) => {
+      if (!env.partial) return ctx.skip();
+      const { spec: s } = spec();
+      const vm = await provider.create(s);
+      const restore = env.partial(vm.zone!);
+      try {
+        for (const listing of [await provider.list({ [LABEL_SHARD]: shard }), await provider.describe([ref(s)])]) {
+          expect(listing.vms.map((v) => v.name)).not.toContain(s.name);
+          expect(listing.unreachable).not.toEqual([]);
+          expect(absentFrom(listing, { vmId: s.vmId, name: s.name, zone: vm.zone ?? null })).toBe(false);
+          expect(absentFrom(listing, { vmId: s.vmId, name: s.name })).toBe(false); // zone unknown: unknown
+        }
+      } finally {
+        restore();
+      }
     });
 
     it('deletes, and deleting again (or a VM that never existed) is fine', async () => {

@@ -51,7 +51,13 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
 
 providerContract('gcp', async () => {
   const fx = await fixture();
-  return { provider: fx.provider, machine, cleanup: fx.cleanup };
+  return {
+    provider: fx.provider, machine, cleanup: fx.cleanup,
+    partial(zone) {
+      fx.emu.faults.unreachableZones.set(zone, Infinity);
+      return () => fx.emu.faults.unreachableZones.delete(zone);
+    },
+  };
 });
 
 describe('gcp provider against the GCE emulator', () => {
