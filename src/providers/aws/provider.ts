@@ -126,6 +126,11 @@ export class AwsProvider implements Provider {
   private readonly now: () => number;
   readonly pollIntervalMs: number;
 
+  /** Entries of the per-VM maps: bounded by the VMs that exist (a 24-hour run keeps flat memory). */
+  tracked(): Record<string, number> {
+    return { seen: this.seen.size, shardOf: this.shardOf.size, ports: this.ports.size };
+  }
+
   /** Subnets still cooling down after a capacity error (subnet -> until, ms). */
   subnetCooldowns(): ZoneCooldowns {
     return this.cooldowns;

@@ -170,6 +170,11 @@ export class GcpProvider implements Provider {
   private readonly now: () => number;
   readonly pollIntervalMs: number;
 
+  /** Entries of the per-VM maps: bounded by the VMs that exist (a 24-hour run keeps flat memory). */
+  tracked(): Record<string, number> {
+    return { seen: this.seen.size, shardOf: this.shardOf.size, deleting: this.deleting.size, listCache: this.listCache.size };
+  }
+
   /** Zones still cooling down after a stockout (zone -> until, ms). */
   zoneCooldowns(): ReadonlyMap<string, number> {
     return this.cooldowns;
@@ -457,6 +462,7 @@ export class GcpProvider implements Provider {
       // Whatever the server did with the filter, only exact label matches count.
       return { instances: out.filter((i) => Object.entries(filterLabels).every(([k, v]) => i.labels?.[k] === v)), unreachable: [...unreachable] };
     });
+    for (const [f, e] of this.listCache) if (this.now() - e.at >= LIST_CACHE_MS) this.listCache.delete(f);
     this.listCache.set(filter, { at: this.now(), result });
     result.catch(() => this.listCache.delete(filter));
     return result;

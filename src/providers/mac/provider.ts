@@ -111,6 +111,12 @@ export class MacProvider implements Provider {
     if (deps.autoTick !== false) this.schedule(0);
   }
 
+  /** Entries of the per-VM maps: bounded by the VMs that exist (a 24-hour run keeps flat memory). */
+  tracked(): Record<string, number> {
+    const nested = [...this.nested.values()].reduce((n, s) => n + s.size, 0);
+    return { nested, placing: this.placing.size, ips: this.ips.size, cloneStarted: this.cloneStarted.size, jobPorts: this.jobPorts.size, jobHosts: this.jobHosts.size };
+  }
+
   private async loadHosts(): Promise<void> {
     const all = await Promise.all([...this.classes.values()].map((c) => c.fleet.records()));
     this.hosts = all.flat();
