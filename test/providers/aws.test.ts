@@ -52,6 +52,17 @@ describe('aws provider against the EC2 emulator', () => {
     for (const fx of fixtures.splice(0)) await fx.cleanup();
   });
 
+  it('forgets every VM it created once deleted: per-VM maps back to empty', async () => {
+    const fx = await setup();
+    const specs = Array.from({ length: 6 }, () => makeSpec(fx.shard, machine).spec);
+    const created = await fx.provider.createMany(specs);
+    await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    expect(fx.provider.tracked()['seen']).toBe(6);
+    await fx.provider.delete(created.map((r, i) => ({ vmId: specs[i]!.vmId, name: specs[i]!.name, cloudId: r.ok ? r.vm.cloudId : null })));
+    await fx.provider.describe(specs.map((s) => ({ vmId: s.vmId, name: s.name }))); // terminated instances stay listed a while
+    expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0, ports: 0 });
+  });
+
   it('sends an isolated RunInstances: ClientToken, tags, no public IP, IMDSv2 hop limit 1, no profile', async () => {
     const fx = await setup();
     const t = makeSpec(fx.shard, machine);

@@ -71,6 +71,16 @@ describe('gcp provider against the GCE emulator', () => {
     for (const fx of fixtures.splice(0)) await fx.cleanup();
   });
 
+  it('forgets every VM it created once deleted: per-VM maps back to empty', async () => {
+    const fx = await setup();
+    const specs = Array.from({ length: 6 }, () => makeSpec(fx.shard, machine).spec);
+    await fx.provider.createMany(specs);
+    await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    expect(fx.provider.tracked()['seen']).toBe(6);
+    await fx.provider.delete(specs.map((s) => ({ vmId: s.vmId, name: s.name })));
+    expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0, deleting: 0, listCache: 0 });
+  });
+
   it('is registered under "gcp"', () => {
     expect(providerFactory('gcp')).toBeTypeOf('function');
   });

@@ -161,6 +161,7 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
     // A VM known only by name (its create never recorded a cloud id) is found and deleted.
     await provider.delete(listed.map((v) => ({ vmId: v.vmId!, name: v.name })));
     expect((await provider.list({ [LABEL_SHARD]: SHARD })).vms).toEqual([]);
+    expect(provider.tracked()).toMatchObject({ nested: 0, placing: 0, ips: 0, cloneStarted: 0 }); // per-VM maps: nothing left behind
     expect(emu.calls.AllocateHosts).toBe(2); // one host per class, none again
     expect(provider.capacity(CLASS, 2)).toBe(2);
   });
@@ -183,6 +184,8 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
     expect((await provider.list({ [LABEL_SHARD]: SHARD })).vms.map((v) => v.cloudId)).toContain(created.cloudId);
 
     await provider.delete([{ vmId: a.spec.vmId, name: a.spec.name, cloudId: created.cloudId }]);
+    await provider.list({ [LABEL_SHARD]: SHARD }); // the terminated instance is still described a while
+    expect(provider.tracked()).toMatchObject({ jobPorts: 0, jobHosts: 0 });
     await provider.tick();
     expect(emu.hosts().find((h) => h.id === host.id)?.state).toBe('pending'); // EC2 scrubs it
     expect(provider.capacity(WHOLE, 1)).toBe(0);
