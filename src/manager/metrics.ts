@@ -12,6 +12,9 @@ export function cloudTelemetry(metrics: Metrics, provider: string): import('../p
     stockout(zone) {
       metrics.cloudStockouts.inc({ provider, zone });
     },
+    partialList(zone) {
+      metrics.cloudPartialLists.inc({ provider, zone });
+    },
     hosts(className, byState) {
       for (const [state, n] of Object.entries(byState)) metrics.macHosts.set({ class: className, state }, n);
     },
@@ -62,6 +65,7 @@ export interface Metrics {
   shardTakeovers: Counter;
   shardStepDowns: Counter<'reason'>;
   jobsFailedBack: Counter<'class' | 'reason'>;
+  cloudPartialLists: Counter<'provider' | 'zone'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -193,6 +197,11 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     macNestedVmReady: new Histogram({
       name: 'runner_fleet_mac_nested_vm_ready_seconds', help: 'Nested macOS VM clone-to-ready time: from tart clone to the VM having its address.',
       labelNames: ['class'], buckets: [1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300], registers,
+    }),
+    cloudPartialLists: new Counter({
+      name: 'runner_fleet_cloud_partial_lists_total',
+      help: 'Cloud lists and describes answered without a zone (or host) that did not answer; VMs there count as unknown, never as gone.',
+      labelNames: ['provider', 'zone'], registers,
     }),
   };
 }

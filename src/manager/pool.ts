@@ -490,7 +490,7 @@ export class Pool {
       this.lastDescribe.set(pname, now);
       let cloud;
       try {
-        cloud = await this.cloud(provider, 'describe', () => provider.describe(rows.map(vmRef)));
+        cloud = (await this.cloud(provider, 'describe', () => provider.describe(rows.map(vmRef)))).vms;
       } catch (err) {
         this.d.log.warn({ err, provider: pname }, 'describe failed');
         continue;

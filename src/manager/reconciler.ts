@@ -3,13 +3,14 @@
 import type { Logger } from 'pino';
 import type { ShardConfig } from '../config/types.js';
 import type { GitLabClient } from '../gitlab/client.js';
-import { LABEL_SHARD, type CloudVm, type Provider } from '../providers/provider.js';
+import { LABEL_SHARD, type Provider } from '../providers/provider.js';
 import { buildBillingEvent } from './billing.js';
 import type { Clock } from './clock.js';
 import { machineType, reportFinal } from './executor.js';
 import type { Metrics } from './metrics.js';
 import { vmRef } from './pool.js';
 import type { Store } from './store.js';
+import { LOST_GRACE_MS, lostRows, strays, stuckRows } from './sweep-plan.js';
 import type { VmState } from './vm-states.js';
 
 export interface ReconcilerDeps {
@@ -20,6 +21,8 @@ export interface ReconcilerDeps {
   metrics: Metrics;
   log: Logger;
   clock: Clock;
+  /** Least time in its state before a VM missing from a complete list is lost (default LOST_GRACE_MS). */
+  lostGraceMs?: number;
 }
 
 export class Reconciler {
@@ -90,50 +93,83 @@ export class Reconciler {
     return { jobsFailed, jobsReported, vmsDeleted };
   }
 
+  private sweeping: Promise<number> | null = null;
+
   /**
-   * One list per provider: delete cloud VMs the database does not know as live, and mark
-   * warm/booting VMs the cloud no longer has as failed (so they are replaced).
-   * Returns how many orphans were deleted.
+   * One list per provider: delete cloud VMs of this shard the database does not know as live,
+   * fail rows whose VM is known gone (so they are replaced), and fail rows stuck mid-creation.
+   * A call while a sweep runs gets that sweep's promise: never two at once. Returns how many
+   * orphans were deleted.
    */
-  async sweep(): Promise<number> {
-    const { store, log } = this.d;
+  sweep(): Promise<number> {
+    this.sweeping ??= this.sweepOnce().finally(() => {
+      this.sweeping = null;
+    });
+    return this.sweeping;
+  }
+
+  private async sweepOnce(): Promise<number> {
+    try {
+      await this.failStuck();
+    } catch (err) {
+      this.d.log.warn({ err }, 'failing stuck VMs failed; the provider sweeps go on');
+    }
     let orphans = 0;
+    // Each provider on its own: one that fails (list or delete) never stops the others.
     for (const [name, provider] of this.d.providers) {
-      // Rows read before the list judge lost VMs (a VM that became live after it is not judged);
-      // rows read after it judge orphans (a row is always written before its cloud create).
-      const rows = await store.liveVms();
-      let cloud: CloudVm[];
       try {
-        cloud = await provider.list({ [LABEL_SHARD]: this.d.config.shard });
+        orphans += await this.sweepProvider(name, provider);
       } catch (err) {
-        log.warn({ err, provider: name }, 'list failed; sweep skipped');
-        continue;
+        this.d.log.warn({ err, provider: name }, 'sweep of provider failed; the others go on');
       }
-      const after = await store.liveVms();
-      const liveIds = new Set(after.map((r) => r.id));
-      const liveNames = new Set(after.map((r) => r.name));
-      // A batch create (bulkInsert, RunInstances with MaxCount) makes instances before they carry
-      // their VM label: while one of ours is in flight, an unlabelled instance may be it.
-      const creating = after.some((r) => r.provider === name && (r.state === 'requested' || r.state === 'creating'));
-      const stray = cloud.filter((c) => (c.vmId ? !liveIds.has(c.vmId) : !liveNames.has(c.name) && !creating));
-      if (stray.length) {
-        log.warn({ provider: name, vms: stray.map((c) => c.name) }, 'deleting orphan VMs');
+    }
+    return orphans;
+  }
+
+  /** Rows left in requested/creating past their class's boot timeout: failed, so the pool deletes them. */
+  private async failStuck(): Promise<void> {
+    const { store, config } = this.d;
+    const bootTimeout = (c: string) => config.classes[c]?.bootTimeoutMs ?? DEFAULT_BOOT_TIMEOUT_MS;
+    for (const r of stuckRows(await store.liveVms(), bootTimeout, this.d.clock.now())) {
+      if (await store.transition(r.id, r.state as VmState, 'failed', { failure: `stuck in ${r.state} past the boot timeout` }, 'sweep: stuck')) {
+        this.d.metrics.vmFailures.inc({ class: r.class, reason: 'stuck' });
+        this.d.log.warn({ vm: r.id, class: r.class, state: r.state }, 'VM stuck mid-creation; failing it');
+      }
+    }
+  }
+
+  private async sweepProvider(name: string, provider: Provider): Promise<number> {
+    const { store, log } = this.d;
+    // Rows read before the list judge lost VMs (a VM that became live after it is not judged);
+    // rows read after it judge orphans (a row is always written before its cloud create).
+    const rows = await store.liveVms();
+    const listing = await provider.list({ [LABEL_SHARD]: this.d.config.shard });
+    if (listing.unreachable.length) log.warn({ provider: name, unreachable: listing.unreachable }, 'partial cloud list: VMs in scopes that did not answer count as unknown, not gone');
+    const stray = strays(listing.vms, await store.liveVms(), name);
+    let orphans = 0;
+    if (stray.length) {
+      log.warn({ provider: name, vms: stray.map((c) => c.name) }, 'deleting orphan VMs');
+      try {
         await provider.delete(stray.map((c) => ({ vmId: c.vmId ?? c.name, name: c.name, cloudId: c.cloudId, zone: c.zone ?? null })));
         this.d.metrics.orphansDeleted.inc({ provider: name }, stray.length);
-        orphans += stray.length;
+        orphans = stray.length;
+      } catch (err) {
+        log.warn({ err, provider: name }, 'deleting orphan VMs failed; the next sweep retries');
       }
-      const present = new Set(cloud.filter((c) => c.state !== 'terminated').flatMap((c) => (c.vmId ? [c.vmId, c.name] : [c.name])));
-      for (const r of rows) {
-        if (r.provider !== name || present.has(r.id) || present.has(r.name)) continue;
-        if (r.state === 'ready' || r.state === 'booting') {
-          this.d.metrics.vmFailures.inc({ class: r.class, reason: 'lost' });
-          await store.transition(r.id, r.state, 'failed', { failure: 'VM vanished from the cloud' });
-        }
+    }
+    // Lost: mark the VM failed only. A running job is its executor's to finish or fail.
+    for (const r of lostRows(rows, listing, name, this.d.clock.now(), this.d.lostGraceMs ?? LOST_GRACE_MS)) {
+      if (await store.transition(r.id, r.state as VmState, 'failed', { failure: 'VM vanished from the cloud' }, 'sweep: lost')) {
+        this.d.metrics.vmFailures.inc({ class: r.class, reason: 'lost' });
+        log.warn({ vm: r.id, class: r.class, state: r.state, provider: name }, 'VM vanished from the cloud; failing it');
       }
     }
     return orphans;
   }
 }
+
+/** The config default of `bootTimeout`, for rows of a class no longer configured. */
+const DEFAULT_BOOT_TIMEOUT_MS = 10 * 60_000;
 
 function num(v: string | null): number | null {
   return v === null ? null : Number(v);

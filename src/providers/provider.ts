@@ -45,6 +45,51 @@ export interface CreatedVm {
   zone?: string;
 }
 
+/**
+ * A cloud's answer to a list or describe. A cloud that could not answer for a scope (a GCE zone
+ * in a partial aggregatedList, a Mac host whose Tart did not answer) names it in `unreachable`:
+ * the absence of a VM there means "unknown", never "gone".
+ */
+export interface CloudListing {
+  vms: CloudVm[];
+  /**
+   * Scopes that did not answer: `zones/<zone>` (a GCE zone, an EC2 availability zone),
+   * `regions/<region>`, or any other name (a page, the whole answer), which covers every VM.
+   * Absence of a VM whose scope is named here (or of any VM whose zone is unknown, when this is
+   * non-empty) is not evidence that the VM is gone.
+   */
+  unreachable: string[];
+}
+
+/** A complete answer: nothing unreachable. */
+export const listingOf = (vms: CloudVm[], unreachable: string[] = []): CloudListing => ({ vms, unreachable });
+
+/** The zone a scope names (`zones/us-east1-b` -> `us-east1-b`), for metric labels and logs. */
+export function scopeZone(scope: string): string {
+  return scope.startsWith('zones/') ? scope.slice('zones/'.length) : scope;
+}
+
+/** Whether the listing answered for this zone, so that absence there is evidence. */
+export function completeFor(listing: Pick<CloudListing, 'unreachable'>, zone: string | null | undefined): boolean {
+  return listing.unreachable.every((scope) => {
+    if (!zone) return false; // a VM of unknown zone may be in any scope that did not answer
+    if (scope.startsWith('zones/')) return scope.slice('zones/'.length) !== zone;
+    // GCE zone us-central1-a is in region us-central1; EC2 AZ us-east-1a in region us-east-1.
+    if (scope.startsWith('regions/')) return !zone.startsWith(scope.slice('regions/'.length));
+    return false; // a page or the whole answer: covers every VM
+  });
+}
+
+/**
+ * "Known gone": the VM is absent from a listing that answered for its zone. Matched by VM id,
+ * name or cloud id. A VM present in the listing as `terminated` is gone too.
+ */
+export function absentFrom(listing: CloudListing, vm: { vmId?: string | null; name: string; cloudId?: string | null; zone?: string | null }): boolean {
+  const found = listing.vms.find((c) => (vm.vmId && c.vmId === vm.vmId) || c.name === vm.name || (vm.cloudId && c.cloudId === vm.cloudId));
+  if (found) return found.state === 'terminated';
+  return completeFor(listing, vm.zone);
+}
+
 export type CloudVmState = 'pending' | 'running' | 'stopping' | 'stopped' | 'terminated';
 
 /** A VM as its cloud reports it. */
@@ -117,10 +162,17 @@ export interface Provider {
   create(spec: VmSpec): Promise<CreatedVm>;
   /** Batch form; one result per spec, in order. Providers without a batch API loop over create. */
   createMany(specs: VmSpec[]): Promise<CreateResult[]>;
-  /** State and internal address of many VMs, with a bounded number of cloud calls. VMs the cloud does not know are absent. */
-  describe(refs: VmRef[]): Promise<CloudVm[]>;
-  /** Every VM carrying all the given labels. */
-  list(labels: Record<string, string>): Promise<CloudVm[]>;
+  /**
+   * State and internal address of many VMs, with a bounded number of cloud calls. VMs the cloud
+   * does not know are absent; scopes that did not answer are named in `unreachable`.
+   */
+  describe(refs: VmRef[]): Promise<CloudListing>;
+  /**
+   * Every job VM this provider owns that carries all the given labels: VMs with LABEL_VM (or
+   * unlabelled members of one of its own batch creates), never host instances or foreign
+   * resources. Scopes that did not answer are named in `unreachable`.
+   */
+  list(labels: Record<string, string>): Promise<CloudListing>;
   /** Delete VMs; VMs already gone are not an error. */
   delete(refs: VmRef[]): Promise<void>;
   /** Stop VMs, keeping their disks (the standby tier); where `capabilities.stopStart`. */
@@ -157,6 +209,8 @@ export interface CloudTelemetry {
   request(operation: string, outcome: string, seconds: number): void;
   /** A zone (GCE) or subnet/AZ (EC2) had no capacity for a VM. */
   stockout(zone: string): void;
+  /** A list or describe came back without this scope (a zone that did not answer). */
+  partialList?(zone: string): void;
   /** Mac hosts of a class by state (every state, zeros included). */
   hosts?(className: string, byState: Record<string, number>): void;
   /** Host-seconds that passed: billed (allocated) and with at least one nested VM (used). */

@@ -41,7 +41,7 @@ describe.each(databaseKinds())('job loop on %s', (kind) => {
   async function expectCleanedUp(jobId: number) {
     const provider = await providerFactory('local')!({}, { shard: shard.config.shard, dataDir, log: createLogger({ level: 'silent' }) });
     try {
-      return await expectJobCleanedUp(shard, jobId, async (vmId) => !(await provider.list({ [LABEL_SHARD]: shard.config.shard })).some((c) => c.vmId === vmId));
+      return await expectJobCleanedUp(shard, jobId, async (vmId) => !(await provider.list({ [LABEL_SHARD]: shard.config.shard })).vms.some((c) => c.vmId === vmId));
     } finally {
       await provider.close();
     }

@@ -47,7 +47,7 @@ describe.each(databaseKinds())('restart after SIGKILL on %s', (kind) => {
     // The VMs outlive the manager, as cloud VMs would.
     const provider = await providerFactory('local')!({}, { shard: shardName, dataDir, log: createLogger({ level: 'silent' }) });
     cleanups.push(() => provider.close());
-    expect((await provider.list({ [LABEL_SHARD]: shardName })).length).toBeGreaterThanOrEqual(1);
+    expect((await provider.list({ [LABEL_SHARD]: shardName })).vms.length).toBeGreaterThanOrEqual(1);
     expect(gitlab.job(id).state).toBe('running');
 
     // Second manager, in-process: recovers, then drains.
@@ -60,7 +60,7 @@ describe.each(databaseKinds())('restart after SIGKILL on %s', (kind) => {
     expect(events[0]!.billable).toBe(false);
 
     await shard.drain({ timeoutMs: 20_000 });
-    expect(await provider.list({ [LABEL_SHARD]: shardName })).toEqual([]);
+    expect((await provider.list({ [LABEL_SHARD]: shardName })).vms).toEqual([]);
   });
 
   it('deletes at start-up a VM of its shard that the database does not know', async () => {
@@ -81,7 +81,7 @@ describe.each(databaseKinds())('restart after SIGKILL on %s', (kind) => {
     const config = parseConfig(shardYaml({ shard: shardName, gitlabUrl: 'http://127.0.0.1:9', dbUrl: db.url, dataDir, idle: 0, max: 1 }));
     const shard = await startShard({ config, log: createLogger({ level: 'silent' }), tickMs: 100, defaultMetrics: false, http: false });
     cleanups.push(() => shard.close());
-    const names = (await provider.list({})).map((c) => c.name);
+    const names = (await provider.list({})).vms.map((c) => c.name);
     expect(names).not.toContain(foreign.name);
     expect(names).toContain(other.name); // another shard's VM is not ours to delete
   });

@@ -34,10 +34,10 @@ class MemoryCloud implements Provider {
     return createEach(this, specs);
   }
   async describe(refs: VmRef[]) {
-    return refs.flatMap((r) => (this.vms.has(r.name) ? [this.vms.get(r.name)!] : []));
+    return { vms: refs.flatMap((r) => (this.vms.has(r.name) ? [this.vms.get(r.name)!] : [])), unreachable: [] };
   }
   async list() {
-    return [...this.vms.values()];
+    return { vms: [...this.vms.values()], unreachable: [] };
   }
   async delete(refs: VmRef[]) {
     this.deletes++;

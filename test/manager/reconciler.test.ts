@@ -1,21 +1,28 @@
-// The reconciler's sweep: which cloud VMs of the shard are orphans, and which rows are lost.
+// The reconciler's sweep: which cloud VMs of the shard are orphans, which rows are lost, which
+// are stuck mid-creation; partial lists, failing providers and overlapping sweeps.
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ShardConfig } from '../../src/config/types.js';
-import { openDatabase } from '../../src/db/connect.js';
-import { migrateToLatest } from '../../src/db/migrate.js';
 import type { GitLabClient } from '../../src/gitlab/client.js';
-import { realClock } from '../../src/manager/clock.js';
-import { createMetrics } from '../../src/manager/metrics.js';
+import { realClock, type Clock } from '../../src/manager/clock.js';
+import { createMetrics, type Metrics } from '../../src/manager/metrics.js';
 import { Reconciler } from '../../src/manager/reconciler.js';
 import { Store } from '../../src/manager/store.js';
-import { LABEL_SHARD, LABEL_VM, createEach, type CloudVm, type Provider, type VmRef } from '../../src/providers/provider.js';
+import type { VmState } from '../../src/manager/vm-states.js';
+import { LABEL_SHARD, LABEL_VM, ProviderError, createEach, type CloudVm, type Provider, type VmRef } from '../../src/providers/provider.js';
+import { databaseKinds, migratedDatabase } from '../helpers/database.js';
 
 class ListedCloud implements Provider {
-  readonly name = 'memory';
   readonly capabilities = { batchCreate: true, stopStart: false, gpu: false, windows: false, nestedVms: false };
   vms: CloudVm[] = [];
+  unreachable: string[] = [];
   deleted: string[] = [];
+  lists = 0;
+  failList?: Error;
+  failDelete?: Error;
+  /** While set, list waits for it. */
+  gate?: Promise<void>;
+  constructor(readonly name = 'memory') {}
   async create(): Promise<never> {
     throw new Error('not used');
   }
@@ -23,12 +30,16 @@ class ListedCloud implements Provider {
     return createEach(this, specs);
   }
   async describe() {
-    return [];
+    return { vms: [], unreachable: [] };
   }
   async list() {
-    return this.vms;
+    this.lists++;
+    await this.gate;
+    if (this.failList) throw this.failList;
+    return { vms: this.vms, unreachable: this.unreachable };
   }
   async delete(refs: VmRef[]) {
+    if (this.failDelete) throw this.failDelete;
     this.deleted.push(...refs.map((r) => r.name));
   }
   connectInfo(): never {
@@ -37,57 +48,134 @@ class ListedCloud implements Provider {
   async close() {}
 }
 
-const config = { shard: 'sweep-test', classes: {}, providers: { memory: {} } } as unknown as ShardConfig;
-const cloudVm = (name: string, vmId?: string): CloudVm => ({ name, cloudId: name, state: 'running', labels: { [LABEL_SHARD]: 'sweep-test', ...(vmId ? { [LABEL_VM]: vmId } : {}) }, ...(vmId ? { vmId } : {}) });
+const SHARD = 'sweep-test';
+const config = { shard: SHARD, classes: { small: { bootTimeoutMs: 5 * 60_000 } }, providers: { memory: {}, other: {} } } as unknown as ShardConfig;
+const cloudVm = (name: string, vmId?: string, zone?: string): CloudVm => ({
+  name, cloudId: name, state: 'running', labels: { [LABEL_SHARD]: SHARD, ...(vmId ? { [LABEL_VM]: vmId } : {}) }, ...(vmId ? { vmId } : {}), ...(zone ? { zone } : {}),
+});
 
-describe('reconciler sweep', () => {
+describe.each(databaseKinds())('reconciler sweep on %s', (kind) => {
   let store: Store;
   let close: () => Promise<void>;
   let cloud: ListedCloud;
-  let reconciler: Reconciler;
+  let other: ListedCloud;
+  let metrics: Metrics;
+  /** The sweep's clock runs `ahead` ms ahead of the rows' timestamps. */
+  let ahead: number;
+  const clock: Clock = { now: () => Date.now() + ahead, sleep: realClock.sleep };
+  const reconciler = (providers: ListedCloud[] = [cloud], lostGraceMs?: number) =>
+    new Reconciler({
+      config, store, providers: new Map(providers.map((p) => [p.name, p])), gitlab: {} as GitLabClient, metrics,
+      log: pino({ level: 'silent' }), clock, ...(lostGraceMs !== undefined ? { lostGraceMs } : {}),
+    });
 
   beforeEach(async () => {
-    const database = await openDatabase('pglite:memory', { log: pino({ level: 'silent' }) });
-    await migrateToLatest(database.db, pino({ level: 'silent' }));
-    store = new Store(database.db, 'sweep-test', Buffer.alloc(32, 3));
+    const database = await migratedDatabase(kind);
+    store = new Store(database.db, SHARD, Buffer.alloc(32, 3));
     close = database.close;
-    cloud = new ListedCloud();
-    reconciler = new Reconciler({ config, store, providers: new Map([['memory', cloud]]), gitlab: {} as GitLabClient, metrics: createMetrics({ shard: 'sweep-test', defaultMetrics: false }), log: pino({ level: 'silent' }), clock: realClock });
+    cloud = new ListedCloud('memory');
+    other = new ListedCloud('other');
+    metrics = createMetrics({ shard: SHARD, defaultMetrics: false });
+    ahead = 0;
   });
   afterEach(() => close());
 
-  const row = async (id: string, state: 'creating' | 'booting' | 'ready') => {
-    await store.insertVm({ id, class: 'small', provider: 'memory', name: `rf-sweep-test-${id}`, publicKey: 'ssh-ed25519 AAAA x', privateKey: 'k' });
-    if (state !== 'creating') {
-      await store.transition(id, 'requested', 'creating');
-      if (state === 'booting' || state === 'ready') await store.transition(id, 'creating', 'booting');
-      if (state === 'ready') await store.transition(id, 'booting', 'ready');
-    } else {
-      await store.transition(id, 'requested', 'creating');
-    }
+  const PATH: VmState[] = ['requested', 'creating', 'booting', 'ready', 'assigned', 'running'];
+  const row = async (id: string, state: VmState, opts: { provider?: string; zone?: string } = {}) => {
+    await store.insertVm({ id, class: 'small', provider: opts.provider ?? 'memory', name: `rf-${SHARD}-${id}`, publicKey: 'ssh-ed25519 AAAA x', privateKey: 'k' });
+    for (let i = 1; i <= PATH.indexOf(state); i++) await store.transition(id, PATH[i - 1]!, PATH[i]!, PATH[i] === 'booting' ? { zone: opts.zone ?? null } : {});
   };
+  const stateOf = async (id: string) => (await store.vm(id))?.state;
+  const failures = async (reason: string) => (await metrics.vmFailures.get()).values.filter((v) => v.labels.reason === reason).reduce((n, v) => n + v.value, 0);
 
   it('deletes VMs the database does not know, and keeps those it knows by label or by name', async () => {
     await row('a1', 'ready');
     await row('b2', 'booting');
-    cloud.vms = [cloudVm('rf-sweep-test-a1', 'a1'), cloudVm('rf-sweep-test-b2' /* label not set yet */), cloudVm('rf-sweep-test-zz', 'zz'), cloudVm('stranger')];
-    expect(await reconciler.sweep()).toBe(2);
-    expect(cloud.deleted.sort()).toEqual(['rf-sweep-test-zz', 'stranger']);
-    expect((await store.vm('b2'))?.state).toBe('booting'); // present by name: not lost
+    cloud.vms = [cloudVm(`rf-${SHARD}-a1`, 'a1'), cloudVm(`rf-${SHARD}-b2` /* label not set yet */), cloudVm(`rf-${SHARD}-zz`, 'zz'), cloudVm('stranger')];
+    expect(await reconciler([cloud], 0).sweep()).toBe(2);
+    expect(cloud.deleted.sort()).toEqual([`rf-${SHARD}-zz`, 'stranger']);
+    expect(await stateOf('b2')).toBe('booting'); // present by name: not lost
   });
 
-  it('spares an unlabelled instance while a batch create of the provider is in flight', async () => {
+  it('spares an unlabelled instance while a batch create of the provider is in flight, never a labelled stray', async () => {
     await row('c3', 'creating');
-    cloud.vms = [cloudVm('i-0123456789abcdef0')];
-    expect(await reconciler.sweep()).toBe(0);
+    cloud.vms = [cloudVm('i-0123456789abcdef0'), cloudVm(`rf-${SHARD}-gone`, 'gone')];
+    expect(await reconciler().sweep()).toBe(1);
+    expect(cloud.deleted).toEqual([`rf-${SHARD}-gone`]);
     await store.transition('c3', 'creating', 'failed');
-    expect(await reconciler.sweep()).toBe(1);
+    expect(await reconciler().sweep()).toBe(2);
   });
 
-  it('marks a warm VM that vanished from the cloud as failed', async () => {
+  it('marks a warm VM that vanished from a complete list as failed once past the grace period', async () => {
     await row('d4', 'ready');
-    cloud.vms = [];
-    await reconciler.sweep();
-    expect((await store.vm('d4'))?.state).toBe('failed');
+    await reconciler().sweep();
+    expect(await stateOf('d4')).toBe('ready'); // within grace: EC2 lists lag new instances
+    ahead = 4 * 60_000; // past the default grace
+    await reconciler().sweep();
+    expect(await stateOf('d4')).toBe('failed');
+    expect(await failures('lost')).toBe(1);
+  });
+
+  it('never takes absence from a partial list as gone: VMs in the unreachable zone or of unknown zone stay', async () => {
+    await row('e1', 'ready', { zone: 'zone-a' });
+    await row('e2', 'running', { zone: 'zone-b' });
+    await row('e3', 'ready'); // zone unknown
+    cloud.unreachable = ['zones/zone-a'];
+    await reconciler([cloud], 0).sweep();
+    expect(await stateOf('e1')).toBe('ready');
+    expect(await stateOf('e3')).toBe('ready');
+    // zone-b answered: its running VM is known gone, and is failed (its job is the executor's).
+    expect(await stateOf('e2')).toBe('failed');
+    expect(cloud.deleted).toEqual([]);
+  });
+
+  it('fails rows stuck in requested or creating past the boot timeout, and they stop sparing unlabelled strays', async () => {
+    await row('s1', 'creating');
+    await row('s2', 'requested');
+    cloud.vms = [cloudVm('i-0fedcba987654321f')];
+    expect(await reconciler().sweep()).toBe(0);
+    expect(await stateOf('s1')).toBe('creating');
+    ahead = 5 * 60_000 + 61_000; // bootTimeout + margin
+    expect(await reconciler().sweep()).toBe(1);
+    expect(await stateOf('s1')).toBe('failed');
+    expect(await stateOf('s2')).toBe('failed');
+    expect(await failures('stuck')).toBe(2);
+  });
+
+  it('a provider whose list or delete fails does not stop the sweep of the others', async () => {
+    await row('f1', 'ready', { provider: 'other' });
+    cloud.failList = new ProviderError('retryable', 'list exploded');
+    other.vms = [cloudVm(`rf-${SHARD}-orphan`, 'orphan')];
+    const r = reconciler([cloud, other], 0);
+    expect(await r.sweep()).toBe(1);
+    expect(other.deleted).toEqual([`rf-${SHARD}-orphan`]);
+    expect(await stateOf('f1')).toBe('failed'); // absent from other's complete list
+
+    // A delete that fails still lets the lost VMs be judged, and the next provider run.
+    await row('f2', 'ready');
+    cloud.failList = undefined;
+    cloud.failDelete = new ProviderError('retryable', 'delete exploded');
+    cloud.vms = [cloudVm(`rf-${SHARD}-orphan2`, 'orphan2')];
+    other.vms = [cloudVm(`rf-${SHARD}-orphan3`, 'orphan3')];
+    expect(await r.sweep()).toBe(1);
+    expect(await stateOf('f2')).toBe('failed');
+    expect(other.deleted).toContain(`rf-${SHARD}-orphan3`);
+  });
+
+  it('runs one sweep at a time: overlapping calls share it and list each provider once', async () => {
+    let open!: () => void;
+    cloud.gate = new Promise<void>((r) => (open = r));
+    cloud.vms = [cloudVm(`rf-${SHARD}-x`, 'x')];
+    const r = reconciler([cloud, other]);
+    const first = r.sweep();
+    const second = r.sweep();
+    expect(second).toBe(first);
+    open();
+    expect(await Promise.all([first, second])).toEqual([1, 1]);
+    expect(cloud.lists).toBe(1);
+    expect(other.lists).toBe(1);
+    cloud.gate = undefined;
+    await r.sweep(); // a later call is a new sweep
+    expect(cloud.lists).toBe(2);
   });
 });

@@ -6,6 +6,7 @@ import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/serv
 import { createLogger } from '../../src/isolation/redact.js';
 import { parseAwsConfig } from '../../src/providers/aws/config.js';
 import { AwsProvider } from '../../src/providers/aws/provider.js';
+import { TAG_HOST_RECORD } from '../../src/providers/aws/run-input.js';
 import { LABEL_SHARD, LABEL_VM } from '../../src/providers/provider.js';
 import { providerContract } from './contract.js';
 import { makeSpec, waitRunning } from './local-fixture.js';
@@ -36,7 +37,8 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
 
 providerContract('aws', async () => {
   const fx = await fixture();
-  return { provider: fx.provider, machine, cleanup: fx.cleanup };
+  // A Mac host's instance in a shard with mac classes: the shard's tag, the host record's, no VM tag.
+  return { provider: fx.provider, machine, cleanup: fx.cleanup, foreignLabels: { [TAG_HOST_RECORD]: 'host-record-1' } };
 });
 
 describe('aws provider against the EC2 emulator', () => {
@@ -48,6 +50,17 @@ describe('aws provider against the EC2 emulator', () => {
   };
   afterEach(async () => {
     for (const fx of fixtures.splice(0)) await fx.cleanup();
+  });
+
+  it('forgets every VM it created once deleted: per-VM maps back to empty', async () => {
+    const fx = await setup();
+    const specs = Array.from({ length: 6 }, () => makeSpec(fx.shard, machine).spec);
+    const created = await fx.provider.createMany(specs);
+    await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    expect(fx.provider.tracked()['seen']).toBe(6);
+    await fx.provider.delete(created.map((r, i) => ({ vmId: specs[i]!.vmId, name: specs[i]!.name, cloudId: r.ok ? r.vm.cloudId : null })));
+    await fx.provider.describe(specs.map((s) => ({ vmId: s.vmId, name: s.name }))); // terminated instances stay listed a while
+    expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0, ports: 0 });
   });
 
   it('sends an isolated RunInstances: ClientToken, tags, no public IP, IMDSv2 hop limit 1, no profile', async () => {
@@ -90,7 +103,7 @@ describe('aws provider against the EC2 emulator', () => {
     expect(results.every((r) => r.ok)).toBe(true);
     expect(fx.emu.calls.RunInstances).toBe(1);
     expect(fx.emu.runRequest(results[0]!.ok ? results[0]!.vm.cloudId : '')!['MaxCount']).toBe('3');
-    const listed = await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    const listed = (await fx.provider.list({ [LABEL_SHARD]: fx.shard })).vms;
     expect(listed.map((v) => [v.name, v.vmId]).sort()).toEqual(specs.map((s) => [s.name, s.vmId]).sort());
   });
 
@@ -139,11 +152,11 @@ describe('aws provider against the EC2 emulator', () => {
     const specs = [makeSpec(fx.shard, machine).spec, makeSpec(fx.shard, machine).spec];
     await fx.provider.createMany(specs);
     fx.emu.resetCalls();
-    expect(await fx.provider.describe(specs)).toHaveLength(2);
+    expect((await fx.provider.describe(specs)).vms).toHaveLength(2);
     expect(fx.emu.calls.DescribeInstances).toBe(1);
     await fx.provider.delete(specs);
     expect(fx.emu.instances().every((i) => i.state === 'terminated')).toBe(true);
     await fx.provider.delete(specs); // already gone: fine
-    expect(await fx.provider.list({ [LABEL_SHARD]: fx.shard })).toEqual([]);
+    expect((await fx.provider.list({ [LABEL_SHARD]: fx.shard })).vms).toEqual([]);
   });
 });

@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { connectSsh, waitForSsh } from '../../src/connect/ssh.js';
-import { LABEL_SHARD, LABEL_VM, type Provider, type VmRef, type VmSpec } from '../../src/providers/provider.js';
+import { LABEL_SHARD, LABEL_VM, absentFrom, type Provider, type VmRef, type VmSpec } from '../../src/providers/provider.js';
 import { makeSpec, waitRunning } from './local-fixture.js';
 
 export interface ContractSetup {
@@ -12,6 +12,16 @@ export interface ContractSetup {
   machine?: Record<string, unknown>;
   /** False for providers whose VMs cannot be reached over SSH in tests (emulated clouds). Default true. */
   reachable?: boolean;
+  /**
+   * Labels (besides the shard's) of a resource that shares the shard label but is no job VM of
+   * this provider, e.g. a Mac host's instance in an EC2 shard. Default: none.
+   */
+  foreignLabels?: Record<string, string>;
+  /**
+   * Makes the cloud's lists stop answering for a zone until the returned function is called;
+   * absent for clouds that answer whole or not at all.
+   */
+  partial?(zone: string): () => void;
 }
 
 const ref = (s: VmSpec): VmRef => ({ vmId: s.vmId, name: s.name });
@@ -45,7 +55,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       const [a, b] = [await provider.create(s), await provider.create(s)];
       expect(b.cloudId).toBe(a.cloudId);
       expect(a.vmId).toBe(s.vmId);
-      expect(await provider.list({ [LABEL_VM]: s.vmId })).toHaveLength(1);
+      expect((await provider.list({ [LABEL_VM]: s.vmId })).vms).toHaveLength(1);
     });
 
     it('returns createMany results in the order of the specs', async () => {
@@ -59,14 +69,14 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       const specs = [spec().spec, spec().spec];
       await provider.createMany(specs);
       const ghost: VmRef = { vmId: 'ghost', name: `${shard}-ghost` };
-      const vms = await provider.describe([...specs.map(ref), ghost]);
+      const vms = (await provider.describe([...specs.map(ref), ghost])).vms;
       expect(vms.map((v) => v.name).sort()).toEqual(specs.map((s) => s.name).sort());
     });
 
     it('labels every VM with its shard and VM id', async () => {
       const { spec: s } = spec();
       await provider.create(s);
-      const [vm] = await provider.describe([ref(s)]);
+      const [vm] = (await provider.describe([ref(s)])).vms;
       expect(vm?.labels[LABEL_SHARD]).toBe(shard);
       expect(vm?.labels[LABEL_VM]).toBe(s.vmId);
       expect(vm?.vmId).toBe(s.vmId);
@@ -76,9 +86,37 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       const mine = [spec().spec, spec().spec];
       const theirs = spec(otherShard).spec;
       await provider.createMany([...mine, theirs]);
-      const listed = await provider.list({ [LABEL_SHARD]: shard });
+      const listed = (await provider.list({ [LABEL_SHARD]: shard })).vms;
       expect(listed.map((v) => v.vmId).sort()).toEqual(mine.map((s) => s.vmId).sort());
-      expect((await provider.list({ [LABEL_SHARD]: otherShard })).map((v) => v.vmId)).toEqual([theirs.vmId]);
+      expect((await provider.list({ [LABEL_SHARD]: otherShard })).vms.map((v) => v.vmId)).toEqual([theirs.vmId]);
+    });
+
+    it('lists only the job VMs it owns, never a resource of the shard without its VM label', async () => {
+      const mine = spec().spec;
+      const other = spec().spec;
+      const foreign: VmSpec = { ...other, labels: { [LABEL_SHARD]: shard, ...(env.foreignLabels ?? {}) } };
+      await provider.create(mine);
+      await provider.create(foreign);
+      const listed = (await provider.list({ [LABEL_SHARD]: shard })).vms.map((v) => v.name);
+      expect(listed).toContain(mine.name);
+      expect(listed).not.toContain(foreign.name);
+    });
+
+    it('never reports a VM gone from a partial answer: a zone that did not answer is unknown', async (ctx) => {
+      if (!env.partial) return ctx.skip();
+      const { spec: s } = spec();
+      const vm = await provider.create(s);
+      const restore = env.partial(vm.zone!);
+      try {
+        for (const listing of [await provider.list({ [LABEL_SHARD]: shard }), await provider.describe([ref(s)])]) {
+          expect(listing.vms.map((v) => v.name)).not.toContain(s.name);
+          expect(listing.unreachable).not.toEqual([]);
+          expect(absentFrom(listing, { vmId: s.vmId, name: s.name, zone: vm.zone ?? null })).toBe(false);
+          expect(absentFrom(listing, { vmId: s.vmId, name: s.name })).toBe(false); // zone unknown: unknown
+        }
+      } finally {
+        restore();
+      }
     });
 
     it('deletes, and deleting again (or a VM that never existed) is fine', async () => {
@@ -86,7 +124,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       await provider.create(s);
       await provider.delete([ref(s)]);
       await provider.delete([ref(s), { vmId: 'never', name: `${shard}-never` }]);
-      const left = await provider.describe([ref(s)]);
+      const left = (await provider.describe([ref(s)])).vms;
       expect(left.filter((v) => v.state !== 'terminated')).toEqual([]);
     });
 

@@ -132,15 +132,15 @@ describe('gcp provider orchestration', () => {
     const specs = [makeSpec('s', machine).spec, makeSpec('s', machine).spec];
     await p.createMany(specs);
     const before = cloud.calls['aggregatedList'] ?? 0;
-    const vms = await p.describe([...specs, { vmId: 'ghost', name: 's-ghost' }]);
+    const vms = (await p.describe([...specs, { vmId: 'ghost', name: 's-ghost' }])).vms;
     expect(vms.map((v) => v.vmId).sort()).toEqual(specs.map((s) => s.vmId).sort());
     expect(vms[0]).toMatchObject({ state: 'running', internalIp: '10.0.0.2', labels: { [LABEL_SHARD]: 's' } });
-    expect((await p.list({ [LABEL_SHARD]: 's' })).length).toBe(2);
+    expect((await p.list({ [LABEL_SHARD]: 's' })).vms.length).toBe(2);
     expect((cloud.calls['aggregatedList'] ?? 0) - before).toBe(1);
     await p.delete(specs);
     await p.delete([...specs, { vmId: 'never', name: 's-never' }]);
     expect(cloud.vms.size).toBe(0);
-    expect(await p.list({ [LABEL_VM]: specs[0]!.vmId })).toEqual([]);
+    expect((await p.list({ [LABEL_VM]: specs[0]!.vmId })).vms).toEqual([]);
   });
 
   it('refuses a bad machine profile as a fatal error naming the field', async () => {

@@ -38,7 +38,7 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
     shard,
     async cleanup() {
       try {
-        const all = await provider.list({});
+        const all = (await provider.list({})).vms;
         await provider.delete(all.map((vm) => ({ vmId: vm.vmId ?? vm.name, name: vm.name, zone: vm.zone ?? null })));
       } finally {
         await provider.close();
@@ -51,7 +51,13 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
 
 providerContract('gcp', async () => {
   const fx = await fixture();
-  return { provider: fx.provider, machine, cleanup: fx.cleanup };
+  return {
+    provider: fx.provider, machine, cleanup: fx.cleanup,
+    partial(zone) {
+      fx.emu.faults.unreachableZones.set(zone, Infinity);
+      return () => fx.emu.faults.unreachableZones.delete(zone);
+    },
+  };
 });
 
 describe('gcp provider against the GCE emulator', () => {
@@ -63,6 +69,16 @@ describe('gcp provider against the GCE emulator', () => {
   };
   afterEach(async () => {
     for (const fx of fixtures.splice(0)) await fx.cleanup();
+  });
+
+  it('forgets every VM it created once deleted: per-VM maps back to empty', async () => {
+    const fx = await setup();
+    const specs = Array.from({ length: 6 }, () => makeSpec(fx.shard, machine).spec);
+    await fx.provider.createMany(specs);
+    await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    expect(fx.provider.tracked()['seen']).toBe(6);
+    await fx.provider.delete(specs.map((s) => ({ vmId: s.vmId, name: s.name })));
+    expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0, deleting: 0, listCache: 0 });
   });
 
   it('is registered under "gcp"', () => {
@@ -107,7 +123,7 @@ describe('gcp provider against the GCE emulator', () => {
     const t = makeSpec(fx.shard, machine);
     await fx.provider.create(t.spec);
     expect(fx.provider.stats.rateLimited).toBeGreaterThanOrEqual(2);
-    expect(await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).toHaveLength(1);
+    expect((await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).vms).toHaveLength(1);
 
     fx.emu.faults.rateLimitNext = 100;
     const started = Date.now();
@@ -131,7 +147,7 @@ describe('gcp provider against the GCE emulator', () => {
     const t = makeSpec(fx.shard, machine);
     await fx.provider.create(t.spec);
     expect(fx.provider.stats.timeouts).toBe(1);
-    expect(await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).toHaveLength(1);
+    expect((await fx.provider.list({ [LABEL_VM]: t.spec.vmId })).vms).toHaveLength(1);
   });
 
   it('creates several VMs of a class with one bulkInsert, names and labels intact', async () => {
@@ -141,7 +157,7 @@ describe('gcp provider against the GCE emulator', () => {
     expect(results.every((r) => r.ok)).toBe(true);
     expect(fx.provider.stats.bulkInserts).toBe(1);
     expect(fx.provider.stats.calls['instances.insert'] ?? 0).toBe(0);
-    const listed = await fx.provider.list({ [LABEL_SHARD]: fx.shard });
+    const listed = (await fx.provider.list({ [LABEL_SHARD]: fx.shard })).vms;
     expect(listed.map((v) => [v.name, v.vmId]).sort()).toEqual(specs.map((s) => [s.name, s.vmId]).sort());
     // Each VM holds its own key and no other: the shared bulk body carries none.
     for (const s of specs) {
@@ -195,7 +211,7 @@ describe('gcp provider against the GCE emulator', () => {
     await fx.provider.createMany(specs);
     const count = (m: string) => fx.provider.stats.calls[m] ?? 0;
     const [lists, gets] = [count('instances.aggregatedList'), count('instances.get')];
-    expect(await fx.provider.describe(specs)).toHaveLength(2);
+    expect((await fx.provider.describe(specs)).vms).toHaveLength(2);
     await fx.provider.list({ [LABEL_SHARD]: fx.shard });
     expect(count('instances.aggregatedList') - lists).toBe(1);
     expect(count('instances.get') - gets).toBe(0); // never one get per VM

@@ -37,7 +37,7 @@ export function makeSpec(shard: string, machine: Record<string, unknown> = {}): 
 export async function waitRunning(provider: Provider, spec: VmSpec, timeoutMs = 30_000): Promise<CloudVm> {
   const end = Date.now() + timeoutMs;
   for (;;) {
-    const [vm] = await provider.describe([{ vmId: spec.vmId, name: spec.name }]);
+    const [vm] = (await provider.describe([{ vmId: spec.vmId, name: spec.name }])).vms;
     if (vm?.state === 'running' && vm.internalIp) return vm;
     if (Date.now() > end) throw new Error(`VM ${spec.name} not running after ${timeoutMs} ms (last: ${JSON.stringify(vm)})`);
     await new Promise((r) => setTimeout(r, 50));
@@ -69,7 +69,7 @@ export function localFixture(config: Record<string, unknown> = {}): LocalFixture
     },
     async cleanup() {
       // Every sandbox under this root, whatever shard: delete kills the processes.
-      const all = await provider.list({});
+      const all = (await provider.list({})).vms;
       await provider.delete(all.map((vm) => ({ vmId: vm.vmId ?? vm.name, name: vm.name, cloudId: vm.cloudId })));
       await provider.close();
       rmSync(dataDir, { recursive: true, force: true });

@@ -89,7 +89,7 @@ describe('local provider', () => {
     const started = Date.now();
     await fx.provider.create(t.spec);
     expect(Date.now() - started).toBeLessThan(1000); // create does not wait for boot
-    const [first] = await fx.provider.describe([t.spec]);
+    const [first] = (await fx.provider.describe([t.spec])).vms;
     expect(first?.state).toBe('pending');
     expect(first?.internalIp).toBeUndefined();
     expect(() => fx.provider.connectInfo({ ...t.spec, internalIp: 'x' }, t.keys.privateKey)).toThrow(/not listening yet/);
@@ -120,7 +120,7 @@ describe('local provider', () => {
     await new Promise((r) => (child.exitCode !== null || child.signalCode !== null ? r(null) : child.once('exit', r)));
 
     const vm = await waitRunning(fx.provider, t.spec);
-    expect((await fx.provider.list({ [`runner-fleet-vm`]: t.spec.vmId })).map((v) => v.state)).toEqual(['running']);
+    expect((await fx.provider.list({ [`runner-fleet-vm`]: t.spec.vmId })).vms.map((v) => v.state)).toEqual(['running']);
     const s = await waitForSsh(fx.provider.connectInfo(vm, t.keys.privateKey), { deadlineMs: deadline() });
     let out = '';
     await s.exec('echo alive', { onData: (c) => (out += c) });
@@ -145,7 +145,7 @@ describe('local provider', () => {
     await fx.provider.delete([spec]);
     await until(() => !isAlive(pid) && !isAlive(pgid), 15_000, 'sandbox and command to die');
     expect(existsSync(dir)).toBe(false);
-    expect(await fx.provider.describe([spec])).toEqual([]);
+    expect((await fx.provider.describe([spec])).vms).toEqual([]);
     // The session notices: no hang.
     await expect(running).rejects.toThrow(/closed/);
     await closed;
@@ -157,7 +157,7 @@ describe('local provider', () => {
     const pid = JSON.parse(readFileSync(join(fx.provider.root, spec.name, 'state.json'), 'utf8')).pid as number;
     process.kill(pid, 'SIGKILL');
     await until(() => !isAlive(pid), 5000, 'sandbox to die');
-    const [vm] = await fx.provider.describe([spec]);
+    const [vm] = (await fx.provider.describe([spec])).vms;
     expect(vm?.state).toBe('terminated');
     expect(vm?.internalIp).toBeUndefined();
   });

@@ -34,7 +34,7 @@ describe('Tart on a Mac host (test double over real SSH)', () => {
 
   afterAll(async () => {
     session?.close();
-    const all = (await hosts?.list({})) ?? [];
+    const all = (await hosts?.list({}))?.vms ?? [];
     await hosts?.delete(all.map((v) => ({ vmId: v.name, name: v.name })));
     rmSync(dataDir, { recursive: true, force: true });
   });
@@ -86,5 +86,51 @@ describe('Tart on a Mac host (test double over real SSH)', () => {
     await expect(tart.clone('no-such-image', 'rf-mac-x')).rejects.toThrow(/tart clone no-such-image rf-mac-x failed \(exit 1\): Error: the specified VM "no-such-image" does not exist/);
     expect(() => tartCommands.clone('img', 'a; rm -rf /')).toThrow(TartError);
     expect(() => tartCommands.clone('$(reboot)', 'ok')).toThrow(TartError);
+  });
+});
+
+describe('tart run on a host whose shell is bash', () => {
+  let dataDir: string;
+  let hosts: LocalProvider;
+  let session: SshSession;
+
+  beforeAll(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'rf-tart-bash-'));
+    const { bin } = installTartDouble(dataDir, ['macos-sequoia-base']);
+    hosts = new LocalProvider({ bootDelayMs: 0, dir: join(dataDir, 'hosts'), extraPathDir: bin }, { shard: 'mac', dataDir, log: createLogger({ level: 'silent' }) });
+    const h = makeSpec('mac');
+    await hosts.create(h.spec);
+    // The host sandbox runs every command with `bash -c`, as sshd does for a user whose login shell is bash.
+    session = await connectSsh(hosts.connectInfo(await waitRunning(hosts, h.spec), h.keys.privateKey), { timeoutMs: 10_000 });
+  });
+  afterAll(async () => {
+    session?.close();
+    const all = (await hosts?.list({}))?.vms ?? [];
+    await hosts?.delete(all.map((v) => ({ vmId: v.name, name: v.name })));
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  async function prepare(name: string): Promise<void> {
+    const tart = new TartClient(session, { timeoutMs: 30_000 });
+    await tart.clone('macos-sequoia-base', name);
+    await tart.installKey(name, generateVmKeyPair(name).publicKey);
+  }
+
+  it('returns from starting a nested VM while `tart run` keeps running (the SSH exec does not hang)', async () => {
+    await prepare('rf-bash-a');
+    const tart = new TartClient(session, { timeoutMs: 10_000 });
+    const started = Date.now();
+    await tart.start('rf-bash-a');
+    expect(Date.now() - started).toBeLessThan(8_000);
+    expect((await tart.list()).find((v) => v.name === 'rf-bash-a')?.running).toBe(true);
+    await tart.delete('rf-bash-a');
+  });
+
+  it('the old form, backgrounding `cd && nohup tart run`, holds the exec open for as long as the VM runs', async () => {
+    await prepare('rf-bash-b');
+    const legacy = tartCommands.run('rf-bash-b').replace('cd "$HOME" || exit 1; nohup', 'cd "$HOME" && nohup').replace(' < /dev/null > ', ' > ').replace(' 2>&1 &', ' 2>&1 < /dev/null &');
+    expect(legacy).toContain('cd "$HOME" && nohup tart run');
+    await expect(session.exec(legacy, { signal: AbortSignal.timeout(4_000) })).rejects.toThrow();
+    await new TartClient(session, { timeoutMs: 30_000 }).delete('rf-bash-b');
   });
 });

@@ -68,7 +68,7 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
   }
   async function running(p: MacProvider, s: ReturnType<typeof spec>['spec'], cloudId: string) {
     for (let i = 0; i < 100; i++) {
-      const [vm] = await p.describe([{ vmId: s.vmId, name: s.name, cloudId }]);
+      const [vm] = (await p.describe([{ vmId: s.vmId, name: s.name, cloudId }])).vms;
       if (vm?.state === 'running' && vm.internalIp) return vm;
       await new Promise((r) => setTimeout(r, 100));
     }
@@ -143,7 +143,7 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
     expect((err as ProviderError).kind).toBe('stockout');
 
     await provider.delete([{ vmId: a.spec.vmId, name: a.spec.name, cloudId: ca.cloudId }]);
-    expect(await provider.describe([{ vmId: a.spec.vmId, name: a.spec.name, cloudId: ca.cloudId }])).toEqual([]);
+    expect((await provider.describe([{ vmId: a.spec.vmId, name: a.spec.name, cloudId: ca.cloudId }])).vms).toEqual([]);
     const cc = await provider.create(c.spec); // the slot freed up
     await running(provider, c.spec, cc.cloudId);
     await provider.tick();
@@ -155,12 +155,13 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
     await provider.close();
     provider = make();
     await provider.tick();
-    const listed = await provider.list({ [LABEL_SHARD]: SHARD });
+    const listed = (await provider.list({ [LABEL_SHARD]: SHARD })).vms;
     expect(listed).toHaveLength(2);
     for (const vm of listed) expect(vm.vmId).toMatch(/^[0-9a-f]{8}$/);
     // A VM known only by name (its create never recorded a cloud id) is found and deleted.
     await provider.delete(listed.map((v) => ({ vmId: v.vmId!, name: v.name })));
-    expect(await provider.list({ [LABEL_SHARD]: SHARD })).toEqual([]);
+    expect((await provider.list({ [LABEL_SHARD]: SHARD })).vms).toEqual([]);
+    expect(provider.tracked()).toMatchObject({ nested: 0, placing: 0, ips: 0, cloneStarted: 0 }); // per-VM maps: nothing left behind
     expect(emu.calls.AllocateHosts).toBe(2); // one host per class, none again
     expect(provider.capacity(CLASS, 2)).toBe(2);
   });
@@ -180,9 +181,11 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
     const info = provider.connectInfo(vm, a.keys.privateKey);
     expect(info.jump).toBeUndefined();
     expect(await echo(info)).toBe('in ec2-user-vm');
-    expect((await provider.list({ [LABEL_SHARD]: SHARD })).map((v) => v.cloudId)).toContain(created.cloudId);
+    expect((await provider.list({ [LABEL_SHARD]: SHARD })).vms.map((v) => v.cloudId)).toContain(created.cloudId);
 
     await provider.delete([{ vmId: a.spec.vmId, name: a.spec.name, cloudId: created.cloudId }]);
+    await provider.list({ [LABEL_SHARD]: SHARD }); // the terminated instance is still described a while
+    expect(provider.tracked()).toMatchObject({ jobPorts: 0, jobHosts: 0 });
     await provider.tick();
     expect(emu.hosts().find((h) => h.id === host.id)?.state).toBe('pending'); // EC2 scrubs it
     expect(provider.capacity(WHOLE, 1)).toBe(0);

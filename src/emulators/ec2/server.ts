@@ -59,7 +59,22 @@ export interface Ec2Faults {
   hangNext: number;
   /** AllocateHosts in these availability zones fails with InsufficientHostCapacity. */
   noHostCapacityZones: Set<string>;
+  /**
+   * Eventual consistency, as EC2 documents it: for this long after its launch an instance is
+   * missing from filtered DescribeInstances lists, and DescribeInstances by its id answers
+   * InvalidInstanceID.NotFound (which does not mean the instance does not exist).
+   */
+  listLagMs: number;
+  /** Chaos (0..1): share of calls answered RequestLimitExceeded or Unavailable (503) before they act. */
+  errorRate: number;
+  /** Chaos (0..1): share of mutating calls (RunInstances, TerminateInstances, CreateTags...) that act, then answer 503 anyway. */
+  errorAfterRate: number;
+  /** Of those, the share whose answer is lost instead (the connection drops: no status at all). */
+  lostShare: number;
 }
+
+/** Actions that change something: the ones whose answer may be lost after they acted. */
+const MUTATING: ReadonlySet<string> = new Set(['RunInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances', 'AllocateHosts', 'ReleaseHosts']);
 
 interface Inst {
   id: string;
@@ -74,6 +89,8 @@ interface Inst {
   subnetId: string;
   zone: string;
   launchTime: string;
+  /** Epoch ms of the launch (the eventual-consistency lag counts from it). */
+  launchedAt: number;
   terminatedAt?: number;
   hostId?: string;
 }
@@ -95,6 +112,8 @@ export interface Ec2EmulatorOptions {
   scrubMs?: number;
   /** A directory put first on the instances' PATH: programs the AMI has (a Tart double on Mac hosts). */
   sandboxPathDir?: string;
+  /** Randomness of the chaos faults (errorRate...), in [0, 1); Math.random by default. */
+  random?: () => number;
 }
 
 export interface Ec2Emulator {
@@ -142,7 +161,10 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
   const local = new LocalProvider({ bootDelayMs: opts.bootDelayMs ?? 0, dir: join(dataDir, 'ec2-vms'), ...(opts.sandboxPathDir ? { extraPathDir: opts.sandboxPathDir } : {}) }, { shard: 'ec2-emulator', dataDir, log });
   const subnets = opts.subnets ?? DEFAULT_SUBNETS;
   const terminatedVisibleMs = opts.terminatedVisibleMs ?? 60_000;
-  const faults: Ec2Faults = { noCapacitySubnets: new Set(), throttleNext: 0, instanceLimitExceeded: false, hangNext: 0, noHostCapacityZones: new Set() };
+  const faults: Ec2Faults = { noCapacitySubnets: new Set(), throttleNext: 0, instanceLimitExceeded: false, hangNext: 0, noHostCapacityZones: new Set(), listLagMs: 0, errorRate: 0, errorAfterRate: 0, lostShare: 0 };
+  const random = opts.random ?? Math.random;
+  /** Launched too recently for DescribeInstances to know it yet. */
+  const lagging = (i: Inst) => faults.listLagMs > 0 && Date.now() - i.launchedAt < faults.listLagMs;
   const now = opts.now ?? Date.now;
   const scrubMs = opts.scrubMs ?? 110 * 60_000;
   const hosts = new Map<string, Host>();
@@ -259,7 +281,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     const out: Inst[] = [];
     for (let idx = 0; idx < max; idx++) {
       const id = `i-${hex(9)}`;
-      const inst: Inst = { id, reservationId, sandboxName: `ec2-${id}`, state: 'pending', tags: new Map(tags), launchIndex: idx, clientToken: token, params: p, subnetId, zone, launchTime: new Date().toISOString() };
+      const inst: Inst = { id, reservationId, sandboxName: `ec2-${id}`, state: 'pending', tags: new Map(tags), launchIndex: idx, clientToken: token, params: p, subnetId, zone, launchTime: new Date().toISOString(), launchedAt: Date.now() };
       if (host) {
         inst.hostId = host.id;
         host.instanceId = id;
@@ -333,6 +355,9 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
         faults.throttleNext--;
         throw new Ec2Error('RequestLimitExceeded', 'Request limit exceeded.', 503);
       }
+      if (faults.errorRate > 0 && random() < faults.errorRate) {
+        throw random() < 0.5 ? new Ec2Error('RequestLimitExceeded', 'Request limit exceeded.', 503) : new Ec2Error('Unavailable', 'The server is overloaded and cannot handle the request.', 503);
+      }
       switch (action) {
         case 'RunInstances': {
           const out = runInstances(p);
@@ -342,8 +367,8 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
           const ids = list(p, 'InstanceId');
           const filters: { name: string; values: string[] }[] = [];
           for (let i = 1; p[`Filter.${i}.Name`] !== undefined; i++) filters.push({ name: p[`Filter.${i}.Name`]!, values: list(p, `Filter.${i}.Value`) });
-          for (const id of ids) if (!instances.has(id)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
-          const all = [...instances.values()].filter((i) => visible(i) && (ids.length === 0 || ids.includes(i.id)) && matches(i, filters));
+          for (const id of ids) if (!instances.has(id) || lagging(instances.get(id)!)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
+          const all = [...instances.values()].filter((i) => visible(i) && !lagging(i) && (ids.length === 0 || ids.includes(i.id)) && matches(i, filters));
           const max = Math.max(5, Math.min(1000, Number(p['MaxResults'] ?? 1000)));
           const start = Number(p['NextToken'] ?? 0);
           const page = all.slice(start, start + max);
@@ -442,6 +467,18 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
         .type('text/xml')
         .send(`<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>${e.code}</Code><Message>${esc(e.message)}</Message></Error></Errors><RequestID>${requestId}</RequestID></Response>`);
     }
+  });
+  // Chaos after the fact: the action was done (an instance launched, a terminate begun), but the
+  // client hears a 503, or nothing at all. Its retry, with the same ClientToken, must find it done.
+  app.addHook('onSend', async (req, reply, payload) => {
+    const action = ((req.body ?? {}) as Record<string, string>)['Action'] ?? '';
+    if (!MUTATING.has(action) || reply.statusCode >= 400 || !(faults.errorAfterRate > 0) || random() >= faults.errorAfterRate) return payload;
+    if (random() < faults.lostShare) {
+      req.raw.socket?.destroy();
+      return payload;
+    }
+    reply.code(503).type('text/xml');
+    return `<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>Unavailable</Code><Message>The server is overloaded and cannot handle the request.</Message></Error></Errors><RequestID>${hex(8)}</RequestID></Response>`;
   });
   const address = await app.listen({ host, port: opts.port ?? 0 });
 

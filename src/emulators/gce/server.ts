@@ -56,7 +56,22 @@ export interface GceFaults {
   hangForMs: number;
   /** Answer the next API call with this error (once). */
   failNextWith?: { status: number; reason: string; message: string };
+  /**
+   * Zone -> until when (epoch ms, Infinity = until removed) aggregatedList cannot reach it. As
+   * GCE does, that zone's scope then holds no instances and an UNREACHABLE warning, and with
+   * returnPartialSuccess the answer's `unreachables` names it. Zonal calls are not affected.
+   */
+  unreachableZones: Map<string, number>;
+  /** Chaos (0..1): share of API calls answered 429 rateLimitExceeded or 503 backendError before they act. */
+  errorRate: number;
+  /** Chaos (0..1): share of mutating calls (insert, delete, setLabels...) that act, then answer 503 anyway. */
+  errorAfterRate: number;
+  /** Of those, the share whose answer is lost instead (the connection drops: no status at all). */
+  lostShare: number;
 }
+
+/** Calls that change something: the ones whose answer may be lost after they acted. */
+const MUTATING: ReadonlySet<GceCall> = new Set(['insert', 'bulkInsert', 'delete', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume']);
 
 export type InstanceStatus = 'PROVISIONING' | 'STAGING' | 'RUNNING' | 'STOPPING' | 'TERMINATED' | 'SUSPENDING' | 'SUSPENDED';
 type Json = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
@@ -75,6 +90,8 @@ export interface GceEmulatorOptions {
   bootTimeoutMs?: number;
   /** Test hook: a directory put first on every VM's PATH (e.g. a `powershell.exe` shim for Windows VMs). */
   extraPathDir?: string;
+  /** Randomness of the chaos faults (errorRate...), in [0, 1); Math.random by default. */
+  random?: () => number;
 }
 
 export interface GceEmulator {
@@ -195,7 +212,12 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const waitMaxMs = opts.waitMaxMs ?? 30_000;
   const bootTimeoutMs = opts.bootTimeoutMs ?? 60_000;
 
-  const faults: GceFaults = { stockoutZones: new Set(), stockoutAsHttp: false, rateLimitNext: 0, rateLimitStatus: 429, quotaExceeded: false, hangNext: 0, hangForMs: 0 };
+  const faults: GceFaults = {
+    stockoutZones: new Set(), stockoutAsHttp: false, rateLimitNext: 0, rateLimitStatus: 429, quotaExceeded: false, hangNext: 0, hangForMs: 0,
+    unreachableZones: new Map(), errorRate: 0, errorAfterRate: 0, lostShare: 0,
+  };
+  const random = opts.random ?? Math.random;
+  const unreachable = (zone: string) => (faults.unreachableZones.get(zone) ?? 0) > Date.now();
   const calls = Object.fromEntries(CALLS.map((c) => [c, 0])) as Record<GceCall, number>;
   const windowsPasswords = new Map<string, string>();
   const instances = new Map<string, Inst>(); // `${project}/${zone}/${name}`
@@ -276,7 +298,11 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       }
       await Promise.allSettled([...instances.values()].map((i) => i.creating));
       const names = new Set([...instances.values()].map((i) => i.sandboxName));
-      for (const vm of await local.list({}).catch(() => [])) names.add(vm.name);
+      try {
+        for (const vm of local.sandboxes()) names.add(vm.name);
+      } catch {
+        // the root is gone already
+      }
       await local.delete([...names].map((name) => ({ vmId: name, name })));
       instances.clear();
       await app.close();
@@ -560,7 +586,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   async function refresh(list: Inst[]): Promise<void> {
     const running = list.filter((i) => i.res['status'] === 'RUNNING');
     if (!running.length) return;
-    const seen = await local.describe(running.map((i) => ({ vmId: i.name, name: i.sandboxName })));
+    const seen = (await local.describe(running.map((i) => ({ vmId: i.name, name: i.sandboxName })))).vms;
     const alive = new Map(seen.map((v) => [v.name, v.state]));
     for (const i of running) if (i.res['status'] === 'RUNNING' && alive.get(i.sandboxName) !== 'running') setStatus(i, 'TERMINATED');
   }
@@ -667,7 +693,23 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       delete faults.failNextWith;
       return sendError(reply, new HttpError(f.status, f.reason, f.message));
     }
+    if (faults.errorRate > 0 && random() < faults.errorRate) {
+      return sendError(reply, random() < 0.5 ? new HttpError(429, 'rateLimitExceeded', 'Rate Limit Exceeded', 'usageLimits') : new HttpError(503, 'backendError', 'Backend Error'));
+    }
     return undefined;
+  });
+
+  // Chaos after the fact: the call acted (an instance was made, a delete started), but the client
+  // hears a 503, or nothing at all. Its retry, with the same requestId, must find the same operation.
+  app.addHook('onSend', async (req, reply, payload) => {
+    const call = (req.routeOptions.config as { call?: GceCall }).call;
+    if (!call || !MUTATING.has(call) || reply.statusCode >= 400 || !(faults.errorAfterRate > 0) || random() >= faults.errorAfterRate) return payload;
+    if (random() < faults.lostShare) {
+      req.raw.socket?.destroy();
+      return payload;
+    }
+    reply.code(503).header('content-type', 'application/json; charset=UTF-8');
+    return JSON.stringify(gceErrorBody(503, 'backendError', 'Backend Error'));
   });
 
   type P = { project: string; zone: string; name: string; op: string };
@@ -811,16 +853,29 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
 
   app.get('/compute/v1/projects/:project/aggregated/instances', { config: { call: 'aggregatedList' } }, async (req: Req) => {
     const { project } = req.params;
-    const all = [...instances.values()].filter((i) => i.project === project);
+    // A zone aggregatedList cannot reach answers with nothing: its instances are not in the answer.
+    const down = [...faults.unreachableZones.keys()].filter(unreachable).sort();
+    const all = [...instances.values()].filter((i) => i.project === project && !down.includes(i.zone));
     await refresh(all);
     const { items, nextPageToken } = page(req, all, (i) => i.res, byZoneAndName);
     const byZone: Record<string, Json> = {};
     for (const i of items) ((byZone[`zones/${i.zone}`] ??= { instances: [] })['instances'] as Json[]).push(i.res);
+    // The scopes that did not answer, once per listing (on its first page), as GCE reports them.
+    const first = !q(req, 'pageToken');
+    if (first) {
+      for (const zone of down) {
+        byZone[`zones/${zone}`] = {
+          warning: { code: 'UNREACHABLE', message: `The resource 'projects/${project}/zones/${zone}' is currently unreachable.`, data: [{ key: 'scope', value: `zones/${zone}` }] },
+        };
+      }
+    }
+    const partial = q(req, 'returnPartialSuccess') === 'true';
     return {
       kind: 'compute#instanceAggregatedList',
       id: `projects/${project}/aggregated/instances`,
       items: byZone,
       ...(nextPageToken ? { nextPageToken } : {}),
+      ...(first && partial && down.length ? { unreachables: down.map((z) => `zones/${z}`) } : {}),
       selfLink: `${base}/compute/v1/projects/${project}/aggregated/instances`,
     };
   });

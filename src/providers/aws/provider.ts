@@ -22,6 +22,7 @@ import {
   ProviderError,
   noTelemetry,
   type ClassFinding,
+  type CloudListing,
   type CloudTelemetry,
   type CloudVm,
   type CloudVmState,
@@ -41,7 +42,7 @@ import { parseAwsMachine, type AwsMachine, type AwsProviderConfig } from './conf
 import { ec2Call } from './call.js';
 import { classifyAwsError } from './errors.js';
 import { runInstancesInput } from './run-input.js';
-import { EMULATOR_SSH_PORT_TAG } from './run-input.js';
+import { EMULATOR_SSH_PORT_TAG, TAG_BATCH, TAG_HOST_RECORD } from './run-input.js';
 import type { Cidr } from '../../isolation/cidr.js';
 import { auditClasses, fromEc2SecurityGroup, type IngressRule } from '../../isolation/firewall-audit.js';
 export { EMULATOR_SSH_PORT_TAG };
@@ -124,6 +125,11 @@ export class AwsProvider implements Provider {
 
   private readonly now: () => number;
   readonly pollIntervalMs: number;
+
+  /** Entries of the per-VM maps: bounded by the VMs that exist (a 24-hour run keeps flat memory). */
+  tracked(): Record<string, number> {
+    return { seen: this.seen.size, shardOf: this.shardOf.size, ports: this.ports.size };
+  }
 
   /** Subnets still cooling down after a capacity error (subnet -> until, ms). */
   subnetCooldowns(): ZoneCooldowns {
@@ -244,7 +250,7 @@ export class AwsProvider implements Provider {
     const state = vmState(i.State?.Name);
     const ip = i.PrivateIpAddress;
     const port = Number(labels[EMULATOR_SSH_PORT_TAG]);
-    if (Number.isInteger(port) && port > 0) this.ports.set(name, port);
+    if (Number.isInteger(port) && port > 0 && state !== 'terminated') this.ports.set(name, port);
     return {
       ...(labels[LABEL_VM] ? { vmId: labels[LABEL_VM] } : {}),
       name,
@@ -256,8 +262,12 @@ export class AwsProvider implements Provider {
     };
   }
 
-  async describe(refs: VmRef[]): Promise<CloudVm[]> {
-    if (refs.length === 0) return [];
+  /**
+   * EC2 answers a DescribeInstances whole or not at all (an error throws), so nothing is ever
+   * `unreachable`; its lists are eventually consistent, which the reconciler's grace covers.
+   */
+  async describe(refs: VmRef[]): Promise<CloudListing> {
+    if (refs.length === 0) return { vms: [], unreachable: [] };
     // One DescribeInstances for the whole shard per poll, never one per VM.
     const shards = [...new Set(refs.map((r) => this.shardOf.get(r.name) ?? this.ctx.shard))];
     const all = await this.describeInstances([{ Name: `tag:${LABEL_SHARD}`, Values: shards }]);
@@ -271,16 +281,23 @@ export class AwsProvider implements Provider {
       const i = (r.cloudId && byKey.get(r.cloudId)) || byKey.get(r.vmId) || byKey.get(r.name);
       if (i) out.push(this.toCloudVm(i));
     }
-    return out;
+    return { vms: out, unreachable: [] };
   }
 
-  async list(labels: Record<string, string>): Promise<CloudVm[]> {
+  /**
+   * Job VMs only: instances with their VM tag, or members of one of our batch launches that do
+   * not carry it yet. Mac hosts' instances (TAG_HOST_RECORD) share the shard tag in a shard with
+   * mac classes, and are never ours: terminating one sends a host billed for 24 h into a scrub.
+   */
+  async list(labels: Record<string, string>): Promise<CloudListing> {
     const filters: Filter[] = [
       ...Object.entries(labels).map(([k, v]) => ({ Name: `tag:${k}`, Values: [v] })),
+      { Name: 'tag-key', Values: [LABEL_VM, TAG_BATCH] },
       { Name: 'instance-state-name', Values: LIVE_STATES },
     ];
     const found = await this.describeInstances(filters);
-    return found.filter((i) => Object.entries(labels).every(([k, v]) => tagsOf(i)[k] === v)).map((i) => this.toCloudVm(i));
+    const ours = (t: Record<string, string>) => (t[LABEL_VM] !== undefined || t[TAG_BATCH] !== undefined) && t[TAG_HOST_RECORD] === undefined;
+    return { vms: found.filter((i) => ours(tagsOf(i)) && Object.entries(labels).every(([k, v]) => tagsOf(i)[k] === v)).map((i) => this.toCloudVm(i)), unreachable: [] };
   }
 
   // ---- delete / stop / start ------------------------------------------------------------------------
@@ -289,7 +306,7 @@ export class AwsProvider implements Provider {
   private async idsOf(refs: VmRef[]): Promise<string[]> {
     const ids = refs.map((r) => r.cloudId).filter((c): c is string => !!c && c.startsWith('i-'));
     const unknown = refs.filter((r) => !r.cloudId || !r.cloudId.startsWith('i-'));
-    if (unknown.length) for (const vm of await this.describe(unknown)) if (vm.state !== 'terminated') ids.push(vm.cloudId);
+    if (unknown.length) for (const vm of (await this.describe(unknown)).vms) if (vm.state !== 'terminated') ids.push(vm.cloudId);
     return [...new Set(ids)];
   }
 
@@ -305,6 +322,12 @@ export class AwsProvider implements Provider {
         // One unknown id fails the whole request: terminate the rest one by one.
         if (chunk.length > 1) for (const id of chunk) await this.delete([{ vmId: id, name: id, cloudId: id }]);
       }
+    }
+    // Gone (or going): per-VM maps stay bounded by the VMs that exist.
+    for (const r of refs) {
+      this.seen.delete(r.name);
+      this.shardOf.delete(r.name);
+      this.ports.delete(r.name);
     }
   }
 

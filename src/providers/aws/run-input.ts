@@ -10,6 +10,12 @@ import type { AwsMachine } from './config.js';
 /** Tag the EC2 emulator puts on its instances: the sandbox's SSH port (real instances listen on 22). */
 export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
 
+/**
+ * Tag on every EC2 resource of a Mac host (its dedicated host, its macOS instance, a job
+ * instance on it): the host record it belongs to. The mac provider's, never the aws provider's.
+ */
+export const TAG_HOST_RECORD = 'runner-fleet-host';
+
 /** Tag naming the batch (its ClientToken) on every instance of a MinCount/MaxCount launch. */
 export const TAG_BATCH = 'runner-fleet-batch';
 

@@ -11,7 +11,9 @@ import {
   LABEL_VM,
   ProviderError,
   noTelemetry,
+  scopeZone,
   type ClassFinding,
+  type CloudListing,
   type CloudTelemetry,
   type CloudVm,
   type CloudVmState,
@@ -122,6 +124,20 @@ export interface GcpStats {
 
 const LIST_CACHE_MS = 1000;
 
+/** An aggregatedList answer: the instances, and the scopes (`zones/<zone>`) that did not answer. */
+interface InstanceListing {
+  instances: Instance[];
+  unreachable: string[];
+}
+
+/** Shard label value and VM-name prefix (`rf-<shard>-`, pool.vmName) of a list filter. */
+function ownedBy(filterLabels: Record<string, string>, fallbackShard: string): (i: Instance) => boolean {
+  const prefix = `rf-${filterLabels[LABEL_SHARD] ?? fallbackShard}-`;
+  // Job VMs carry their VM label; bulkInsert members get it just after the operation, and carry
+  // our deterministic name meanwhile. Anything else with our labels is not ours to list or delete.
+  return (i) => !!i.labels?.[LABEL_VM] || (i.name ?? '').startsWith(prefix);
+}
+
 export class GcpProvider implements Provider {
   readonly name = 'gcp';
   readonly capabilities: ProviderCapabilities = { batchCreate: true, stopStart: true, suspend: true, gpu: true, windows: true, nestedVms: false };
@@ -135,7 +151,7 @@ export class GcpProvider implements Provider {
   private readonly seen = new Map<string, Seen>();
   private readonly shardOf = new Map<string, string>();
   private readonly deleting = new Set<string>();
-  private readonly listCache = new Map<string, { at: number; result: Promise<Instance[]> }>();
+  private readonly listCache = new Map<string, { at: number; result: Promise<InstanceListing> }>();
 
   constructor(
     readonly cfg: GcpProviderConfig,
@@ -153,6 +169,11 @@ export class GcpProvider implements Provider {
 
   private readonly now: () => number;
   readonly pollIntervalMs: number;
+
+  /** Entries of the per-VM maps: bounded by the VMs that exist (a 24-hour run keeps flat memory). */
+  tracked(): Record<string, number> {
+    return { seen: this.seen.size, shardOf: this.shardOf.size, deleting: this.deleting.size, listCache: this.listCache.size };
+  }
 
   /** Zones still cooling down after a stockout (zone -> until, ms). */
   zoneCooldowns(): ReadonlyMap<string, number> {
@@ -363,7 +384,7 @@ export class GcpProvider implements Provider {
     for (const s of group) this.remember(s, machine, zone);
     const inZone = zone;
     // One list for the fingerprints of the whole batch, never a get per VM.
-    const listed = new Map((await this.listInstances({ [LABEL_SHARD]: group[0]!.labels[LABEL_SHARD] ?? group[0]!.shard })).map((i) => [i.name, i]));
+    const listed = new Map((await this.listInstances({ [LABEL_SHARD]: group[0]!.labels[LABEL_SHARD] ?? group[0]!.shard })).instances.map((i) => [i.name, i]));
     const results = await Promise.all(
       group.map(async (s): Promise<CreateResult> => {
         try {
@@ -416,21 +437,32 @@ export class GcpProvider implements Provider {
 
   // ---- describe / list ----------------------------------------------------------------------
 
-  /** One aggregatedList per filter, shared for ~1 s by describe and list in the same tick. */
-  private listInstances(filterLabels: Record<string, string>): Promise<Instance[]> {
+  /**
+   * One aggregatedList per filter, shared for ~1 s by describe and list in the same tick. With
+   * returnPartialSuccess GCE answers a zone it cannot reach with no instances and an UNREACHABLE
+   * warning on that zone's scope: that zone goes to `unreachable`, never read as empty.
+   */
+  private listInstances(filterLabels: Record<string, string>): Promise<InstanceListing> {
     const filter = labelFilter(filterLabels);
     const hit = this.listCache.get(filter);
     if (hit && this.now() - hit.at < LIST_CACHE_MS) {
       this.stats.listCacheHits++;
       return hit.result;
     }
-    const result = this.call('instances.aggregatedList', undefined, async (o) => {
+    const result = this.call('instances.aggregatedList', undefined, async (o): Promise<InstanceListing> => {
       const out: Instance[] = [];
+      const unreachable = new Set<string>();
       const req = { project: this.cfg.project, maxResults: 500, returnPartialSuccess: true, ...(filter ? { filter } : {}) };
-      for await (const [, scoped] of this.clients.instances.aggregatedListAsync(req, { ...o, autoPaginate: false })) for (const i of scoped.instances ?? []) out.push(i);
+      for await (const [scope, scoped] of this.clients.instances.aggregatedListAsync(req, { ...o, autoPaginate: false })) {
+        if (scoped.warning?.code === 'UNREACHABLE') unreachable.add(scope.startsWith('zones/') || scope.startsWith('regions/') ? scope : `zones/${scope}`);
+        for (const i of scoped.instances ?? []) out.push(i);
+      }
+      for (const scope of unreachable) this.telemetry.partialList?.(scopeZone(scope));
+      if (unreachable.size) this.log.warn({ unreachable: [...unreachable] }, 'gcp aggregatedList: zones did not answer; their VMs are unknown, not gone');
       // Whatever the server did with the filter, only exact label matches count.
-      return out.filter((i) => Object.entries(filterLabels).every(([k, v]) => i.labels?.[k] === v));
+      return { instances: out.filter((i) => Object.entries(filterLabels).every(([k, v]) => i.labels?.[k] === v)), unreachable: [...unreachable] };
     });
+    for (const [f, e] of this.listCache) if (this.now() - e.at >= LIST_CACHE_MS) this.listCache.delete(f);
     this.listCache.set(filter, { at: this.now(), result });
     result.catch(() => this.listCache.delete(filter));
     return result;
@@ -468,30 +500,34 @@ export class GcpProvider implements Provider {
     };
   }
 
-  async describe(refs: VmRef[]): Promise<CloudVm[]> {
-    if (refs.length === 0) return [];
+  async describe(refs: VmRef[]): Promise<CloudListing> {
+    if (refs.length === 0) return { vms: [], unreachable: [] };
     // One call per shard (normally exactly one): never one get per VM.
     const shards = new Set(refs.map((r) => this.shardOf.get(r.name) ?? this.ctx.shard));
     const lists = await Promise.all([...shards].map((s) => this.listInstances({ [LABEL_SHARD]: s })));
     const wanted = new Map(refs.map((r) => [r.name, r]));
     const out: CloudVm[] = [];
-    for (const i of lists.flat()) {
+    for (const i of lists.flatMap((l) => l.instances)) {
       const ref = i.name ? wanted.get(i.name) : undefined;
       if (!ref) continue;
       if (ref.zone && zoneFromUrl(i.zone) !== ref.zone) continue;
       out.push(this.toCloudVm(i));
     }
-    return out;
+    return { vms: out, unreachable: [...new Set(lists.flatMap((l) => l.unreachable))] };
   }
 
-  async list(labels: Record<string, string>): Promise<CloudVm[]> {
-    return (await this.listInstances(labels)).map((i) => this.toCloudVm(i));
+  async list(labels: Record<string, string>): Promise<CloudListing> {
+    const { instances, unreachable } = await this.listInstances(labels);
+    return { vms: instances.filter(ownedBy(labels, this.ctx.shard)).map((i) => this.toCloudVm(i)), unreachable };
   }
 
   // ---- delete / stop / start --------------------------------------------------------------------
 
-  /** The zone of each ref: from the ref, what we saw, or one list of the shard. */
-  private async zonesOf(refs: VmRef[]): Promise<Map<string, string>> {
+  /**
+   * The zone of each ref: from the ref, what we saw, or one list of the shard. `partial`: that
+   * list missed zones, so a ref it did not find may still exist there.
+   */
+  private async zonesOf(refs: VmRef[]): Promise<{ zones: Map<string, string>; partial: string[] }> {
     const zones = new Map<string, string>();
     const unknown: VmRef[] = [];
     for (const r of refs) {
@@ -499,27 +535,43 @@ export class GcpProvider implements Provider {
       if (z) zones.set(r.name, z);
       else unknown.push(r);
     }
-    if (unknown.length) for (const vm of await this.describe(unknown)) if (vm.zone) zones.set(vm.name, vm.zone);
-    return zones;
+    if (unknown.length === 0) return { zones, partial: [] };
+    const listing = await this.describe(unknown);
+    for (const vm of listing.vms) if (vm.zone) zones.set(vm.name, vm.zone);
+    return { zones, partial: listing.unreachable };
+  }
+
+  /** Forget a VM that is gone: per-VM maps stay bounded by the VMs that exist. */
+  private forget(name: string): void {
+    this.seen.delete(name);
+    this.shardOf.delete(name);
+    this.deleting.delete(name);
   }
 
   async delete(refs: VmRef[]): Promise<void> {
     if (refs.length === 0) return;
-    const zones = await this.zonesOf(refs);
+    const { zones, partial } = await this.zonesOf(refs);
     const errors: ProviderError[] = [];
     await Promise.all(
       refs.map(async (r) => {
         const zone = zones.get(r.name);
-        if (!zone) return; // not in the cloud: already gone
+        if (!zone) {
+          // Absent from a partial list: it may live in a zone that did not answer. Not gone.
+          if (partial.length) errors.push(new ProviderError('retryable', `gcp delete ${r.name}: not found, but ${partial.join(', ')} did not answer; its zone is unknown`, { provider: 'gcp', operation: 'delete' }));
+          else this.forget(r.name); // absent from a complete list: already gone
+          return;
+        }
         this.deleting.add(r.name);
         try {
           const [lro] = await this.call('instances.delete', zone, (o) =>
             this.clients.instances.delete({ project: this.cfg.project, zone, instance: r.name, requestId: requestId(this.cfg.project, zone, r.name, 'delete') }, o),
           );
           await this.waitOp(zone, lro.latestResponse as Operation, `delete ${r.name}`);
+          this.forget(r.name);
         } catch (err) {
           const pe = classifyError(err, { operation: 'delete', zone });
-          if (pe.kind !== 'notFound') errors.push(pe);
+          if (pe.kind === 'notFound') this.forget(r.name);
+          else errors.push(pe);
         }
       }),
     );
@@ -547,11 +599,12 @@ export class GcpProvider implements Provider {
 
   private async lifecycle(refs: VmRef[], what: 'stop' | 'start' | 'suspend' | 'resume'): Promise<void> {
     if (refs.length === 0) return;
-    const zones = await this.zonesOf(refs);
+    const { zones, partial } = await this.zonesOf(refs);
     const { instances } = this.clients;
     await Promise.all(
       refs.map(async (r) => {
         const zone = zones.get(r.name);
+        if (!zone && partial.length) throw new ProviderError('retryable', `gcp ${what} ${r.name}: not found, but ${partial.join(', ')} did not answer`, { provider: 'gcp', operation: what });
         if (!zone) throw new ProviderError('notFound', `gcp ${what} ${r.name}: no such VM`, { provider: 'gcp', operation: what });
         const req = { project: this.cfg.project, zone, instance: r.name, requestId: requestId(this.cfg.project, zone, r.name, what, String(this.now())) };
         const [lro] = await this.call(`instances.${what}`, zone, (o) =>
@@ -582,7 +635,9 @@ export class GcpProvider implements Provider {
 
   /** Windows `windowsAccess: password`: reset and fetch the user's password (windows-keys flow). */
   async windowsPassword(ref: VmRef, userName: string, opts: { timeoutMs?: number; pollMs?: number } = {}): Promise<string> {
-    const zone = (await this.zonesOf([ref])).get(ref.name);
+    const { zones, partial } = await this.zonesOf([ref]);
+    const zone = zones.get(ref.name);
+    if (!zone && partial.length) throw new ProviderError('retryable', `gcp windows password ${ref.name}: not found, but ${partial.join(', ')} did not answer`, { provider: 'gcp' });
     if (!zone) throw new ProviderError('notFound', `gcp windows password ${ref.name}: no such VM`, { provider: 'gcp' });
     const { project } = this.cfg;
     return retrieveWindowsPassword(

@@ -11,6 +11,7 @@ import {
   LABEL_VM,
   ProviderError,
   createEach,
+  type CloudListing,
   type CloudVm,
   type CloudVmState,
   type ConnectInfo,
@@ -125,16 +126,21 @@ export class LocalProvider implements Provider {
     return createEach(this, specs);
   }
 
-  async describe(refs: VmRef[]): Promise<CloudVm[]> {
+  /** One directory listing answers for every sandbox: never partial (an unreadable root throws). */
+  async describe(refs: VmRef[]): Promise<CloudListing> {
     const wanted = new Set(refs.map((r) => r.cloudId ?? r.name));
-    return this.scan().filter((name) => wanted.has(name)).flatMap((name) => this.read(name) ?? []);
+    return { vms: this.scan().filter((name) => wanted.has(name)).flatMap((name) => this.read(name) ?? []), unreachable: [] };
   }
 
-  async list(labels: Record<string, string>): Promise<CloudVm[]> {
+  /** Job VMs only (sandboxes carrying LABEL_VM); `sandboxes()` for every sandbox. */
+  async list(labels: Record<string, string>): Promise<CloudListing> {
     const want = Object.entries(labels);
-    return this.scan()
-      .flatMap((name) => this.read(name) ?? [])
-      .filter((vm) => want.every(([k, v]) => vm.labels[k] === v));
+    return { vms: this.sandboxes().filter((vm) => vm.vmId !== undefined && want.every(([k, v]) => vm.labels[k] === v)), unreachable: [] };
+  }
+
+  /** Every sandbox under the root, job VM or not (emulators and test doubles build on these). */
+  sandboxes(): CloudVm[] {
+    return this.scan().flatMap((name) => this.read(name) ?? []);
   }
 
   async delete(refs: VmRef[]): Promise<void> {

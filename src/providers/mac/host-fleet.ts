@@ -20,11 +20,12 @@ import { LABEL_SHARD, ProviderError, type ResourceStore } from '../provider.js';
 import type { MacMachine } from './config.js';
 import { planHosts, VMS_PER_HOST, type HostState, type HostView } from './host-pool.js';
 import { macHostUserData } from './user-data.js';
-import { EMULATOR_SSH_PORT_TAG } from '../aws/run-input.js';
+import { EMULATOR_SSH_PORT_TAG, TAG_HOST_RECORD } from '../aws/run-input.js';
+
+/** Tag on hosts and their instances: the host record's id (also the ClientToken of both). */
+export { TAG_HOST_RECORD };
 
 export const HOST_KIND = 'mac_host';
-/** Tag on hosts and their instances: the host record's id (also the ClientToken of both). */
-export const TAG_HOST_RECORD = 'runner-fleet-host';
 
 export interface HostData {
   className: string;

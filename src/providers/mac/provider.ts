@@ -15,6 +15,7 @@ import {
   LABEL_VM,
   noTelemetry,
   ProviderError,
+  type CloudListing,
   type CloudTelemetry,
   type CloudVm,
   type ConnectInfo,
@@ -110,6 +111,12 @@ export class MacProvider implements Provider {
     if (deps.autoTick !== false) this.schedule(0);
   }
 
+  /** Entries of the per-VM maps: bounded by the VMs that exist (a 24-hour run keeps flat memory). */
+  tracked(): Record<string, number> {
+    const nested = [...this.nested.values()].reduce((n, s) => n + s.size, 0);
+    return { nested, placing: this.placing.size, ips: this.ips.size, cloneStarted: this.cloneStarted.size, jobPorts: this.jobPorts.size, jobHosts: this.jobHosts.size };
+  }
+
   private async loadHosts(): Promise<void> {
     const all = await Promise.all([...this.classes.values()].map((c) => c.fleet.records()));
     this.hosts = all.flat();
@@ -147,6 +154,8 @@ export class MacProvider implements Provider {
         this.hosts = recs;
         await Promise.all(recs.filter((h) => usable(h)).map((h) => this.refreshHost(h).catch((err) => this.log.warn({ host: h.id, err: (err as Error).message }, 'listing the VMs of a mac host failed'))));
         for (const id of [...this.sessions.keys()]) if (!recs.some((h) => h.id === id && usable(h))) this.dropSession(id);
+        // Hosts that left the fleet take their per-host entries with them.
+        for (const m of [this.nested, this.runningOn]) for (const id of [...m.keys()]) if (!recs.some((h) => h.id === id)) m.delete(id);
       } finally {
         this.ticking = null;
       }
@@ -360,8 +369,10 @@ export class MacProvider implements Provider {
       for (const i of r.Instances ?? []) {
         const tags = tagsOf(i);
         const port = Number(tags[EMULATOR_SSH_PORT_TAG]);
-        this.jobPorts.set(i.InstanceId!, Number.isInteger(port) && port > 0 ? port : 22);
-        this.jobHosts.set(i.InstanceId!, tags[TAG_HOST_RECORD] ?? '');
+        if (vmState(i.State?.Name) !== 'terminated') {
+          this.jobPorts.set(i.InstanceId!, Number.isInteger(port) && port > 0 ? port : 22);
+          this.jobHosts.set(i.InstanceId!, tags[TAG_HOST_RECORD] ?? '');
+        }
         vms.push({
           vmId: tags[LABEL_VM], name: tags['Name'] ?? i.InstanceId!, cloudId: i.InstanceId!, state: vmState(i.State?.Name), labels: tags,
           ...(i.Placement?.AvailabilityZone ? { zone: i.Placement.AvailabilityZone } : {}),
@@ -384,8 +395,13 @@ export class MacProvider implements Provider {
     return createEach(this, specs);
   }
 
-  async describe(refs: VmRef[]): Promise<CloudVm[]> {
+  /**
+   * Job instances with one DescribeInstances; nested VMs with one `tart list` per host. A host
+   * whose Tart does not answer makes its zone `unreachable`: its VMs are unknown, not gone.
+   */
+  async describe(refs: VmRef[]): Promise<CloudListing> {
     await this.loaded;
+    const unreachable = new Set<string>();
     const out: CloudVm[] = (await this.jobInstances(refs.filter((r) => !r.cloudId || isInstanceId(r.cloudId)).map((r) => r.vmId))).filter((v) => v.state !== 'terminated');
     const byHost = new Map<string, VmRef[]>();
     for (const r of refs) {
@@ -413,9 +429,17 @@ export class MacProvider implements Provider {
           }
           out.push({ vmId: r.vmId, name: r.name, cloudId: `${h.id}/${r.name}`, zone: h.data.zone, state: v.running ? 'running' : 'stopped', ...(ip && v.running ? { internalIp: ip } : {}), labels: this.labelsOf(r.name) });
         }
-      });
+      }).catch((err: unknown) => this.hostUnanswered(h, err, unreachable));
     }
-    return out;
+    return { vms: out, unreachable: [...unreachable] };
+  }
+
+  /** A host's Tart did not answer: its zone's VMs are unknown for this answer. */
+  private hostUnanswered(h: HostRecord, err: unknown, unreachable: Set<string>): void {
+    const scope = `zones/${h.data.zone}`;
+    this.log.warn({ host: h.id, zone: h.data.zone, err: (err as Error).message }, 'mac host did not answer; its VMs are unknown, not gone');
+    if (!unreachable.has(scope)) this.telemetry.partialList?.(h.data.zone);
+    unreachable.add(scope);
   }
 
   private labelsOf(name: string): Record<string, string> {
@@ -424,12 +448,18 @@ export class MacProvider implements Provider {
   }
 
   /** Every nested VM of this shard on every usable host (one `tart list` each). */
-  async list(labels: Record<string, string>): Promise<CloudVm[]> {
+  async list(labels: Record<string, string>): Promise<CloudListing> {
     await this.loaded;
-    if (labels[LABEL_SHARD] !== undefined && labels[LABEL_SHARD] !== this.ctx.shard) return [];
+    if (labels[LABEL_SHARD] !== undefined && labels[LABEL_SHARD] !== this.ctx.shard) return { vms: [], unreachable: [] };
     const out: CloudVm[] = (await this.jobInstances()).filter((v) => v.state !== 'terminated' && Object.entries(labels).every(([k, val]) => v.labels[k] === val));
+    const unreachable = new Set<string>();
     for (const h of this.hosts.filter(usable)) {
-      await this.refreshHost(h);
+      try {
+        await this.refreshHost(h);
+      } catch (err) {
+        this.hostUnanswered(h, err, unreachable);
+        continue;
+      }
       for (const name of this.nested.get(h.id) ?? []) {
         const l = this.labelsOf(name);
         if (Object.entries(labels).every(([k, v]) => l[k] === v)) {
@@ -438,7 +468,7 @@ export class MacProvider implements Provider {
         }
       }
     }
-    return out;
+    return { vms: out, unreachable: [...unreachable] };
   }
 
   async delete(refs: VmRef[]): Promise<void> {
@@ -451,6 +481,10 @@ export class MacProvider implements Provider {
       await this.call('TerminateInstances', (abortSignal) => this.client.send(new TerminateInstancesCommand({ InstanceIds: instanceIds }), { abortSignal })).catch((err: unknown) => {
         if (!(err instanceof ProviderError && err.kind === 'notFound')) throw err;
       });
+      for (const id of instanceIds) {
+        this.jobPorts.delete(id);
+        this.jobHosts.delete(id);
+      }
     }
     for (const r of refs) {
       if (isInstanceId(r.cloudId) || found.has(r.vmId)) continue;

@@ -36,9 +36,15 @@ export const tartCommands = {
   },
   installKey: (name: string, publicKey: string) =>
     `umask 077 && mkdir -p "$HOME"/${keyDir(name)} && printf '%s\\n' ${shq(publicKey.trim())} > "$HOME"/${keyDir(name)}/authorized_keys`,
-  /** Detached (Tart has no daemon mode), logging to the key dir; the caller then checks `list`. */
+  /**
+   * Detached (Tart has no daemon mode; `tart run` lasts as long as the VM), logging to the key
+   * dir; the caller then checks `list`. Only the `tart run` command goes to the background, with
+   * every stdio redirected: `cd && nohup ... &` would background the whole `&&` list, and bash
+   * runs that list in a subshell that keeps the session's stdout open for as long as the VM
+   * runs, so the SSH exec never ends.
+   */
   run: (name: string) =>
-    `cd "$HOME" && nohup tart run --no-graphics --dir=runner-fleet:"$HOME"/${keyDir(name)}:ro ${shq(checkName(name))} > ${keyDir(name)}/run.log 2>&1 < /dev/null & sleep 1; cat ${keyDir(name)}/run.log`,
+    `cd "$HOME" || exit 1; nohup tart run --no-graphics --dir=runner-fleet:"$HOME"/${keyDir(name)}:ro ${shq(checkName(name))} < /dev/null > ${keyDir(name)}/run.log 2>&1 & sleep 1; cat ${keyDir(name)}/run.log`,
   /** CPU and memory of a fresh clone (before its first run). */
   set: (name: string, vm: { cpu?: number; memoryMb?: number }) =>
     `tart set ${shq(checkName(name))}${vm.cpu ? ` --cpu ${Math.trunc(vm.cpu)}` : ''}${vm.memoryMb ? ` --memory ${Math.trunc(vm.memoryMb)}` : ''}`,

@@ -40,8 +40,9 @@ beforeAll(async () => {
 });
 
 afterEach(() => {
-  Object.assign(emu.faults, { rateLimitNext: 0, hangNext: 0, quotaExceeded: false, stockoutAsHttp: false, failNextWith: undefined });
+  Object.assign(emu.faults, { rateLimitNext: 0, hangNext: 0, quotaExceeded: false, stockoutAsHttp: false, failNextWith: undefined, errorRate: 0, errorAfterRate: 0, lostShare: 0 });
   emu.faults.stockoutZones.clear();
+  emu.faults.unreachableZones.clear();
 });
 
 afterAll(async () => {
@@ -350,5 +351,58 @@ describe('GCE emulator through the real InstancesClient', () => {
     expect(emu.calls.suspend).toBe(1);
     expect(emu.calls.resume).toBe(1);
     expect(emu.calls.setLabels).toBe(2);
+  });
+});
+
+describe('GCE emulator faults: partial aggregated lists and answers lost after the fact', () => {
+  const ZONE_B = 'us-central1-b';
+  async function insertIn(zone: string, name: string, labels: Record<string, string>): Promise<void> {
+    const [lro] = await instances.insert({ project: PROJECT, zone, instanceResource: { ...body(name, labels), machineType: `zones/${zone}/machineTypes/e2-small` } });
+    await waitOp(lro.latestResponse as Operation, zone);
+  }
+
+  it('answers an unreachable zone with an UNREACHABLE warning and no instances, then answers it again', async () => {
+    const shard = uniq('partial');
+    const [a, b] = [uniq('pa'), uniq('pb')];
+    await insertIn(ZONE, a, { shard });
+    await insertIn(ZONE_B, b, { shard });
+    emu.faults.unreachableZones.set(ZONE_B, Date.now() + 800);
+
+    const scopes: Record<string, { names: string[]; warning?: string | null }> = {};
+    for await (const [scope, scoped] of instances.aggregatedListAsync({ project: PROJECT, filter: `labels.shard = "${shard}"`, returnPartialSuccess: true })) {
+      scopes[scope] = { names: (scoped.instances ?? []).map((i) => i.name!), warning: scoped.warning?.code ?? null };
+    }
+    expect(scopes[`zones/${ZONE}`]).toEqual({ names: [a], warning: null });
+    expect(scopes[`zones/${ZONE_B}`]).toEqual({ names: [], warning: 'UNREACHABLE' });
+    // The page itself names the scopes that did not answer (the client's iterator hides that field).
+    const raw = (await (await fetch(`${emu.url}/compute/v1/projects/${PROJECT}/aggregated/instances?returnPartialSuccess=true&filter=${encodeURIComponent(`labels.shard = "${shard}"`)}`)).json()) as { unreachables?: string[] };
+    expect(raw.unreachables).toEqual([`zones/${ZONE_B}`]);
+
+    await new Promise((r) => setTimeout(r, 900));
+    const names: string[] = [];
+    for await (const [, scoped] of instances.aggregatedListAsync({ project: PROJECT, filter: `labels.shard = "${shard}"`, returnPartialSuccess: true })) {
+      expect(scoped.warning?.code).not.toBe('UNREACHABLE');
+      names.push(...(scoped.instances ?? []).map((i) => i.name!));
+    }
+    expect(names.sort()).toEqual([a, b].sort());
+  });
+
+  it('makes an instance although the insert answers 503, and the retry with the same requestId gets the same operation', async () => {
+    const name = uniq('after');
+    emu.faults.errorAfterRate = 1;
+    await expect(insert(name, {}, undefined, `rid-${name}`)).rejects.toMatchObject({ status: 503 });
+    emu.faults.errorAfterRate = 0;
+    expect(emu.instance(name)).toBeDefined();
+    const op = await insert(name, {}, undefined, `rid-${name}`);
+    expect((await waitOp(op)).error).toBeFalsy();
+    expect(emu.instances().filter((i) => i['name'] === name)).toHaveLength(1);
+  });
+
+  it('answers a share of calls 429 or 503 before acting', async () => {
+    const name = uniq('before');
+    emu.faults.errorRate = 1;
+    await expect(insert(name)).rejects.toMatchObject({ status: expect.toSatisfy((s: number) => s === 429 || s === 503) });
+    emu.faults.errorRate = 0;
+    expect(emu.instance(name)).toBeUndefined();
   });
 });
