@@ -345,21 +345,25 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   return report;
 }
 
-/** 10% of calls fail: the emulator's probabilistic faults (set up in applyCloudFaults). */
+/**
+ * Cloud faults: `errorRate` of all calls answer 429/503 before acting, and half as many
+ * mutations again act and then answer 503 (a third of those lose the answer altogether); one
+ * zone stocked out for the whole run.
+ */
 function applyCloudFaults(gce: GceEmulator, f: { errorRate: number; stockoutZone?: string | undefined; rand: () => number }): void {
   if (f.stockoutZone) gce.faults.stockoutZones.add(f.stockoutZone);
-  // Probabilistic faults come with the emulator's fault rates (see the GCE emulator).
-  const faults = gce.faults as unknown as Record<string, unknown>;
-  if ('errorRate' in faults) faults['errorRate'] = f.errorRate;
+  gce.faults.errorRate = f.errorRate;
+  gce.faults.errorAfterRate = f.errorRate / 2;
+  gce.faults.lostShare = 1 / 3;
 }
 
 function clearCloudFaults(gce: GceEmulator): void {
   gce.faults.stockoutZones.clear();
-  const faults = gce.faults as unknown as Record<string, unknown>;
-  if ('errorRate' in faults) faults['errorRate'] = 0;
+  gce.faults.errorRate = 0;
+  gce.faults.errorAfterRate = 0;
+  gce.faults.unreachableZones.clear();
 }
 
 function setZoneUnreachable(gce: GceEmulator, zone: string, forMs: number): void {
-  const faults = gce.faults as unknown as Record<string, unknown>;
-  if ('unreachableZones' in faults) (faults['unreachableZones'] as Map<string, number>).set(zone, Date.now() + forMs);
+  gce.faults.unreachableZones.set(zone, Date.now() + forMs);
 }
