@@ -57,6 +57,9 @@ export interface Metrics {
   macNestedVmReady: Histogram<'class'>;
   isolationFindings: Gauge<'provider' | 'kind'>;
   isolationAuditTimestamp: Gauge<'provider'>;
+  jobReportsPending: Gauge;
+  traceBufferHighWater: Gauge<'class'>;
+  jobsReattached: Counter<'class' | 'outcome'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -171,6 +174,18 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     macNestedVmReady: new Histogram({
       name: 'runner_fleet_mac_nested_vm_ready_seconds', help: 'Nested macOS VM clone-to-ready time: from tart clone to the VM having its address.',
       labelNames: ['class'], buckets: [1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300], registers,
+    }),
+    jobReportsPending: new Gauge({
+      name: 'runner_fleet_job_reports_pending', help: 'Finished jobs whose final state GitLab has not acknowledged yet (the report outbox backlog).',
+      registers,
+    }),
+    traceBufferHighWater: new Gauge({
+      name: 'runner_fleet_trace_buffer_high_water_bytes', help: 'Most unacknowledged trace bytes one job held in memory (bounded per job; output beyond waits on the VM).',
+      labelNames: ['class'], registers,
+    }),
+    jobsReattached: new Counter({
+      name: 'runner_fleet_jobs_reattached_total', help: 'Running jobs a starting manager took over from the database (outcome: attached, failed, started).',
+      labelNames: ['class', 'outcome'], registers,
     }),
   };
 }

@@ -19,6 +19,7 @@ import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
 import { Executor } from './executor.js';
 import { Intake } from './intake.js';
+import { JobReports } from './job-reports.js';
 import { cloudTelemetry, createMetrics, type Metrics } from './metrics.js';
 import { BillingDelivery } from './billing-delivery.js';
 import { loadDemandModels } from './demand.js';
@@ -40,6 +41,8 @@ export interface ShardOptions {
   defaultMetrics?: boolean;
   /** Billing webhook poll interval and retry base (tests use short ones). */
   billingPollMs?: number;
+  /** Report outbox poll interval and retry base (tests use short ones). */
+  reportPollMs?: number;
 }
 
 export interface Shard {
@@ -87,12 +90,15 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
       probe: (info, o) => waitForSsh(info, { deadlineMs: o.deadlineMs, signal: o.signal }),
       ...(opts.tickMs ? { tickMs: opts.tickMs } : {}),
     });
-    const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock });
+    const reports = new JobReports({ store, gitlab, metrics, log: log.child({ component: 'reports' }), ...(opts.reportPollMs ? { pollMs: opts.reportPollMs, retryBaseMs: opts.reportPollMs } : {}) });
+    const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock, reports, ...(config.jobs ? { unreachableMs: config.jobs.unreachableTimeoutMs } : {}) });
     const intake = new Intake({ config, store, pool, executor, gitlab, metrics, log, clock, demand });
-    const reconciler = new Reconciler({ config, store, providers, gitlab, metrics, log, clock });
+    const reconciler = new Reconciler({ config, store, providers, gitlab, metrics, log, clock, executor });
 
     const recovered = await reconciler.recover();
-    if (recovered.jobsFailed || recovered.vmsDeleted || recovered.jobsReported) log.info(recovered, 'recovered state from the database');
+    if (recovered.jobsFailed || recovered.vmsDeleted || recovered.jobsReattached) log.info(recovered, 'recovered state from the database');
+    reports.start();
+    cleanups.push(() => reports.stop());
     pool.start();
     intake.start();
     const delivery = new BillingDelivery({ db: database.db, shard: config.shard, sinks: config.billing.webhooks, metrics, log: log.child({ component: 'billing' }), ...(opts.billingPollMs ? { pollMs: opts.billingPollMs, retryBaseMs: opts.billingPollMs } : {}) });
