@@ -256,7 +256,10 @@ export class TraceUploader {
       .finally(() => {
         this.sending = null;
         this.wakeDrained();
-        if (this.held.size > 0 && !this.closed && !this.gone && !this.rewinding) this.schedule();
+        if (this.held.size === 0 || this.closed || this.gone || this.rewinding) return;
+        // A backlog (a producer may be waiting on it) goes at once; a little waits for the interval.
+        if (this.held.size >= FLUSH_BYTES) queueMicrotask(() => this.flush());
+        else this.schedule();
       });
   }
 
