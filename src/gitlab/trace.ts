@@ -129,6 +129,8 @@ export class TraceUploader {
   /** A rewind was asked and the producer has not restarted yet. */
   private rewinding = false;
   private drainWaiters: (() => void)[] = [];
+  /** False once catchUp() skipped bytes this uploader never saw. */
+  private crcKnown = true;
   /** Most unacknowledged bytes ever held at once (the memory bound, for tests and metrics). */
   highWater = 0;
 
@@ -168,6 +170,7 @@ export class TraceUploader {
     this.masker = masker;
     this.produced = 0;
     this.crc = 0;
+    this.crcKnown = true;
     this.truncated = false;
     this.rewinding = false;
     this.held.clear(0);
@@ -306,7 +309,7 @@ export class TraceUploader {
   }
 
   /** Flush everything; returns the checksum and size of the full masked trace. */
-  async finish(): Promise<{ bytesize: number; checksum: string }> {
+  async finish(): Promise<{ bytesize: number; checksum: string | null }> {
     this.add(this.masker.end());
     clearTimeout(this.heartbeat);
     for (let i = 0; i < 5 && this.held.size > 0 && !this.gone && !this.rewinding; i++) {
@@ -321,7 +324,22 @@ export class TraceUploader {
     clearTimeout(this.timer);
     this.timer = undefined;
     if (this.sent > this.produced && !this.gone) this.o.log.warn({ job: this.o.jobId, held: this.sent, produced: this.produced }, 'GitLab holds more trace than this runner produced');
-    return { bytesize: this.produced, checksum: `crc32:${(this.crc >>> 0).toString(16).padStart(8, '0')}` };
+    return { bytesize: this.produced, checksum: this.crcKnown ? `crc32:${(this.crc >>> 0).toString(16).padStart(8, '0')}` : null };
+  }
+
+  /**
+   * Before the runner's closing lines when the job's output could not all be produced again (a
+   * re-attached job that ended early: VM gone, canceled): learn what GitLab holds and continue
+   * after it, so the closing lines follow the output GitLab has. The checksum of bytes this
+   * uploader never saw is unknown, so finish() then gives none.
+   */
+  async catchUp(): Promise<void> {
+    if (!this.attempted) this.flush();
+    await this.sending;
+    if (this.sent <= this.produced || this.gone) return;
+    this.produced = this.sent;
+    this.crcKnown = false;
+    this.held.clear(this.sent);
   }
 
   /** Whether a rewind asked by GitLab is waiting for the producer. */

@@ -263,6 +263,8 @@ export class Executor {
     }
     const c: EndCause = cause ?? { kind: 'system', message: 'the job ended for an unknown reason' };
     if (detachedJob && (c.kind === 'canceled' || c.kind === 'timeout' || c.kind === 'system')) session = await this.killRemote(vm, job.id, c.kind === 'timeout' ? 'timeout' : 'canceled', session, log);
+    // A re-attached job may end before its output was all produced again: close after GitLab's part.
+    if (resume && c.kind !== 'exit') await trace.catchUp().catch(() => {});
     const outcome = this.outcome(c, ctx, trace);
     const finish = () =>
       trace.finish().catch((err) => {
