@@ -35,27 +35,28 @@ const SUPERVISOR = [
 ].join('\n');
 
 /**
- * Streams `out` from byte $2 while the job runs, then the end line on stderr. `tail -f` sends
- * output as it is written (the first line without a poll delay); a status file ends the wait.
- * A job already ended gets a plain read, so the bytes after the offset are complete.
+ * Streams `out` from byte $off while the job runs, then the end line on stderr (uses $d, $off).
+ * `tail -f` starts at once and sends output as it is written, so the first line costs no poll;
+ * the supervisor's pid (for the liveness check) is read after. A job already ended (status, or
+ * supervisor dead) gets a plain read, so the bytes after the offset are complete.
  */
 const ATTACH = [
-  'd=$1; off=$2; i=0',
-  'while [ ! -s "$d/pid" ]; do',
-  '  if [ ! -d "$d" ]; then echo rf-missing >&2; exit 0; fi',
-  // Just launched: the supervisor writes its pid within milliseconds (a short poll keeps the first line fast).
-  '  i=$((i+1)); if [ $i -gt 1000 ]; then echo rf-unlaunched >&2; exit 0; fi',
-  '  sleep 0.01',
-  'done',
-  'pg=$(cat "$d/pid")',
-  'size() { echo $(( $(wc -c < "$d/out") )); }',
   'end() {',
-  '  if [ -f "$d/status" ]; then echo "rf-status $(cat "$d/status") $(size)" >&2',
-  '  elif [ -f "$d/killed" ]; then echo "rf-killed $(cat "$d/killed") $(size)" >&2',
-  '  else echo "rf-lost $(size)" >&2; fi',
+  '  n=$(( $(wc -c < "$d/out") ))',
+  '  if [ -f "$d/status" ]; then read rc < "$d/status"; echo "rf-status $rc $n" >&2',
+  '  elif [ -f "$d/killed" ]; then read why < "$d/killed"; echo "rf-killed $why $n" >&2',
+  '  else echo "rf-lost $n" >&2; fi',
   '}',
-  'if [ -f "$d/status" ] || ! kill -0 "$pg" 2>/dev/null; then tail -c +$((off+1)) "$d/out"; end; exit 0; fi',
+  'if [ ! -d "$d" ]; then echo rf-missing >&2; exit 0; fi',
+  'pg=; [ -s "$d/pid" ] && read pg < "$d/pid"',
+  'if [ -f "$d/status" ] || { [ -n "$pg" ] && ! kill -0 "$pg" 2>/dev/null; }; then tail -c +$((off+1)) "$d/out"; end; exit 0; fi',
   'tail -c +$((off+1)) -f "$d/out" & t=$!',
+  'i=0',
+  'while [ -z "$pg" ]; do',
+  // Just launched: the supervisor writes its pid within milliseconds; never, if its start was cut.
+  '  i=$((i+1)); if [ $i -gt 500 ]; then kill $t 2>/dev/null; echo rf-unlaunched >&2; exit 0; fi',
+  '  sleep 0.02; [ -s "$d/pid" ] && read pg < "$d/pid"',
+  'done',
   'while [ ! -f "$d/status" ] && kill -0 "$pg" 2>/dev/null; do sleep 0.2; done',
   // Let tail pass on the last bytes; whatever it missed, the manager reads in one more attach.
   'sleep 0.1; kill $t 2>/dev/null',
@@ -81,8 +82,8 @@ export function startOrAttachCommand(jobId: number, scriptBytes: number, offset:
     `    else set -m; nohup sh -c ${shq(SUPERVISOR)} rf-job "$d" </dev/null >/dev/null 2>&1 & set +m; fi`,
     '  fi',
     'fi',
-    'rm -f "$t"',
-    `sh -c ${shq(ATTACH)} rf-attach "$d" "$3"`,
+    'rm -f "$t"; off=$3',
+    ATTACH,
   ].join('\n');
   return `sh -c ${shq(body)} rf-start ${jobId} ${scriptBytes} ${offset}`;
 }

@@ -210,9 +210,6 @@ export class Executor {
           say(`No warm VM of class ${cls.name}: creating a fresh one for this job (cold start)\n`);
           vm = await ctx.awaitVm(abort.signal);
         }
-        // `assigned` already guards the VM (recovery treats both alike): record `running`
-        // alongside the start instead of before it, off the start-latency path.
-        marked = this.d.store.transition(vm.id, 'assigned', 'running', {}, `job ${job.id}`).catch((err) => log.warn({ err }, 'could not record running'));
         say(`Running with runner-fleet (shard ${this.d.config.shard}, class ${cls.name}) on VM ${vm.name}\n`);
         // The boot probe's connection saves a handshake on the start path, if it is still up.
         const kept = this.d.pool.takeSession(vm.id);
@@ -235,13 +232,17 @@ export class Executor {
           connecting.catch(() => {}); // awaited below; not unhandled while the row is written
         }
         if (os === 'windows') {
+          // `assigned` already guards the VM (recovery treats both alike): record `running`
+          // alongside the start instead of before it, off the start-latency path.
+          marked = this.d.store.transition(vm.id, 'assigned', 'running', {}, `job ${job.id}`).catch((err) => log.warn({ err }, 'could not record running'));
           session ??= await connecting!;
           const { command, stdin } = jobInvocation(os, job);
           const result = await session.exec(command, { stdin, signal: abort.signal, onData: (chunk) => (onOutput(), trace.write(chunk)) });
           if (!cause) cause = { kind: 'exit', code: result.exitCode, ...(result.signal ? { signal: result.signal } : {}) };
         } else {
-          // Written before the job starts: a manager that takes over needs it to re-attach.
-          await this.d.store.saveJobAttach(job.id, { payload: JSON.stringify(job), tracePrefix: prefix, os });
+          // Written before the job starts (a manager that takes over needs it to re-attach), with
+          // the VM's `running` in the same commit.
+          await this.d.store.saveJobAttach(job.id, { payload: JSON.stringify(job), tracePrefix: prefix, os, vmId: vm.id });
           session ??= await connecting!;
           detachedJob = true;
           const got = await watch(session);

@@ -260,8 +260,11 @@ export class Store {
 
   // --- Detached jobs and the report outbox ---
 
-  /** What a re-attach needs, written before the job starts on its VM (payload encrypted). */
-  async saveJobAttach(jobId: number, a: { payload: string; tracePrefix: string; os: string }): Promise<void> {
+  /**
+   * What a re-attach needs, written before the job starts on its VM (payload encrypted), in one
+   * transaction with the VM's `assigned` -> `running` (one commit on the start path, not two).
+   */
+  async saveJobAttach(jobId: number, a: { payload: string; tracePrefix: string; os: string; vmId?: string }): Promise<void> {
     await this.db.transaction().execute(async (trx) => {
       await trx
         .updateTable('jobs')
@@ -270,6 +273,7 @@ export class Store {
         .where('id', '=', String(jobId))
         .where('state', '=', 'running')
         .execute();
+      if (a.vmId) await this.transition(a.vmId, 'assigned', 'running', {}, `job ${jobId}`, trx);
     });
   }
 
