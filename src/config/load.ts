@@ -163,6 +163,7 @@ function toShardConfig(raw: RawShardConfig, baseDir: string): ShardConfig {
     database: { url: resolveDatabaseUrl(raw.database.url, baseDir, dataDir) },
     http: { listen: raw.http.listen, adminToken: raw.http.adminToken },
     gitlab: { url: raw.gitlab.url.replace(/\/+$/, ''), pollIntervalMs: raw.gitlab.pollInterval, requestTimeoutMs: raw.gitlab.requestTimeout },
+    jobs: { unreachableTimeoutMs: raw.jobs.unreachableTimeout },
     classes,
     providers: raw.providers,
     dataDir,

@@ -196,6 +196,9 @@ export const shardSchema = z.strictObject(
       },
       { error: 'mapping' },
     ),
+    jobs: z
+      .strictObject({ unreachableTimeout: duration(1000, 24 * HOUR).default(120_000) }, { error: 'mapping' })
+      .default({ unreachableTimeout: 120_000 }),
     // Names are checked in load.ts so a bad name is reported as a name, not as its whole body.
     classes: z.record(z.string(), classSchema, { error: 'mapping of runner classes' }),
     providers: z.record(z.string(), mapping, { error: 'mapping of providers' }).nullable().transform((v) => v ?? {}).default({}),

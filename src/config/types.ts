@@ -65,6 +65,8 @@ export interface ShardConfig {
   database: { url: string };
   http: { listen: { host: string; port: number }; adminToken: string | null };
   gitlab: { url: string; pollIntervalMs: number; requestTimeoutMs: number };
+  /** A running job whose VM stays unreachable this long (while the cloud still has it) is failed. */
+  jobs?: { unreachableTimeoutMs: number };
   /** Class name -> class. Insertion order is the file's order. */
   classes: Record<string, ClassConfig>;
   /** Provider name -> provider-specific settings. */

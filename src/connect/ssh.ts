@@ -30,6 +30,11 @@ export interface ExecOptions {
   onData?: (chunk: Buffer, stream: 'stdout' | 'stderr') => void;
   /** Abort = kill: the remote process gets SIGKILL and the channel is closed; exec rejects. */
   signal?: AbortSignal;
+  /**
+   * Flow control of stdout: while paused, SSH's window fills and the remote writer blocks, so a
+   * slow consumer holds at most one window of output in memory.
+   */
+  onFlow?: (flow: { pause(): void; resume(): void }) => void;
 }
 
 export interface ExecResult {
@@ -135,6 +140,7 @@ export class SshSession extends EventEmitter<{ close: [err?: Error] }> {
           if (done) return void stream.close(); // aborted or disconnected while the channel opened
           stream.on('data', (chunk: Buffer) => opts.onData?.(chunk, 'stdout'));
           stream.stderr.on('data', (chunk: Buffer) => opts.onData?.(chunk, 'stderr'));
+          opts.onFlow?.({ pause: () => stream.pause(), resume: () => stream.resume() });
           stream.on('exit', (code: number | null, sig?: string) => {
             result = code === null || code === undefined ? { exitCode: null, ...(sig ? { signal: sig.replace(/^SIG/, '') } : {}) } : { exitCode: code };
           });

@@ -90,6 +90,10 @@ export interface JobsTable {
   trace_bytes: ColumnType<string, number | string | undefined, number | string>;
   trace_checksum: string | null;
   reported_at: NullableTimestamp;
+  /** 005: re-attach data (see sql/005_job_attach.sql). */
+  payload_enc: ColumnType<string | null, string | null | undefined, string | null>;
+  trace_prefix: ColumnType<string | null, string | null | undefined, string | null>;
+  guest_os: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface BillingEventsTable {

@@ -1,18 +1,24 @@
-// Runs one job on one VM: script over SSH, live masked trace to GitLab, cancel and timeout,
+// Runs one job on one VM: the script over SSH, live masked trace to GitLab, cancel and timeout,
 // then the closing transaction (outcome + billing event + VM delete intent) and the report.
+// On Linux and macOS the job runs detached under a supervisor on the VM (src/gitlab/detach.ts):
+// this manager only watches it, so a watcher that dies (restart, failover, a dropped connection)
+// is replaced by another that re-attaches, and the job fails only when its VM is gone or stays
+// unreachable past a deadline. Windows jobs still run inside the SSH session.
 import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
 import { connectSsh, type SshSession } from '../connect/ssh.js';
 import type { GitLabClient } from '../gitlab/client.js';
+import { killCommand, parseAttachEnd, startOrAttachCommand, type AttachEnd } from '../gitlab/detach.js';
 import type { JobPayload } from '../gitlab/job-payload.js';
 import { Masker } from '../gitlab/mask.js';
 import { buildPowerShellScript, powerShellCommand, powerShellStdin } from '../gitlab/powershell.js';
 import { buildBashScript } from '../gitlab/script.js';
 import { TraceUploader } from '../gitlab/trace.js';
-import type { ConnectInfo, GuestOs, Provider } from '../providers/provider.js';
+import { absentFrom, type ConnectInfo, type GuestOs, type Provider } from '../providers/provider.js';
 import { buildBillingEvent } from './billing.js';
 import type { Clock } from './clock.js';
+import type { JobReports } from './job-reports.js';
 import type { Metrics } from './metrics.js';
 import { vmRef, type Pool } from './pool.js';
 import type { JobOutcome, Store } from './store.js';
@@ -26,6 +32,12 @@ export interface ExecutorDeps {
   metrics: Metrics;
   log: Logger;
   clock: Clock;
+  /** The report outbox; without it the final state is sent once here and left to the next start-up. */
+  reports?: JobReports;
+  /** A running job's VM unreachable this long (while the cloud still has it) fails the job. Default 2 min. */
+  unreachableMs?: number;
+  /** Unacknowledged trace bytes held per job before reading from the VM pauses. */
+  traceBufferBytes?: number;
 }
 
 export interface JobContext {
@@ -39,17 +51,23 @@ export interface JobContext {
   awaitVm?: (signal: AbortSignal) => Promise<VmRow>;
 }
 
+/** A job another manager started: what its row says about the trace and the VM. */
+export interface ReattachContext extends Omit<JobContext, 'awaitVm'> {
+  /** The manager's own lines before the VM's output (exactly as written then). */
+  tracePrefix: string;
+  os: GuestOs;
+  startedAt: number | null;
+}
+
 type EndCause = { kind: 'exit'; code: number | null; signal?: string } | { kind: 'canceled' } | { kind: 'timeout' } | { kind: 'system'; message: string };
 
-/** Writes the script to the VM through stdin, then runs it detached from that stdin. */
-const RUN_SCRIPT = 'f=$(mktemp "${TMPDIR:-/tmp}/runner-fleet-job.XXXXXX") && cat > "$f" && exec bash "$f" </dev/null';
-
-/** The remote command and its stdin for a job on a VM of this OS: PowerShell on Windows, bash elsewhere. */
+/** Windows: writes the script to the VM through stdin, then runs it in the session. */
 export function jobInvocation(os: GuestOs, job: JobPayload): { command: string; stdin: string } {
   // Windows: powershell.exe (found on PATH, so the emulator's tests can put a shim there) runs a
   // bootstrap that takes the script from stdin; see powerShellCommand.
   if (os === 'windows') return { command: powerShellCommand(), stdin: powerShellStdin(buildPowerShellScript(job)) };
-  return { command: RUN_SCRIPT, stdin: buildBashScript(job) };
+  const stdin = buildBashScript(job);
+  return { command: startOrAttachCommand(job.id, Buffer.byteLength(stdin), 0), stdin };
 }
 
 /**
@@ -63,8 +81,38 @@ export function guestOs(info: Pick<ConnectInfo, 'os'> | undefined, cls: ClassCon
   return info?.os ?? 'linux';
 }
 
+/** The values a job's trace must never show: the job token and the masked variables. */
+export function maskedValues(job: JobPayload): string[] {
+  return [job.token, ...(job.variables ?? []).filter((v) => v.masked && v.value).map((v) => v.value)];
+}
+
+/** What an attach's end means for the job (pure). */
+export function endCauseOf(end: AttachEnd): EndCause {
+  switch (end.kind) {
+    case 'status':
+      return { kind: 'exit', code: end.code };
+    case 'killed':
+      return end.reason === 'timeout' ? { kind: 'timeout' } : { kind: 'canceled' };
+    case 'lost':
+      return { kind: 'system', message: 'the job ended on its VM without an exit status (its supervisor died: VM rebooted or out of memory?)' };
+    case 'missing':
+      return { kind: 'system', message: 'the job directory disappeared from the VM' };
+    case 'unlaunched':
+      return { kind: 'system', message: 'the job was claimed on its VM but never launched (its start was cut off); it did not run' };
+    case 'error':
+      return { kind: 'system', message: `the job could not start on its VM: ${end.message}` };
+  }
+}
+
+interface Running {
+  abort: AbortController;
+  done: Promise<void>;
+  /** detachAll: stop watching, keep the job running and open. */
+  detached: boolean;
+}
+
 export class Executor {
-  private readonly running = new Map<number, { abort: AbortController; done: Promise<void> }>();
+  private readonly running = new Map<number, Running>();
 
   constructor(private readonly d: ExecutorDeps) {}
 
@@ -73,11 +121,20 @@ export class Executor {
   }
 
   start(ctx: JobContext): void {
-    const abort = new AbortController();
-    const done = this.run(ctx, abort)
-      .catch((err) => this.d.log.error({ err, job: ctx.job.id }, 'executor failed'))
-      .finally(() => this.running.delete(ctx.job.id));
-    this.running.set(ctx.job.id, { abort, done });
+    this.launch(ctx.job.id, (r) => this.run(ctx, r, null));
+  }
+
+  /** Watch a job another manager started (start-up recovery): resumes its trace, reports its real end. */
+  reattach(ctx: ReattachContext): void {
+    this.launch(ctx.job.id, (r) => this.run(ctx, r, ctx));
+  }
+
+  private launch(jobId: number, body: (r: Running) => Promise<void>): void {
+    const r: Running = { abort: new AbortController(), done: Promise.resolve(), detached: false };
+    r.done = body(r)
+      .catch((err) => this.d.log.error({ err, job: jobId }, 'executor failed'))
+      .finally(() => this.running.delete(jobId));
+    this.running.set(jobId, r);
   }
 
   /** Wait for every running job to finish (drain). */
@@ -85,87 +142,319 @@ export class Executor {
     while (this.running.size) await Promise.allSettled([...this.running.values()].map((r) => r.done));
   }
 
-  private async run(ctx: JobContext, abort: AbortController): Promise<void> {
+  /**
+   * Stop watching every job without ending it: SSH sessions close and uploads stop, but the jobs
+   * keep running on their VMs and stay open in the database, for the manager that takes over
+   * (this one lost the shard lock). Windows jobs, which live in their SSH session, end with it.
+   */
+  async detachAll(): Promise<void> {
+    const all = [...this.running.values()];
+    for (const r of all) {
+      r.detached = true;
+      r.abort.abort();
+    }
+    await Promise.allSettled(all.map((r) => r.done));
+  }
+
+  private async run(ctx: JobContext | ReattachContext, r: Running, resume: ReattachContext | null): Promise<void> {
     const { job, cls } = ctx;
+    const abort = r.abort;
     let vm = ctx.vm;
-    const log = this.d.log.child({ job: job.id, vm: vm.id, class: cls.name });
-    // The job token is a secret even where GitLab does not mark it masked.
-    const masked = [job.token, ...(job.variables ?? []).filter((v) => v.masked && v.value).map((v) => v.value)];
+    const log = this.d.log.child({ job: job.id, vm: vm.id, class: cls.name, ...(resume ? { reattached: true } : {}) });
+    const masked = maskedValues(job);
     let cause: EndCause | null = null;
     const end = (c: EndCause) => {
       if (!cause) cause = c;
       abort.abort();
     };
+    let rewind: (() => void) | null = null;
     const trace = new TraceUploader({
       client: this.d.gitlab,
       jobId: job.id,
       jobToken: job.token,
       masker: new Masker(masked),
       onCancel: () => end({ kind: 'canceled' }),
+      onRewind: () => rewind?.(),
       log,
+      ...(this.d.traceBufferBytes ? { bufferBytes: this.d.traceBufferBytes } : {}),
     });
-    const timer = setTimeout(() => end({ kind: 'timeout' }), ctx.timeoutSeconds * 1000);
+    // The deadline counts from pick-up, as recorded: a restart does not give a job more time.
+    const timer = setTimeout(() => end({ kind: 'timeout' }), Math.max(0, ctx.pickedAt + ctx.timeoutSeconds * 1000 - this.d.clock.now()));
     trace.startHeartbeat();
-    let startedAt: number | null = null;
+    let startedAt: number | null = resume?.startedAt ?? null;
     let session: SshSession | undefined;
+    let prefix = resume?.tracePrefix ?? '';
+    const say = (text: string) => {
+      prefix += text;
+      trace.append(text);
+    };
+    let detachedJob = false;
+    let os: GuestOs = resume?.os ?? 'linux';
+    let marked: Promise<unknown> = Promise.resolve();
+    const onOutput = () => {
+      if (startedAt !== null) return;
+      startedAt = this.d.clock.now();
+      if (resume) void this.d.store.markJobStarted(job.id, new Date(startedAt)).catch(() => {});
+      else this.observeStart(ctx, startedAt, log);
+    };
+    const watch = (first: SshSession | undefined, signal = abort.signal) =>
+      this.watch({ ctx, vm, log, trace, masked, prefix: () => prefix, script: Buffer.from(buildBashScript(job)), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
     try {
-      if (ctx.awaitVm) {
-        trace.append(`No warm VM of class ${cls.name}: creating a fresh one for this job (cold start)\n`);
-        vm = await ctx.awaitVm(abort.signal);
-      }
-      // `assigned` already guards the VM (recovery treats both alike): record `running`
-      // alongside the start instead of before it, off the start-latency path.
-      const marked = this.d.store.transition(vm.id, 'assigned', 'running', {}, `job ${job.id}`).catch((err) => log.warn({ err }, 'could not record running'));
-      trace.append(`Running with runner-fleet (shard ${this.d.config.shard}, class ${cls.name}) on VM ${vm.name}\n`);
-      // The boot probe's connection saves a handshake on the start path, if it is still up.
-      const kept = this.d.pool.takeSession(vm.id);
-      let os: GuestOs;
-      if (kept?.closed === false) {
-        session = kept;
-        let info: ConnectInfo | undefined;
-        try {
-          info = this.connectInfo(vm);
-        } catch (err) {
-          log.warn({ err }, 'no connect info for the VM; taking its OS from the class');
-        }
-        os = guestOs(info, cls);
+      if (resume) {
+        trace.append(prefix);
+        detachedJob = true;
+        const got = await watch(undefined);
+        if (!cause) cause = got;
       } else {
-        kept?.close();
-        const info = this.connectInfo(vm);
-        if (!info) throw new Error('VM is not reachable: provider, key or address missing');
-        os = guestOs(info, cls);
-        session = await connectSsh(info, { timeoutMs: 15_000, signal: abort.signal });
-      }
-      const { command, stdin } = jobInvocation(os, job);
-      const result = await session.exec(command, {
-        stdin,
-        signal: abort.signal,
-        onData: (chunk) => {
-          if (startedAt === null) {
-            startedAt = this.d.clock.now();
-            this.observeStart(ctx, startedAt, log);
+        if ('awaitVm' in ctx && ctx.awaitVm) {
+          say(`No warm VM of class ${cls.name}: creating a fresh one for this job (cold start)\n`);
+          vm = await ctx.awaitVm(abort.signal);
+        }
+        say(`Running with runner-fleet (shard ${this.d.config.shard}, class ${cls.name}) on VM ${vm.name}\n`);
+        // The boot probe's connection saves a handshake on the start path, if it is still up.
+        const kept = this.d.pool.takeSession(vm.id);
+        let connecting: Promise<SshSession> | undefined;
+        if (kept?.closed === false) {
+          session = kept;
+          let info: ConnectInfo | undefined;
+          try {
+            info = this.connectInfo(vm);
+          } catch (err) {
+            log.warn({ err }, 'no connect info for the VM; taking its OS from the class');
           }
-          trace.write(chunk);
-        },
-      });
-      if (!cause) cause = { kind: 'exit', code: result.exitCode, ...(result.signal ? { signal: result.signal } : {}) };
+          os = guestOs(info, cls);
+        } else {
+          kept?.close();
+          const info = this.connectInfo(vm);
+          if (!info) throw new Error('VM is not reachable: provider, key or address missing');
+          os = guestOs(info, cls);
+          connecting = connectSsh(info, { timeoutMs: 15_000, signal: abort.signal });
+          connecting.catch(() => {}); // awaited below; not unhandled while the row is written
+        }
+        if (os === 'windows') {
+          // `assigned` already guards the VM (recovery treats both alike): record `running`
+          // alongside the start instead of before it, off the start-latency path.
+          marked = this.d.store.transition(vm.id, 'assigned', 'running', {}, `job ${job.id}`).catch((err) => log.warn({ err }, 'could not record running'));
+          session ??= await connecting!;
+          const { command, stdin } = jobInvocation(os, job);
+          const result = await session.exec(command, { stdin, signal: abort.signal, onData: (chunk) => (onOutput(), trace.write(chunk)) });
+          if (!cause) cause = { kind: 'exit', code: result.exitCode, ...(result.signal ? { signal: result.signal } : {}) };
+        } else {
+          // Written before the job starts (a manager that takes over needs it to re-attach), with
+          // the VM's `running` in the same commit.
+          await this.d.store.saveJobAttach(job.id, { payload: JSON.stringify(job), tracePrefix: prefix, os, vmId: vm.id });
+          session ??= await connecting!;
+          detachedJob = true;
+          const got = await watch(session);
+          if (!cause) cause = got;
+        }
+      }
       await marked;
     } catch (err) {
-      if (!cause) cause = { kind: 'system', message: (err as Error).message };
+      if (!cause && !r.detached) cause = { kind: 'system', message: (err as Error).message };
     } finally {
       clearTimeout(timer);
-      session?.close();
     }
-    const outcome = this.outcome(cause!, ctx, trace);
-    const t = await trace.finish().catch((err) => {
-      log.warn({ err }, 'trace upload incomplete');
-      return null;
-    });
+    if (r.detached && (detachedJob || !cause)) {
+      // Lost the shard: the job goes on, watched by the next manager.
+      session?.close();
+      trace.close();
+      log.info('stopped watching the job; it keeps running for the manager that takes over');
+      return;
+    }
+    const c: EndCause = cause ?? { kind: 'system', message: 'the job ended for an unknown reason' };
+    if (detachedJob && (c.kind === 'canceled' || c.kind === 'timeout' || c.kind === 'system')) session = await this.killRemote(vm, job.id, c.kind === 'timeout' ? 'timeout' : 'canceled', session, log);
+    // A re-attached job may end before its output was all produced again: close after GitLab's part.
+    if (resume && c.kind !== 'exit') await trace.catchUp().catch(() => {});
+    const outcome = this.outcome(c, ctx, trace);
+    const finish = () =>
+      trace.finish().catch((err) => {
+        log.warn({ err }, 'trace upload incomplete');
+        return null;
+      });
+    let t = await finish();
+    // GitLab lost trace after the job ended: the VM's file still has it all; produce it again.
+    for (let i = 0; i < 3 && t && trace.needsRewind && detachedJob && c.kind === 'exit'; i++) {
+      trace.restart(new Masker(masked));
+      trace.append(prefix);
+      const replay = new AbortController();
+      const stop = setTimeout(() => replay.abort(), 60_000);
+      const again = await watch(session, replay.signal).finally(() => clearTimeout(stop));
+      if (!again) break;
+      this.outcome(c, ctx, trace);
+      t = await finish();
+    }
+    session?.close();
+    this.d.metrics.traceBufferHighWater.set({ class: cls.name }, Math.max(trace.highWater, 0));
     trace.close();
     const finishedAt = new Date(this.d.clock.now());
     const full: JobOutcome = { ...outcome, finishedAt, traceBytes: t?.bytesize ?? 0, traceChecksum: t?.checksum ?? null };
-    await this.close(ctx, full, startedAt);
-    log.info({ result: full.result, exitCode: full.exitCode, failureReason: full.failureReason, seconds: (finishedAt.getTime() - ctx.pickedAt) / 1000 }, 'job finished');
+    const closed = await this.close({ ...ctx, vm }, full, startedAt, log);
+    if (closed) log.info({ result: full.result, exitCode: full.exitCode, failureReason: full.failureReason, seconds: (finishedAt.getTime() - ctx.pickedAt) / 1000 }, 'job finished');
+  }
+
+  /**
+   * Start (unless started) and stream the detached job until it ends, through dropped
+   * connections: reconnects until the VM is gone or unreachable past the deadline. Returns null
+   * when stopped from outside (cancel, timeout, detach: the caller knows why).
+   */
+  private async watch(w: {
+    ctx: JobContext | ReattachContext; vm: VmRow; log: Logger; trace: TraceUploader; masked: string[]; prefix: () => string; script: Buffer;
+    signal: AbortSignal; session: SshSession | undefined; onOutput: () => void;
+    setRewind: (f: () => void) => void; setSession: (s: SshSession | undefined) => void;
+  }): Promise<EndCause | null> {
+    const { trace, log, signal, vm } = w;
+    const jobId = w.ctx.job.id;
+    const unreachableMs = this.d.unreachableMs ?? 120_000;
+    let session = w.session;
+    let offset = 0;
+    let unreachableSince: number | null = null;
+    let lastError = '';
+    let wantRewind = false;
+    let stream: AbortController | null = null;
+    w.setRewind(() => {
+      wantRewind = true;
+      stream?.abort();
+    });
+    let pause = 100;
+    const trouble = async (why: string): Promise<EndCause | null> => {
+      lastError = why;
+      unreachableSince ??= this.d.clock.now();
+      if (await this.vmGone(vm)) return { kind: 'system', message: `the job's VM is gone (${why})` };
+      const down = this.d.clock.now() - unreachableSince;
+      if (down >= unreachableMs) return { kind: 'system', message: `the job's VM has been unreachable for ${Math.round(down / 1000)} s: ${lastError}` };
+      log.warn({ err: why, unreachableSeconds: Math.round(down / 1000) }, 'lost the job VM; reconnecting');
+      await this.d.clock.sleep(pause, signal).catch(() => {});
+      pause = Math.min(5000, pause * 2);
+      return null;
+    };
+    while (!signal.aborted) {
+      if (wantRewind) {
+        // GitLab lost trace we no longer hold: produce the whole trace again from the VM's file.
+        wantRewind = false;
+        offset = 0;
+        trace.restart(new Masker(w.masked));
+        trace.append(w.prefix());
+      }
+      if (!session || session.closed) {
+        session?.close();
+        session = undefined;
+        w.setSession(undefined);
+        const info = (() => {
+          try {
+            return this.connectInfo(vm);
+          } catch (err) {
+            return err as Error;
+          }
+        })();
+        if (!info || info instanceof Error) {
+          const failed = await trouble(info ? info.message : 'VM is not reachable: provider, key or address missing');
+          if (failed) return failed;
+          continue;
+        }
+        try {
+          session = await connectSsh(info, { timeoutMs: 15_000, signal });
+          w.setSession(session);
+        } catch (err) {
+          if (signal.aborted) return null;
+          const failed = await trouble((err as Error).message);
+          if (failed) return failed;
+          continue;
+        }
+      }
+      const cur = new AbortController();
+      stream = cur;
+      const onStop = () => cur.abort();
+      signal.addEventListener('abort', onStop, { once: true });
+      let stderr = '';
+      let flow: { pause(): void; resume(): void } | undefined;
+      try {
+        await session.exec(startOrAttachCommand(jobId, w.script.length, offset), {
+          stdin: w.script,
+          signal: cur.signal,
+          onFlow: (f) => (flow = f),
+          onData: (chunk, from) => {
+            if (from === 'stderr') {
+              stderr = (stderr + chunk.toString()).slice(-4096);
+              return;
+            }
+            if (wantRewind || cur.signal.aborted) return; // an abandoned pass
+            offset += chunk.length;
+            w.onOutput();
+            if (!trace.write(chunk)) {
+              flow?.pause();
+              void trace.drained().then(() => flow?.resume());
+            }
+          },
+        });
+      } catch (err) {
+        if (signal.aborted) return null;
+        if (wantRewind) continue;
+        session.close();
+        const failed = await trouble((err as Error).message);
+        if (failed) return failed;
+        continue;
+      } finally {
+        signal.removeEventListener('abort', onStop);
+        stream = null;
+      }
+      if (wantRewind) continue;
+      const endLine = parseAttachEnd(stderr);
+      if (!endLine) {
+        const failed = await trouble(`the job's output stream ended early${stderr.trim() ? `: ${stderr.trim().slice(-200)}` : ''}`);
+        if (failed) return failed;
+        continue;
+      }
+      unreachableSince = null;
+      pause = 100;
+      if ('size' in endLine && offset < endLine.size) continue; // tail stopped before the end: read the rest
+      if (trace.needsRewind) {
+        wantRewind = true;
+        continue;
+      }
+      return endCauseOf(endLine);
+    }
+    return null;
+  }
+
+  /** Whether the cloud confirms the VM no longer exists (a failed look counts as no). */
+  private async vmGone(vm: VmRow): Promise<boolean> {
+    const provider = this.d.providers.get(vm.provider);
+    if (!provider) return false;
+    try {
+      const found = await Promise.race([provider.describe([vmRef(vm)]), new Promise<null>((r) => setTimeout(() => r(null), 15_000).unref())]);
+      if (found === null) return false;
+      // Gone only by a complete answer (a partial list is "unknown", never "gone").
+      return absentFrom(found, vmRef(vm));
+    } catch {
+      return false;
+    }
+  }
+
+  /** Kill a detached job's process group (cancel, timeout); bounded, best effort: deleting the VM is the backstop. */
+  private async killRemote(vm: VmRow, jobId: number, reason: 'canceled' | 'timeout', session: SshSession | undefined, log: Logger): Promise<SshSession | undefined> {
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        if (!session || session.closed) {
+          const info = this.connectInfo(vm);
+          if (!info) return undefined;
+          session = await connectSsh(info, { timeoutMs: 10_000 });
+        }
+        const killed = new AbortController();
+        const t = setTimeout(() => killed.abort(), 10_000);
+        try {
+          await session.exec(killCommand(jobId, reason), { signal: killed.signal });
+        } finally {
+          clearTimeout(t);
+        }
+        return session;
+      } catch (err) {
+        session?.close();
+        session = undefined;
+        log.warn({ err: (err as Error).message, attempt }, 'could not kill the job on its VM; deleting the VM ends it');
+      }
+    }
+    return undefined;
   }
 
   /** How to reach the VM, and its OS, from its provider; undefined when provider, key or address is missing. */
@@ -210,8 +499,12 @@ export class Executor {
     }
   }
 
-  /** Close the job in the database first, then delete the VM and tell GitLab, in parallel. */
-  private async close(ctx: JobContext, outcome: JobOutcome, startedAtMs: number | null): Promise<void> {
+  /**
+   * Close the job in the database first, then delete the VM and tell GitLab, in parallel. Only the
+   * manager whose closing transaction won reports: the loser of a race (another manager closed
+   * the job first) says nothing to GitLab and leaves the VM to the winner. Returns whether it won.
+   */
+  private async close(ctx: JobContext, outcome: JobOutcome, startedAtMs: number | null, log: Logger): Promise<boolean> {
     const { job, vm, cls } = ctx;
     const event = buildBillingEvent({
       shard: this.d.config.shard,
@@ -226,12 +519,17 @@ export class Executor {
       outcome: outcome.result,
       failureReason: outcome.failureReason,
     });
-    await this.d.store.closeJob(job.id, outcome, event);
+    if (!(await this.d.store.closeJob(job.id, outcome, event))) {
+      log.warn({ result: outcome.result }, 'the job was already closed by another manager; not reporting it');
+      return false;
+    }
     this.d.metrics.billingEvents.inc({ class: cls.name });
     this.d.metrics.jobsTotal.inc({ class: cls.name, result: outcome.failureReason === 'runner_system_failure' ? 'system_failure' : outcome.result });
     this.d.metrics.jobDuration.observe({ class: cls.name }, event.durationSeconds);
     this.d.pool.deleteNow(vm.id);
-    await reportFinal(this.d.gitlab, this.d.store, this.d.clock, job.id, job.token, outcome, this.d.log);
+    if (this.d.reports) await this.d.reports.report(job.id, job.token, outcome);
+    else await reportFinal(this.d.gitlab, this.d.store, this.d.clock, job.id, job.token, outcome, this.d.log);
+    return true;
   }
 }
 

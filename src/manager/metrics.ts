@@ -66,6 +66,9 @@ export interface Metrics {
   shardStepDowns: Counter<'reason'>;
   jobsFailedBack: Counter<'class' | 'reason'>;
   cloudPartialLists: Counter<'provider' | 'zone'>;
+  jobReportsPending: Gauge;
+  traceBufferHighWater: Gauge<'class'>;
+  jobsReattached: Counter<'class' | 'outcome'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -202,6 +205,18 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
       name: 'runner_fleet_cloud_partial_lists_total',
       help: 'Cloud lists and describes answered without a zone (or host) that did not answer; VMs there count as unknown, never as gone.',
       labelNames: ['provider', 'zone'], registers,
+    }),
+    jobReportsPending: new Gauge({
+      name: 'runner_fleet_job_reports_pending', help: 'Finished jobs whose final state GitLab has not acknowledged yet (the report outbox backlog).',
+      registers,
+    }),
+    traceBufferHighWater: new Gauge({
+      name: 'runner_fleet_trace_buffer_high_water_bytes', help: 'Most unacknowledged trace bytes one job held in memory (bounded per job; output beyond waits on the VM).',
+      labelNames: ['class'], registers,
+    }),
+    jobsReattached: new Counter({
+      name: 'runner_fleet_jobs_reattached_total', help: 'Running jobs a starting manager took over from the database (outcome: attached, failed, started).',
+      labelNames: ['class', 'outcome'], registers,
     }),
   };
 }

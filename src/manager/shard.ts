@@ -28,6 +28,7 @@ import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
 import { Executor } from './executor.js';
 import { Intake } from './intake.js';
+import { JobReports } from './job-reports.js';
 import { cloudTelemetry, createMetrics, type Metrics } from './metrics.js';
 import { BillingDelivery } from './billing-delivery.js';
 import { loadDemandModels } from './demand.js';
@@ -57,6 +58,8 @@ export interface ShardOptions {
   waitActive?: boolean;
   /** Shard lease timing (tests use short ones): standby retry, renewal, lease length. */
   lease?: { retryMs?: number; renewMs?: number; leaseMs?: number };
+  /** Report outbox poll interval and retry base (tests use short ones). */
+  reportPollMs?: number;
 }
 
 export type ShardRole = 'standby' | 'active' | 'stopped';
@@ -287,12 +290,17 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
       probe: (info, o) => waitForSsh(info, { deadlineMs: o.deadlineMs, signal: o.signal }),
       ...(opts.tickMs ? { tickMs: opts.tickMs } : {}),
     });
-    const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock });
+    const reports = new JobReports({ store, gitlab, metrics, log: log.child({ component: 'reports' }), ...(opts.reportPollMs ? { pollMs: opts.reportPollMs, retryBaseMs: opts.reportPollMs } : {}) });
+    const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock, reports, ...(config.jobs ? { unreachableMs: config.jobs.unreachableTimeoutMs } : {}) });
     const intake = new Intake({ config, store, pool, executor, gitlab, metrics, log, clock, demand, canRequest: d.canRequest });
-    const reconciler = new Reconciler({ config, store, providers, gitlab, metrics, log, clock });
+    const reconciler = new Reconciler({ config, store, providers, gitlab, metrics, log, clock, executor });
+    // Running jobs outlive a step-down: the next active manager re-attaches them.
+    cleanups.push(() => executor.detachAll());
 
     const recovered = await reconciler.recover();
-    if (recovered.jobsFailed || recovered.vmsDeleted || recovered.jobsReported) log.info(recovered, 'recovered state from the database');
+    if (recovered.jobsFailed || recovered.vmsDeleted || recovered.jobsReattached) log.info(recovered, 'recovered state from the database');
+    reports.start();
+    cleanups.push(() => reports.stop());
     pool.start();
     cleanups.push(() => pool.stop());
     intake.start();

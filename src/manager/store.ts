@@ -299,4 +299,52 @@ export class Store {
   async ping(): Promise<void> {
     await sql`select 1`.execute(this.db);
   }
+
+  // --- Detached jobs and the report outbox ---
+
+  /**
+   * What a re-attach needs, written before the job starts on its VM (payload encrypted), in one
+   * transaction with the VM's `assigned` -> `running` (one commit on the start path, not two).
+   */
+  async saveJobAttach(jobId: number, a: { payload: string; tracePrefix: string; os: string; vmId?: string }): Promise<void> {
+    await this.write(async (trx) => {
+      await trx
+        .updateTable('jobs')
+        .set({ payload_enc: this.encrypt(a.payload), trace_prefix: a.tracePrefix, guest_os: a.os })
+        .where('shard', '=', this.shard)
+        .where('id', '=', String(jobId))
+        .where('state', '=', 'running')
+        .execute();
+      if (a.vmId) await this.transition(a.vmId, 'assigned', 'running', {}, `job ${jobId}`, trx);
+    });
+  }
+
+  /** Finished jobs GitLab has not acknowledged, oldest first. */
+  async unreportedJobs(limit: number): Promise<JobRow[]> {
+    return this.db
+      .selectFrom('jobs')
+      .selectAll()
+      .where('shard', '=', this.shard)
+      .where('state', '=', 'finished')
+      .where('reported_at', 'is', null)
+      .orderBy('finished_at')
+      .limit(limit)
+      .execute();
+  }
+
+  async countUnreported(): Promise<number> {
+    const r = await this.db
+      .selectFrom('jobs')
+      .select((eb) => eb.fn.countAll<string>().as('n'))
+      .where('shard', '=', this.shard)
+      .where('state', '=', 'finished')
+      .where('reported_at', 'is', null)
+      .executeTakeFirstOrThrow();
+    return Number(r.n);
+  }
+
+  /** Jobs still running on this shard (re-attach candidates at start-up). */
+  async runningJobs(): Promise<JobRow[]> {
+    return this.db.selectFrom('jobs').selectAll().where('shard', '=', this.shard).where('state', '=', 'running').orderBy('picked_at').execute();
+  }
 }

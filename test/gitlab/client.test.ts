@@ -93,7 +93,7 @@ describe('GitLabClient', () => {
     const t = await up.finish();
     up.close();
     expect(gitlab.job(job.id).trace).toBe('line one\nline two with [MASKED]\n');
-    const res = await client.updateJob(job.id, job.token, { state: 'success', exitCode: 0, checksum: t.checksum, bytesize: t.bytesize });
+    const res = await client.updateJob(job.id, job.token, { state: 'success', exitCode: 0, checksum: t.checksum!, bytesize: t.bytesize });
     expect(res.result).toBe('ok');
     const final = gitlab.job(job.id);
     expect(final.state).toBe('success');

@@ -329,7 +329,9 @@ describe('executor wiring', () => {
     const script = Buffer.from(win.stdin.replace(/\s/g, ''), 'base64').subarray(3).toString('utf8');
     expect(script).toBe(buildPowerShellScript(j));
     const linux = jobInvocation('linux', j);
-    expect(linux.command).toContain('exec bash');
+    // Linux: detached under the supervisor, started with the script's exact size (see detach.ts).
+    expect(linux.command).toContain('setsid');
+    expect(linux.command).toContain(` rf-start ${j.id} ${Buffer.byteLength(linux.stdin)} 0`);
     expect(linux.stdin).toMatch(/^#!\/usr\/bin\/env bash/);
   });
 

@@ -55,6 +55,13 @@ export interface EmulatorFaults {
   tracePatchStatusOnce?: number;
   /** Answer this many final PUTs with 202 (trace still being processed) before taking one. */
   updateAcceptedTimes?: number;
+  /** Answer every final PUT (state success/failed) with this status while set (e.g. 503). */
+  finalUpdateStatus?: number;
+  /**
+   * On the next trace PATCH, lose every byte of the trace past this offset and answer 416
+   * `Range: 0-<offset>` (a trace store that dropped chunks): the runner must resend from there.
+   */
+  traceTruncateOnce?: number;
 }
 
 export interface GitLabEmulator {
@@ -154,6 +161,11 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
       return reply.code(status).send({ message: 'injected fault' });
     }
     const chunk = Buffer.isBuffer(req.body) ? req.body : Buffer.from(String(req.body ?? ''));
+    if (faults.traceTruncateOnce !== undefined && faults.traceTruncateOnce < job.traceBuf.length) {
+      job.traceBuf = job.traceBuf.subarray(0, faults.traceTruncateOnce);
+      faults.traceTruncateOnce = undefined;
+      return reply.code(416).header('Range', `0-${job.traceBuf.length}`).send({ message: '416 Range Not Satisfiable' });
+    }
     const size = job.traceBuf.length;
     const range = req.headers['content-range'];
     if (range === undefined) return reply.code(400).send({ message: '400 Missing header Content-Range' });
@@ -179,6 +191,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     if (body.state === 'running') return reply.code(200).send();
     if (body.state !== 'success' && body.state !== 'failed') return reply.code(400).send({ message: 'state is invalid' });
     const bytes = job.traceBuf;
+    if (faults.finalUpdateStatus) return reply.code(faults.finalUpdateStatus).send({ message: 'injected fault' });
     if (faults.updateAcceptedTimes) {
       faults.updateAcceptedTimes--;
       return reply.code(202).header('Job-Status', 'running').header('X-GitLab-Trace-Update-Interval', interval).send();

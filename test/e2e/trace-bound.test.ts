@@ -1,0 +1,62 @@
+// A job that prints far more than the manager's per-job trace buffer: reading from the VM pauses
+// while GitLab has not acknowledged a buffer's worth (the output waits in the VM's file), and when
+// GitLab loses part of the trace (416 below what was dropped) the executor produces it again from
+// the VM's file. GitLab ends with every line once, in order, and a matching checksum.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { startGitLabEmulator, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
+import { TRACE_BUFFER_BYTES } from '../../src/gitlab/trace.js';
+import { createLogger } from '../../src/isolation/redact.js';
+import { startShard, type Shard } from '../../src/manager/shard.js';
+import { databaseKinds, freshDatabase, type TestDatabase } from '../helpers/database.js';
+import { shardYaml, TOKEN } from '../helpers/shard.js';
+
+const LINES = 400_000; // ~3.3 MB of output
+
+describe.each(databaseKinds())('trace memory bound on %s', (kind) => {
+  let gitlab: GitLabEmulator;
+  let shard: Shard;
+  let db: TestDatabase;
+  let dataDir: string;
+
+  beforeAll(async () => {
+    dataDir = mkdtempSync(join(tmpdir(), 'rf-trace-bound-'));
+    db = await freshDatabase(kind);
+    gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
+    const config = parseConfig(shardYaml({ shard: `trace-${kind}`, gitlabUrl: gitlab.url, dbUrl: db.url, dataDir, idle: 1, max: 2 }));
+    shard = await startShard({ config, log: createLogger({ level: 'silent' }), tickMs: 100, defaultMetrics: false, http: false, reportPollMs: 200 });
+  });
+
+  afterAll(async () => {
+    await shard?.drain({ timeoutMs: 20_000 });
+    await gitlab?.close();
+    await db?.drop();
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('keeps at most about one buffer per job in memory and resends from the VM file after GitLab loses trace', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: [`seq 1 ${LINES}`], git: false });
+    // Once GitLab holds 1 MB, it loses everything past 100 KB: far below what the manager still holds.
+    const arm = setInterval(() => {
+      if (gitlab.job(id).trace.length > 1024 * 1024) {
+        gitlab.faults.traceTruncateOnce = 100 * 1024;
+        clearInterval(arm);
+      }
+    }, 5);
+    const final = await gitlab.waitForFinal(id, 120_000);
+    clearInterval(arm);
+    expect(gitlab.faults.traceTruncateOnce).toBeUndefined(); // the loss did happen
+    expect(final.state).toBe('success');
+    const numbers = final.trace.split('\n').filter((l) => /^\d+$/.test(l));
+    expect(numbers.length).toBe(LINES);
+    expect(numbers.every((n, i) => Number(n) === i + 1)).toBe(true);
+    expect(final.traceValid).toBe(true);
+    const highWater = (await shard.metrics.traceBufferHighWater.get()).values.find((v) => v.labels['class'] === 'saas-linux-small-amd64')?.value ?? -1;
+    expect(highWater).toBeGreaterThan(0);
+    // One buffer, plus what arrives in the SSH packet that crosses the mark.
+    expect(highWater).toBeLessThanOrEqual(TRACE_BUFFER_BYTES + 64 * 1024);
+  }, 150_000);
+});

@@ -1,0 +1,113 @@
+// The detached-job commands run by a real shell (bash -c, as a VM's sshd would), with HOME in a
+// temporary directory: start and stream, re-attach from an offset, one run however often the
+// start is repeated, a half-sent script never runs, kill records why, and the end lines parse.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { killCommand, parseAttachEnd, startOrAttachCommand } from '../../src/gitlab/detach.js';
+import { endCauseOf } from '../../src/manager/executor.js';
+import { reportBackoffMs } from '../../src/manager/job-reports.js';
+import { recoveryPlan } from '../../src/manager/reconciler.js';
+
+const home = mkdtempSync(join(tmpdir(), 'rf-detach-'));
+afterAll(() => rmSync(home, { recursive: true, force: true }));
+
+function sh(command: string, stdin = ''): Promise<{ stdout: string; stderr: string; firstByteMs: number }> {
+  return new Promise((resolve) => {
+    const t0 = Date.now();
+    let firstByteMs = -1;
+    const child = spawn('bash', ['-c', command], { env: { PATH: process.env['PATH']!, HOME: home } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c) => {
+      if (firstByteMs < 0) firstByteMs = Date.now() - t0;
+      stdout += c;
+    });
+    child.stderr.on('data', (c) => (stderr += c));
+    child.on('close', () => resolve({ stdout, stderr, firstByteMs }));
+    child.stdin.end(stdin);
+  });
+}
+
+const jobDir = (id: number) => join(home, '.runner-fleet/jobs', String(id));
+
+describe('detached job commands', () => {
+  it('starts the script detached, streams its output and ends with its exit status and output size', async () => {
+    const script = 'echo one\nsleep 0.3\necho two\nexit 3\n';
+    const r = await sh(startOrAttachCommand(1, Buffer.byteLength(script), 0), script);
+    expect(r.stdout).toBe('one\ntwo\n');
+    expect(parseAttachEnd(r.stderr)).toEqual({ kind: 'status', code: 3, size: 8 });
+    expect(readFileSync(join(jobDir(1), 'status'), 'utf8').trim()).toBe('3');
+  });
+
+  it('a repeated start runs nothing again and re-attaches from the offset asked', async () => {
+    const script = 'echo ran >> "$HOME/runs-2"\necho hello-from-2\n';
+    await sh(startOrAttachCommand(2, Buffer.byteLength(script), 0), script);
+    const again = await sh(startOrAttachCommand(2, Buffer.byteLength(script), 6), script);
+    expect(again.stdout).toBe('from-2\n');
+    expect(parseAttachEnd(again.stderr)).toEqual({ kind: 'status', code: 0, size: 13 });
+    expect(readFileSync(join(home, 'runs-2'), 'utf8')).toBe('ran\n');
+  });
+
+  it('keeps running when the watcher goes away, and a later attach gets the rest', async () => {
+    const script = 'for i in 1 2 3 4 5; do echo "n$i"; sleep 0.2; done\n';
+    const first = spawn('bash', ['-c', startOrAttachCommand(3, Buffer.byteLength(script), 0)], { env: { PATH: process.env['PATH']!, HOME: home }, detached: true });
+    first.stdin.end(script);
+    let got = '';
+    await new Promise<void>((resolve) => first.stdout.on('data', (c) => ((got += c), got.includes('n2') && resolve())));
+    process.kill(-first.pid!, 'SIGKILL'); // the watcher's whole process group, as a dropped session
+    const rest = await sh(startOrAttachCommand(3, Buffer.byteLength(script), Buffer.byteLength(got)), script);
+    expect(got + rest.stdout).toBe('n1\nn2\nn3\nn4\nn5\n');
+    expect(parseAttachEnd(rest.stderr)).toMatchObject({ kind: 'status', code: 0 });
+  });
+
+  it('never runs a script that arrived incomplete, and claims nothing', async () => {
+    const r = await sh(startOrAttachCommand(4, 1000, 0), 'echo partial\n');
+    expect(parseAttachEnd(r.stderr)).toEqual({ kind: 'error', message: 'the job script arrived incomplete' });
+    expect(existsSync(jobDir(4))).toBe(false);
+  });
+
+  it('kill ends the job group and records why; the attach reports it', async () => {
+    const script = 'echo started\nsleep 30\n';
+    const watching = sh(startOrAttachCommand(5, Buffer.byteLength(script), 0), script);
+    while (!existsSync(join(jobDir(5), 'pid'))) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 200));
+    await sh(killCommand(5, 'canceled'));
+    const r = await watching;
+    expect(r.stdout).toBe('started\n');
+    expect(parseAttachEnd(r.stderr)).toEqual({ kind: 'killed', reason: 'canceled', size: 8 });
+    const pid = Number(readFileSync(join(jobDir(5), 'pid'), 'utf8'));
+    expect(() => process.kill(pid, 0)).toThrow();
+  });
+});
+
+describe('re-attach decisions', () => {
+  it('maps attach ends to job ends', () => {
+    expect(endCauseOf({ kind: 'status', code: 0, size: 1 })).toEqual({ kind: 'exit', code: 0 });
+    expect(endCauseOf({ kind: 'killed', reason: 'timeout', size: 1 })).toEqual({ kind: 'timeout' });
+    expect(endCauseOf({ kind: 'killed', reason: 'canceled', size: 1 })).toEqual({ kind: 'canceled' });
+    expect(endCauseOf({ kind: 'lost', size: 1 }).kind).toBe('system');
+    expect(endCauseOf({ kind: 'unlaunched' }).kind).toBe('system');
+    expect(parseAttachEnd('noise\nrf-status 7 120\n')).toEqual({ kind: 'status', code: 7, size: 120 });
+    expect(parseAttachEnd('connection reset')).toBeNull();
+  });
+
+  it('re-attaches only detached jobs on a VM still theirs, with their attach data', () => {
+    const attach = { guest_os: 'linux', payload_enc: 'x' };
+    expect(recoveryPlan(attach, { state: 'running' }, true)).toEqual({ action: 'reattach' });
+    expect(recoveryPlan(attach, { state: 'assigned' }, true)).toEqual({ action: 'reattach' });
+    expect(recoveryPlan(attach, { state: 'creating' }, true).action).toBe('fail');
+    expect(recoveryPlan({ guest_os: null, payload_enc: null }, { state: 'running' }, true).action).toBe('fail');
+    expect(recoveryPlan({ guest_os: 'windows', payload_enc: 'x' }, { state: 'running' }, true).action).toBe('fail');
+    expect(recoveryPlan(attach, undefined, true).action).toBe('fail');
+  });
+
+  it('backs report retries off exponentially, jittered, capped', () => {
+    expect(reportBackoffMs(1, 1000, 60_000, 1)).toBe(1000);
+    expect(reportBackoffMs(3, 1000, 60_000, 1)).toBe(4000);
+    expect(reportBackoffMs(30, 1000, 60_000, 1)).toBe(60_000);
+    expect(reportBackoffMs(3, 1000, 60_000, 0)).toBe(2000);
+  });
+});
