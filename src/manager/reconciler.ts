@@ -143,6 +143,11 @@ export class Reconciler {
 
   private sweeping: Promise<number> | null = null;
 
+  /** Resolves once the sweep in flight (if any) ended: a shutdown waits for it before closing the database. */
+  async idle(): Promise<void> {
+    await this.sweeping?.catch(() => {});
+  }
+
   /**
    * One list per provider: delete cloud VMs of this shard the database does not know as live,
    * fail rows whose VM is known gone (so they are replaced), and fail rows stuck mid-creation.

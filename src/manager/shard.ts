@@ -309,7 +309,10 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
     delivery.start();
     cleanups.push(() => delivery.stop());
     const sweepTimer = setInterval(() => void reconciler.sweep().catch((err) => log.warn({ err }, 'sweep failed')), opts.sweepMs ?? 30_000);
-    cleanups.push(async () => clearInterval(sweepTimer));
+    cleanups.push(async () => {
+      clearInterval(sweepTimer);
+      await reconciler.idle();
+    });
     // Jobs handed to a manager that died before binding them: failed back, not left to GitLab's stuck-job timeout.
     const handouts = () => void failStrandedHandouts({ config, store, gitlab, metrics, clock }, log).catch((err) => log.warn({ err }, 'handout sweep failed'));
     handouts();
