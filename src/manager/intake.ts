@@ -13,7 +13,7 @@ import type { Metrics } from './metrics.js';
 import { intakeMode } from './autoscaler.js';
 import { newVm, type Pool } from './pool.js';
 import type { DemandModel } from './predictive.js';
-import { InvalidTransitionError, type Store } from './store.js';
+import { InvalidTransitionError, type BindJobInput, type Store } from './store.js';
 import pRetry from 'p-retry';
 import { FencedError, isTransientDbError } from '../db/fence.js';
 
@@ -166,19 +166,26 @@ export class Intake {
     }
   }
 
-  private async acceptCold(cls: ClassConfig, claim: string, parsed: ParsedJob, pickedAt: number, log: Logger): Promise<boolean> {
+  /** A well-formed job's bind fields (its arrival observed), or null once a malformed one is refused. */
+  private async admit(cls: ClassConfig, parsed: ParsedJob, pickedAt: number, log: Logger) {
     if (!parsed.ok) {
       await this.reject(cls, { ...parsed, error: `malformed job payload: ${parsed.error}` }, pickedAt, log);
-      return false;
+      return null;
     }
     const job = parsed.job;
     const timeoutSeconds = jobTimeoutSeconds(job, cls.jobTimeoutMs / 1000);
     const queuedSeconds = job.job_info?.time_in_queue_seconds ?? null;
     this.observe(cls, job, pickedAt, queuedSeconds);
+    const bind: Omit<BindJobInput, 'vmId'> = { jobId: job.id, className: cls.name, token: job.token, ...jobIdentity(job), queuedSeconds, timeoutSeconds, pickedAt: new Date(pickedAt) };
+    return { job, timeoutSeconds, queuedSeconds, bind };
+  }
+
+  private async acceptCold(cls: ClassConfig, claim: string, parsed: ParsedJob, pickedAt: number, log: Logger): Promise<boolean> {
+    const admitted = await this.admit(cls, parsed, pickedAt, log);
+    if (!admitted) return false;
+    const { job, timeoutSeconds, queuedSeconds, bind } = admitted;
     const vm = newVm(this.d.config.shard, cls);
-    const outcome = await this.bindWithRetry(job.id, vm.id, log, () =>
-      this.d.store.bindJobToNewVm({ jobId: job.id, className: cls.name, token: job.token, ...jobIdentity(job), queuedSeconds, timeoutSeconds, pickedAt: new Date(pickedAt), vm }),
-    );
+    const outcome = await this.bindWithRetry(job.id, vm.id, log, () => this.d.store.bindJobToNewVm({ ...bind, vm }));
     if (outcome === 'duplicate') {
       log.warn({ job: job.id }, 'GitLab handed out a job this shard already holds; its executor runs it');
       return false;
@@ -240,17 +247,10 @@ export class Intake {
 
   /** Returns true when the job was bound to the VM and handed to the executor. */
   private async accept(cls: ClassConfig, vmId: string, parsed: ParsedJob, pickedAt: number, log: Logger): Promise<boolean> {
-    if (!parsed.ok) {
-      await this.reject(cls, { ...parsed, error: `malformed job payload: ${parsed.error}` }, pickedAt, log);
-      return false;
-    }
-    const job = parsed.job;
-    const timeoutSeconds = jobTimeoutSeconds(job, cls.jobTimeoutMs / 1000);
-    const queuedSeconds = job.job_info?.time_in_queue_seconds ?? null;
-    this.observe(cls, job, pickedAt, queuedSeconds);
-    const ids = jobIdentity(job);
-    const bind = (id: string) =>
-      this.bindWithRetry(job.id, id, log, () => this.d.store.bindJob({ vmId: id, jobId: job.id, className: cls.name, token: job.token, ...ids, queuedSeconds, timeoutSeconds, pickedAt: new Date(pickedAt) }));
+    const admitted = await this.admit(cls, parsed, pickedAt, log);
+    if (!admitted) return false;
+    const { job, timeoutSeconds, queuedSeconds } = admitted;
+    const bind = (id: string) => this.bindWithRetry(job.id, id, log, () => this.d.store.bindJob({ ...admitted.bind, vmId: id }));
     let outcome: 'bound' | 'duplicate';
     try {
       outcome = await bind(vmId);
