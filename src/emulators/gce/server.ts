@@ -88,6 +88,11 @@ export interface GceEmulatorOptions {
   waitMaxMs?: number;
   /** How long a sandbox may take to listen before its instance is TERMINATED. */
   bootTimeoutMs?: number;
+  /**
+   * How long a finished operation (and its requestId) is kept (default 60 min: GCE keeps a
+   * requestId for at least 60 minutes). Soak benchmarks shorten it so the emulator stays flat.
+   */
+  operationRetentionMs?: number;
   /** Test hook: a directory put first on every VM's PATH (e.g. a `powershell.exe` shim for Windows VMs). */
   extraPathDir?: string;
   /** Randomness of the chaos faults (errorRate...), in [0, 1); Math.random by default. */
@@ -224,6 +229,8 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const operations = new Map<string, Op>(); // `${project}/${zone}/${opName}`
   const requestIds = new Map<string, Op>(); // `${project}/${requestId}`
   const inserted = new Map<string, Json>();
+  /** Deleted instances, by name: their insert bodies are forgotten with the operations' retention. */
+  const removedAt = new Map<string, number>();
   const firewalls = new Map<string, Json[]>(); // project -> Firewall resources
   const hung = new Set<() => void>();
   const hungFaults = new Set<() => void>();
@@ -358,9 +365,28 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
         resolve();
       },
     };
+    pruneOperations();
     operations.set(key(project, zone, name), op);
     if (reqId) requestIds.set(`${project}/${reqId}`, op);
     return op;
+  }
+
+  /** Forget finished operations past their retention, oldest first (maps keep insertion order). */
+  function pruneOperations(): void {
+    const before = Date.now() - (opts.operationRetentionMs ?? 3600_000);
+    for (const [k, op] of operations) {
+      if (op.json['status'] !== 'DONE' || Date.parse(String(op.json['endTime'])) > before) break;
+      operations.delete(k);
+    }
+    for (const [k, op] of requestIds) {
+      if (op.json['status'] !== 'DONE' || Date.parse(String(op.json['endTime'])) > before) break;
+      requestIds.delete(k);
+    }
+    for (const [name, at] of removedAt) {
+      if (at > before) break;
+      removedAt.delete(name);
+      if (![...instances.values()].some((i) => i.name === name)) inserted.delete(name);
+    }
   }
 
   /** The operation a request with this requestId already started, if any. */
@@ -544,6 +570,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     setStatus(inst, 'STOPPING');
     await killSandbox(inst);
     instances.delete(key(inst.project, inst.zone, inst.name));
+    removedAt.set(inst.name, Date.now());
     for (const w of inst.runningWaiters.splice(0)) w();
   }
 

@@ -74,6 +74,8 @@ export interface GitLabEmulator {
   waitFor(jobId: number, pred: (j: EmuJob) => boolean, timeoutMs: number): Promise<EmuJob>;
   waitForFinal(jobId: number, timeoutMs: number): Promise<EmuJob>;
   stats(): EmulatorStats;
+  /** Drop a finished job's record (long soaks keep the emulator's memory flat). */
+  forget(jobId: number): void;
   close(): Promise<void>;
 }
 
@@ -335,6 +337,13 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     stats() {
       const all = [...jobs.values()];
       return { requests, upToDate, pending: all.filter((j) => j.state === 'pending').length, running: all.filter((j) => j.state === 'running' || j.state === 'canceling').length, finished: all.filter((j) => FINAL.includes(j.state)).length };
+    },
+    forget(jobId) {
+      const j = jobs.get(jobId);
+      if (!j || !FINAL.includes(j.state)) return;
+      jobs.delete(jobId);
+      specs.delete(jobId);
+      payloads.delete(jobId);
     },
     async close() {
       await app.close();
