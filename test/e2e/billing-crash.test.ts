@@ -52,13 +52,15 @@ describe.each(databaseKinds())('billing across SIGKILLs on %s', (kind) => {
       await new Promise((r) => child.once('exit', r));
     }
 
-    const shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'silent' }), tickMs: 100, defaultMetrics: false, http: false });
+    const shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'silent' }), tickMs: 100, sweepMs: 1000, defaultMetrics: false, http: false });
     cleanups.push(() => shard.close());
-    // A kill between GitLab's answer to /jobs/request and the transaction that records the job
-    // loses that job to GitLab's stuck-job timeout: the Runner API has no lease to take back.
-    // Every other job ends, and every job the manager recorded is finished and reported.
+    // A kill while GitLab's answer to /jobs/request is still on its way loses that job to
+    // GitLab's stuck-job timeout: the Runner API has no lease to take back. A job whose handout
+    // was recorded but not bound is failed back by the next manager (after a grace). Every other
+    // job ends, and every job the manager recorded is finished and reported.
     const known = async () => new Set((await shard.store.db.selectFrom('jobs').select('id').execute()).map((j) => Number(j.id)));
     await waitUntil(async () => {
+      if ((await shard.store.db.selectFrom('job_handouts').select('job_id').execute()).length > 0) return false;
       const k = await known();
       return ids.every((id) => ['success', 'failed', 'canceled'].includes(gitlab.job(id).state) || (gitlab.job(id).state === 'running' && !k.has(id)));
     }, 180_000, 'every job final in GitLab, or lost in a kill before it was recorded');
