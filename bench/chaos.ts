@@ -49,6 +49,7 @@ try {
   };
   const rows: [string, string, string][] = [
     ['jobs final in GitLab', `${r.finalInGitLab} / ${r.jobs} (${((100 * r.finalInGitLab) / r.jobs).toFixed(1)}%)`, '100%'],
+    ['jobs lost while GitLab\'s answer was on the wire at a kill', String(r.lostInFlight), '0'],
     ['jobs succeeded / system failures / other failures', `${r.succeeded} / ${r.systemFailures} / ${r.otherFailures}`, ''],
     ['jobs run twice', String(r.runTwice), '0'],
     ['VMs that ran two jobs', String(r.vmsWithTwoJobs), '0'],

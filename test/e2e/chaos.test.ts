@@ -26,10 +26,13 @@ describe.runIf(process.env['DATABASE_URL'])('chaos (short run)', () => {
       });
       process.stderr.write(`chaos (short run): ${JSON.stringify(r)}\n`);
       expect(r.problems).toEqual([]);
-      expect(r.finalInGitLab).toBe(r.jobs);
+      // A kill while GitLab's answer is on the wire loses that job (the Runner API cannot hand it
+      // out again): at most one per kill; every job any manager recorded ends.
+      expect(r.lostInFlight).toBeLessThanOrEqual(r.kills);
+      expect(r.finalInGitLab).toBe(r.jobs - r.lostInFlight);
       expect(r.runTwice).toBe(0);
       expect(r.vmsWithTwoJobs).toBe(0);
-      expect(r.billing).toEqual({ exactlyOne: r.jobs, missing: 0, doubled: 0, billableSystemFailures: 0 });
+      expect(r.billing).toEqual({ exactlyOne: r.jobs - r.lostInFlight, missing: r.lostInFlight, doubled: 0, billableSystemFailures: 0 });
       expect(r.vmsLeft).toBe(0);
       expect(r.healthyVmsDeleted).toBe(0);
       expect(r.kills).toBe(3);
