@@ -258,6 +258,8 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
           }
           await sleep(100);
         }
+        // Kill while jobs run (up to 5 s more): the kills are there to test re-attaching.
+        for (let t = 0; t < 50 && !gitlab.jobs().some((j) => j.state === 'running' && j.trace.includes('chaos line')); t++) await sleep(100);
         const active = await activeManager();
         if (!active) continue;
         for (const j of gitlab.jobs()) if (j.state === 'running' && j.trace.includes('chaos line')) runningAtKill.add(j.id);
