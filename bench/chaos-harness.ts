@@ -192,7 +192,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     managers.push(spawnManager(0), spawnManager(1));
     if ((await waitActive(60_000)) === Infinity) throw new Error(`no manager became active (logs in ${dir})`);
     say('a manager is active; jobs arrive');
-    applyCloudFaults(gce, { errorRate: o.cloudErrorRate, stockoutZone: o.stockoutZone, rand });
+    applyCloudFaults(gce, { errorRate: o.cloudErrorRate, stockoutZone: o.stockoutZone });
 
     // Arrivals: spread over arrivalS, in small pipeline-like bursts.
     const arrivals = (async () => {
@@ -369,7 +369,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
  * mutations again act and then answer 503 (a third of those lose the answer altogether); one
  * zone stocked out for the whole run.
  */
-function applyCloudFaults(gce: GceEmulator, f: { errorRate: number; stockoutZone?: string | undefined; rand: () => number }): void {
+function applyCloudFaults(gce: GceEmulator, f: { errorRate: number; stockoutZone?: string | undefined }): void {
   if (f.stockoutZone) gce.faults.stockoutZones.add(f.stockoutZone);
   gce.faults.errorRate = f.errorRate;
   gce.faults.errorAfterRate = f.errorRate / 2;

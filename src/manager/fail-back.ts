@@ -13,6 +13,9 @@ import { machineType, reportFinal } from './executor.js';
 import type { Metrics } from './metrics.js';
 import type { Store } from './store.js';
 
+/** Writes a retry can cure (deadlocks, lost connections): how intake and fail-back retry them. */
+export const DB_RETRY = { retries: 4, minTimeout: 100, maxTimeout: 2000, shouldRetry: ({ error }: { error: unknown }) => isTransientDbError(error) };
+
 export interface FailBackDeps {
   config: ShardConfig;
   store: Store;
@@ -47,9 +50,7 @@ export async function failJobBack(
     outcome: 'failed',
     failureReason,
   });
-  await pRetry(() => d.store.recordRejectedJob({ jobId: job.jobId, className, token: job.token, pickedAt: at, failureReason, event }), {
-    retries: 4, minTimeout: 100, maxTimeout: 2000, shouldRetry: ({ error }) => isTransientDbError(error),
-  }).catch((err) => log.error({ job: job.jobId, err: (err as Error).message }, 'could not record the refused job: its billing event is missing'));
+  await pRetry(() => d.store.recordRejectedJob({ jobId: job.jobId, className, token: job.token, pickedAt: at, failureReason, event }), DB_RETRY).catch((err) => log.error({ job: job.jobId, err: (err as Error).message }, 'could not record the refused job: its billing event is missing'));
   d.metrics.jobsTotal.inc({ class: className, result: 'rejected' });
   const message = Buffer.from(`ERROR: runner-fleet could not run this job: ${job.error}\n`);
   const sent = await d.gitlab.patchTrace(job.jobId, job.token, message, 0).catch(() => null);

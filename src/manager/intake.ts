@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { GitLabClient } from '../gitlab/client.js';
 import { jobTimeoutSeconds, parseJobPayload, type ParsedJob } from '../gitlab/job-payload.js';
-import { failJobBack } from './fail-back.js';
+import { DB_RETRY, failJobBack } from './fail-back.js';
 import type { Clock } from './clock.js';
 import { jobIdentity, type Executor } from './executor.js';
 import type { Metrics } from './metrics.js';
@@ -35,8 +35,6 @@ export interface IntakeDeps {
   canRequest?: () => boolean;
 }
 
-/** A bind the database did not take: how often to try it before failing the job back to GitLab. */
-const BIND_RETRIES = 4;
 
 /** After a 403 the runner token is wrong or revoked: ask again rarely. */
 const FORBIDDEN_BACKOFF_MS = 60_000;
@@ -216,10 +214,8 @@ export class Intake {
         return 'duplicate' as const;
       },
       {
-        retries: BIND_RETRIES,
-        minTimeout: 100,
-        maxTimeout: 2000,
-        shouldRetry: ({ error }) => isTransientDbError(error) && !this.abort.signal.aborted,
+        ...DB_RETRY,
+        shouldRetry: ({ error }) => DB_RETRY.shouldRetry({ error }) && !this.abort.signal.aborted,
         onFailedAttempt: ({ error, attemptNumber }) => log.warn({ job: jobId, attempt: attemptNumber, err: error.message }, 'binding the job failed'),
       },
     );

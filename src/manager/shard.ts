@@ -121,7 +121,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     let current: Activation | null = null;
     let last: Activation | null = null;
     const stopping = new AbortController();
-    let activeWaiters: (() => void)[] = [];
+    const activeWaiters: (() => void)[] = [];
     // While startShard waits for the first activation: how to fail it.
     const first: { fail: ((err: unknown) => void) | null } = { fail: null };
     let heldLease: ShardLease | null = null;
