@@ -30,6 +30,10 @@ describe.each(databaseKinds())('intake safety on %s', (kind) => {
     realBind = shard.store.bindJob.bind(shard.store);
   });
 
+  // These tests patch the warm-VM bind; a job that arrives while no warm VM is ready takes the
+  // cold-start bind instead, so each waits for the pool first.
+  const warmVmReady = () => waitUntil(async () => (await shard.store.liveVms()).some((v) => v.state === 'ready'), 60_000, 'a warm VM');
+
   afterAll(async () => {
     shard.store.bindJob = realBind;
     await shard?.drain({ timeoutMs: 20_000 });
@@ -39,6 +43,7 @@ describe.each(databaseKinds())('intake safety on %s', (kind) => {
   });
 
   it('retries a bind the database refused with a deadlock, then runs the job', async () => {
+    await warmVmReady();
     let failures = 0;
     shard.store.bindJob = async (input) => {
       if (failures++ < 2) throw Object.assign(new Error('deadlock detected'), { code: '40P01' });
@@ -53,6 +58,7 @@ describe.each(databaseKinds())('intake safety on %s', (kind) => {
   });
 
   it('takes a bind that committed but lost its answer as bound, and runs the job once', async () => {
+    await warmVmReady();
     let calls = 0;
     shard.store.bindJob = async (input) => {
       calls++;
@@ -70,6 +76,7 @@ describe.each(databaseKinds())('intake safety on %s', (kind) => {
   });
 
   it('fails a job it cannot record back to GitLab at once, saying why, with one non-billable event', async () => {
+    await warmVmReady();
     shard.store.bindJob = async () => {
       throw new FencedError(shard.config.shard, 1, 2);
     };
