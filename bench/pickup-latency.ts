@@ -30,6 +30,7 @@ classes:
     pool: { idle: ${Number(values.idle)}, max: ${Number(values.idle) + parallel + 2} }
 providers: { local: {} }
 dataDir: "${dataDir}"
+secrets: { key: "bench-secret-key-0123456789abcdef" }
 log: { level: warn }
 `);
 const shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, http: false, defaultMetrics: false });

@@ -53,7 +53,8 @@ export async function runDemo(args: string[]): Promise<number> {
   const gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
   log.info({ url: gitlab.url }, 'GitLab emulator listening');
   const config = parseConfig(demoConfigYaml({ gitlabUrl: gitlab.url, listen: values.listen!, dataDir, bootDelay: values['boot-delay']! }));
-  const shard = await startShard({ config, log });
+  // demo: no secrets key needed (a key kept in the database, with a warning).
+  const shard = await startShard({ config, log, demo: true });
   const feed = startDemoFeed(gitlab, {
     runnerTokens: { 'saas-linux-small-amd64': 'demo-small-token', 'saas-linux-medium-amd64': 'demo-medium-token' },
     ...(values.jobs ? { limit: Number(values.jobs) } : {}),

@@ -22,6 +22,8 @@ export interface ApiDeps {
   log: Logger;
   /** Extra readiness check for /readyz, e.g. "the manager holds the shard lock". */
   ready?: () => Promise<import('./health.js').Readiness>;
+  /** Unsafe settings in force, listed in the /readyz body. */
+  warnings?: readonly string[];
 }
 
 /** Request lines at debug, not info: probes and scrapes would otherwise flood the log. */
@@ -57,7 +59,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route ${req.method} ${req.url.split('?')[0]}` }));
 
-  await app.register(healthRoutes, { db: deps.db, ...(deps.ready ? { ready: deps.ready } : {}) });
+  await app.register(healthRoutes, { db: deps.db, ...(deps.ready ? { ready: deps.ready } : {}), ...(deps.warnings ? { warnings: deps.warnings } : {}) });
   await app.register(metricsRoutes, { metrics: deps.metrics });
   await app.register(statusRoutes, { db: deps.db, shard: deps.shard });
   await app.register(adminRoutes, { db: deps.db, shard: deps.shard, adminToken: deps.adminToken });

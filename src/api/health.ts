@@ -12,11 +12,13 @@ export interface HealthOptions {
   ready?: () => Promise<Readiness>;
   /** Longest a readiness check may take before it counts as failed (default 2 s). */
   checkTimeoutMs?: number;
+  /** Unsafe settings the manager runs with (a `warnings` array in every /readyz body when any). */
+  warnings?: readonly string[];
 }
 
 const statusSchema = {
   type: 'object',
-  properties: { status: { type: 'string' }, reason: { type: 'string' } },
+  properties: { status: { type: 'string' }, reason: { type: 'string' }, warnings: { type: 'array', items: { type: 'string' } } },
   required: ['status'],
 } as const;
 
@@ -27,11 +29,12 @@ export async function healthRoutes(app: FastifyInstance, opts: HealthOptions): P
 
   app.get('/readyz', { schema: { response: { 200: statusSchema, 503: statusSchema } } }, async (req, reply) => {
     const not = await notReady(opts, timeoutMs);
-    if (not === null) return { status: 'ready' };
+    const warnings = opts.warnings?.length ? { warnings: [...opts.warnings] } : {};
+    if (not === null) return { status: 'ready', ...warnings };
     // A standby is healthy: it says so at debug, not as a warning every probe.
     if (not.status === 'standby') req.log.debug(not, 'standby');
     else req.log.warn(not, 'not ready');
-    return reply.code(503).send(not);
+    return reply.code(503).send({ ...not, ...warnings });
   });
 }
 

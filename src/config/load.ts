@@ -114,6 +114,10 @@ function crossFieldErrors(input: unknown): string[] {
   if (isRecord(providers)) {
     for (const [name, raw] of Object.entries(providers)) errors.push(...(providerValidators(name)?.config?.(raw) ?? []));
   }
+  const secrets = input['secrets'];
+  if (isRecord(secrets) && secrets['key'] != null && secrets['keyFile'] != null) {
+    errors.push('secrets.keyFile: expected either secrets.key or secrets.keyFile, not both');
+  }
   const isolation = input['isolation'];
   if (isRecord(isolation) && isolation['audit'] === 'enforce' && !(Array.isArray(isolation['managerRanges']) && isolation['managerRanges'].length > 0)) {
     errors.push(`isolation.managerRanges: expected at least one CIDR (the manager's addresses) with isolation.audit: enforce, got ${describeValue(isolation['managerRanges'] ?? [], [])}`);
@@ -167,7 +171,7 @@ function toShardConfig(raw: RawShardConfig, baseDir: string): ShardConfig {
     classes,
     providers: raw.providers,
     dataDir,
-    secrets: { key: raw.secrets.key },
+    secrets: { key: raw.secrets.key, keyFile: raw.secrets.keyFile === null ? null : resolve(baseDir, raw.secrets.keyFile) },
     billing: { token: raw.billing.token, webhooks: raw.billing.webhooks.map((w) => ({ url: w.url, secret: w.secret, batchSize: w.batchSize, deadLetterAfterMs: w.deadLetterAfter })) },
     isolation: { managerRanges: raw.isolation.managerRanges, audit: raw.isolation.audit, auditIntervalMs: raw.isolation.auditInterval },
     log: { level: raw.log.level },

@@ -203,7 +203,9 @@ export const shardSchema = z.strictObject(
     classes: z.record(z.string(), classSchema, { error: 'mapping of runner classes' }),
     providers: z.record(z.string(), mapping, { error: 'mapping of providers' }).nullable().transform((v) => v ?? {}).default({}),
     dataDir: nonEmpty('non-empty path').default('./data'),
-    secrets: z.strictObject({ key: token(16).default(null) }, { error: 'mapping' }).default({ key: null }),
+    secrets: z
+      .strictObject({ key: token(16).default(null), keyFile: nonEmpty('non-empty path of a file holding the key').nullable().default(null) }, { error: 'mapping' })
+      .default({ key: null, keyFile: null }),
     billing: z
       .strictObject(
         { token: token(16).default(null), webhooks: z.array(webhookSchema, { error: 'list of webhook sinks' }).default([]) },

@@ -73,8 +73,11 @@ export interface ShardConfig {
   providers: Record<string, Record<string, unknown>>;
   /** Where on-disk state lives (PGlite files, local sandboxes). */
   dataDir: string;
-  /** Encryption key for VM private keys and job tokens at rest; null = a key kept in the database. */
-  secrets: { key: string | null };
+  /**
+   * Encryption key for VM private keys and job tokens at rest, as material (key) or a file holding
+   * it (keyFile, absolute; read at start). Both null: a key kept in the database, `demo` only.
+   */
+  secrets: { key: string | null; keyFile?: string | null };
   billing: BillingConfig;
   isolation: IsolationConfig;
   log: { level: string };

@@ -15,6 +15,13 @@ export interface ShardSecretsTable {
 }
 
 /** bigint columns arrive as strings from pg. */
+/** 007: the random scrypt salt of a shard's passphrase key (not secret). */
+export interface ShardKeySaltsTable {
+  shard: string;
+  salt: string;
+  created_at: Generated<Date>;
+}
+
 export interface ShardEpochsTable {
   shard: string;
   epoch: ColumnType<string, number | string, number | string>;
@@ -49,7 +56,8 @@ export interface VmsTable {
   zone: string | null;
   internal_ip: string | null;
   public_key: string;
-  private_key_enc: string;
+  /** null once the VM is deleted (007). */
+  private_key_enc: ColumnType<string | null, string, string | null>;
   job_id: NullableBigInt;
   failure: string | null;
   created_at: Timestamp;
@@ -74,7 +82,8 @@ export interface JobsTable {
   class: string;
   vm_id: string | null;
   state: string;
-  token_enc: string;
+  /** null once GitLab acknowledged the job's final state (007). */
+  token_enc: ColumnType<string | null, string, string | null>;
   project_id: NullableBigInt;
   pipeline_id: NullableBigInt;
   namespace_id: NullableBigInt;
@@ -163,6 +172,7 @@ export interface Database {
   provider_resources: ProviderResourcesTable;
   provider_resource_events: ProviderResourceEventsTable;
   shard_secrets: ShardSecretsTable;
+  shard_key_salts: ShardKeySaltsTable;
   shard_epochs: ShardEpochsTable;
   shard_leases: ShardLeasesTable;
   job_handouts: JobHandoutsTable;

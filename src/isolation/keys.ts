@@ -52,45 +52,98 @@ export function generateVmKeyPair(comment: string): VmKeyPair {
   };
 }
 
-// Fixed salt: the key must be reproducible from the same material on every manager of a shard.
-const SCRYPT_SALT = 'runner-fleet/secrets/v1';
+// v1 ciphertexts (written before 007) used one fixed salt for every shard; kept only to read them.
+const LEGACY_SCRYPT_SALT = 'runner-fleet/secrets/v1';
+/**
+ * scrypt, not HKDF: a passphrase is low-entropy, and scrypt's memory-hard work makes guessing it
+ * from a stolen database expensive; HKDF suits only material that is already uniformly random.
+ * N = 2^15 (32 MiB, ~0.1 s): paid once per manager start.
+ */
+const SCRYPT = { N: 1 << 15, r: 8, p: 1, maxmem: 64 * 1024 * 1024 } as const;
 
-/** A 32-byte key from configured material: 64 hex chars or base64 of 32 bytes are used as is, anything else goes through scrypt. */
-export function deriveKey(material: string): Buffer {
+/** 64 hex chars or base64(url) of 32 bytes: a key used as is; null for anything else (a passphrase). */
+export function rawKey(material: string): Buffer | null {
   const m = material.trim();
-  if (m.length === 0) throw new Error('secret key material is empty');
   if (/^[0-9a-fA-F]{64}$/.test(m)) return Buffer.from(m, 'hex');
   if (/^[A-Za-z0-9+/]{43}=?$/.test(m) || /^[A-Za-z0-9_-]{43}$/.test(m)) {
     const b = Buffer.from(m, m.includes('-') || m.includes('_') ? 'base64url' : 'base64');
     if (b.length === 32) return b;
   }
-  return scryptSync(m, SCRYPT_SALT, 32);
+  return null;
 }
 
-const VERSION = 'v1';
+/**
+ * A 32-byte key from configured material: a raw key is used as is, a passphrase goes through
+ * scrypt with `salt` (the shard's random salt, kept in the database: it is not secret).
+ * Without a salt: the v1 derivation (fixed salt), for ciphertexts written before 007.
+ */
+export function deriveKey(material: string, salt?: Buffer): Buffer {
+  const m = material.trim();
+  if (m.length === 0) throw new Error('secret key material is empty');
+  const raw = rawKey(m);
+  if (raw) return raw;
+  if (!salt) return scryptSync(m, LEGACY_SCRYPT_SALT, 32);
+  if (salt.length < 16) throw new Error(`secret key salt must be at least 16 bytes, got ${salt.length}`);
+  return scryptSync(m, salt, 32, SCRYPT);
+}
 
-/** AES-256-GCM: `v1:<iv b64>:<tag b64>:<ciphertext b64>`. */
-export function encryptSecret(plain: string, key: Buffer): string {
+/** The key new secrets are sealed with, and the one v1 ciphertexts were (computed on first need). */
+export interface SecretKeys {
+  key: Buffer;
+  legacy: Buffer | (() => Buffer);
+}
+
+/** Keys of configured material: for a raw key both are the key itself. */
+export function secretKeys(material: string, salt: Buffer): SecretKeys {
+  const key = deriveKey(material, salt);
+  if (rawKey(material)) return { key, legacy: key };
+  let legacy: Buffer | null = null;
+  return { key, legacy: () => (legacy ??= deriveKey(material)) };
+}
+
+const V1 = 'v1';
+const V2 = 'v2';
+
+/**
+ * AES-256-GCM: `v2:<iv b64>:<tag b64>:<ciphertext b64>`, authenticated with `context` as
+ * associated data, so a ciphertext only opens where it was written: its table, column, shard and
+ * row (`jobs.token_enc:<shard>:<job id>`). Copied to another row, it fails to decrypt.
+ */
+export function encryptSecret(plain: string, key: Buffer, context: string): string {
   assertKey(key);
   const iv = randomBytes(12);
   const cipher = createCipheriv('aes-256-gcm', key, iv);
+  cipher.setAAD(Buffer.from(context, 'utf8'));
   const ct = Buffer.concat([cipher.update(plain, 'utf8'), cipher.final()]);
-  return [VERSION, iv.toString('base64'), cipher.getAuthTag().toString('base64'), ct.toString('base64')].join(':');
+  return [V2, iv.toString('base64'), cipher.getAuthTag().toString('base64'), ct.toString('base64')].join(':');
 }
 
-export function decryptSecret(enc: string, key: Buffer): string {
-  assertKey(key);
+/**
+ * Opens a v2 ciphertext under `context`, or a v1 one (no associated data, written before 007)
+ * under `legacyKey`. Throws when the key or the context is not the one it was written with.
+ */
+export function decryptSecret(enc: string, key: Buffer, context: string, legacyKey: Buffer = key): string {
   const parts = enc.split(':');
-  if (parts.length !== 4 || parts[0] !== VERSION) throw new Error(`encrypted secret has an unknown format (expected ${VERSION}:iv:tag:ciphertext)`);
-  const [, iv, tag, ct] = parts as [string, string, string, string];
-  const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(iv, 'base64'));
+  if (parts.length !== 4 || (parts[0] !== V1 && parts[0] !== V2)) throw new Error(`encrypted secret has an unknown format (expected ${V2}:iv:tag:ciphertext)`);
+  const [version, iv, tag, ct] = parts as [string, string, string, string];
+  const k = version === V1 ? legacyKey : key;
+  assertKey(k);
+  const decipher = createDecipheriv('aes-256-gcm', k, Buffer.from(iv, 'base64'));
+  if (version === V2) decipher.setAAD(Buffer.from(context, 'utf8'));
   decipher.setAuthTag(Buffer.from(tag, 'base64'));
   try {
     return Buffer.concat([decipher.update(Buffer.from(ct, 'base64')), decipher.final()]).toString('utf8');
   } catch {
-    // GCM authentication failed: almost always a different secrets.key than the one that wrote it.
-    throw new Error('cannot decrypt secret: wrong key (secrets.key changed?) or corrupted data');
+    // GCM authentication failed: a different secrets key than the one that wrote it, or a
+    // ciphertext moved from the row it was written for.
+    throw new Error('cannot decrypt secret: wrong key (secrets.key changed?), a ciphertext moved to another row, or corrupted data');
   }
+}
+
+/** Opens with a key ring (SecretKeys); the legacy key is derived only if a v1 ciphertext shows up. */
+export function openSecret(enc: string, keys: SecretKeys, context: string): string {
+  const legacy = enc.startsWith(`${V1}:`) ? (typeof keys.legacy === 'function' ? keys.legacy() : keys.legacy) : keys.key;
+  return decryptSecret(enc, keys.key, context, legacy);
 }
 
 function assertKey(key: Buffer): void {

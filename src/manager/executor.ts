@@ -460,7 +460,7 @@ export class Executor {
   /** How to reach the VM, and its OS, from its provider; undefined when provider, key or address is missing. */
   private connectInfo(vm: VmRow): ConnectInfo | undefined {
     const provider = this.d.providers.get(vm.provider);
-    const key = this.d.store.tryDecrypt(vm.private_key_enc);
+    const key = this.d.store.vmPrivateKey(vm);
     if (!provider || !key || !vm.internal_ip) return undefined;
     return provider.connectInfo({ ...vmRef(vm), internalIp: vm.internal_ip }, key);
   }

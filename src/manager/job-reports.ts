@@ -134,7 +134,7 @@ export class JobReports {
 
   private async fromRow(r: JobRow): Promise<void> {
     const jobId = Number(r.id);
-    const token = this.d.store.tryDecrypt(r.token_enc);
+    const token = this.d.store.jobToken(r);
     if (!token) {
       // Written under another secrets.key: nothing can report it; it stays counted as pending.
       if (!this.due.has(jobId)) this.d.log.error({ job: jobId }, 'cannot report a finished job: its token is unreadable with the current secrets.key');

@@ -511,7 +511,7 @@ export class Pool {
 
   private probeVm(row: VmRow, provider: Provider, internalIp: string): void {
     const cls = this.d.config.classes[row.class]!;
-    const privateKey = this.d.store.tryDecrypt(row.private_key_enc);
+    const privateKey = this.d.store.vmPrivateKey(row);
     this.spawn([row.id], async () => {
       if (!privateKey) return void (await this.failVm(row, 'private key unreadable with the current secrets.key', 'key'));
       const info = provider.connectInfo({ ...vmRef(row), internalIp }, privateKey);

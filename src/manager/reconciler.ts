@@ -66,7 +66,7 @@ export class Reconciler {
       let plan = recoveryPlan(job, vm, !!this.d.executor && !!cls);
       let payload: JobPayload | null = null;
       if (plan.action === 'reattach') {
-        const text = store.tryDecrypt(job.payload_enc!);
+        const text = store.jobPayload(job);
         const parsed = text ? parseJobPayload(JSON.parse(text)) : null;
         if (parsed?.ok) payload = parsed.job;
         else plan = { action: 'fail', why: 'its saved payload is unreadable with the current secrets.key' };
@@ -98,7 +98,7 @@ export class Reconciler {
       let why: string | null = null;
       if (state === 'requested' || state === 'creating') why = 'creation interrupted by a restart';
       else if (state === 'assigned' || state === 'running') why = 'job interrupted by a restart';
-      else if ((state === 'ready' || state === 'booting') && !store.tryDecrypt(vm.private_key_enc)) why = 'private key unreadable with the current secrets.key';
+      else if ((state === 'ready' || state === 'booting') && !store.vmPrivateKey(vm)) why = 'private key unreadable with the current secrets.key';
       if (why && (await store.transition(vm.id, state, 'deleting', {}, why))) vmsDeleted++;
     }
     vmsDeleted += await this.sweep();
@@ -131,7 +131,7 @@ export class Reconciler {
     this.d.metrics.jobsReattached.inc({ class: job.class, outcome: 'failed' });
     this.d.log.warn({ job: jobId, why }, 'job was running when the manager stopped and cannot be re-attached; failing it');
     // Tell GitLab why in the trace (best effort: the trace may already hold the job's output).
-    const token = this.d.store.tryDecrypt(job.token_enc);
+    const token = this.d.store.jobToken(job);
     if (token) {
       const held = await this.d.gitlab.patchTrace(jobId, token, Buffer.alloc(0), 0).catch(() => null);
       const at = held?.nextOffset ?? 0;

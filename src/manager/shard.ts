@@ -21,9 +21,8 @@ import type { Database } from '../db/schema.js';
 import { acquireShardLock, readLease, type ManagerInstance, type ShardLease } from '../db/lock.js';
 import { migrateToLatest } from '../db/migrate.js';
 import { GitLabClient } from '../gitlab/client.js';
-import { deriveKey } from '../isolation/keys.js';
 import { startIsolationAudits } from './isolation-audit.js';
-import { providerFactory, registeredProviders, supportsStandby, type Provider, type SecretBox } from '../providers/provider.js';
+import { providerFactory, registeredProviders, supportsStandby, type Provider } from '../providers/provider.js';
 import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
 import { Executor } from './executor.js';
@@ -36,6 +35,8 @@ import { DbResourceStore } from './resource-store.js';
 import { failStrandedHandouts } from './fail-back.js';
 import { Pool } from './pool.js';
 import { Reconciler } from './reconciler.js';
+import { keySource, shardKeys } from './secret-keys.js';
+import { securityWarnings } from './security-warnings.js';
 import { Store } from './store.js';
 
 export interface ShardOptions {
@@ -60,6 +61,11 @@ export interface ShardOptions {
   lease?: { retryMs?: number; renewMs?: number; leaseMs?: number };
   /** Report outbox poll interval and retry base (tests use short ones). */
   reportPollMs?: number;
+  /**
+   * `runner-fleet demo`: may run without secrets.key/keyFile (a key kept in the database) and
+   * on the local provider without warnings. Anything else refuses to start without a key.
+   */
+  demo?: boolean;
 }
 
 export type ShardRole = 'standby' | 'active' | 'stopped';
@@ -103,17 +109,17 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
   const clock = opts.clock ?? realClock;
   const log = opts.log.bindings()['shard'] ? opts.log : opts.log.child({ shard: config.shard });
   const instance: ManagerInstance = { id: `runner-fleet-${randomBytes(6).toString('hex')}`, host: `${hostname()}/${process.pid}` };
+  // Before anything opens: no key (outside demo) or an unreadable key file stops the start here.
+  const keys = keySource(config.secrets, opts.demo === true);
+  const warnings = securityWarnings(config, opts.demo === true);
+  for (const w of warnings) log.warn(w);
   const database = await openDatabase(config.database.url, { log, applicationName: instance.id });
   const db = database.db;
   let api: FastifyInstance | null = null;
   try {
     await migrateToLatest(db, log);
-    const secretKey = config.secrets.key
-      ? deriveKey(config.secrets.key)
-      : deriveKey(await Store.databaseHeldKey(db, config.shard, () => randomBytes(32).toString('hex')));
-    if (!config.secrets.key) log.warn('secrets.key is not set: VM keys and job tokens are encrypted with a key kept in the database');
     const fence = new Fence(config.shard);
-    const store = new Store(db, config.shard, secretKey, fence);
+    const store = new Store(db, config.shard, await shardKeys(db, config.shard, keys, log), fence);
     const metrics = createMetrics({ shard: config.shard, defaultMetrics: opts.defaultMetrics ?? true });
     const gitlab = new GitLabClient({ url: config.gitlab.url, timeoutMs: config.gitlab.requestTimeoutMs, log, systemId: `s_${hostname().replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}_${config.shard}` });
 
@@ -129,7 +135,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     let url: string | null = null;
     if (opts.http !== false) {
       api = await buildApi({
-        db, shard: config.shard, adminToken: config.http.adminToken, billingToken: config.billing.token, metrics, log,
+        db, shard: config.shard, adminToken: config.http.adminToken, billingToken: config.billing.token, metrics, log, warnings,
         ready: async () => {
           if (role === 'active') return true;
           if (role === 'stopped') return 'stopped: this manager is shutting down';
@@ -280,7 +286,7 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err) => log.warn({ err }, 'cleanup failed'));
   };
   try {
-    const providers = await createProviders(config, log, metrics, db, store, { seal: (s) => store.encrypt(s), open: (s) => store.tryDecrypt(s) });
+    const providers = await createProviders(config, log, metrics, db, store);
     cleanups.push(async () => Promise.all([...providers.values()].map((p) => p.close())));
     const stopAudits = await startIsolationAudits({ config, providers, metrics, log });
     cleanups.push(async () => stopAudits());
@@ -337,14 +343,14 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
   }
 }
 
-async function createProviders(config: ShardConfig, log: Logger, metrics: Metrics, db: Kysely<Database>, store: Store, secrets: SecretBox): Promise<Map<string, Provider>> {
+async function createProviders(config: ShardConfig, log: Logger, metrics: Metrics, db: Kysely<Database>, store: Store): Promise<Map<string, Provider>> {
   const used = new Set(Object.values(config.classes).map((c) => c.provider));
   const out = new Map<string, Provider>();
   for (const name of used) {
     const factory = providerFactory(name);
     if (!factory) throw new Error(`providers.${name}: unknown provider (known: ${registeredProviders().join(', ')})`);
     const classes = Object.fromEntries(Object.values(config.classes).filter((c) => c.provider === name).map((c) => [c.name, c.machine]));
-    out.set(name, await factory(config.providers[name] ?? {}, { shard: config.shard, dataDir: config.dataDir, log: log.child({ provider: name }), telemetry: cloudTelemetry(metrics, name), resources: new DbResourceStore(db, config.shard, name, store.fence), classes, secrets }));
+    out.set(name, await factory(config.providers[name] ?? {}, { shard: config.shard, dataDir: config.dataDir, log: log.child({ provider: name }), telemetry: cloudTelemetry(metrics, name), resources: new DbResourceStore(db, config.shard, name, store.fence), classes, secrets: store.secretBox(name) }));
   }
   return out;
 }

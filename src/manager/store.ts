@@ -3,7 +3,8 @@
 import { sql, type Kysely, type Transaction } from 'kysely';
 import type { Fence } from '../db/fence.js';
 import type { Database, JobRow, VmRow, VmUpdate } from '../db/schema.js';
-import { decryptSecret, encryptSecret } from '../isolation/keys.js';
+import { encryptSecret, openSecret, type SecretKeys } from '../isolation/keys.js';
+import type { SecretBox } from '../providers/provider.js';
 import { writeBillingEvent, type BillingEvent } from './billing.js';
 import { canTransition, type VmState } from './vm-states.js';
 
@@ -45,31 +46,66 @@ export interface BindJobInput {
 
 class DuplicateJobError extends Error {}
 
+/** Where a ciphertext lives; with the shard and the row key it is the AEAD associated data. */
+export type SecretColumn = 'jobs.token_enc' | 'jobs.payload_enc' | 'job_handouts.token_enc' | 'vms.private_key_enc' | 'provider_resources.data';
+
+/** `jobs.token_enc:<shard>:<job id>`: a ciphertext opens only in the row it was written for. */
+export function secretContext(column: SecretColumn, shard: string, rowKey: string | number): string {
+  return `${column}:${shard}:${rowKey}`;
+}
+
 export class Store {
+  private readonly keys: SecretKeys;
+
   constructor(
     readonly db: Kysely<Database>,
     readonly shard: string,
-    private readonly secretKey: Buffer,
+    /** The shard's keys (secret-keys.ts); a bare 32-byte key is used for both versions. */
+    keys: SecretKeys | Buffer,
     /** Epoch fence of the active manager: every state change commits only under it. Tools and unit tests run without one. */
     readonly fence: Fence | null = null,
-  ) {}
+  ) {
+    this.keys = Buffer.isBuffer(keys) ? { key: keys, legacy: keys } : keys;
+  }
 
   /** A state-changing transaction: fenced by the shard epoch when this store has a fence. */
   write<T>(fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
     return this.fence ? this.fence.transaction(this.db, fn) : this.db.transaction().execute(fn);
   }
 
-  encrypt(plain: string): string {
-    return encryptSecret(plain, this.secretKey);
+  /** Encrypts a secret bound to its column and row. */
+  seal(column: SecretColumn, rowKey: string | number, plain: string): string {
+    return encryptSecret(plain, this.keys.key, secretContext(column, this.shard, rowKey));
   }
 
-  /** Decrypts a secret column; null when it was written under another key. */
-  tryDecrypt(enc: string): string | null {
+  /** Decrypts a secret column; null when erased, written under another key, or moved from another row. */
+  open(column: SecretColumn, rowKey: string | number, enc: string | null): string | null {
+    if (enc === null) return null;
     try {
-      return decryptSecret(enc, this.secretKey);
+      return openSecret(enc, this.keys, secretContext(column, this.shard, rowKey));
     } catch {
       return null;
     }
+  }
+
+  jobToken(job: Pick<JobRow, 'id' | 'token_enc'>): string | null {
+    return this.open('jobs.token_enc', job.id, job.token_enc);
+  }
+
+  jobPayload(job: Pick<JobRow, 'id' | 'payload_enc'>): string | null {
+    return this.open('jobs.payload_enc', job.id, job.payload_enc);
+  }
+
+  vmPrivateKey(vm: Pick<VmRow, 'id' | 'private_key_enc'>): string | null {
+    return this.open('vms.private_key_enc', vm.id, vm.private_key_enc);
+  }
+
+  /** A provider's box for secrets in its resource records; `context` names the record (`host:<id>`). */
+  secretBox(provider: string): SecretBox {
+    return {
+      seal: (plain, context) => this.seal('provider_resources.data', `${provider}:${context}`, plain),
+      open: (sealed, context) => this.open('provider_resources.data', `${provider}:${context}`, sealed),
+    };
   }
 
   async insertVm(v: NewVmInput): Promise<void> {
@@ -89,7 +125,7 @@ export class Store {
           name: v.name,
           state: 'requested',
           public_key: v.publicKey,
-          private_key_enc: this.encrypt(v.privateKey),
+          private_key_enc: this.seal('vms.private_key_enc', v.id, v.privateKey),
           created_at: new Date(),
           updated_at: new Date(),
         })
@@ -108,7 +144,9 @@ export class Store {
     const run = async (trx: Transaction<Database>) => {
       const cur = await trx.selectFrom('vms').select('state').where('id', '=', vmId).forUpdate().executeTakeFirst();
       if (!cur || !froms.includes(cur.state as VmState)) return false;
-      await trx.updateTable('vms').set({ ...patch, state: to, updated_at: new Date() }).where('id', '=', vmId).execute();
+      // A deleted VM's key opens nothing any more: erased with the transition.
+      const erase = to === 'deleted' ? { private_key_enc: null } : {};
+      await trx.updateTable('vms').set({ ...patch, ...erase, state: to, updated_at: new Date() }).where('id', '=', vmId).execute();
       await trx.insertInto('vm_events').values({ vm_id: vmId, from_state: cur.state, to_state: to, at: new Date(), detail, epoch: this.fence?.epoch ?? null }).execute();
       return true;
     };
@@ -163,7 +201,7 @@ export class Store {
           class: input.className,
           vm_id: input.vmId,
           state: 'running',
-          token_enc: this.encrypt(input.token),
+          token_enc: this.seal('jobs.token_enc', input.jobId, input.token),
           project_id: input.projectId,
           pipeline_id: input.pipelineId,
           namespace_id: input.namespaceId,
@@ -194,7 +232,7 @@ export class Store {
           class: input.className,
           vm_id: null,
           state: 'finished',
-          token_enc: this.encrypt(input.token),
+          token_enc: this.seal('jobs.token_enc', input.jobId, input.token),
           timeout_seconds: 0,
           picked_at: input.pickedAt,
           finished_at: input.pickedAt,
@@ -229,6 +267,8 @@ export class Store {
           finished_at: outcome.finishedAt,
           trace_bytes: outcome.traceBytes,
           trace_checksum: outcome.traceChecksum,
+          // Only a re-attach reads the payload (script, masked values): erased as the job ends.
+          payload_enc: null,
         })
         .where('shard', '=', this.shard)
         .where('id', '=', String(jobId))
@@ -250,7 +290,7 @@ export class Store {
   async recordHandout(jobId: number, className: string, token: string, at: Date): Promise<void> {
     await this.db
       .insertInto('job_handouts')
-      .values({ shard: this.shard, job_id: jobId, class: className, token_enc: this.encrypt(token), received_at: at })
+      .values({ shard: this.shard, job_id: jobId, class: className, token_enc: this.seal('job_handouts.token_enc', jobId, token), received_at: at })
       .onConflict((oc) => oc.columns(['shard', 'job_id']).doNothing())
       .execute();
   }
@@ -266,12 +306,20 @@ export class Store {
   /** Handouts older than `before` that no job row took up: their manager died before binding them. */
   async strandedHandouts(before: Date): Promise<{ jobId: number; className: string; token: string | null; receivedAt: Date }[]> {
     const rows = await this.db.selectFrom('job_handouts').selectAll().where('shard', '=', this.shard).where('received_at', '<', before).orderBy('received_at').execute();
-    return rows.map((r) => ({ jobId: Number(r.job_id), className: r.class, token: this.tryDecrypt(r.token_enc), receivedAt: r.received_at }));
+    return rows.map((r) => ({ jobId: Number(r.job_id), className: r.class, token: this.open('job_handouts.token_enc', r.job_id, r.token_enc), receivedAt: r.received_at }));
   }
 
-  /** Records that GitLab has the final state: a fact, not a decision, so not fenced. */
+  /**
+   * Records that GitLab has the final state: a fact, not a decision, so not fenced. The job token
+   * is erased with it: the report was the last thing that needed it.
+   */
   async markReported(jobId: number): Promise<void> {
-    await this.db.updateTable('jobs').set({ reported_at: new Date() }).where('shard', '=', this.shard).where('id', '=', String(jobId)).execute();
+    await this.db
+      .updateTable('jobs')
+      .set({ reported_at: new Date(), token_enc: sql<string | null>`CASE WHEN state = 'finished' THEN NULL ELSE token_enc END` })
+      .where('shard', '=', this.shard)
+      .where('id', '=', String(jobId))
+      .execute();
   }
 
   async job(jobId: number): Promise<JobRow | undefined> {
@@ -289,13 +337,6 @@ export class Store {
       .execute();
   }
 
-  /** The key used when the config sets no secrets.key; created on first use. */
-  static async databaseHeldKey(db: Kysely<Database>, shard: string, fresh: () => string): Promise<string> {
-    await db.insertInto('shard_secrets').values({ shard, key: fresh() }).onConflict((oc) => oc.column('shard').doNothing()).execute();
-    const row = await db.selectFrom('shard_secrets').select('key').where('shard', '=', shard).executeTakeFirstOrThrow();
-    return row.key;
-  }
-
   async ping(): Promise<void> {
     await sql`select 1`.execute(this.db);
   }
@@ -310,7 +351,7 @@ export class Store {
     await this.write(async (trx) => {
       await trx
         .updateTable('jobs')
-        .set({ payload_enc: this.encrypt(a.payload), trace_prefix: a.tracePrefix, guest_os: a.os })
+        .set({ payload_enc: this.seal('jobs.payload_enc', jobId, a.payload), trace_prefix: a.tracePrefix, guest_os: a.os })
         .where('shard', '=', this.shard)
         .where('id', '=', String(jobId))
         .where('state', '=', 'running')

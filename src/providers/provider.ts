@@ -222,10 +222,11 @@ export interface CloudTelemetry {
 export const noTelemetry: CloudTelemetry = { request() {}, stockout() {} };
 
 /** The shard's secret box (secrets.key): for provider-held credentials such as Mac host keys. */
+/** Seals secrets a provider keeps in its resource records, each bound to `context` (the record, e.g. `host:<id>`). */
 export interface SecretBox {
-  seal(plain: string): string;
-  /** null when sealed under another key. */
-  open(sealed: string): string | null;
+  seal(plain: string, context: string): string;
+  /** null when sealed under another key or for another context. */
+  open(sealed: string, context: string): string | null;
 }
 
 /** A provider-managed resource (a Mac host), as persisted. */

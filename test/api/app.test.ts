@@ -197,6 +197,25 @@ describe('HTTP API edge cases', () => {
     }
   });
 
+  it('lists the warnings it was given in every /readyz body, ready or not', async () => {
+    const database = await openDatabase('pglite:memory', { log: silent });
+    let managerReady: boolean | { status: string; reason: string } = { status: 'standby', reason: 'standby: held elsewhere' };
+    const warnings = ['the local provider runs jobs as the manager user'];
+    const app = await buildApi({ db: database.db, shard: 's', adminToken: null, metrics: createMetrics({ shard: 's', defaultMetrics: false }), log: silent, ready: async () => managerReady, warnings });
+    try {
+      let res = await app.inject({ method: 'GET', url: '/readyz' });
+      expect(res.statusCode).toBe(503);
+      expect(res.json()).toEqual({ status: 'standby', reason: 'standby: held elsewhere', warnings });
+      managerReady = true;
+      res = await app.inject({ method: 'GET', url: '/readyz' });
+      expect(res.statusCode).toBe(200);
+      expect(res.json()).toEqual({ status: 'ready', warnings });
+    } finally {
+      await app.close();
+      await database.close();
+    }
+  });
+
   it('keeps the Authorization header out of request logs', async () => {
     const lines: string[] = [];
     const sink = new Writable({ write(chunk, _enc, done) { lines.push(String(chunk)); done(); } });

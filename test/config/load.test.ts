@@ -250,4 +250,11 @@ providers: { gcp: { project: "${project}" } }
       expect(res.ok ? [] : res.errors, f).toEqual([]);
     }
   });
+
+  it('takes secrets.keyFile as a path relative to the config file, and not together with secrets.key', () => {
+    expect(parseConfig(`${MINIMAL}secrets: { keyFile: ./keys/shard.key }\n`, { env: {}, baseDir: '/srv/rf' }).secrets).toEqual({ key: null, keyFile: '/srv/rf/keys/shard.key' });
+    expect(parseConfig(`${MINIMAL}secrets: { keyFile: /run/secrets/rf-key }\n`, { env: {}, baseDir: '/srv/rf' }).secrets.keyFile).toBe('/run/secrets/rf-key');
+    expect(errorsOf(`${MINIMAL}secrets: { key: "a-key-of-sixteen-chars", keyFile: /run/secrets/rf-key }\n`)).toEqual(['secrets.keyFile: expected either secrets.key or secrets.keyFile, not both']);
+    expect(errorsOf(`${MINIMAL}secrets: { keyFile: "" }\n`)).toEqual([expect.stringMatching(/^secrets\.keyFile: expected non-empty path of a file holding the key/)]);
+  });
 });

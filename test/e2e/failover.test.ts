@@ -55,7 +55,7 @@ describe.runIf(process.env['DATABASE_URL'])('failover between two managers on Po
     await waitUntil(() => actives().length === 1, 15_000, 'one active manager');
     const [active] = actives();
     const standby = managers.find((m) => m !== active)!;
-    expect(await readyz(active!)).toEqual({ status: 200, body: { status: 'ready' } });
+    expect(await readyz(active!)).toEqual({ status: 200, body: { status: 'ready', warnings: [expect.stringContaining('local provider runs jobs as the manager')] } });
     const s = await readyz(standby);
     expect(s.status).toBe(503);
     expect(s.body.status).toBe('standby');

@@ -1,6 +1,8 @@
 // Shared bits of the end-to-end tests.
 
 export const TOKEN = 'e2e-runner-token';
+/** Outside `demo` a shard refuses to start without a secrets key: every test shard has this one. */
+export const TEST_SECRETS_KEY = 'e2e-secrets-passphrase-0123456789';
 
 export function shardYaml(o: { shard: string; gitlabUrl: string; dbUrl: string; dataDir: string; idle?: number; max?: number; jobTimeout?: string }): string {
   return `
@@ -19,6 +21,7 @@ classes:
 providers:
   local: {}
 dataDir: "${o.dataDir}"
+secrets: { key: "${TEST_SECRETS_KEY}" }
 log: { level: warn }
 `;
 }

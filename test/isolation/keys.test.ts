@@ -1,6 +1,7 @@
+import { randomBytes } from 'node:crypto';
 import ssh2 from 'ssh2';
 import { describe, expect, it } from 'vitest';
-import { decryptSecret, deriveKey, encryptSecret, generateVmKeyPair } from '../../src/isolation/keys.js';
+import { decryptSecret, deriveKey, encryptSecret, generateVmKeyPair, openSecret, secretKeys } from '../../src/isolation/keys.js';
 
 describe('generateVmKeyPair', () => {
   it('produces an OpenSSH public key and a private key ssh2 parses and that matches it', () => {
@@ -23,24 +24,55 @@ describe('generateVmKeyPair', () => {
 });
 
 describe('secrets at rest', () => {
-  it('derives 32-byte keys from hex, base64 or a passphrase', () => {
+  const salt = Buffer.alloc(16, 9);
+  const ctx = 'jobs.token_enc:shard-a:42';
+
+  it('uses 64 hex chars or base64 of 32 bytes as the key, and stretches a passphrase with the salt', () => {
     const hex = 'ab'.repeat(32);
-    expect(deriveKey(hex).toString('hex')).toBe(hex);
+    expect(deriveKey(hex, salt).toString('hex')).toBe(hex);
     const b64 = Buffer.alloc(32, 7).toString('base64');
-    expect(deriveKey(b64).equals(Buffer.alloc(32, 7))).toBe(true);
-    const k = deriveKey('correct horse battery staple');
+    expect(deriveKey(b64, salt).equals(Buffer.alloc(32, 7))).toBe(true);
+    const k = deriveKey('correct horse battery staple', salt);
     expect(k).toHaveLength(32);
-    expect(deriveKey('correct horse battery staple').equals(k)).toBe(true);
+    expect(deriveKey('correct horse battery staple', salt).equals(k)).toBe(true);
+    // Another shard's salt: another key from the same passphrase; the v1 fixed salt another still.
+    expect(deriveKey('correct horse battery staple', Buffer.alloc(16, 8)).equals(k)).toBe(false);
+    expect(deriveKey('correct horse battery staple').equals(k)).toBe(false);
+    expect(() => deriveKey('correct horse battery staple', Buffer.alloc(4))).toThrow(/salt must be at least 16 bytes/);
   });
 
-  it('round-trips and refuses a wrong key with a clear error', () => {
-    const key = deriveKey('one');
-    const enc = encryptSecret('s3cret', key);
-    expect(enc).toMatch(/^v1:[^:]+:[^:]+:[^:]+$/);
+  it('round-trips a v2 ciphertext and refuses a wrong key with a clear error', () => {
+    const key = deriveKey('one-passphrase', salt);
+    const enc = encryptSecret('s3cret', key, ctx);
+    expect(enc).toMatch(/^v2:[^:]+:[^:]+:[^:]+$/);
     expect(enc).not.toContain('s3cret');
-    expect(decryptSecret(enc, key)).toBe('s3cret');
-    expect(encryptSecret('s3cret', key)).not.toBe(enc);
-    expect(() => decryptSecret(enc, deriveKey('two'))).toThrow(/wrong key/);
-    expect(() => decryptSecret('garbage', key)).toThrow(/unknown format/);
+    expect(decryptSecret(enc, key, ctx)).toBe('s3cret');
+    expect(encryptSecret('s3cret', key, ctx)).not.toBe(enc);
+    expect(() => decryptSecret(enc, deriveKey('two-passphrase', salt), ctx)).toThrow(/wrong key/);
+    expect(() => decryptSecret('garbage', key, ctx)).toThrow(/unknown format/);
+  });
+
+  it('binds a ciphertext to its row: opened under another row, column or shard it fails', () => {
+    const key = randomBytes(32);
+    const enc = encryptSecret('glrt-token-of-job-42', key, ctx);
+    for (const other of ['jobs.token_enc:shard-a:43', 'jobs.payload_enc:shard-a:42', 'jobs.token_enc:shard-b:42', '']) {
+      expect(() => decryptSecret(enc, key, other), other).toThrow(/moved to another row/);
+    }
+  });
+
+  // Written by the code before 007 (fixed-salt scrypt, no associated data): rows of jobs that were
+  // running across the upgrade must still open.
+  const V1_PASSPHRASE = 'v1:W5QsSa22dxhIPn0H:F9PIlg7MR+JAN9oN0VfL3Q==:wgtFe68bHdAzJL5Im8pOR2+J6/dh';
+  const V1_HEX = 'v1:d0YdmmJCxuxptxY3:4fsC/GIFTRyl1I+6jbErOQ==:B4Rz6Lnt8HIdhG0ZtOv9/neGjnh9';
+
+  it('still opens v1 ciphertexts, with the legacy derivation of a passphrase and as is for a raw key', () => {
+    const pass = secretKeys('legacy passphrase of the shard', salt);
+    expect(openSecret(V1_PASSPHRASE, pass, 'any context')).toBe('glrt-legacy-job-token');
+    expect(openSecret(V1_HEX, secretKeys('ab'.repeat(32), salt), 'any context')).toBe('glrt-legacy-job-token');
+    // New secrets of the same key ring are v2 under the salted key, not the legacy one.
+    const enc = encryptSecret('x', pass.key, ctx);
+    expect(openSecret(enc, pass, ctx)).toBe('x');
+    expect(() => decryptSecret(enc, deriveKey('legacy passphrase of the shard'), ctx)).toThrow(/wrong key/);
+    expect(() => openSecret(V1_PASSPHRASE, secretKeys('another passphrase here', salt), 'c')).toThrow(/wrong key/);
   });
 });

@@ -7,11 +7,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '../../src/db/connect.js';
 import { migrateToLatest } from '../../src/db/migrate.js';
 import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/server.js';
+import { generateVmKeyPair } from '../../src/isolation/keys.js';
 import { DbResourceStore } from '../../src/manager/resource-store.js';
 import { parseMacMachine } from '../../src/providers/mac/config.js';
 import { HOST_KIND, HostFleet, type HostRecord } from '../../src/providers/mac/host-fleet.js';
 
 const H = 3600_000;
+const hostPublicKey = generateVmKeyPair('host').publicKey;
 const machine = parseMacMachine('macos-m1', {
   instanceType: 'mac2.metal',
   hostImageId: 'ami-0123456789abcdef0',
@@ -35,6 +37,7 @@ describe('Mac host fleet', () => {
       call: (_action, fn) => fn(new AbortController().signal),
       probe: async (rec: HostRecord) => !!rec.data.privateIp,
       hostLaunchTimeoutMs: 30 * 60_000,
+      newHostKey: (id) => ({ publicKey: hostPublicKey, sealedPrivateKey: `sealed-key-of-${id}` }),
     });
   const states = async () => (await fleet().records()).map((r) => r.state).sort();
   async function settle(f: HostFleet, wantedSlots: number, until: (r: HostRecord[]) => boolean) {
@@ -92,6 +95,8 @@ describe('Mac host fleet', () => {
     const recs = await fleet().tick({ wantedSlots: 0, nested: none });
     expect(recs.map((r) => r.state).sort()).toEqual(['ready', 'released', 'released']);
     expect(emu.hosts().filter((h) => h.state === 'released')).toHaveLength(2);
+    // A released host's instance key is erased; the live one keeps its own.
+    for (const r of recs) expect(r.data.hostKeySealed ?? null).toBe(r.state === 'ready' ? `sealed-key-of-${r.id}` : null);
   });
 
   it('never sheds a host whose nested VMs run jobs', async () => {

@@ -97,7 +97,7 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
       shard: SHARD, dataDir: dir, log: pino({ level: process.env['MAC_TEST_LOG'] ?? 'silent' }), telemetry,
       resources: new DbResourceStore(database.db, SHARD, 'mac'),
       classes: { [CLASS]: machine, [WHOLE]: wholeMachine },
-      secrets: { seal: (s) => encryptSecret(s, key), open: (s) => decryptSecret(s, key) },
+      secrets: { seal: (s, c) => encryptSecret(s, key, c), open: (s, c) => decryptSecret(s, key, c) },
     };
     provider = make();
   });

@@ -39,7 +39,8 @@ export interface HostData {
   launchStartedAt?: number;
   /** The manager's key for this host's instance: public half in user data, private half sealed. */
   hostPublicKey?: string;
-  hostKeySealed?: string;
+  /** null once the instance is gone (scrubbing, released): nothing logs in with it any more. */
+  hostKeySealed?: string | null;
   /** SSH port of the host instance when not 22 (the EC2 emulator's sandboxes). */
   sshPort?: number | null;
   [key: string]: unknown;
@@ -166,7 +167,9 @@ export class HostFleet {
   }
 
   private async to(rec: HostRecord, from: HostState | HostState[], to: HostState, data: Partial<HostData> = {}, detail?: string): Promise<boolean> {
-    const ok = await this.d.resources.transition(HOST_KIND, rec.id, from, to, data, detail);
+    // The instance is gone or going: its key is erased with the record's move.
+    const erase = to === 'scrubbing' || to === 'released' ? { hostKeySealed: null } : {};
+    const ok = await this.d.resources.transition(HOST_KIND, rec.id, from, to, { ...data, ...erase }, detail);
     if (ok) this.d.log.info({ host: rec.id, hostId: rec.data.hostId ?? data.hostId, from: rec.state, to, detail }, 'mac host state');
     return ok;
   }

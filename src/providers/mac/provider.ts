@@ -102,7 +102,7 @@ export class MacProvider implements Provider {
         hostLaunchTimeoutMs: cfg.hostLaunchTimeoutMs,
         newHostKey: (id) => {
           const k = generateVmKeyPair(`runner-fleet-host-${id.slice(0, 8)}`);
-          return { publicKey: k.publicKey, sealedPrivateKey: this.secrets.seal(k.privateKey) };
+          return { publicKey: k.publicKey, sealedPrivateKey: this.secrets.seal(k.privateKey, `host:${id}`) };
         },
       });
       this.classes.set(className, { machine, fleet });
@@ -206,7 +206,7 @@ export class MacProvider implements Provider {
 
   /** How the manager logs in to a host's macOS instance (the jump for its nested VMs). */
   hostConnectInfo(h: HostRecord, machine = this.machineOf(h.data.className)): ConnectInfo {
-    const key = h.data.hostKeySealed ? this.secrets.open(h.data.hostKeySealed) : null;
+    const key = h.data.hostKeySealed ? this.secrets.open(h.data.hostKeySealed, `host:${h.id}`) : null;
     if (!h.data.privateIp) throw new ProviderError('retryable', `mac host ${h.id} has no instance address (state ${h.state})`, { provider: 'mac' });
     if (!key) throw new ProviderError('fatal', `mac host ${h.id}: its SSH key is unreadable with the current secrets.key`, { provider: 'mac' });
     return { protocol: 'ssh', os: 'macos', host: h.data.privateIp, port: h.data.sshPort ?? 22, username: machine.hostUsername, privateKey: key };
