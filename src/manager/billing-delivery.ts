@@ -31,8 +31,9 @@ export function signBody(secret: string, timestamp: number, body: string): strin
  * the whole URL so two sinks on one host stay apart. The path and query may hold a token.
  */
 export function sinkKey(url: string): string {
-  const u = new URL(url);
-  return `${u.protocol}//${u.host}/#${createHash('sha256').update(url).digest('hex').slice(0, 16)}`;
+  const hash = createHash('sha256').update(url).digest('hex').slice(0, 16);
+  const u = URL.canParse(url) ? new URL(url) : null;
+  return u ? `${u.protocol}//${u.host}/#${hash}` : `invalid-url/#${hash}`;
 }
 
 export interface DeliveryDeps {
