@@ -149,6 +149,7 @@ function leaves(tree: unknown, path: Path = []): Path[] {
   return [path];
 }
 
+const escapeRe = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 const matches = (path: Path, pattern: Path) => path.length === pattern.length && pattern.every((p, i) => p === '*' || p === path[i]);
 
 function get(tree: unknown, path: Path): unknown {
@@ -186,6 +187,20 @@ function generate(count: number, seed: number): Case[] {
       const path = pick(schemaPaths);
       set(tree, path, structuredClone(pick(WRONG_TYPES)));
       return { kind: 'wrongType', input: dump(tree), names: formatPath(path) };
+    },
+    // Provider settings and machine profiles are checked by each provider's own validator; a
+    // nested value may be reported at its field (subnets, hosts) rather than its leaf.
+    providerWrongType: () => {
+      const { tree } = fresh();
+      // The local provider takes any machine profile (a sandbox has no machine type).
+      const checked = (p: Path) => p[0] === 'classes' && get(tree, [...p.slice(0, 2), 'provider']) !== 'local';
+      const paths = leaves(tree).filter((p) => (p[0] === 'providers' && p.length >= 3) || (checked(p) && p.includes('machine') && p.length > p.indexOf('machine') + 1));
+      if (paths.length === 0) return null;
+      const path = pick(paths);
+      set(tree, path, structuredClone(pick(WRONG_TYPES)));
+      const field = path[0] === 'providers' ? 3 : path.indexOf('machine') + 2;
+      const prefixes = Array.from({ length: path.length - field + 1 }, (_, k) => formatPath(path.slice(0, field + k)));
+      return { kind: 'providerWrongType', input: dump(tree), names: new RegExp(`^(${prefixes.map(escapeRe).join('|')})[:.[ ]`) };
     },
     missingKey: () => {
       const { tree } = fresh();
@@ -380,7 +395,7 @@ describe('config fuzz', () => {
     const byKind = new Map<string, number>();
     for (const c of cases) byKind.set(c.kind, (byKind.get(c.kind) ?? 0) + 1);
     expect([...byKind.keys()].sort()).toEqual(
-      ['aliasBomb', 'badDuration', 'extraKey', 'forbiddenKey', 'hostileString', 'hugeOrWrongNumber', 'invalidUtf8', 'missingKey', 'notAMapping', 'oversized', 'selfAlias', 'syntax', 'truncated', 'urlCredentials', 'wrongType'].sort(),
+      ['aliasBomb', 'badDuration', 'extraKey', 'forbiddenKey', 'hostileString', 'hugeOrWrongNumber', 'invalidUtf8', 'missingKey', 'notAMapping', 'oversized', 'providerWrongType', 'selfAlias', 'syntax', 'truncated', 'urlCredentials', 'wrongType'].sort(),
     );
     for (const [kind, n] of byKind) expect(n, kind).toBeGreaterThanOrEqual(30);
   });
