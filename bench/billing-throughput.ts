@@ -2,7 +2,6 @@
 // executor writes them, by concurrent writers), paged from the feed, and delivered to a signed
 // webhook receiver on loopback. On PGlite, and on PostgreSQL when DATABASE_URL is set.
 //   node --import tsx bench/billing-throughput.ts [--events 20000] [--writers 8] [--batch 500]
-import { createHmac } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { parseArgs } from 'node:util';
@@ -11,7 +10,8 @@ import { pino } from 'pino';
 import { openDatabase } from '../src/db/connect.js';
 import { migrateToLatest } from '../src/db/migrate.js';
 import { buildBillingEvent, writeBillingEvent } from '../src/manager/billing.js';
-import { BillingDelivery, SIGNATURE_HEADER } from '../src/manager/billing-delivery.js';
+import { verifyBillingWebhook } from '../docs/webhook-receiver.js';
+import { BillingDelivery } from '../src/manager/billing-delivery.js';
 import { FEED_START, readFeed } from '../src/manager/billing-feed.js';
 import { createMetrics } from '../src/manager/metrics.js';
 
@@ -83,7 +83,7 @@ async function run(kind: 'pglite' | 'postgres') {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const raw = Buffer.concat(chunks);
-      if (req.headers[SIGNATURE_HEADER.toLowerCase()] !== `sha256=${createHmac('sha256', SECRET).update(raw).digest('hex')}`) return void res.writeHead(401).end();
+      if (!verifyBillingWebhook(SECRET, req.headers, raw).ok) return void res.writeHead(401).end();
       received += (JSON.parse(raw.toString()) as { events: unknown[] }).events.length;
       res.writeHead(200).end();
       if (received >= N) done();

@@ -1,5 +1,6 @@
 // Turns zod issues into `<path>: expected <what>, got <value>` lines an operator can act on.
 import type { z } from 'zod';
+import { scrubUrls } from '../isolation/redact.js';
 import type { Path } from './env.js';
 
 /** Per-parse zod error map for issues whose schema gave no phrase of its own. */
@@ -28,11 +29,11 @@ function isSecretPath(path: readonly PropertyKey[]): boolean {
   return last === 'runnerToken' || last === 'adminToken' || (last === 'key' && path[path.length - 2] === 'secrets') || (last === 'token' && path[0] === 'billing') || (last === 'secret' && path[0] === 'billing');
 }
 
-/** JSON of the offending value, shortened; secrets described, URL passwords masked. */
+/** JSON of the offending value, shortened; secrets described, URLs cut to scheme and host. */
 export function describeValue(value: unknown, path: readonly PropertyKey[]): string {
   if (value === undefined) return 'nothing';
   if (typeof value === 'string' && isSecretPath(path)) return `a string of ${value.length} characters`;
-  let text = JSON.stringify(typeof value === 'string' ? value.replace(/\/\/([^:/@]*):[^@/]*@/, '//$1:***@') : value) ?? String(value);
+  let text = scrubUrls(JSON.stringify(value) ?? String(value));
   if (text.length > 80) text = `${text.slice(0, 77)}...`;
   return text;
 }

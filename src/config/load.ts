@@ -2,11 +2,11 @@
 // defaults applied, paths absolute). Every problem is collected, each naming its field.
 import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
-import { parseDocument } from 'yaml';
 import { expandEnv, type Env } from './env.js';
 import { describeValue, expectedPhrase, formatIssue, formatPath, startsWith } from './format.js';
 import { CLASS_NAME, shardSchema, type RawShardConfig } from './schema.js';
 import { ConfigError, type ClassConfig, type ShardConfig } from './types.js';
+import { decodeConfig, parseYamlTree } from './yaml.js';
 // Each provider checks its own config and machine profiles at load time.
 import '../providers/builtin.js';
 import { providerValidators, registeredProviders } from '../providers/provider.js';
@@ -21,9 +21,9 @@ export interface ParseOptions {
 export type CheckResult = { ok: true; config: ShardConfig } | { ok: false; errors: string[] };
 
 export function checkConfig(yamlText: string, opts: ParseOptions = {}): CheckResult {
-  const doc = parseDocument(yamlText, { prettyErrors: true, uniqueKeys: true });
-  if (doc.errors.length > 0) return { ok: false, errors: doc.errors.map(yamlError) };
-  const tree: unknown = doc.toJS({ maxAliasCount: 100 });
+  const parsedYaml = parseYamlTree(yamlText);
+  if (!parsedYaml.ok) return parsedYaml;
+  const tree = parsedYaml.tree;
 
   const expanded = expandEnv(tree, opts.env ?? process.env);
   const errors = expanded.errors.map((e) => `${formatPath(e.path)}: ${e.message}`);
@@ -49,26 +49,21 @@ export function parseConfig(yamlText: string, opts: ParseOptions = {}): ShardCon
 }
 
 export function checkConfigFile(path: string, opts: ParseOptions = {}): CheckResult {
-  let text: string;
+  let bytes: Buffer;
   try {
-    text = readFileSync(path, 'utf8');
+    bytes = readFileSync(path);
   } catch (err) {
     return { ok: false, errors: [`${path}: cannot read: ${(err as Error).message}`] };
   }
-  return checkConfig(text, { ...opts, baseDir: opts.baseDir ?? dirname(resolve(path)) });
+  const text = decodeConfig(bytes);
+  if (!text.ok) return text;
+  return checkConfig(text.text, { ...opts, baseDir: opts.baseDir ?? dirname(resolve(path)) });
 }
 
 export function loadConfigFile(path: string, opts: ParseOptions = {}): ShardConfig {
   const res = checkConfigFile(path, opts);
   if (!res.ok) throw new ConfigError(res.errors);
   return res.config;
-}
-
-function yamlError(err: { message: string; linePos?: [{ line: number; col: number }, ...unknown[]] }): string {
-  // prettyErrors appends " at line L, column C:" and a source excerpt; keep the sentence only.
-  const sentence = err.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
-  const pos = err.linePos?.[0];
-  return pos ? `yaml: line ${pos.line}, column ${pos.col}: ${sentence}` : `yaml: ${sentence}`;
 }
 
 const isRecord = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);

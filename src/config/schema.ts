@@ -67,14 +67,22 @@ const databaseUrl = z.string({ error: 'postgres://..., pglite:memory or pglite:<
   { error: 'postgres://..., pglite:memory or pglite:<path>' },
 );
 
-const httpUrl = z.string({ error: 'http(s) URL' }).refine((s) => {
+const parsedUrl = (s: string): URL | null => {
   try {
-    const u = new URL(s);
-    return u.protocol === 'http:' || u.protocol === 'https:';
+    return new URL(s);
   } catch {
-    return false;
+    return null;
   }
-}, { error: 'http(s) URL' });
+};
+
+// No user:password@: fetch refuses such URLs at run time, and a URL travels into error text.
+const httpUrl = z
+  .string({ error: 'http(s) URL' })
+  .refine((s) => ['http:', 'https:'].includes(parsedUrl(s)?.protocol ?? ''), { error: 'http(s) URL', abort: true })
+  .refine((s) => !parsedUrl(s)?.username && !parsedUrl(s)?.password, { error: 'http(s) URL without user:password@ (credentials do not belong in a URL)', abort: true });
+
+/** GitLab's base URL: paths are appended to it, so no query or fragment either. */
+const gitlabUrl = httpUrl.refine((s) => !parsedUrl(s)?.search && !parsedUrl(s)?.hash && !s.includes('?') && !s.includes('#'), { error: 'http(s) URL without a query string or fragment' });
 
 const token = (min: number) => {
   const what = `string of at least ${min} characters, or null`;
@@ -190,7 +198,7 @@ export const shardSchema = z.strictObject(
       .default({ listen: { host: '127.0.0.1', port: 8080 }, adminToken: null }),
     gitlab: z.strictObject(
       {
-        url: httpUrl,
+        url: gitlabUrl,
         pollInterval: duration(100, HOUR).default(3000),
         requestTimeout: duration(100, 10 * 60_000).default(30_000),
       },

@@ -4,6 +4,7 @@
 import { arch, platform } from 'node:os';
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
+import { scrubUrls } from '../isolation/redact.js';
 
 export const RUNNER_VERSION = '0.1.0';
 
@@ -138,7 +139,8 @@ export class GitLabClient {
           const e = err as Error & { cause?: { code?: string; message?: string } };
           // undici says only "fetch failed"; the cause names the real problem (ECONNREFUSED ...).
           const why = e.name === 'TimeoutError' ? `no answer within ${this.o.timeoutMs} ms` : `${e.message}${e.cause ? ` (${e.cause.code ?? e.cause.message})` : ''}`;
-          throw new Error(`${what}: ${why}`);
+          // undici puts the whole URL (user:password, query) in some messages.
+          throw new Error(`${what}: ${scrubUrls(why, [this.o.url])}`);
         } finally {
           init.signal?.removeEventListener('abort', cut);
         }

@@ -1,5 +1,6 @@
 import { poolConfig } from '../../src/config/pool-defaults.js';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { checkConfigFile, loadConfigFile, parseConfig } from '../../src/config/load.js';
@@ -197,8 +198,58 @@ describe('loading a shard config', () => {
 
   it('masks passwords in database URLs it echoes back', () => {
     expect(errorsOf(`${MINIMAL}database: { url: "mysql://rf:hunter2@db/rf" }`)).toEqual([
-      'database.url: expected postgres://..., pglite:memory or pglite:<path>, got "mysql://rf:***@db/rf"',
+      'database.url: expected postgres://..., pglite:memory or pglite:<path>, got "mysql://***@db/…"',
     ]);
+  });
+
+  it('refuses credentials in the GitLab and webhook URLs, and a query in the GitLab URL, without echoing them', () => {
+    const hook = (url: string) => `${MINIMAL}billing: { webhooks: [{ url: "${url}", secret: "0123456789abcdef" }] }\n`;
+    const errors = [
+      ...errorsOf(MINIMAL.replace('http://127.0.0.1:9000', 'https://ci:PASSWORD1@gitlab.example.com')),
+      ...errorsOf(MINIMAL.replace('http://127.0.0.1:9000', 'https://gitlab.example.com/?private_token=QUERYTOKEN')),
+      ...errorsOf(hook('https://TOKENUSER@hooks.example.com/billing?sig=QUERYTOKEN')),
+    ];
+    expect(errors).toEqual([
+      'gitlab.url: expected http(s) URL without user:password@ (credentials do not belong in a URL), got "https://***@gitlab.example.com"',
+      'gitlab.url: expected http(s) URL without a query string or fragment, got "https://gitlab.example.com/…"',
+      'billing.webhooks[0].url: expected http(s) URL without user:password@ (credentials do not belong in a URL), got "https://***@hooks.example.com/…"',
+    ]);
+    // A webhook may carry a token in its query string (many receivers want one); it is scrubbed wherever it is reported.
+    expect(parseConfig(hook('https://hooks.example.com/billing?sig=QUERYTOKEN'), { env: {} }).billing.webhooks[0]!.url).toBe('https://hooks.example.com/billing?sig=QUERYTOKEN');
+  });
+
+  it('refuses __proto__, constructor and prototype keys at any depth, naming the path and line', () => {
+    // yaml keeps `__proto__` as an own key; copied with obj[k] = v it set http's prototype, so
+    // http.adminToken read the attacker's value.
+    expect(errorsOf(`${MINIMAL}http:\n  __proto__:\n    adminToken: hello-admin\n`)).toEqual([
+      'http.__proto__: key not allowed anywhere (__proto__, constructor, prototype) (yaml line 8, column 3)',
+    ]);
+    expect(errorsOf(MINIMAL.replace('providers: { local: {} }', 'providers: { local: { constructor: { prototype: 1 } } }'))).toEqual([
+      'providers.local.constructor: key not allowed anywhere (__proto__, constructor, prototype) (yaml line 6, column 23)',
+    ]);
+    expect(errorsOf(MINIMAL.replace('small: {', 'prototype: {'))).toEqual([expect.stringMatching(/^classes\.prototype: key not allowed anywhere/)]);
+  });
+
+  it('refuses alias bombs, self-containing aliases, unknown tags and deep nesting as YAML errors with a line', () => {
+    const bomb = ['a: &a ["x","x","x","x","x","x","x","x","x"]', ...'bcdef'.split('').map((k, i) => `${k}: &${k} [${Array(9).fill(`*${'abcdef'[i]}`).join(',')}]`)].join('\n');
+    expect(errorsOf(bomb)).toEqual(['yaml: line 2, column 8: aliases expand to too many nodes (more than 100 per alias); write the values out instead']);
+    expect(errorsOf(`${MINIMAL}dataDir: &d [*d]\n`)).toEqual(['yaml: line 7, column 14: alias *d refers to a value that contains it']);
+    expect(errorsOf(`${MINIMAL}dataDir: *nowhere\n`)).toEqual(['yaml: line 7, column 10: alias *nowhere has no anchor &nowhere before it']);
+    expect(errorsOf(`${MINIMAL}dataDir: !!binary aGVsbG8=\n`)).toEqual(['yaml: line 7, column 10: Unresolved tag: tag:yaml.org,2002:binary']);
+    expect(errorsOf(`${MINIMAL}dataDir: ${'['.repeat(40)}${']'.repeat(40)}\n`)).toEqual([expect.stringMatching(/^dataDir(\[0\])+: expected at most 32 levels of nesting \(yaml line 7, column \d+\)$/)]);
+    // Aliases within bounds are fine.
+    expect(parseConfig(`${MINIMAL}dataDir: &d ./d\nsecrets: { key: null }\n`, { env: {} }).dataDir).toMatch(/\/d$/);
+  });
+
+  it('refuses a file that is not UTF-8 or is too big, naming the line', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rf-config-'));
+    const bad = join(dir, 'latin1.yaml');
+    writeFileSync(bad, Buffer.concat([Buffer.from(MINIMAL), Buffer.from('dataDir: "caf'), Buffer.from([0xe9]), Buffer.from('"\n')]));
+    expect(checkConfigFile(bad)).toEqual({ ok: false, errors: ['yaml: line 7: invalid UTF-8 (the file must be UTF-8 text)'] });
+    const big = join(dir, 'big.yaml');
+    writeFileSync(big, `${MINIMAL}# ${'x'.repeat(1024 * 1024)}\n`);
+    expect(checkConfigFile(big)).toEqual({ ok: false, errors: [expect.stringMatching(/^yaml: the file is \d+ bytes; a shard config is at most 1048576 bytes$/)] });
+    rmSync(dir, { recursive: true });
   });
 
   it('throws ConfigError with all errors from parseConfig and loadConfigFile', () => {

@@ -263,6 +263,21 @@ describe('GitLabClient against the emulator, more', () => {
   });
 });
 
+describe('GitLabClient with credentials in its URL', () => {
+  it('names the failure without the URL\'s user, password or query, in its errors and its log', async () => {
+    const lines: string[] = [];
+    const sink = new Writable({ write: (c, _e, cb) => (lines.push(String(c)), cb()) });
+    // The config refuses such a URL; a client built another way must not leak it either.
+    const url = gitlab.url.replace('http://', 'http://ci-user:PASSWORD123@') + '/?private_token=QUERYSECRET123';
+    const leaky = new GitLabClient({ url, timeoutMs: 500, log: pino({ level: 'trace' }, sink), systemId: 's_url', retries: 1, minRetryMs: 5 });
+    const err = await leaky.requestJob('good-token').catch((e: Error) => e);
+    expect(String(err)).toMatch(/job request: Request cannot be constructed from a URL that includes credentials: http:\/\/\*\*\*@127\.0\.0\.1:\d+\/…/);
+    for (const text of [String(err), (err as Error).stack ?? '', ...lines]) {
+      for (const secret of ['ci-user', 'PASSWORD123', 'QUERYSECRET123']) expect(text).not.toContain(secret);
+    }
+  });
+});
+
 describe('parseJobPayload', () => {
   it('names the field of a malformed payload and salvages id and token', () => {
     const r = parseJobPayload({ id: 7, token: 't', steps: [{ name: 'script', script: 'echo' }] });
