@@ -14,7 +14,6 @@
 //   over a bound is refused before it runs (failed as runner_unsupported, with a trace line
 //   naming the bound): running it with some values unmasked could leak them.
 import type { JobPayload } from './job-payload.js';
-import { MaskAutomaton } from './mask.js';
 
 export const MIN_MASKED_LENGTH = 8;
 export const MAX_MASKED_VALUES = 1000;
@@ -22,7 +21,7 @@ export const MAX_MASKED_VALUE_BYTES = 8 * 1024;
 export const MAX_MASK_PATTERN_BYTES = 256 * 1024;
 
 export type MaskPlan =
-  | { ok: true; automaton: MaskAutomaton; values: number; patterns: number; ignored: string[] }
+  | { ok: true; patterns: Buffer[]; values: number; ignored: string[] }
   | { ok: false; error: string };
 
 const HEX = '0123456789ABCDEF';
@@ -53,7 +52,7 @@ export function urlEncodedForms(value: string): string[] {
 
 const kib = (n: number) => `${Math.ceil(n / 1024).toLocaleString('en')} KiB`;
 
-/** The job's masked values compiled, or why the job cannot be masked safely (it must not run). */
+/** What to mask in the job's trace (for MaskAutomaton), or why it cannot be masked safely (it must not run). */
 export function maskPlan(job: Pick<JobPayload, 'token' | 'variables'>): MaskPlan {
   const values = new Map<string, string>(); // value -> the first variable that holds it
   const ignored: string[] = [];
@@ -81,8 +80,7 @@ export function maskPlan(job: Pick<JobPayload, 'token' | 'variables'>): MaskPlan
     }
   }
   if (total > MAX_MASK_PATTERN_BYTES) return { ok: false, error: `the masked values take ${kib(total)} with their URL-encoded forms; runner-fleet masks at most ${kib(MAX_MASK_PATTERN_BYTES)}` };
-  const automaton = new MaskAutomaton([...patterns].map((p) => Buffer.from(p)));
-  return { ok: true, automaton, values: values.size, patterns: patterns.size, ignored };
+  return { ok: true, patterns: [...patterns].map((p) => Buffer.from(p)), values: values.size, ignored };
 }
 
 /** The trace line for masked variables left unmasked (by name only), or null. */
