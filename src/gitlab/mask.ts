@@ -23,7 +23,7 @@ export class MaskAutomaton {
   readonly classOf = new Uint16Array(256);
   readonly classes: number;
   /** Moves of nodes [0, denseNodes): dense[s * classes + classOf[b]]. */
-  readonly dense: Int32Array = new Int32Array(0);
+  readonly dense: Uint16Array | Int32Array = new Int32Array(0);
   readonly denseNodes: number = 0;
   /** Open-addressing table (node * 256 + byte) -> child, for the trie's edges. */
   private readonly keys: Int32Array;
@@ -36,7 +36,8 @@ export class MaskAutomaton {
   readonly nodes: number;
   readonly patterns: number;
 
-  constructor(values: readonly Buffer[]) {
+  /** `denseEntries`: the precomputed table's size in entries (tests shrink it to exercise the trie walk). */
+  constructor(values: readonly Buffer[], opts: { denseEntries?: number } = {}) {
     const unique = [...new Map(values.filter((v) => v.length > 0).map((v) => [v.toString('latin1'), v])).values()];
     this.patterns = unique.length;
     const total = unique.reduce((n, v) => n + v.length, 0);
@@ -79,8 +80,9 @@ export class MaskAutomaton {
     const used: number[] = [];
     for (const v of unique) for (const b of v) if (this.classOf[b] === 0) (this.classOf[b] = classes++), used.push(b);
     this.classes = classes;
-    const denseNodes = Math.max(1, Math.min(nodes, Math.floor(DENSE_ENTRIES / classes)));
-    const dense = new Int32Array(denseNodes * classes);
+    const denseNodes = Math.max(1, Math.min(nodes, Math.floor((opts.denseEntries ?? DENSE_ENTRIES) / classes)));
+    // 16-bit entries while node ids fit: half the table, so more of it stays in the CPU cache.
+    const dense = nodes <= 0x10000 ? new Uint16Array(denseNodes * classes) : new Int32Array(denseNodes * classes);
     for (let s = 0; s < denseNodes; s++) {
       for (const b of used) {
         const c = this.classOf[b]!;

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { Masker } from '../../src/gitlab/mask.js';
+import { MaskAutomaton, Masker } from '../../src/gitlab/mask.js';
 
-function run(secrets: string[], chunks: string[]): string {
-  const m = new Masker(secrets);
+/** The masker's output for `chunks`; `sparse`: only the root's moves precomputed, the rest walk the trie. */
+function run(secrets: string[], chunks: string[], sparse = false): string {
+  const m = new Masker(sparse ? new MaskAutomaton(secrets.map((s) => Buffer.from(s)), { denseEntries: 0 }) : secrets);
   return Buffer.concat([...chunks.map((c) => m.push(Buffer.from(c))), m.end()]).toString();
 }
 
@@ -66,6 +67,7 @@ describe('Masker', () => {
       const text = word(0, 60);
       const chunks = randomChunks(text, rnd);
       expect(run(secrets, chunks), JSON.stringify({ round, secrets, chunks })).toBe(reference(secrets, text));
+      expect(run(secrets, chunks, true), JSON.stringify({ sparse: true, round, secrets, chunks })).toBe(reference(secrets, text));
     }
   });
 
@@ -80,7 +82,21 @@ describe('Masker', () => {
       while (text.length < 400) text += rnd(3) ? word(0, 5) : secrets[rnd(secrets.length)]!.slice(rnd(3));
       const chunks = randomChunks(text, rnd);
       expect(run(secrets, chunks), JSON.stringify({ round, secrets, chunks })).toBe(reference(secrets, text));
+      expect(run(secrets, chunks, true), JSON.stringify({ sparse: true, round, secrets, chunks })).toBe(reference(secrets, text));
     }
+  });
+
+  it('masks with an automaton of more than 65,536 nodes (32-bit moves) and 1,000 secrets', () => {
+    const rnd = prng(99);
+    const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+    const secrets = Array.from({ length: 1000 }, () => Array.from({ length: 80 }, () => chars[rnd(chars.length)]).join(''));
+    const ac = new MaskAutomaton(secrets.map((s) => Buffer.from(s)));
+    expect(ac.nodes).toBeGreaterThan(65_536);
+    expect(ac.dense).toBeInstanceOf(Int32Array);
+    const text = `a ${secrets[0]} b ${secrets[999]!.slice(0, 79)} c ${secrets[500]}${secrets[501]} d`;
+    const chunks = randomChunks(text, rnd);
+    const m = new Masker(ac);
+    expect(Buffer.concat([...chunks.map((c) => m.push(Buffer.from(c))), m.end()]).toString()).toBe(`a [MASKED] b ${secrets[999]!.slice(0, 79)} c [MASKED][MASKED] d`);
   });
 
   it('masks the union of overlapping secrets: no byte of either shows, at every split', () => {
