@@ -3,7 +3,8 @@
 // Occurrences that overlap are masked as their union (one [MASKED]), so no byte of any value
 // shows; occurrences that only touch stay two. A value split across chunks is found too: only the
 // tail that could still be the start of a value (the automaton's depth, at most the longest
-// value - 1 bytes) or the inside of a match that may still grow is held back until the next chunk.
+// value - 1 bytes) is held back until the next chunk; a match that may still grow (an
+// overlapping value may extend it) is held as a span, not as bytes.
 // The output depends only on the bytes, never on how they were cut into chunks, so a trace
 // produced again from byte 0 is masked the same way.
 
@@ -13,7 +14,7 @@ const EMPTY = Buffer.alloc(0);
 /**
  * Moves precomputed (failures resolved) for the shallow nodes, where the scan is nearly all the
  * time: nodes in breadth-first order, one row each over the byte classes the values use, up to
- * this many entries (512 KiB per job, shared by its maskers).
+ * this many entries (256 KiB per job, 512 KiB past 65,536 nodes; shared by the job's maskers).
  */
 const DENSE_ENTRIES = 128 * 1024;
 
