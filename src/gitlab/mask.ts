@@ -39,7 +39,8 @@ export class MaskAutomaton {
 
   /** `denseEntries`: the precomputed table's size in entries (tests shrink it to exercise the trie walk). */
   constructor(values: readonly Buffer[], opts: { denseEntries?: number } = {}) {
-    const unique = [...new Map(values.filter((v) => v.length > 0).map((v) => [v.toString('latin1'), v])).values()];
+    // Longest first: the level-by-level build below stops at the first value too short for a level.
+    const unique = [...new Map(values.filter((v) => v.length > 0).map((v) => [v.toString('latin1'), v])).values()].sort((a, b) => b.length - a.length);
     this.patterns = unique.length;
     const total = unique.reduce((n, v) => n + v.length, 0);
     if (total >= 1 << 23) throw new RangeError('masked values too large for one automaton');
@@ -60,7 +61,7 @@ export class MaskAutomaton {
     for (let d = 0; d < maxLen; d++) {
       for (let p = 0; p < unique.length; p++) {
         const v = unique[p]!;
-        if (d >= v.length) continue;
+        if (d >= v.length) break;
         const s = at[p]!;
         const b = v[d]!;
         let t = this.next(s, b);
