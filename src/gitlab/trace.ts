@@ -143,6 +143,11 @@ export class TraceUploader {
     this.masker = o.masker;
   }
 
+  /** Past the size cap: further job output is dropped, so a producer may stop reading it. */
+  get capped(): boolean {
+    return this.truncated;
+  }
+
   /** Bytes of masked trace produced so far, and how many of them GitLab has. */
   get progress(): { size: number; sent: number; held: number } {
     return { size: this.produced, sent: this.sent, held: this.held.size };

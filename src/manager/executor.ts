@@ -60,6 +60,9 @@ export interface ReattachContext extends Omit<JobContext, 'awaitVm'> {
   startedAt: number | null;
 }
 
+/** An attach offset past any job's output: the attach then only waits for the job's end. */
+const SKIP_OUTPUT = 2 ** 50;
+
 type EndCause = { kind: 'exit'; code: number | null; signal?: string } | { kind: 'canceled' } | { kind: 'timeout' } | { kind: 'system'; message: string } | { kind: 'unsupported'; message: string };
 
 /** Windows: writes the script to the VM through stdin, then runs it in the session. */
@@ -314,6 +317,8 @@ export class Executor {
     let unreachableSince: number | null = null;
     let lastError = '';
     let wantRewind = false;
+    /** The log is past its cap: this pass is dropped and the next attach skips the output. */
+    let skipping = false;
     let stream: AbortController | null = null;
     w.setRewind(() => {
       wantRewind = true;
@@ -335,6 +340,7 @@ export class Executor {
       if (wantRewind) {
         // GitLab lost trace we no longer hold: produce the whole trace again from the VM's file.
         wantRewind = false;
+        skipping = false;
         offset = 0;
         trace.restart(w.masker());
         trace.append(w.prefix());
@@ -388,11 +394,22 @@ export class Executor {
               flow?.pause();
               void trace.drained().then(() => flow?.resume());
             }
+            if (trace.capped && offset < SKIP_OUTPUT) {
+              // Nothing more of the output will be sent: stop reading it, only wait for the end.
+              log.info({ read: offset }, 'job log past its size cap: no longer reading its output');
+              offset = SKIP_OUTPUT;
+              skipping = true;
+              cur.abort();
+            }
           },
         });
       } catch (err) {
         if (signal.aborted) return null;
         if (wantRewind) continue;
+        if (skipping) {
+          skipping = false;
+          continue;
+        }
         session.close();
         const failed = await trouble((err as Error).message);
         if (failed) return failed;
@@ -403,6 +420,10 @@ export class Executor {
       }
       if (wantRewind) continue;
       const endLine = parseAttachEnd(stderr);
+      if (!endLine && skipping) {
+        skipping = false;
+        continue;
+      }
       if (!endLine) {
         const failed = await trouble(`the job's output stream ended early${stderr.trim() ? `: ${stderr.trim().slice(-200)}` : ''}`);
         if (failed) return failed;
