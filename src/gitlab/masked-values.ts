@@ -50,6 +50,9 @@ export function urlEncodedForms(value: string): string[] {
   return [...forms];
 }
 
+/** A variable's name as a trace line shows it: plain names as they are, others quoted (no line breaks or escapes). */
+const name = (key: string) => (/^[A-Za-z0-9_]{1,100}$/.test(key) ? key : JSON.stringify(key.slice(0, 100)));
+
 const kib = (n: number) => `${Math.ceil(n / 1024).toLocaleString('en')} KiB`;
 
 /** What to mask in the job's trace (for MaskAutomaton), or why it cannot be masked safely (it must not run). */
@@ -62,11 +65,11 @@ export function maskPlan(job: Pick<JobPayload, 'token' | 'variables'>): MaskPlan
     const value = v.value.trim();
     if (!value) continue;
     if (value.length < MIN_MASKED_LENGTH) {
-      if (!ignored.includes(v.key)) ignored.push(v.key);
+      if (!ignored.includes(name(v.key))) ignored.push(name(v.key));
       continue;
     }
     const bytes = Buffer.byteLength(value);
-    if (bytes > MAX_MASKED_VALUE_BYTES) return { ok: false, error: `masked variable ${v.key} is ${bytes.toLocaleString('en')} bytes long; runner-fleet masks values of at most ${MAX_MASKED_VALUE_BYTES.toLocaleString('en')} bytes` };
+    if (bytes > MAX_MASKED_VALUE_BYTES) return { ok: false, error: `masked variable ${name(v.key)} is ${bytes.toLocaleString('en')} bytes long; runner-fleet masks values of at most ${MAX_MASKED_VALUE_BYTES.toLocaleString('en')} bytes` };
     if (!values.has(value)) values.set(value, v.key);
   }
   if (values.size > MAX_MASKED_VALUES) return { ok: false, error: `the job has ${values.size.toLocaleString('en')} masked values; runner-fleet masks at most ${MAX_MASKED_VALUES.toLocaleString('en')}` };

@@ -37,6 +37,9 @@ describe('maskPlan', () => {
     expect(warning).toContain('SHORT, PADDED');
     expect(warning).not.toContain('abc12');
     expect(ignoredWarning([])).toBeNull();
+    // A name that could forge a trace line is quoted.
+    const odd = maskPlan(job([{ key: 'X\nJob succeeded', value: 'short', masked: true }]));
+    expect(odd.ok && ignoredWarning(odd.ignored)).toContain('masked variable "X\\nJob succeeded" shorter');
   });
 
   it('trims surrounding whitespace, as GitLab Runner does', () => {
