@@ -98,12 +98,20 @@ export function variableValue(job: JobPayload, key: string): string | undefined 
   return job.variables.findLast((v) => v.key === key)?.value;
 }
 
+/**
+ * A predefined variable as GitLab set it: its first definition. GitLab lists its predefined
+ * variables first; a later one of the same name comes from the project or `.gitlab-ci.yml`.
+ */
+export function predefinedValue(job: JobPayload, key: string): string | undefined {
+  return job.variables.find((v) => v.key === key)?.value;
+}
+
 function intVar(job: JobPayload, key: string): number | null {
-  const v = variableValue(job, key);
+  const v = predefinedValue(job, key);
   return v !== undefined && /^\d+$/.test(v) ? Number(v) : null;
 }
 
-/** The project's namespace and root namespace ids (for quotas and billing), null when absent. */
+/** The project's namespace and root namespace ids (for quotas and billing; GitLab's values, never a job's), null when absent. */
 export function namespaceIds(job: JobPayload): { namespaceId: number | null; rootNamespaceId: number | null } {
   const namespaceId = intVar(job, 'CI_PROJECT_NAMESPACE_ID');
   return { namespaceId, rootNamespaceId: intVar(job, 'CI_PROJECT_ROOT_NAMESPACE_ID') };

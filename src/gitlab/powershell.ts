@@ -119,8 +119,12 @@ function gitSetup(job: JobPayload): string[] {
     return [...out, `Write-Host ${psq(`Skipping Git repository setup (GIT_STRATEGY=${plan.strategy})`)}`];
   }
   if (plan.kind === 'missing') return [...out, "throw 'the job has no git repository to fetch'"];
+  if (plan.kind === 'invalid') return [...out, `throw ${psq(plan.error)}`];
   const { depth } = plan;
-  // The remote URL carries the job token: it is only ever an argument, never echoed.
+  // The remote URL carries the job token: it is only ever an argument, never echoed. Arguments
+  // from the payload come after `--`, quoted: PowerShell swallows a bare `--` (its own
+  // end-of-parameters token) instead of passing it to git.
+  const dd = psq('--');
   out.push(
     ...(plan.clone ? ["Write-Host 'Cloning repository...'", empty] : []),
     `Write-Host ${psq(`Fetching changes${depth ? ` with git depth set to ${depth}` : ''}...`)}`,
@@ -130,10 +134,10 @@ function gitSetup(job: JobPayload): string[] {
     "$ErrorActionPreference = 'Continue'",
     ...git('-c init.defaultBranch=main init -q .', 'git init'),
     '& git remote remove origin 2>&1 | Out-Null',
-    ...git(`remote add origin ${psq(plan.repoUrl)}`, 'git remote add'),
-    ...git(`-c protocol.version=2 fetch -q ${depth ? `--depth ${depth} ` : ''}--prune origin ${plan.refspecs.map(psq).join(' ')}`, 'git fetch'),
+    ...git(`remote add ${dd} origin ${psq(plan.repoUrl)}`, 'git remote add'),
+    ...git(`-c protocol.version=2 fetch -q ${depth ? `--depth ${depth} ` : ''}--prune ${dd} origin ${plan.refspecs.map(psq).join(' ')}`, 'git fetch'),
     `Write-Host ${psq(`Checking out ${plan.sha.slice(0, 8)} as detached HEAD (ref is ${plan.ref})...`)}`,
-    ...git(`-c advice.detachedHead=false checkout -f -q ${psq(plan.sha)}`, 'git checkout'),
+    ...git(`-c advice.detachedHead=false checkout -f -q ${psq(plan.sha)} ${dd}`, 'git checkout'),
     ...(plan.cleanFlags === null ? [] : git(`clean -q ${plan.cleanFlags.join(' ')}`, 'git clean')),
     '}',
     '} catch {',

@@ -143,20 +143,32 @@ export class TraceUploader {
     this.masker = o.masker;
   }
 
+  /** Past the size cap: further job output is dropped, so a producer may stop reading it. */
+  get capped(): boolean {
+    return this.truncated;
+  }
+
   /** Bytes of masked trace produced so far, and how many of them GitLab has. */
   get progress(): { size: number; sent: number; held: number } {
     return { size: this.produced, sent: this.sent, held: this.held.size };
   }
 
-  /** Output from the job: masked, held, sent soon. False: the buffer is full, wait for drained(). */
+  /**
+   * Output from the job: masked, held, sent soon. False: the buffer is full, wait for drained().
+   * Past the size cap (or once GitLab took the job back) output is dropped unmasked: no work
+   * is spent on what will never be sent.
+   */
   write(chunk: Buffer): boolean {
-    this.add(this.masker.push(chunk));
+    if (!this.truncated && !this.gone && !this.closed) this.add(this.masker.push(chunk));
     return this.held.size < this.bufferBytes || this.gone || this.closed;
   }
 
-  /** A line from the runner itself (not masked: never holds job data). Flushes the masker first. */
+  /**
+   * A line from the runner itself. Masked too, in the same stream as the job's output (it may
+   * quote the VM's errors), so the masked trace is the same however often it is produced again.
+   */
   append(text: string): void {
-    this.add(Buffer.concat([this.masker.end(), Buffer.from(text)]));
+    this.add(this.masker.push(Buffer.from(text)));
   }
 
   /** Resolves once the held bytes are below half the buffer (or nothing more will be sent). */
@@ -188,6 +200,7 @@ export class TraceUploader {
     if (this.produced + buf.length > this.maxBytes) {
       if (this.truncated) return;
       this.truncated = true;
+      this.masker.end(); // what it held back is dropped with the rest
       buf = Buffer.from('\nWARNING: job log size limit exceeded; further output is dropped\n');
     }
     const at = this.produced;

@@ -10,8 +10,9 @@ import type { VmRow } from '../db/schema.js';
 import { connectSsh, type SshSession } from '../connect/ssh.js';
 import type { GitLabClient } from '../gitlab/client.js';
 import { killCommand, parseAttachEnd, startOrAttachCommand, type AttachEnd } from '../gitlab/detach.js';
-import type { JobPayload } from '../gitlab/job-payload.js';
-import { Masker } from '../gitlab/mask.js';
+import { namespaceIds, pipelineId, type JobPayload } from '../gitlab/job-payload.js';
+import { MaskAutomaton, Masker } from '../gitlab/mask.js';
+import { ignoredWarning, maskPlan } from '../gitlab/masked-values.js';
 import { buildPowerShellScript, powerShellCommand, powerShellStdin } from '../gitlab/powershell.js';
 import { buildBashScript } from '../gitlab/script.js';
 import { TraceUploader } from '../gitlab/trace.js';
@@ -59,7 +60,10 @@ export interface ReattachContext extends Omit<JobContext, 'awaitVm'> {
   startedAt: number | null;
 }
 
-type EndCause = { kind: 'exit'; code: number | null; signal?: string } | { kind: 'canceled' } | { kind: 'timeout' } | { kind: 'system'; message: string };
+/** An attach offset past any job's output: the attach then only waits for the job's end. */
+const SKIP_OUTPUT = 2 ** 50;
+
+type EndCause = { kind: 'exit'; code: number | null; signal?: string } | { kind: 'canceled' } | { kind: 'timeout' } | { kind: 'system'; message: string } | { kind: 'unsupported'; message: string };
 
 /** Windows: writes the script to the VM through stdin, then runs it in the session. */
 export function jobInvocation(os: GuestOs, job: JobPayload): { command: string; stdin: string } {
@@ -79,11 +83,6 @@ export function guestOs(info: Pick<ConnectInfo, 'os'> | undefined, cls: ClassCon
   if (info && info.os !== 'linux') return info.os;
   if (declared === 'windows' || declared === 'macos') return declared;
   return info?.os ?? 'linux';
-}
-
-/** The values a job's trace must never show: the job token and the masked variables. */
-export function maskedValues(job: JobPayload): string[] {
-  return [job.token, ...(job.variables ?? []).filter((v) => v.masked && v.value).map((v) => v.value)];
 }
 
 /** What an attach's end means for the job (pure). */
@@ -161,8 +160,11 @@ export class Executor {
     const abort = r.abort;
     let vm = ctx.vm;
     const log = this.d.log.child({ job: job.id, vm: vm.id, class: cls.name, ...(resume ? { reattached: true } : {}) });
-    const masked = maskedValues(job);
-    let cause: EndCause | null = null;
+    // Intake refuses a job whose values cannot all be masked; a re-attached one is ended unseen.
+    const plan = maskPlan(job);
+    const automaton = new MaskAutomaton(plan.ok ? plan.patterns : [Buffer.from(job.token)]);
+    const masker = () => new Masker(automaton);
+    let cause: EndCause | null = plan.ok ? null : { kind: 'unsupported', message: plan.error };
     const end = (c: EndCause) => {
       if (!cause) cause = c;
       abort.abort();
@@ -172,7 +174,7 @@ export class Executor {
       client: this.d.gitlab,
       jobId: job.id,
       jobToken: job.token,
-      masker: new Masker(masked),
+      masker: masker(),
       onCancel: () => end({ kind: 'canceled' }),
       onRewind: () => rewind?.(),
       log,
@@ -198,9 +200,11 @@ export class Executor {
       else this.observeStart(ctx, startedAt, log);
     };
     const watch = (first: SshSession | undefined, signal = abort.signal) =>
-      this.watch({ ctx, vm, log, trace, masked, prefix: () => prefix, script: Buffer.from(buildBashScript(job)), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
+      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: Buffer.from(buildBashScript(job)), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
     try {
-      if (resume) {
+      if (cause) {
+        detachedJob = resume !== null; // a running job is killed: its output cannot be masked
+      } else if (resume) {
         trace.append(prefix);
         detachedJob = true;
         const got = await watch(undefined);
@@ -211,6 +215,8 @@ export class Executor {
           vm = await ctx.awaitVm(abort.signal);
         }
         say(`Running with runner-fleet (shard ${this.d.config.shard}, class ${cls.name}) on VM ${vm.name}\n`);
+        const unmasked = plan.ok ? ignoredWarning(plan.ignored) : null;
+        if (unmasked) say(unmasked);
         // The boot probe's connection saves a handshake on the start path, if it is still up.
         const kept = this.d.pool.takeSession(vm.id);
         let connecting: Promise<SshSession> | undefined;
@@ -263,7 +269,7 @@ export class Executor {
       return;
     }
     const c: EndCause = cause ?? { kind: 'system', message: 'the job ended for an unknown reason' };
-    if (detachedJob && (c.kind === 'canceled' || c.kind === 'timeout' || c.kind === 'system')) session = await this.killRemote(vm, job.id, c.kind === 'timeout' ? 'timeout' : 'canceled', session, log);
+    if (detachedJob && c.kind !== 'exit') session = await this.killRemote(vm, job.id, c.kind === 'timeout' ? 'timeout' : 'canceled', session, log);
     // A re-attached job may end before its output was all produced again: close after GitLab's part.
     if (resume && c.kind !== 'exit') await trace.catchUp().catch(() => {});
     const outcome = this.outcome(c, ctx, trace);
@@ -275,7 +281,7 @@ export class Executor {
     let t = await finish();
     // GitLab lost trace after the job ended: the VM's file still has it all; produce it again.
     for (let i = 0; i < 3 && t && trace.needsRewind && detachedJob && c.kind === 'exit'; i++) {
-      trace.restart(new Masker(masked));
+      trace.restart(masker());
       trace.append(prefix);
       const replay = new AbortController();
       const stop = setTimeout(() => replay.abort(), 60_000);
@@ -299,7 +305,7 @@ export class Executor {
    * when stopped from outside (cancel, timeout, detach: the caller knows why).
    */
   private async watch(w: {
-    ctx: JobContext | ReattachContext; vm: VmRow; log: Logger; trace: TraceUploader; masked: string[]; prefix: () => string; script: Buffer;
+    ctx: JobContext | ReattachContext; vm: VmRow; log: Logger; trace: TraceUploader; masker: () => Masker; prefix: () => string; script: Buffer;
     signal: AbortSignal; session: SshSession | undefined; onOutput: () => void;
     setRewind: (f: () => void) => void; setSession: (s: SshSession | undefined) => void;
   }): Promise<EndCause | null> {
@@ -311,6 +317,8 @@ export class Executor {
     let unreachableSince: number | null = null;
     let lastError = '';
     let wantRewind = false;
+    /** The log is past its cap: this pass is dropped and the next attach skips the output. */
+    let skipping = false;
     let stream: AbortController | null = null;
     w.setRewind(() => {
       wantRewind = true;
@@ -332,8 +340,9 @@ export class Executor {
       if (wantRewind) {
         // GitLab lost trace we no longer hold: produce the whole trace again from the VM's file.
         wantRewind = false;
+        skipping = false;
         offset = 0;
-        trace.restart(new Masker(w.masked));
+        trace.restart(w.masker());
         trace.append(w.prefix());
       }
       if (!session || session.closed) {
@@ -385,11 +394,22 @@ export class Executor {
               flow?.pause();
               void trace.drained().then(() => flow?.resume());
             }
+            if (trace.capped && offset < SKIP_OUTPUT) {
+              // Nothing more of the output will be sent: stop reading it, only wait for the end.
+              log.info({ read: offset }, 'job log past its size cap: no longer reading its output');
+              offset = SKIP_OUTPUT;
+              skipping = true;
+              cur.abort();
+            }
           },
         });
       } catch (err) {
         if (signal.aborted) return null;
         if (wantRewind) continue;
+        if (skipping) {
+          skipping = false;
+          continue;
+        }
         session.close();
         const failed = await trouble((err as Error).message);
         if (failed) return failed;
@@ -400,6 +420,10 @@ export class Executor {
       }
       if (wantRewind) continue;
       const endLine = parseAttachEnd(stderr);
+      if (!endLine && skipping) {
+        skipping = false;
+        continue;
+      }
       if (!endLine) {
         const failed = await trouble(`the job's output stream ended early${stderr.trim() ? `: ${stderr.trim().slice(-200)}` : ''}`);
         if (failed) return failed;
@@ -496,6 +520,9 @@ export class Executor {
       case 'system':
         trace.append(`\nERROR: Job failed (system failure): ${cause.message}\n`);
         return { result: 'failed', exitCode: null, failureReason: 'runner_system_failure' };
+      case 'unsupported':
+        trace.append(`\nERROR: Job failed: ${cause.message}\n`);
+        return { result: 'failed', exitCode: null, failureReason: 'runner_unsupported' };
     }
   }
 
@@ -533,14 +560,20 @@ export class Executor {
   }
 }
 
+/**
+ * Who a job bills and counts against: GitLab's own values, never the job's. job_info.project_id,
+ * else the first definitions of the predefined variables: GitLab lists its predefined variables
+ * before the project's, group's and `.gitlab-ci.yml`'s, so a later definition of the same name is
+ * the job's and must not move the bill to another namespace.
+ */
 export function jobIdentity(job: JobPayload): { projectId: number | null; pipelineId: number | null; namespaceId: number | null; rootNamespaceId: number | null } {
-  const v = new Map((job.variables ?? []).map((x) => [x.key, x.value]));
-  const num = (s: string | undefined) => (s && /^\d+$/.test(s) ? Number(s) : null);
+  const { namespaceId, rootNamespaceId } = namespaceIds(job);
+  const first = job.variables.find((v) => v.key === 'CI_PROJECT_ID')?.value;
   return {
-    projectId: job.job_info?.project_id ?? num(v.get('CI_PROJECT_ID')),
-    pipelineId: num(v.get('CI_PIPELINE_ID')),
-    namespaceId: num(v.get('CI_PROJECT_NAMESPACE_ID')),
-    rootNamespaceId: num(v.get('CI_PROJECT_ROOT_NAMESPACE_ID')) ?? num(v.get('CI_PROJECT_NAMESPACE_ID')),
+    projectId: job.job_info?.project_id ?? (first && /^\d+$/.test(first) ? Number(first) : null),
+    pipelineId: pipelineId(job),
+    namespaceId,
+    rootNamespaceId: rootNamespaceId ?? namespaceId,
   };
 }
 

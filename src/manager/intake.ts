@@ -6,6 +6,7 @@ import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { GitLabClient } from '../gitlab/client.js';
 import { jobTimeoutSeconds, parseJobPayload, type ParsedJob } from '../gitlab/job-payload.js';
+import { maskPlan } from '../gitlab/masked-values.js';
 import { DB_RETRY, failJobBack } from './fail-back.js';
 import type { Clock } from './clock.js';
 import { jobIdentity, type Executor } from './executor.js';
@@ -171,6 +172,12 @@ export class Intake {
       return null;
     }
     const job = parsed.job;
+    // Values that cannot all be masked (over the bounds): refused before it takes a VM, never run half-masked.
+    const masking = maskPlan(job);
+    if (!masking.ok) {
+      await this.reject(cls, { error: masking.error, jobId: job.id, token: job.token }, pickedAt, log);
+      return null;
+    }
     const timeoutSeconds = jobTimeoutSeconds(job, cls.jobTimeoutMs / 1000);
     const queuedSeconds = job.job_info?.time_in_queue_seconds ?? null;
     this.observe(cls, job, pickedAt, queuedSeconds);

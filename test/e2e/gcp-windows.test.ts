@@ -145,7 +145,7 @@ describe('a Windows job on the gcp provider (GCE emulator)', () => {
     expect(script).toContain(`$env:CI_JOB_ID = '${id}'`);
     expect(script).toContain("$env:CI_JOB_NAME = 'win-greet'");
     expect(script).toContain('Write-Output "hello from windows job $env:CI_JOB_ID"');
-    expect(script).toContain('& git remote add origin ');
+    expect(script).toContain("& git remote add '--' origin ");
     expect(script).not.toContain('#!/usr/bin/env bash');
     expect(script).not.toContain('set -eo pipefail');
 

@@ -87,6 +87,50 @@ describe.each(databaseKinds())('job loop on %s', (kind) => {
     await expectCleanedUp(id);
   });
 
+  it('masks URL-encoded forms and overlapping values, warns of masked values too short to mask, and bills GitLab\'s namespace', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      script: [
+        "printf 'url=%s\\n' 'https://bot:us3r%3Ap%40ss%2Fw0rd%2Bx@example.com/repo.git'",
+        "printf 'overlap=%s\\n' abcdefgh12345678",
+        'echo "short=$SHORT_ONE"',
+      ],
+      variables: [
+        { key: 'URL_SECRET', value: 'us3r:p@ss/w0rd+x', masked: true },
+        { key: 'OVER_A', value: 'abcdefgh12', masked: true },
+        { key: 'OVER_B', value: 'gh12345678', masked: true },
+        { key: 'SHORT_ONE', value: 'abc', masked: true },
+        // A job's own definitions of the predefined ids must not move the bill.
+        { key: 'CI_PROJECT_NAMESPACE_ID', value: '998' },
+        { key: 'CI_PROJECT_ROOT_NAMESPACE_ID', value: '999' },
+      ],
+      git: false,
+    });
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect(final.state).toBe('success');
+    expect(final.trace).toMatch(/^url=https:\/\/bot:\[MASKED\]@example\.com\/repo\.git$/m);
+    expect(final.trace).toMatch(/^overlap=\[MASKED\]$/m);
+    expect(final.trace).not.toMatch(/%2Fw0rd|abcdefgh|12345678/);
+    expect(final.trace).toContain('WARNING: masked variable SHORT_ONE shorter than 8 characters');
+    expect(final.trace).toMatch(/^short=abc$/m);
+    const { job, event } = await expectCleanedUp(id);
+    // The emulator's predefined values, in the job row (quotas) and the billing event alike.
+    expect([Number(job.namespace_id), Number(job.root_namespace_id)]).toEqual([7, 3]);
+    const payload = (typeof event.payload === 'string' ? JSON.parse(event.payload) : event.payload) as { namespaceId: number; rootNamespaceId: number };
+    expect([payload.namespaceId, payload.rootNamespaceId]).toEqual([7, 3]);
+  });
+
+  it('refuses a job with more masked values than it masks, before it takes a VM', async () => {
+    const variables = Array.from({ length: 1001 }, (_, i) => ({ key: `MANY_${i}`, value: `many-masked-value-${String(i).padStart(5, '0')}`, masked: true }));
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo should-not-run'], variables, git: false });
+    const final = await gitlab.waitForFinal(id, 20_000);
+    expect(final.state).toBe('failed');
+    expect(final.failureReason).toBe('runner_unsupported');
+    expect(final.trace).toContain('the job has 1,002 masked values; runner-fleet masks at most 1,000');
+    expect(final.trace).not.toContain('should-not-run');
+    expect((await shard.store.job(id))?.vm_id ?? null).toBeNull();
+  });
+
   it('cancels a running job when GitLab says canceling, and deletes its VM', async () => {
     const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo started', 'sleep 60', 'echo not-reached'], git: false });
     await gitlab.waitFor(id, (j) => j.trace.includes('started'), 20_000);

@@ -21,13 +21,15 @@ describe.each(databaseKinds())('trace memory bound on %s', (kind) => {
   let shard: Shard;
   let db: TestDatabase;
   let dataDir: string;
+  const logLines: string[] = [];
 
   beforeAll(async () => {
     dataDir = mkdtempSync(join(tmpdir(), 'rf-trace-bound-'));
     db = await freshDatabase(kind);
     gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
     const config = parseConfig(shardYaml({ shard: `trace-${kind}`, gitlabUrl: gitlab.url, dbUrl: db.url, dataDir, idle: 1, max: 2 }));
-    shard = await startShard({ config, log: createLogger({ level: 'silent' }), tickMs: 100, defaultMetrics: false, http: false, reportPollMs: 200 });
+    const destination = { write: (line: string) => void logLines.push(line) };
+    shard = await startShard({ config, log: createLogger({ level: 'info', destination }), tickMs: 100, defaultMetrics: false, http: false, reportPollMs: 200 });
   });
 
   afterAll(async () => {
@@ -58,5 +60,21 @@ describe.each(databaseKinds())('trace memory bound on %s', (kind) => {
     expect(highWater).toBeGreaterThan(0);
     // One buffer, plus what arrives in the SSH packet that crosses the mark.
     expect(highWater).toBeLessThanOrEqual(TRACE_BUFFER_BYTES + 64 * 1024);
+  }, 150_000);
+
+  it('stops reading a job\'s output once its log is past the size cap, and still reports its end', async () => {
+    // 40 MiB of output against the 32 MiB cap, then a last line that must never be read.
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ["head -c 41943040 /dev/zero | tr '\\0' x", 'echo', 'echo after-the-flood', 'exit 4'], git: false });
+    const final = await gitlab.waitForFinal(id, 120_000);
+    expect(final.state).toBe('failed');
+    expect(final.exitCode).toBe(4);
+    expect(final.trace).toContain('job log size limit exceeded');
+    expect(final.trace).not.toContain('after-the-flood');
+    expect(final.trace.length).toBeLessThan(32 * 1024 * 1024 + 1024);
+    const skipped = logLines.filter((l) => l.includes('no longer reading its output') && l.includes(`"job":${id}`));
+    expect(skipped).toHaveLength(1);
+    const read = (JSON.parse(skipped[0]!) as { read: number }).read;
+    expect(read).toBeGreaterThan(32 * 1024 * 1024 - 64 * 1024);
+    expect(read).toBeLessThan(33 * 1024 * 1024);
   }, 150_000);
 });

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
-import { Masker } from '../../src/gitlab/mask.js';
+import { MaskAutomaton, Masker } from '../../src/gitlab/mask.js';
 
-function run(secrets: string[], chunks: string[]): string {
-  const m = new Masker(secrets);
+/** The masker's output for `chunks`; `sparse`: only the root's moves precomputed, the rest walk the trie. */
+function run(secrets: string[], chunks: string[], sparse = false): string {
+  const m = new Masker(sparse ? new MaskAutomaton(secrets.map((s) => Buffer.from(s)), { denseEntries: 0 }) : secrets);
   return Buffer.concat([...chunks.map((c) => m.push(Buffer.from(c))), m.end()]).toString();
 }
 
@@ -57,24 +58,95 @@ describe('Masker', () => {
       for (let j = i; j < text.length; j++) expect(run(secrets, [text.slice(0, i), text.slice(i, j), text.slice(j)])).toBe(want);
   });
 
-  it('agrees with a whole-string reference on random streams cut at random points', () => {
-    let seed = 12345;
-    const rnd = (n: number) => {
-      // mulberry32: a small PRNG with good low bits, seeded so a failure replays.
-      seed = (seed + 0x6d2b79f5) | 0;
-      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-      return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * n | 0;
-    };
+  it('agrees with the naive reference on random streams cut at random points (small alphabet: many overlaps)', () => {
+    const rnd = prng(12345);
     const alphabet = 'ab c';
     const word = (min: number, max: number) => Array.from({ length: min + rnd(max - min + 1) }, () => alphabet[rnd(alphabet.length)]).join('');
-    for (let round = 0; round < 400; round++) {
-      const secrets = Array.from({ length: 1 + rnd(3) }, () => word(1, 4));
-      const text = word(0, 40);
-      const cuts = Array.from({ length: rnd(6) }, () => rnd(text.length + 1)).sort((x, y) => x - y);
-      const chunks = [0, ...cuts].map((c, k, all) => text.slice(c, all[k + 1] ?? text.length));
-      expect(run(secrets, chunks), JSON.stringify({ secrets, chunks })).toBe(reference(secrets, text));
+    for (let round = 0; round < 3000; round++) {
+      const secrets = Array.from({ length: 1 + rnd(4) }, () => word(1, 6));
+      const text = word(0, 60);
+      const chunks = randomChunks(text, rnd);
+      expect(run(secrets, chunks), JSON.stringify({ round, secrets, chunks })).toBe(reference(secrets, text));
+      expect(run(secrets, chunks, true), JSON.stringify({ sparse: true, round, secrets, chunks })).toBe(reference(secrets, text));
     }
+  });
+
+  it('agrees with the naive reference with many secrets of many lengths over a larger alphabet', () => {
+    const rnd = prng(777);
+    const alphabet = 'abcdefgh\n';
+    const word = (min: number, max: number) => Array.from({ length: min + rnd(max - min + 1) }, () => alphabet[rnd(alphabet.length)]).join('');
+    for (let round = 0; round < 300; round++) {
+      const secrets = Array.from({ length: 1 + rnd(60) }, () => word(2, 12));
+      // Text built partly from the secrets, so matches, overlaps and near misses are common.
+      let text = '';
+      while (text.length < 400) text += rnd(3) ? word(0, 5) : secrets[rnd(secrets.length)]!.slice(rnd(3));
+      const chunks = randomChunks(text, rnd);
+      expect(run(secrets, chunks), JSON.stringify({ round, secrets, chunks })).toBe(reference(secrets, text));
+      expect(run(secrets, chunks, true), JSON.stringify({ sparse: true, round, secrets, chunks })).toBe(reference(secrets, text));
+    }
+  });
+
+  it('masks with an automaton of more than 65,536 nodes (32-bit moves) and 1,000 secrets', () => {
+    const rnd = prng(99);
+    const chars = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+    const secrets = Array.from({ length: 1000 }, () => Array.from({ length: 80 }, () => chars[rnd(chars.length)]).join(''));
+    const ac = new MaskAutomaton(secrets.map((s) => Buffer.from(s)));
+    expect(ac.nodes).toBeGreaterThan(65_536);
+    expect(ac.dense).toBeInstanceOf(Int32Array);
+    const text = `a ${secrets[0]} b ${secrets[999]!.slice(0, 79)} c ${secrets[500]}${secrets[501]} d`;
+    const chunks = randomChunks(text, rnd);
+    const m = new Masker(ac);
+    expect(Buffer.concat([...chunks.map((c) => m.push(Buffer.from(c))), m.end()]).toString()).toBe(`a [MASKED] b ${secrets[999]!.slice(0, 79)} c [MASKED][MASKED] d`);
+  });
+
+  it('masks the union of overlapping secrets: no byte of either shows, at every split', () => {
+    const secrets = ['abcdefgh', 'efghijkl'];
+    const text = 'x abcdefghijkl y efghijklabcdefgh z';
+    expect(reference(secrets, text)).toBe('x [MASKED] y [MASKED][MASKED] z');
+    for (let i = 0; i <= text.length; i++) expect(run(secrets, [text.slice(0, i), text.slice(i)]), `split at ${i}`).toBe('x [MASKED] y [MASKED][MASKED] z');
+  });
+
+  it('masks a secret that overlaps itself (aaaa in aaaaaa) as one span, and a long run without buffering it', () => {
+    expect(run(['aaaa'], ['xaaaaaax'])).toBe('x[MASKED]x');
+    const m = new Masker(['aaaa']);
+    const outs: Buffer[] = [m.push(Buffer.from('x'))];
+    for (let i = 0; i < 1000; i++) {
+      outs.push(m.push(Buffer.alloc(1024, 'a')));
+      expect(m.bufferedBytes).toBeLessThanOrEqual(4);
+    }
+    outs.push(m.push(Buffer.from('y')), m.end());
+    expect(Buffer.concat(outs).toString()).toBe('x[MASKED]y');
+  });
+
+  it('holds back at most what could still become a secret (a partial match), never more', () => {
+    const m = new Masker(['0123456789abcdef']);
+    expect(m.push(Buffer.from('line one 0123')).toString()).toBe('line one ');
+    expect(m.bufferedBytes).toBe(4);
+    expect(m.push(Buffer.from('x\n')).toString()).toBe('0123x\n');
+    expect(m.bufferedBytes).toBe(0);
+  });
+
+  it('masks multi-byte UTF-8 secrets split inside a character', () => {
+    const secret = 'pässwört-ünïcode';
+    const bytes = Buffer.from(`a ${secret} b`);
+    for (let i = 1; i < bytes.length; i++) {
+      const m = new Masker([secret]);
+      expect(Buffer.concat([m.push(bytes.subarray(0, i)), m.push(bytes.subarray(i)), m.end()]).toString()).toBe('a [MASKED] b');
+    }
+  });
+
+  it('does not keep the caller\'s chunk: a reused buffer does not change what is held', () => {
+    const m = new Masker(['secret-value-1']);
+    const buf = Buffer.from('abc secret-val');
+    const first = m.push(buf).toString();
+    buf.fill('z');
+    expect(first + Buffer.concat([m.push(Buffer.from('ue-1 end')), m.end()]).toString()).toBe('abc [MASKED] end');
+  });
+
+  it('can be used again after end()', () => {
+    const m = new Masker(['hunter2-S3cret']);
+    expect(Buffer.concat([m.push(Buffer.from('a hunter2')), m.end()]).toString()).toBe('a hunter2');
+    expect(Buffer.concat([m.push(Buffer.from('-S3cret hunter2-S3cret')), m.end()]).toString()).toBe('-S3cret [MASKED]');
   });
 
   it('passes output through untouched when there are no secrets (empty values ignored)', () => {
@@ -84,16 +156,44 @@ describe('Masker', () => {
   });
 });
 
-/** Left to right; at each position the longest secret that matches there. */
+/**
+ * Naive reference: every occurrence of every secret, overlapping occurrences merged into one
+ * span, each span one [MASKED]; spans that only touch stay apart.
+ */
 function reference(secrets: string[], text: string): string {
-  const sorted = [...new Set(secrets)].filter((s) => s).sort((a, b) => b.length - a.length);
-  let out = '';
-  for (let i = 0; i < text.length; ) {
-    const hit = sorted.find((s) => text.startsWith(s, i));
-    if (hit) {
-      out += '[MASKED]';
-      i += hit.length;
-    } else out += text[i++];
+  const spans: [number, number][] = [];
+  for (const s of new Set(secrets)) {
+    if (!s) continue;
+    for (let i = text.indexOf(s); i >= 0; i = text.indexOf(s, i + 1)) spans.push([i, i + s.length]);
   }
-  return out;
+  spans.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const merged: [number, number][] = [];
+  for (const [a, b] of spans) {
+    const last = merged[merged.length - 1];
+    if (last && a < last[1]) last[1] = Math.max(last[1], b);
+    else merged.push([a, b]);
+  }
+  let out = '';
+  let at = 0;
+  for (const [a, b] of merged) {
+    out += `${text.slice(at, a)}[MASKED]`;
+    at = b;
+  }
+  return out + text.slice(at);
+}
+
+/** mulberry32: a small PRNG with good low bits, seeded so a failure replays. */
+function prng(seed: number): (n: number) => number {
+  return (n) => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * n) | 0;
+  };
+}
+
+/** Cut `text` at random points (0-7 cuts, empty chunks included). */
+function randomChunks(text: string, rnd: (n: number) => number): string[] {
+  const cuts = Array.from({ length: rnd(8) }, () => rnd(text.length + 1)).sort((x, y) => x - y);
+  return [0, ...cuts].map((c, k, all) => text.slice(c, all[k + 1] ?? text.length));
 }

@@ -211,9 +211,10 @@ describe('buildPowerShellScript', () => {
     const s = buildPowerShellScript(job({ git_info: GIT }));
     expect(s).toContain("Write-Host 'Fetching changes with git depth set to 20...'");
     expect(s).toContain('& git -c init.defaultBranch=main init -q . 2>&1 | rfOut | Out-Host');
-    expect(s).toContain(`& git remote add origin '${GIT.repo_url}' 2>&1 | rfOut | Out-Host`);
-    expect(s).toContain("& git -c protocol.version=2 fetch -q --depth 20 --prune origin '+refs/heads/main:refs/remotes/origin/main' 2>&1 | rfOut | Out-Host");
-    expect(s).toContain(`& git -c advice.detachedHead=false checkout -f -q '${GIT.sha}' 2>&1 | rfOut | Out-Host`);
+    // Payload arguments after a quoted '--' (a bare -- is PowerShell's own token, never passed on).
+    expect(s).toContain(`& git remote add '--' origin '${GIT.repo_url}' 2>&1 | rfOut | Out-Host`);
+    expect(s).toContain("& git -c protocol.version=2 fetch -q --depth 20 --prune '--' origin '+refs/heads/main:refs/remotes/origin/main' 2>&1 | rfOut | Out-Host");
+    expect(s).toContain(`& git -c advice.detachedHead=false checkout -f -q '${GIT.sha}' '--' 2>&1 | rfOut | Out-Host`);
     expect(s).toContain('& git clean -q -ffdx 2>&1 | rfOut | Out-Host');
     expect(s).toContain("Write-Host 'Checking out 01234567 as detached HEAD (ref is main)...'");
     const lines = s.split('\n');
@@ -229,7 +230,7 @@ describe('buildPowerShellScript', () => {
 
   it('applies GIT_DEPTH, GIT_CLEAN_FLAGS, default refspecs and the strategies as the bash script does', () => {
     const deep = buildPowerShellScript(job({ git_info: { ...GIT, refspecs: [] }, variables: [{ key: 'GIT_DEPTH', value: '0' }, { key: 'GIT_CLEAN_FLAGS', value: '-ffdx -e x;rm' }] }));
-    expect(deep).toContain("fetch -q --prune origin '+refs/heads/*:refs/remotes/origin/*' '+refs/tags/*:refs/tags/*'");
+    expect(deep).toContain("fetch -q --prune '--' origin '+refs/heads/*:refs/remotes/origin/*' '+refs/tags/*:refs/tags/*'");
     expect(deep).toContain("Write-Host 'Fetching changes...'");
     expect(deep).toContain('& git clean -q -ffdx -e 2>&1');
     const noClean = buildPowerShellScript(job({ git_info: GIT, variables: [{ key: 'GIT_CLEAN_FLAGS', value: 'none' }] }));
@@ -245,10 +246,19 @@ describe('buildPowerShellScript', () => {
     expect(empty).toContain('Remove-Item -Recurse -Force');
     const odd = buildPowerShellScript(job({ git_info: GIT, variables: [{ key: 'GIT_STRATEGY', value: 'bogus' }] }));
     expect(odd).toContain("Write-Host 'WARNING: unknown GIT_STRATEGY bogus, using fetch'");
-    expect(odd).toContain('& git remote add origin');
+    expect(odd).toContain("& git remote add '--' origin");
     const missing = buildPowerShellScript(job());
     expect(missing).not.toContain('& git');
     expect(missing).toContain("throw 'the job has no git repository to fetch'");
+  });
+
+  it('refuses a repository URL or refspec that starts with "-" (git would read it as an option)', () => {
+    const url = buildPowerShellScript(job({ git_info: { ...GIT, repo_url: '--upload-pack=touch /tmp/pwned' } }));
+    expect(url).not.toContain('& git');
+    expect(url).toContain(`throw 'the repository URL starts with "-"'`);
+    const ref = buildPowerShellScript(job({ git_info: { ...GIT, refspecs: ['+refs/heads/main:refs/remotes/origin/main', '--upload-pack=x'] } }));
+    expect(ref).not.toContain('& git');
+    expect(ref).toContain(`throw 'the refspec "--upload-pack=x" is not valid'`);
   });
 
   it('runs the script step in its own powershell process from a file it checks parses first', () => {

@@ -1,6 +1,6 @@
 // The generated job script run by a real bash against the emulator's real git repository.
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -164,5 +164,56 @@ describe('buildBashScript', () => {
     expect(r.out).toContain('ERROR: git fetch/checkout failed');
     expect(r.out).not.toMatch(/^should-not-run$/m);
     expect(r.out).not.toContain(job.token);
+  });
+
+  it('keeps its exit code and cleans up whatever IFS, RF_TMP, rf_rc, HOME or PATH the job sets', async () => {
+    const victim = join(home, 'victim');
+    mkdirSync(victim, { recursive: true });
+    writeFileSync(join(victim, 'keep'), 'x');
+    const job = await take({
+      // Builtins only: the job's PATH is the job's business; the wrapper's own commands keep the VM's.
+      script: ['echo "file=$(< "$MY_FILE")"', 'echo "project=$CI_PROJECT_DIR"', 'exit 10'],
+      afterScript: ['echo after-ran', 'exit 20'],
+      variables: [
+        { key: 'IFS', value: '0' },
+        { key: 'RF_TMP', value: victim },
+        { key: 'rf_rc', value: '0' },
+        { key: 'rf_dir', value: '/nonexistent' },
+        { key: 'HOME', value: '/nonexistent-home' },
+        { key: 'PATH', value: '/nonexistent-bin' },
+        { key: 'MY_FILE', value: 'file-var-content', file: true },
+      ],
+      git: false,
+    });
+    const r = await bash(buildBashScript(job));
+    expect(r.out).toMatch(/^file=file-var-content$/m);
+    expect(r.out).toMatch(new RegExp(`^project=${home}/builds/demo/project$`, 'm'));
+    expect(r.out).toContain('after-ran');
+    expect(r.out).toContain('WARNING: after_script failed');
+    expect(r.code).toBe(10); // with IFS=0 in the wrapper, `exit $rf_rc` was `exit 1`
+    expect(existsSync(join(victim, 'keep'))).toBe(true); // rm -rf "$RF_TMP" was the job's directory
+  });
+
+  it('keeps exit codes 100 and 0 under IFS=0', async () => {
+    for (const code of [100, 0]) {
+      const job = await take({ script: [`exit ${code}`], variables: [{ key: 'IFS', value: '0' }], git: false });
+      expect((await bash(buildBashScript(job))).code).toBe(code);
+    }
+  });
+
+  it('passes payload arguments to git after --, and refuses a URL or refspec starting with "-"', async () => {
+    const job = await take({ script: ['echo ran'] });
+    const s = buildBashScript(job);
+    expect(s).toContain(`git remote add -- origin '${job.git_info!.repo_url}'`);
+    expect(s).toMatch(/git -c protocol\.version=2 fetch -q (--depth \d+ )?--prune -- origin '\+refs/);
+    expect(s).toContain(`checkout -f -q '${job.git_info!.sha}' --`);
+    for (const git_info of [{ ...job.git_info!, repo_url: `--upload-pack=touch ${home}/pwned` }, { ...job.git_info!, refspecs: [`--upload-pack=touch ${home}/pwned`] }]) {
+      const bad = { ...job, git_info };
+      const r = await bash(buildBashScript(bad));
+      expect(r.code).toBe(1);
+      expect(r.out).toMatch(/ERROR: the (repository URL starts with "-"|refspec "--upload-pack=touch [^"]*" is not valid)/);
+      expect(r.out).not.toMatch(/^ran$/m);
+      expect(existsSync(join(home, 'pwned'))).toBe(false);
+    }
   });
 });

@@ -115,3 +115,40 @@ describe('TraceUploader memory bound', () => {
     expect(t.checksum).toBe(`crc32:${crc32(want).toString(16).padStart(8, '0')}`);
   });
 });
+
+describe('TraceUploader masking', () => {
+  it("masks the runner's own lines too, in one stream with the job's output", async () => {
+    const job = await running();
+    const secret = 'vm-error-s3cret-9f8e';
+    const up = new TraceUploader({ client, jobId: job.id, jobToken: job.token, masker: new Masker([secret]), onCancel: () => {}, log, intervalMs: 20, minIntervalMs: 10 });
+    up.append(`Running on VM ${secret}\n`);
+    up.write(Buffer.from('job says vm-error-'));
+    up.append(`s3cret-9f8e\nERROR: Job failed (system failure): ssh: ${secret}\n`);
+    await up.finish();
+    up.close();
+    expect(gitlab.job(job.id).trace).toBe('Running on VM [MASKED]\njob says [MASKED]\nERROR: Job failed (system failure): ssh: [MASKED]\n');
+  });
+
+  it('stops masking once the trace is truncated: output past the cap costs no masking work', async () => {
+    const job = await running();
+    class Counting extends Masker {
+      pushed = 0;
+      override push(chunk: Buffer): Buffer {
+        this.pushed += chunk.length;
+        return super.push(chunk);
+      }
+    }
+    const masker = new Counting(['hunter2-hunter2']);
+    const up = new TraceUploader({ client, jobId: job.id, jobToken: job.token, masker, onCancel: () => {}, log, intervalMs: 20, minIntervalMs: 10, maxBytes: 64 * 1024 });
+    const chunk = Buffer.from('x'.repeat(4000) + ' hunter2-hunter2\n');
+    for (let i = 0; i < 1000; i++) up.write(chunk); // ~4 MB
+    up.append('\nJob succeeded\n');
+    await up.finish();
+    up.close();
+    expect(masker.pushed).toBeLessThan(64 * 1024 + 2 * chunk.length);
+    const trace = gitlab.job(job.id).trace;
+    expect(trace).toContain('job log size limit exceeded');
+    expect(trace).not.toContain('hunter2');
+    expect(trace.length).toBeLessThan(64 * 1024 + 200);
+  });
+});
