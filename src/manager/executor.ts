@@ -535,7 +535,8 @@ export class Executor {
 
 export function jobIdentity(job: JobPayload): { projectId: number | null; pipelineId: number | null; namespaceId: number | null; rootNamespaceId: number | null } {
   const v = new Map((job.variables ?? []).map((x) => [x.key, x.value]));
-  const num = (s: string | undefined) => (s && /^\d+$/.test(s) ? Number(s) : null);
+  // Past 2^53 a number is not the id it names (and the bigint column would refuse it): null.
+  const num = (s: string | undefined) => (s && /^\d{1,15}$/.test(s) ? Number(s) : null);
   return {
     projectId: job.job_info?.project_id ?? num(v.get('CI_PROJECT_ID')),
     pipelineId: num(v.get('CI_PIPELINE_ID')),
