@@ -16,7 +16,7 @@ import { Gen } from './gen.js';
 
 export const WEBHOOK_CASES = 120;
 const EVENTS = 600;
-const TIMEOUT_MS = 250;
+const TIMEOUT_MS = 150;
 
 interface Answer {
   status: number;
