@@ -215,7 +215,7 @@ describe('cloud answers fuzz', () => {
       await provider.close();
       await emu.close();
     }
-  });
+  }, 180_000);
 
   it(`${EC2_CASES} generated EC2 answers: calls settle, a broken list is "unknown", never "gone"`, async () => {
     const emu: Ec2Emulator = await startEc2Emulator({ bootDelayMs: 0, dataDir: join(dataDir, 'ec2') });
@@ -240,5 +240,5 @@ describe('cloud answers fuzz', () => {
       await provider.close();
       await emu.close();
     }
-  });
+  }, 180_000);
 });

@@ -115,8 +115,8 @@ describe('GitLab client fuzz', () => {
       } catch (err) {
         error = err;
       }
-      // Two attempts at most, each bounded by the timeout, plus the body read.
-      expect(Date.now() - started, where).toBeLessThan(4 * TIMEOUT_MS + 2000);
+      // Two attempts at most, each bounded by the timeout (slack for a loaded CI machine).
+      expect(Date.now() - started, where).toBeLessThan(2 * TIMEOUT_MS + 8000);
       // A redirect is never followed: the job token must not travel to wherever Location points.
       const path = ['POST /api/v4/jobs/request', 'PATCH /api/v4/jobs/77/trace', 'PUT /api/v4/jobs/77'][call];
       expect(received.every((r) => r === path), `${where}: ${received.join(', ')}`).toBe(true);

@@ -143,5 +143,5 @@ describe('billing webhook answers fuzz', () => {
       clearInterval(kicker);
       await delivery.stop(1000);
     }
-  });
+  }, 120_000);
 });
