@@ -4,6 +4,7 @@
 import { arch, platform } from 'node:os';
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
+import { UnreadablePayload } from './job-payload.js';
 
 export const RUNNER_VERSION = '0.1.0';
 
@@ -18,6 +19,8 @@ export interface GitLabClientOptions {
   retries?: number;
   /** Base of the backoff (tests use a short one). */
   minRetryMs?: number;
+  /** Largest job payload read (default 64 MiB); a larger one is failed back, not held in memory. */
+  maxPayloadBytes?: number;
 }
 
 export type RequestJobResult = { kind: 'job'; raw: unknown } | { kind: 'none' } | { kind: 'forbidden' };
@@ -104,6 +107,24 @@ function updateInterval(res: Response): number | undefined {
   return Number.isFinite(s) && s > 0 ? Math.min(Math.max(s, 1), 3600) * 1000 : undefined;
 }
 
+/** The body as text, or (over: true) its first 512 bytes once it passes `max`. */
+async function readCapped(res: Response, max: number): Promise<{ text: string; over: boolean }> {
+  const reader = res.body?.getReader();
+  if (!reader) return { text: '', over: false };
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return { text: Buffer.concat(chunks).toString('utf8'), over: false };
+    n += value.length;
+    chunks.push(Buffer.from(value));
+    if (n > max) {
+      await reader.cancel().catch(() => {});
+      return { text: Buffer.concat(chunks).subarray(0, 512).toString('utf8'), over: true };
+    }
+  }
+}
+
 export class GitLabClient {
   private readonly base: string;
   private readonly lastUpdate = new Map<string, string>();
@@ -176,11 +197,14 @@ export class GitLabClient {
     const lu = res.headers.get('x-gitlab-last-update');
     if (lu) this.lastUpdate.set(key, lu);
     if (res.status === 201) {
-      const text = await res.text();
+      // The payload validator names the problem; the reason never quotes the body (it holds secrets).
+      const max = this.o.maxPayloadBytes ?? 64 * 1024 * 1024;
+      const body = await readCapped(res, max);
+      if (body.over) return { kind: 'job', raw: new UnreadablePayload(`larger than ${max} bytes`, body.text) };
       try {
-        return { kind: 'job', raw: JSON.parse(text) };
+        return { kind: 'job', raw: JSON.parse(body.text) };
       } catch {
-        return { kind: 'job', raw: text }; // the payload validator names the problem
+        return { kind: 'job', raw: new UnreadablePayload(`not valid JSON (${Buffer.byteLength(body.text)} bytes, cut off or corrupted)`, body.text.slice(0, 512)) };
       }
     }
     await res.body?.cancel();

@@ -67,6 +67,15 @@ export type JobVariable = z.output<typeof variable>;
 
 export type ParsedJob = { ok: true; job: JobPayload } | { ok: false; error: string; jobId?: number; token?: string };
 
+/** A body the client could not take as JSON: why (never its content: it holds secrets), and its start. */
+export class UnreadablePayload {
+  constructor(
+    readonly reason: string,
+    /** The first bytes, from which the job's id and token may still be salvaged. */
+    readonly prefix: string,
+  ) {}
+}
+
 function fieldPath(path: readonly PropertyKey[]): string {
   let out = '';
   for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
@@ -74,6 +83,7 @@ function fieldPath(path: readonly PropertyKey[]): string {
 }
 
 export function parseJobPayload(raw: unknown): ParsedJob {
+  if (raw instanceof UnreadablePayload) return { ok: false, error: `(payload): ${raw.reason}`, ...salvageText(raw.prefix) };
   const res = jobSchema.safeParse(raw);
   if (res.success) return { ok: true, job: res.data };
   const errors = res.error.issues.slice(0, 5).map((i) => `${fieldPath(i.path)}: ${i.message}`);

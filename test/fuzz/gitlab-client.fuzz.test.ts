@@ -6,6 +6,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GitLabClient } from '../../src/gitlab/client.js';
+import { parseJobPayload } from '../../src/gitlab/job-payload.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { Gen } from './gen.js';
 
@@ -98,7 +99,7 @@ describe('GitLab client fuzz', () => {
 
   it(`${CLIENT_CASES} generated coordinator answers: a well-formed result or an Error naming the call, in bounded time`, async () => {
     const g = new Gen();
-    const client = new GitLabClient({ url, timeoutMs: TIMEOUT_MS, log: createLogger({ level: 'silent' }), systemId: 's_fuzz', retries: 1, minRetryMs: 1 });
+    const client = new GitLabClient({ url, timeoutMs: TIMEOUT_MS, log: createLogger({ level: 'silent' }), systemId: 's_fuzz', retries: 1, minRetryMs: 1, maxPayloadBytes: 1024 * 1024 });
     const tally = { resolved: 0, rejected: 0 };
     for (let i = 0; i < CLIENT_CASES; i++) {
       answer = makeAnswer(g);
@@ -132,7 +133,16 @@ describe('GitLab client fuzz', () => {
       const r = result as Record<string, unknown>;
       if (call === 0) {
         expect(['job', 'none', 'forbidden'], where).toContain(r['kind']);
-        if (r['kind'] === 'job') expect(answer.status, where).toBe(201);
+        if (r['kind'] === 'job') {
+          expect(answer.status, where).toBe(201);
+          // What intake does next: a parsed job, or an error naming the field (the body never quoted).
+          const parsed = parseJobPayload(r['raw']);
+          if (!parsed.ok) {
+            expect(parsed.error, where).toMatch(/^(\(payload\)|[A-Za-z_]\w*(\[\d+\]|\.\w+)*): /);
+            expect(parsed.error.length, where).toBeLessThan(2000);
+          }
+          if (Buffer.byteLength(answer.body) > 1024 * 1024 && answer.mode === 'normal') expect(parsed.ok || parsed.error, where).toMatch(/^\(payload\): larger than 1048576 bytes/);
+        }
       } else if (call === 1) {
         expect(typeof r['ok'], where).toBe('boolean');
         expect(Number.isSafeInteger(r['nextOffset']) && (r['nextOffset'] as number) >= 0, where).toBe(true);
@@ -145,6 +155,11 @@ describe('GitLab client fuzz', () => {
         expect(Number.isFinite(ms) && ms > 0 && ms <= 3_600_000, where).toBe(true);
       }
     }
+    // A payload past the cap is not held in memory; its start still names the job to fail back.
+    answer = { status: 201, headers: {}, body: `{"id":77,"token":"glcbt-x","variables":[{"key":"K","value":"${'v'.repeat(2 * 1024 * 1024)}"}]}`, mode: 'normal' };
+    const big = await client.requestJob('runner-token');
+    expect(big.kind).toBe('job');
+    expect(parseJobPayload(big.kind === 'job' ? big.raw : null)).toEqual({ ok: false, error: '(payload): larger than 1048576 bytes', jobId: 77, token: 'glcbt-x' });
     expect(tally.resolved).toBeGreaterThan(20);
     expect(tally.rejected).toBeGreaterThan(20);
     expect(unhandled).toEqual([]);
