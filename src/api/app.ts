@@ -48,7 +48,12 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   const log = deps.log.child({ component: 'api' }, {
     redact: { paths: [...new Set([...REDACT_PATHS, 'req.headers.authorization'])], censor: '[redacted]' },
   });
-  const app = Fastify({ loggerInstance: log, logController: new QuietLogController(), return503OnClosing: true });
+  const app = Fastify({
+    loggerInstance: log, logController: new QuietLogController(), return503OnClosing: true,
+    // fastify's ajv strips unknown properties by default, which makes `additionalProperties: false`
+    // dead: an unknown query parameter must be a 400 naming it, not silently ignored.
+    ajv: { customOptions: { removeAdditional: false } },
+  });
 
   app.setErrorHandler((err: FastifyError, req, reply) => {
     if (err.validation) return reply.code(400).send({ error: validationMessage(err) });
@@ -59,7 +64,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route ${req.method} ${req.url.split('?')[0]}` }));
 
-  await app.register(healthRoutes, { db: deps.db, ...(deps.ready ? { ready: deps.ready } : {}), ...(deps.warnings ? { warnings: deps.warnings } : {}) });
+  await app.register(healthRoutes, { db: deps.db, adminToken: deps.adminToken, ...(deps.ready ? { ready: deps.ready } : {}), ...(deps.warnings ? { warnings: deps.warnings } : {}) });
   await app.register(metricsRoutes, { metrics: deps.metrics });
   await app.register(statusRoutes, { db: deps.db, shard: deps.shard });
   await app.register(adminRoutes, { db: deps.db, shard: deps.shard, adminToken: deps.adminToken });

@@ -3,6 +3,7 @@
 import { sql, type Kysely } from 'kysely';
 import type { FastifyInstance } from 'fastify';
 import type { Database } from '../db/schema.js';
+import { bearerMatches } from './auth.js';
 
 /** true = ready; otherwise why not: a reason, or a status of its own (`standby`) with its reason. */
 export type Readiness = boolean | string | { status: string; reason: string };
@@ -10,6 +11,8 @@ export type Readiness = boolean | string | { status: string; reason: string };
 export interface HealthOptions {
   db: Kysely<Database>;
   ready?: () => Promise<Readiness>;
+  /** Only a request with this token sees why a check failed (database or manager error text). */
+  adminToken?: string | null;
   /** Longest a readiness check may take before it counts as failed (default 2 s). */
   checkTimeoutMs?: number;
   /** Unsafe settings the manager runs with (a `warnings` array in every /readyz body when any). */
@@ -34,16 +37,22 @@ export async function healthRoutes(app: FastifyInstance, opts: HealthOptions): P
     // A standby is healthy: it says so at debug, not as a warning every probe.
     if (not.status === 'standby') req.log.debug(not, 'standby');
     else req.log.warn(not, 'not ready');
-    return reply.code(503).send({ ...not, ...warnings });
+    // Error text (host names, roles, driver messages) is for the operator, not any prober.
+    const { detail, ...body } = not;
+    const admin = !!opts.adminToken && bearerMatches(req.headers.authorization, opts.adminToken);
+    return reply.code(503).send(admin && detail ? { ...body, reason: detail, ...warnings } : { ...body, ...warnings });
   });
 }
 
-/** null when ready; else the 503 body. A standby manager answers `standby` and who holds the shard. */
-async function notReady(opts: HealthOptions, timeoutMs: number): Promise<{ status: string; reason: string } | null> {
+/**
+ * null when ready; else the 503 body, with `detail` (the error text) for an admin only. A standby
+ * manager answers `standby` and who holds the shard.
+ */
+async function notReady(opts: HealthOptions, timeoutMs: number): Promise<{ status: string; reason: string; detail?: string } | null> {
   try {
     await withTimeout(sql`SELECT 1`.execute(opts.db), timeoutMs);
   } catch (err) {
-    return { status: 'unavailable', reason: `database: ${(err as Error).message}` };
+    return { status: 'unavailable', reason: 'database: not answering', detail: `database: ${(err as Error).message}` };
   }
   if (opts.ready) {
     try {
@@ -53,7 +62,7 @@ async function notReady(opts: HealthOptions, timeoutMs: number): Promise<{ statu
       if (typeof r === 'string') return { status: 'unavailable', reason: r };
       return r;
     } catch (err) {
-      return { status: 'unavailable', reason: `manager: ${(err as Error).message}` };
+      return { status: 'unavailable', reason: 'manager: readiness check failed', detail: `manager: ${(err as Error).message}` };
     }
   }
   return null;

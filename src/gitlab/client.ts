@@ -5,6 +5,7 @@ import { arch, platform } from 'node:os';
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
 import { scrubUrls } from '../isolation/redact.js';
+import { UnreadablePayload } from './job-payload.js';
 
 export const RUNNER_VERSION = '0.1.0';
 
@@ -19,6 +20,8 @@ export interface GitLabClientOptions {
   retries?: number;
   /** Base of the backoff (tests use a short one). */
   minRetryMs?: number;
+  /** Largest job payload read (default 64 MiB); a larger one is failed back, not held in memory. */
+  maxPayloadBytes?: number;
 }
 
 export type RequestJobResult = { kind: 'job'; raw: unknown } | { kind: 'none' } | { kind: 'forbidden' };
@@ -99,6 +102,30 @@ const FEATURES = {
 
 const isCanceled = (s: string | undefined) => s === 'canceling' || s === 'canceled';
 
+/** GitLab's X-GitLab-Trace-Update-Interval in ms, if sane (1 s to 1 h); else undefined. */
+function updateInterval(res: Response): number | undefined {
+  const s = Number(res.headers.get('x-gitlab-trace-update-interval'));
+  return Number.isFinite(s) && s > 0 ? Math.min(Math.max(s, 1), 3600) * 1000 : undefined;
+}
+
+/** The body as text, or (over: true) its first 512 bytes once it passes `max`. */
+async function readCapped(res: Response, max: number): Promise<{ text: string; over: boolean }> {
+  const reader = res.body?.getReader();
+  if (!reader) return { text: '', over: false };
+  const chunks: Buffer[] = [];
+  let n = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return { text: Buffer.concat(chunks).toString('utf8'), over: false };
+    n += value.length;
+    chunks.push(Buffer.from(value));
+    if (n > max) {
+      await reader.cancel().catch(() => {});
+      return { text: Buffer.concat(chunks).subarray(0, 512).toString('utf8'), over: true };
+    }
+  }
+}
+
 export class GitLabClient {
   private readonly base: string;
   private readonly lastUpdate = new Map<string, string>();
@@ -133,7 +160,8 @@ export class GitLabClient {
         let res: Response;
         try {
           const headers = { 'user-agent': `runner-fleet ${this.o.version ?? RUNNER_VERSION} (${platform()}/${this.info().architecture})`, ...init.headers };
-          res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, signal: AbortSignal.any([AbortSignal.timeout(this.o.timeoutMs), untilAnswer.signal]) });
+          // redirect: manual: following one would send the job token (a header) wherever Location points.
+          res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, redirect: 'manual', signal: AbortSignal.any([AbortSignal.timeout(this.o.timeoutMs), untilAnswer.signal]) });
         } catch (err) {
           if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
           const e = err as Error & { cause?: { code?: string; message?: string } };
@@ -171,11 +199,14 @@ export class GitLabClient {
     const lu = res.headers.get('x-gitlab-last-update');
     if (lu) this.lastUpdate.set(key, lu);
     if (res.status === 201) {
-      const text = await res.text();
+      // The payload validator names the problem; the reason never quotes the body (it holds secrets).
+      const max = this.o.maxPayloadBytes ?? 64 * 1024 * 1024;
+      const body = await readCapped(res, max);
+      if (body.over) return { kind: 'job', raw: new UnreadablePayload(`larger than ${max} bytes`, body.text) };
       try {
-        return { kind: 'job', raw: JSON.parse(text) };
+        return { kind: 'job', raw: JSON.parse(body.text) };
       } catch {
-        return { kind: 'job', raw: text }; // the payload validator names the problem
+        return { kind: 'job', raw: new UnreadablePayload(`not valid JSON (${Buffer.byteLength(body.text)} bytes, cut off or corrupted)`, body.text.slice(0, 512)) };
       }
     }
     await res.body?.cancel();
@@ -193,11 +224,12 @@ export class GitLabClient {
     });
     await res.body?.cancel();
     const jobStatus = res.headers.get('job-status') ?? undefined;
-    const interval = Number(res.headers.get('x-gitlab-trace-update-interval'));
-    const common = { status: res.status, ...(jobStatus ? { jobStatus } : {}), ...(interval > 0 ? { updateIntervalMs: interval * 1000 } : {}) };
+    const interval = updateInterval(res);
+    const common = { status: res.status, ...(jobStatus ? { jobStatus } : {}), ...(interval ? { updateIntervalMs: interval } : {}) };
     // GitLab answers `Range: 0-<size it holds>` (not an inclusive end: an empty trace is `0-0`,
     // see gitlab's jobs_trace_spec), so the next chunk starts at that number.
-    const held = /^\d+-(\d+)$/.exec(res.headers.get('range') ?? '');
+    // Up to 15 digits: a larger size is no offset we could resend from (nor a safe integer).
+    const held = /^\d{1,15}-(\d{1,15})$/.exec(res.headers.get('range') ?? '');
     if (res.status === 202 || res.status === 200) return { ok: true, nextOffset: held ? Number(held[1]) : end + 1, canceled: isCanceled(jobStatus), ...common };
     if (res.status === 416) return { ok: false, nextOffset: held ? Number(held[1]) : 0, canceled: isCanceled(jobStatus), ...common };
     // 403: the job is no longer running (canceled, finished, erased) or the token is stale.
@@ -219,8 +251,8 @@ export class GitLabClient {
     const res = await this.call(`update of job ${jobId}`, `/api/v4/jobs/${jobId}`, { method: 'PUT', headers: { 'job-token': jobToken, 'content-type': 'application/json' }, body });
     await res.body?.cancel();
     const jobStatus = res.headers.get('job-status') ?? undefined;
-    const interval = Number(res.headers.get('x-gitlab-trace-update-interval'));
-    const common = { canceled: isCanceled(jobStatus), ...(jobStatus ? { jobStatus } : {}), ...(interval > 0 ? { updateIntervalMs: interval * 1000 } : {}) };
+    const interval = updateInterval(res);
+    const common = { canceled: isCanceled(jobStatus), ...(jobStatus ? { jobStatus } : {}), ...(interval ? { updateIntervalMs: interval } : {}) };
     switch (res.status) {
       case 200:
         return { result: 'ok', ...common };

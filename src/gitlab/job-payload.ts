@@ -67,6 +67,15 @@ export type JobVariable = z.output<typeof variable>;
 
 export type ParsedJob = { ok: true; job: JobPayload } | { ok: false; error: string; jobId?: number; token?: string };
 
+/** A body the client could not take as JSON: why (never its content: it holds secrets), and its start. */
+export class UnreadablePayload {
+  constructor(
+    readonly reason: string,
+    /** The first bytes, from which the job's id and token may still be salvaged. */
+    readonly prefix: string,
+  ) {}
+}
+
 function fieldPath(path: readonly PropertyKey[]): string {
   let out = '';
   for (const p of path) out += typeof p === 'number' ? `[${p}]` : out ? `.${String(p)}` : String(p);
@@ -74,6 +83,7 @@ function fieldPath(path: readonly PropertyKey[]): string {
 }
 
 export function parseJobPayload(raw: unknown): ParsedJob {
+  if (raw instanceof UnreadablePayload) return { ok: false, error: `(payload): ${raw.reason}`, ...salvageText(raw.prefix) };
   const res = jobSchema.safeParse(raw);
   if (res.success) return { ok: true, job: res.data };
   const errors = res.error.issues.slice(0, 5).map((i) => `${fieldPath(i.path)}: ${i.message}`);
@@ -81,10 +91,26 @@ export function parseJobPayload(raw: unknown): ParsedJob {
   // Salvage what is needed to fail the job back to GitLab.
   if (raw && typeof raw === 'object') {
     const r = raw as Record<string, unknown>;
-    if (typeof r['id'] === 'number' && Number.isInteger(r['id'])) out.jobId = r['id'];
+    if (isJobId(r['id'])) out.jobId = r['id'];
     if (typeof r['token'] === 'string' && r['token']) out.token = r['token'];
+  } else if (typeof raw === 'string') {
+    Object.assign(out, salvageText(raw));
   }
   return out;
+}
+
+const isJobId = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v > 0;
+
+/**
+ * A body that is not JSON (cut off on the way, say) still starts as GitLab writes it,
+ * `{"id":N,"token":"...",`: enough to fail the job back instead of leaving it to GitLab's
+ * stuck-job timeout. Only that exact opening counts.
+ */
+function salvageText(text: string): { jobId?: number; token?: string } {
+  const m = /^\s*\{\s*"id"\s*:\s*(\d{1,15})\s*,\s*"token"\s*:\s*"([A-Za-z0-9_.:-]{1,200})"\s*[,}]/.exec(text.slice(0, 512));
+  if (!m) return {};
+  const id = Number(m[1]);
+  return isJobId(id) ? { jobId: id, token: m[2]! } : {};
 }
 
 /** The job's timeout: the smaller of GitLab's (runner_info.timeout) and the class cap. */
@@ -108,7 +134,7 @@ export function predefinedValue(job: JobPayload, key: string): string | undefine
 
 function intVar(job: JobPayload, key: string): number | null {
   const v = predefinedValue(job, key);
-  return v !== undefined && /^\d+$/.test(v) ? Number(v) : null;
+  return v !== undefined && /^\d{1,15}$/.test(v) ? Number(v) : null; // past 2^53 it is not the id
 }
 
 /** The project's namespace and root namespace ids (for quotas and billing; GitLab's values, never a job's), null when absent. */

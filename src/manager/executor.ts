@@ -570,7 +570,7 @@ export function jobIdentity(job: JobPayload): { projectId: number | null; pipeli
   const { namespaceId, rootNamespaceId } = namespaceIds(job);
   const first = job.variables.find((v) => v.key === 'CI_PROJECT_ID')?.value;
   return {
-    projectId: job.job_info?.project_id ?? (first && /^\d+$/.test(first) ? Number(first) : null),
+    projectId: job.job_info?.project_id ?? (first && /^\d{1,15}$/.test(first) ? Number(first) : null), // past 2^53 it is not the id
     pipelineId: pipelineId(job),
     namespaceId,
     rootNamespaceId: rootNamespaceId ?? namespaceId,

@@ -143,6 +143,9 @@ describe.each(databaseKinds())('HTTP API on %s', (kind) => {
       ['/v1/jobs?limit=5000', 'querystring.limit: must be <= 1000'],
       ['/v1/vms?state=sleeping', 'querystring.state: must be one of requested, creating, booting, ready, assigned, running, stopped, deleting, deleted, failed, live'],
       ['/v1/jobs?class=Bad_Class', 'querystring.class: must match pattern "^[a-z0-9][a-z0-9-]*$"'],
+      // Unknown parameters are refused, not silently dropped (a typo must not widen a query).
+      ['/v1/vms?stat=running', 'querystring.stat: unknown parameter'],
+      ['/v1/jobs?limit=5&__proto__=1', 'querystring.__proto__: unknown parameter'],
     ])('reject %s with a 400 naming the field', async (url, error) => {
       const res = await app.inject({ method: 'GET', url, headers: auth });
       expect(res.statusCode).toBe(400);
@@ -189,7 +192,17 @@ describe('HTTP API edge cases', () => {
       await database.close();
       res = await app.inject({ method: 'GET', url: '/readyz' });
       expect(res.statusCode).toBe(503);
-      expect(res.json()).toMatchObject({ status: 'unavailable', reason: expect.stringMatching(/^database: /) });
+      // Without the admin token: a generic reason, no driver error text.
+      expect(res.json()).toEqual({ status: 'unavailable', reason: 'database: not answering' });
+      for (const authorization of ['Bearer wrong-token', `Basic ${TOKEN}`]) {
+        res = await app.inject({ method: 'GET', url: '/readyz', headers: { authorization } });
+        expect(res.json()).toEqual({ status: 'unavailable', reason: 'database: not answering' });
+      }
+      res = await app.inject({ method: 'GET', url: '/readyz', headers: { authorization: `Bearer ${TOKEN}` } });
+      expect(res.statusCode).toBe(503);
+      const detailed = (res.json() as { reason: string }).reason;
+      expect(detailed).toMatch(/^database: /);
+      expect(detailed).not.toBe('database: not answering');
       // Liveness does not depend on the database.
       expect((await app.inject({ method: 'GET', url: '/healthz' })).statusCode).toBe(200);
     } finally {
@@ -210,6 +223,24 @@ describe('HTTP API edge cases', () => {
       res = await app.inject({ method: 'GET', url: '/readyz' });
       expect(res.statusCode).toBe(200);
       expect(res.json()).toEqual({ status: 'ready', warnings });
+    } finally {
+      await app.close();
+      await database.close();
+    }
+  });
+
+  it("shows a failing manager check's error text only to the admin token", async () => {
+    const database = await openDatabase('pglite:memory', { log: silent });
+    const app = await buildApi({
+      db: database.db, shard: 's', adminToken: TOKEN, metrics: createMetrics({ shard: 's', defaultMetrics: false }), log: silent,
+      ready: async () => { throw new Error('connect ECONNREFUSED db-primary.internal:5432'); },
+    });
+    try {
+      const anon = await app.inject({ method: 'GET', url: '/readyz' });
+      expect(anon.statusCode).toBe(503);
+      expect(anon.json()).toEqual({ status: 'unavailable', reason: 'manager: readiness check failed' });
+      const admin = await app.inject({ method: 'GET', url: '/readyz', headers: { authorization: `Bearer ${TOKEN}` } });
+      expect(admin.json()).toEqual({ status: 'unavailable', reason: 'manager: connect ECONNREFUSED db-primary.internal:5432' });
     } finally {
       await app.close();
       await database.close();

@@ -53,6 +53,8 @@ function fakeCloud() {
         return (async function* () {
           await gate('aggregatedList');
           for (const vm of vms.values()) yield [`zones/${vm.zone}`, { instances: [{ ...vm, zone: `projects/p/zones/${vm.zone}`, networkInterfaces: [{ networkIP: '10.0.0.2' }] }] }];
+          // As GCE does, an empty answer still names the zones (with a warning).
+          if (vms.size === 0) yield ['zones/us-central1-a', { warning: { code: 'NO_RESULTS_ON_PAGE' } }];
         })();
       },
       async bulkInsert() {

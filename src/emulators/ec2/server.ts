@@ -71,6 +71,11 @@ export interface Ec2Faults {
   errorAfterRate: number;
   /** Of those, the share whose answer is lost instead (the connection drops: no status at all). */
   lostShare: number;
+  /**
+   * Fuzz: while set, an action's answer is replaced by what this returns for it (given the real
+   * body, after the action acted); undefined leaves that answer alone.
+   */
+  mangle?: (action: string, body: string) => { status?: number; body: string; contentType?: string } | undefined;
 }
 
 /** Actions that change something: the ones whose answer may be lost after they acted. */
@@ -468,6 +473,14 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
         .send(`<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>${e.code}</Code><Message>${esc(e.message)}</Message></Error></Errors><RequestID>${requestId}</RequestID></Response>`);
     }
   });
+  app.addHook('onSend', async (req, reply, payload) => {
+    const action = ((req.body ?? {}) as Record<string, string>)['Action'] ?? '';
+    const m = faults.mangle?.(action, typeof payload === 'string' ? payload : Buffer.isBuffer(payload) ? payload.toString() : '');
+    if (!m) return payload;
+    reply.code(m.status ?? 200).type(m.contentType ?? 'text/xml');
+    return m.body;
+  });
+
   // Chaos after the fact: the action was done (an instance launched, a terminate begun), but the
   // client hears a 503, or nothing at all. Its retry, with the same ClientToken, must find it done.
   app.addHook('onSend', async (req, reply, payload) => {

@@ -68,6 +68,11 @@ export interface GceFaults {
   errorAfterRate: number;
   /** Of those, the share whose answer is lost instead (the connection drops: no status at all). */
   lostShare: number;
+  /**
+   * Fuzz: while set, a call's answer is replaced by what this returns for it (given the real
+   * body, after the call acted); undefined leaves that answer alone.
+   */
+  mangle?: (call: GceCall, body: string) => { status?: number; body: string; contentType?: string } | undefined;
 }
 
 /** Calls that change something: the ones whose answer may be lost after they acted. */
@@ -234,6 +239,8 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const firewalls = new Map<string, Json[]>(); // project -> Firewall resources
   const hung = new Set<() => void>();
   const hungFaults = new Set<() => void>();
+  /** Zones any call named: aggregatedList mentions each of them, as GCE mentions every zone. */
+  const knownZones = new Set<string>();
   let closing = false;
   let nextId = BigInt(`${1_000_000_000 + randomInt(1_000_000_000)}000000000`);
   let base = '';
@@ -694,6 +701,8 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     const call = (req.routeOptions.config as { call?: GceCall }).call;
     if (!call) return;
     calls[call]++;
+    const zone = (req.params as { zone?: string }).zone;
+    if (zone) knownZones.add(zone);
     if (faults.hangNext > 0) {
       faults.hangNext--;
       await new Promise<void>((resolve) => {
@@ -724,6 +733,14 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       return sendError(reply, random() < 0.5 ? new HttpError(429, 'rateLimitExceeded', 'Rate Limit Exceeded', 'usageLimits') : new HttpError(503, 'backendError', 'Backend Error'));
     }
     return undefined;
+  });
+
+  app.addHook('onSend', async (req, reply, payload) => {
+    const call = (req.routeOptions.config as { call?: GceCall }).call;
+    const m = call && faults.mangle?.(call, typeof payload === 'string' ? payload : Buffer.isBuffer(payload) ? payload.toString() : '');
+    if (!m) return payload;
+    reply.code(m.status ?? 200).header('content-type', m.contentType ?? 'application/json; charset=UTF-8');
+    return m.body;
   });
 
   // Chaos after the fact: the call acted (an instance was made, a delete started), but the client
@@ -887,6 +904,11 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     const { items, nextPageToken } = page(req, all, (i) => i.res, byZoneAndName);
     const byZone: Record<string, Json> = {};
     for (const i of items) ((byZone[`zones/${i.zone}`] ??= { instances: [] })['instances'] as Json[]).push(i.res);
+    // GCE names every zone in an aggregated answer; one without instances gets a warning.
+    for (const zone of [...knownZones].sort()) {
+      if (down.includes(zone)) continue;
+      byZone[`zones/${zone}`] ??= { warning: { code: 'NO_RESULTS_ON_PAGE', message: `There are no results for scope 'zones/${zone}' on this page.`, data: [{ key: 'scope', value: `zones/${zone}` }] } };
+    }
     // The scopes that did not answer, once per listing (on its first page), as GCE reports them.
     const first = !q(req, 'pageToken');
     if (first) {

@@ -26,6 +26,8 @@ export interface EnqueueSpec {
    * the job's, so the runner can still fail the job back.
    */
   raw?: unknown;
+  /** Serve this text as the body instead of the payload's JSON (truncated or broken JSON tests). */
+  rawText?: (payload: Record<string, unknown>) => string;
 }
 
 export interface EmuJob {
@@ -149,7 +151,8 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     (payload['job_info'] as Record<string, unknown>)['queue_depth'] = queue.length;
     const spec = specs.get(id)!;
     const served = spec.raw !== undefined ? spec.raw : spec.mutate ? spec.mutate(payload) : payload;
-    return reply.code(201).header('content-type', 'application/json').send(JSON.stringify(served));
+    const text = spec.rawText ? spec.rawText(payload) : JSON.stringify(served);
+    return reply.code(201).header('content-type', 'application/json').send(text);
   });
 
   app.patch<{ Params: { id: string } }>('/api/v4/jobs/:id/trace', async (req, reply) => {

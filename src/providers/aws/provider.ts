@@ -96,6 +96,8 @@ export interface AwsStats {
   batches: number;
 }
 
+const malformedDescribe = (why: string) => new ProviderError('retryable', `aws DescribeInstances: malformed answer (${why}); the VMs are unknown, not gone`, { provider: 'aws', operation: 'DescribeInstances' });
+
 export class AwsProvider implements Provider {
   readonly name = 'aws';
   readonly capabilities: ProviderCapabilities = { batchCreate: true, stopStart: true, gpu: false, windows: false, nestedVms: false };
@@ -237,7 +239,15 @@ export class AwsProvider implements Provider {
       const page = await this.call('DescribeInstances', undefined, (abortSignal) =>
         this.client.send(new DescribeInstancesCommand({ Filters: filters, ...(ids ? { InstanceIds: ids } : { MaxResults: 1000 }), ...(NextToken ? { NextToken } : {}) }), { abortSignal }),
       );
-      for (const r of page.Reservations ?? []) out.push(...(r.Instances ?? []));
+      // EC2 always answers <reservationSet> and instance ids: without them the answer is broken,
+      // and reading it as "no instances" would take every VM for gone.
+      if (!Array.isArray(page.Reservations)) throw malformedDescribe('no reservation set');
+      for (const r of page.Reservations) {
+        for (const i of r?.Instances ?? []) {
+          if (typeof i?.InstanceId !== 'string' || !i.InstanceId) throw malformedDescribe('an instance without an id');
+          out.push(i);
+        }
+      }
       NextToken = page.NextToken;
     } while (NextToken);
     return out;

@@ -130,6 +130,9 @@ interface InstanceListing {
   unreachable: string[];
 }
 
+/** An aggregatedList answer that cannot be a real one: retried, and the VMs stay unknown. */
+const malformedList = (why: string) => new ProviderError('retryable', `gcp instances.aggregatedList: malformed answer (${why}); the VMs are unknown, not gone`, { provider: 'gcp', operation: 'instances.aggregatedList' });
+
 /** Shard label value and VM-name prefix (`rf-<shard>-`, pool.vmName) of a list filter. */
 function ownedBy(filterLabels: Record<string, string>, fallbackShard: string): (i: Instance) => boolean {
   const prefix = `rf-${filterLabels[LABEL_SHARD] ?? fallbackShard}-`;
@@ -452,11 +455,21 @@ export class GcpProvider implements Provider {
     const result = this.call('instances.aggregatedList', undefined, async (o): Promise<InstanceListing> => {
       const out: Instance[] = [];
       const unreachable = new Set<string>();
+      const mentioned = new Set<string>();
       const req = { project: this.cfg.project, maxResults: 500, returnPartialSuccess: true, ...(filter ? { filter } : {}) };
       for await (const [scope, scoped] of this.clients.instances.aggregatedListAsync(req, { ...o, autoPaginate: false })) {
-        if (scoped.warning?.code === 'UNREACHABLE') unreachable.add(scope.startsWith('zones/') || scope.startsWith('regions/') ? scope : `zones/${scope}`);
-        for (const i of scoped.instances ?? []) out.push(i);
+        const full = scope.startsWith('zones/') || scope.startsWith('regions/') ? scope : `zones/${scope}`;
+        mentioned.add(full);
+        if (scoped?.warning?.code === 'UNREACHABLE') unreachable.add(full);
+        for (const i of scoped?.instances ?? []) {
+          if (typeof i?.name !== 'string' || !i.name) throw malformedList(`an instance in ${full} without a name`);
+          out.push(i);
+        }
       }
+      // GCE names every zone in its answer (an empty one with a warning). An answer naming none,
+      // or not the zone of a VM we know, was not a real answer there: unknown, never "gone".
+      if (mentioned.size === 0) throw malformedList('no zone in the answer');
+      for (const s of this.seen.values()) if (!mentioned.has(`zones/${s.zone}`)) unreachable.add(`zones/${s.zone}`);
       for (const scope of unreachable) this.telemetry.partialList?.(scopeZone(scope));
       if (unreachable.size) this.log.warn({ unreachable: [...unreachable] }, 'gcp aggregatedList: zones did not answer; their VMs are unknown, not gone');
       // Whatever the server did with the filter, only exact label matches count.
@@ -506,9 +519,11 @@ export class GcpProvider implements Provider {
     const shards = new Set(refs.map((r) => this.shardOf.get(r.name) ?? this.ctx.shard));
     const lists = await Promise.all([...shards].map((s) => this.listInstances({ [LABEL_SHARD]: s })));
     const wanted = new Map(refs.map((r) => [r.name, r]));
+    const byVm = new Map(refs.map((r) => [r.vmId, r]));
     const out: CloudVm[] = [];
     for (const i of lists.flatMap((l) => l.instances)) {
-      const ref = i.name ? wanted.get(i.name) : undefined;
+      const vmLabel = i.labels?.[LABEL_VM];
+      const ref = (i.name ? wanted.get(i.name) : undefined) ?? (vmLabel ? byVm.get(vmLabel) : undefined);
       if (!ref) continue;
       if (ref.zone && zoneFromUrl(i.zone) !== ref.zone) continue;
       out.push(this.toCloudVm(i));
