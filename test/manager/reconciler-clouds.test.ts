@@ -78,7 +78,7 @@ describe.each(databaseKinds())('reconciler sweep against emulated clouds on %s',
     const emu = await startGceEmulator({ dataDir });
     const make = () => new GcpProvider(
       parseGcpConfig({ project: 'sweep-proj', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 2, requestsPerSecond: 1000 }),
-      { shard, dataDir, log, telemetry: cloudTelemetry(metrics, 'gcp') },
+      { shard, dataDir, log, telemetry: cloudTelemetry(metrics, 'gcp'), connectOverride: emu.connectOverride },
     );
     const provider = make();
     cleanups.push(async () => {
@@ -134,7 +134,7 @@ describe.each(databaseKinds())('reconciler sweep against emulated clouds on %s',
     const emu = await startEc2Emulator({ bootDelayMs: 0 });
     const provider = new AwsProvider(
       parseAwsConfig({ region: 'us-east-1', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 2, requestsPerSecond: 1000 }),
-      { shard, dataDir: '/nonexistent', log, telemetry: cloudTelemetry(metrics, 'aws') },
+      { shard, dataDir: '/nonexistent', log, telemetry: cloudTelemetry(metrics, 'aws'), connectOverride: emu.connectOverride },
     );
     cleanups.push(async () => {
       await provider.close();

@@ -30,7 +30,7 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
   const shard = `g${randomBytes(3).toString('hex')}`;
   const provider = new GcpProvider(
     parseGcpConfig({ project: 'test-proj', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 3, requestsPerSecond: 1000, bulkInsertMin: 2, ...config }),
-    { shard, dataDir, log: createLogger({ level: 'silent' }) },
+    { shard, dataDir, log: createLogger({ level: 'silent' }), connectOverride: emu.connectOverride },
   );
   return {
     emu,
@@ -187,7 +187,7 @@ describe('gcp provider against the GCE emulator', () => {
     const stockouts: string[] = [];
     const fx = await setup();
     const provider = new GcpProvider(fx.provider.cfg, {
-      shard: fx.shard, dataDir: fx.emu.sandboxRoot, log: createLogger({ level: 'silent' }),
+      shard: fx.shard, dataDir: fx.emu.sandboxRoot, log: createLogger({ level: 'silent' }), connectOverride: fx.emu.connectOverride,
       telemetry: { request: (op, outcome) => void seen.push({ op, outcome }), stockout: (z) => void stockouts.push(z) },
     });
     try {

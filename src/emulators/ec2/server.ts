@@ -15,9 +15,9 @@ import { join } from 'node:path';
 import Fastify from 'fastify';
 import { pino, type Logger } from 'pino';
 import { generateVmKeyPair } from '../../isolation/keys.js';
-import { EMULATOR_SSH_PORT_TAG, keysInUserData } from '../../providers/aws/run-input.js';
-
-export { EMULATOR_SSH_PORT_TAG };
+import { keysInUserData } from '../../providers/aws/run-input.js';
+import { ec2ConnectOverride } from '../connect-override.js';
+import type { ConnectOverride } from '../../providers/provider.js';
 import { LocalProvider } from '../../providers/local/provider.js';
 
 
@@ -127,6 +127,8 @@ export interface Ec2Emulator {
   /** Replace the account's security groups (DescribeSecurityGroups answers them). */
   setSecurityGroups(groups: EmulatedSecurityGroup[]): void;
   resetCalls(): void;
+  /** Where each instance's sshd listens, for startShard's connectOverride (test tools only). */
+  connectOverride: ConnectOverride;
   close(): Promise<void>;
 }
 
@@ -231,7 +233,6 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
         try {
           const info = local.connectInfo({ vmId: inst.id, name: inst.sandboxName, internalIp: '' }, '');
           inst.privateIp = info.host;
-          inst.tags.set(EMULATOR_SSH_PORT_TAG, String(info.port));
           inst.state = 'running';
           return;
         } catch {
@@ -483,6 +484,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
   const address = await app.listen({ host, port: opts.port ?? 0 });
 
   return {
+    connectOverride: ec2ConnectOverride(dataDir),
     url: address.replace('localhost', host),
     faults,
     calls,

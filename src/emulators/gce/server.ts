@@ -12,10 +12,11 @@ import { pino, type Logger } from 'pino';
 import { generateVmKeyPair } from '../../isolation/keys.js';
 import { LocalProvider } from '../../providers/local/provider.js';
 import { loopbackAddress } from '../../providers/local/layout.js';
+import { gceConnectOverride } from '../connect-override.js';
+import type { ConnectOverride } from '../../providers/provider.js';
 import { FilterError, matchFilter, parseFilter } from './filter.js';
 
 /** Metadata item carrying the sandbox's SSH port (a real VM listens on 22). */
-export const EMULATOR_SSH_PORT_KEY = 'runner-fleet-emulator-ssh-port';
 /** The only user a sandbox accepts (the local provider's USERNAME). */
 export const SANDBOX_USER = 'runner';
 
@@ -116,6 +117,8 @@ export interface GceEmulator {
   resumeDelayMs: number;
   /** Root directory of the VM sandboxes. */
   sandboxRoot: string;
+  /** Where each instance's sshd listens, for startShard's connectOverride (test tools only). */
+  connectOverride: ConnectOverride;
   /** The insert body received for this instance (bulkInsert: the effective per-instance body). */
   inserted(name: string): Json | undefined;
   /** The Instance resource as `get` would answer it, or undefined. */
@@ -249,6 +252,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     suspendDelayMs: 50,
     resumeDelayMs: 50,
     sandboxRoot,
+    connectOverride: gceConnectOverride(dataDir),
     inserted: (name) => inserted.get(name),
     instance: (name, zone) => findInst(name, zone)?.res,
     instances: () => [...instances.values()].map((i) => i.res),
@@ -528,9 +532,6 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       if (gen !== inst.generation || closing) return false;
       try {
         const info = local.connectInfo({ vmId: spec.vmId, name: inst.sandboxName, internalIp: '' }, '');
-        const items = (inst.res['metadata']['items'] as Json[]).filter((i) => i['key'] !== EMULATOR_SSH_PORT_KEY);
-        items.push({ key: EMULATOR_SSH_PORT_KEY, value: String(info.port) });
-        setMetadataItems(inst, items);
         inst.res['networkInterfaces'][0]['networkIP'] = info.host;
         setStatus(inst, 'RUNNING');
         serialAppend(inst, 1, `${now()} emulator: sshd listening on ${info.host}:${info.port}\n`);
@@ -931,10 +932,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     if (body['fingerprint'] && body['fingerprint'] !== inst.res['metadata']['fingerprint']) {
       throw new HttpError(412, 'conditionNotMet', `Supplied fingerprint does not match current metadata fingerprint.`);
     }
-    const items = (Array.isArray(body['items']) ? (body['items'] as Json[]) : []).filter((i) => i['key'] !== EMULATOR_SSH_PORT_KEY).map((i) => ({ key: String(i['key']), value: i['value'] ?? '' }));
-    // The port is a fact of the emulated VM, not caller data: it survives a wholesale replace.
-    const port = metadataItem(inst, EMULATOR_SSH_PORT_KEY);
-    if (port !== undefined) items.push({ key: EMULATOR_SSH_PORT_KEY, value: port });
+    const items = (Array.isArray(body['items']) ? (body['items'] as Json[]) : []).map((i) => ({ key: String(i['key']), value: i['value'] ?? '' }));
     setMetadataItems(inst, items);
     applyGuestKey(inst);
     const op = newOp(project, zone, 'setMetadata', inst.res['selfLink'], inst.id, rid);

@@ -7,9 +7,6 @@ import type { RunInstancesCommandInput, Tag } from '@aws-sdk/client-ec2';
 import { LABEL_SHARD, LABEL_VM, type VmSpec } from '../provider.js';
 import type { AwsMachine } from './config.js';
 
-/** Tag the EC2 emulator puts on its instances: the sandbox's SSH port (real instances listen on 22). */
-export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
-
 /**
  * Tag on every EC2 resource of a Mac host (its dedicated host, its macOS instance, a job
  * instance on it): the host record it belongs to. The mac provider's, never the aws provider's.

@@ -14,9 +14,6 @@ export interface BodyConfig {
   subnetwork?: string;
 }
 
-/** Metadata key the GCE emulator puts on its instances: the sandbox's SSH port (real VMs use 22). */
-export const EMULATOR_SSH_PORT_KEY = 'runner-fleet-emulator-ssh-port';
-
 /**
  * Installs the OpenSSH component of the Windows guest environment (the agent then installs the
  * `ssh-keys` key) and pins sshd's default shell to cmd.exe: the executor's PowerShell command is

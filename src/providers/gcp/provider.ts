@@ -11,6 +11,7 @@ import {
   LABEL_VM,
   ProviderError,
   noTelemetry,
+  overrideEndpoint,
   scopeZone,
   type ClassFinding,
   type CloudListing,
@@ -29,7 +30,7 @@ import {
 } from '../provider.js';
 import { parseGcpMachine, type GcpMachine, type GcpProviderConfig } from './config.js';
 import { classifyError, isAlreadyExists, isStaleFingerprint } from './errors.js';
-import { EMULATOR_SSH_PORT_KEY, bulkProperties, instanceBody, vmMetadataItems } from './insert-body.js';
+import { bulkProperties, instanceBody, vmMetadataItems } from './insert-body.js';
 import { projectBucket, type TokenBucket } from '../shared/rate-limit.js';
 import { requestId } from './request-id.js';
 import { retrieveWindowsPassword } from './windows.js';
@@ -99,7 +100,6 @@ interface Seen {
   zone: string;
   os: GuestOs;
   username: string;
-  sshPort?: number;
   /** Suspended (or suspending): `start` resumes it instead. Unknown until created or listed. */
   suspended?: boolean;
 }
@@ -474,7 +474,6 @@ export class GcpProvider implements Provider {
     const labels = { ...(i.labels ?? {}) } as Record<string, string>;
     const items = i.metadata?.items ?? [];
     const item = (k: string) => items.find((x) => x.key === k)?.value ?? undefined;
-    const port = Number(item(EMULATOR_SSH_PORT_KEY));
     const prior = this.seen.get(name);
     const windows = item('enable-windows-ssh') !== undefined || item('windows-keys') !== undefined || (i.disks ?? []).some((d) => (d.guestOsFeatures ?? []).some((f) => f.type === 'WINDOWS'));
     const sshUser = item('ssh-keys')?.split(':')[0];
@@ -483,7 +482,6 @@ export class GcpProvider implements Provider {
         zone,
         os: prior?.os ?? (windows ? 'windows' : 'linux'),
         username: prior?.username ?? sshUser ?? 'runner',
-        ...(Number.isInteger(port) && port > 0 ? { sshPort: port } : {}),
         suspended: i.status === 'SUSPENDED' || i.status === 'SUSPENDING',
       });
     }
@@ -623,14 +621,8 @@ export class GcpProvider implements Provider {
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo {
     if (!vm.internalIp) throw new Error(`gcp VM ${vm.name} has no internal address yet`);
     const s = this.seen.get(vm.name);
-    return {
-      protocol: 'ssh',
-      os: s?.os ?? 'linux',
-      host: vm.internalIp,
-      port: s?.sshPort ?? 22,
-      username: s?.username ?? 'runner',
-      privateKey,
-    };
+    const info: ConnectInfo = { protocol: 'ssh', os: s?.os ?? 'linux', host: vm.internalIp, port: 22, username: s?.username ?? 'runner', privateKey };
+    return overrideEndpoint(this.ctx, { ...vm, internalIp: vm.internalIp, zone: vm.zone ?? s?.zone }, info);
   }
 
   /** Windows `windowsAccess: password`: reset and fetch the user's password (windows-keys flow). */

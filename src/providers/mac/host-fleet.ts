@@ -20,7 +20,7 @@ import { LABEL_SHARD, ProviderError, type ResourceStore } from '../provider.js';
 import type { MacMachine } from './config.js';
 import { planHosts, VMS_PER_HOST, type HostState, type HostView } from './host-pool.js';
 import { macHostUserData } from './user-data.js';
-import { EMULATOR_SSH_PORT_TAG, TAG_HOST_RECORD } from '../aws/run-input.js';
+import { TAG_HOST_RECORD } from '../aws/run-input.js';
 
 /** Tag on hosts and their instances: the host record's id (also the ClientToken of both). */
 export { TAG_HOST_RECORD };
@@ -40,8 +40,6 @@ export interface HostData {
   /** The manager's key for this host's instance: public half in user data, private half sealed. */
   hostPublicKey?: string;
   hostKeySealed?: string;
-  /** SSH port of the host instance when not 22 (the EC2 emulator's sandboxes). */
-  sshPort?: number | null;
   [key: string]: unknown;
 }
 
@@ -189,8 +187,7 @@ export class HostFleet {
           return;
         }
         const ip = inst.PrivateIpAddress;
-        const port = Number(inst.Tags?.find((t) => t.Key === EMULATOR_SSH_PORT_TAG)?.Value);
-        const found = { instanceId: inst.InstanceId!, privateIp: ip ?? null, sshPort: Number.isInteger(port) && port > 0 ? port : null };
+        const found = { instanceId: inst.InstanceId!, privateIp: ip ?? null };
         if (inst.State?.Name === 'running' && ip && (await this.d.probe({ ...rec, data: { ...rec.data, ...found } }))) {
           await this.to(rec, 'launching', 'ready', found, 'host instance reachable');
         } else if (this.d.now() - (rec.data.launchStartedAt ?? this.d.now()) > this.d.hostLaunchTimeoutMs) {
