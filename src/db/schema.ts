@@ -50,6 +50,8 @@ export interface VmsTable {
   internal_ip: string | null;
   public_key: string;
   private_key_enc: string;
+  /** SHA256 fingerprint of the host key the manager made for the VM (sql/006); null: never connected to. */
+  host_key_fingerprint: ColumnType<string | null, string | null | undefined, string | null>;
   job_id: NullableBigInt;
   failure: string | null;
   created_at: Timestamp;

@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
 import type { SshSession } from '../connect/ssh.js';
-import { generateVmKeyPair } from '../isolation/keys.js';
+import { generateHostKey, generateVmKeyPair } from '../isolation/keys.js';
+import { isHostKeyRefusal, pinnedConnectInfo, reportHostKeyRefusal } from './host-key.js';
 import { LABEL_SHARD, LABEL_VM, supportsStandby, type ConnectInfo, type Provider, type VmRef, type VmSpec } from '../providers/provider.js';
 import { classRoom, decideScale, staticSettings, staticTargets, type ClassCounts, type TierTargets } from './autoscaler.js';
 import type { DemandModel } from './predictive.js';
@@ -46,7 +47,8 @@ export function newVm(shard: string, cls: Pick<ClassConfig, 'name' | 'provider'>
   const id = randomBytes(6).toString('hex');
   const name = vmName(shard, id);
   const keys = generateVmKeyPair(name);
-  return { id, class: cls.name, provider: cls.provider, name, publicKey: keys.publicKey, privateKey: keys.privateKey };
+  const host = generateHostKey(`${name}-host`);
+  return { id, class: cls.name, provider: cls.provider, name, publicKey: keys.publicKey, privateKey: keys.privateKey, hostKey: host.privateKey, hostKeyFingerprint: host.fingerprint };
 }
 
 /** When a VM's current boot began: its creation, or for a resume from standby its `booting` transition. */
@@ -430,7 +432,7 @@ export class Pool {
   }
 
   /** Cold start: create the VM whose row intake wrote with its job (Store.bindJobToNewVm), in the room `claim` held. */
-  launchForJob(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey'>, claim?: string): void {
+  launchForJob(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey' | 'hostKey'>, claim?: string): void {
     const claimed = this.unseenOf(cls.name);
     if (claim) claimed.delete(claim);
     claimed.add(vm.id);
@@ -438,7 +440,7 @@ export class Pool {
     this.launch(cls, [this.spec(cls, vm)]);
   }
 
-  private spec(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey'>): VmSpec {
+  private spec(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey' | 'hostKey'>): VmSpec {
     const { shard } = this.d.config;
     return {
       vmId: vm.id,
@@ -447,6 +449,7 @@ export class Pool {
       className: cls.name,
       labels: { [LABEL_SHARD]: shard, [LABEL_VM]: vm.id },
       publicKey: vm.publicKey,
+      ...(vm.hostKey ? { hostKey: vm.hostKey } : {}),
       machine: cls.machine,
       maxRunSeconds: Math.ceil((WARM_MAX_AGE_MS + cls.bootTimeoutMs + cls.jobTimeoutMs) / 1000) + 600,
     };
@@ -514,8 +517,9 @@ export class Pool {
     const privateKey = this.d.store.tryDecrypt(row.private_key_enc);
     this.spawn([row.id], async () => {
       if (!privateKey) return void (await this.failVm(row, 'private key unreadable with the current secrets.key', 'key'));
-      const info = provider.connectInfo({ ...vmRef(row), internalIp }, privateKey);
+      const unpinned = provider.connectInfo({ ...vmRef(row), internalIp }, privateKey);
       try {
+        const info = pinnedConnectInfo(unpinned, row);
         const session = await this.d.probe(info, { deadlineMs: bootStart(row) + cls.bootTimeoutMs, signal: this.abort.signal });
         const readyAt = new Date(this.d.clock.now());
         if (await this.d.store.transition(row.id, 'booting', 'ready', { internal_ip: internalIp, ready_at: readyAt })) {
@@ -534,6 +538,10 @@ export class Pool {
         }
       } catch (err) {
         if (this.stopped) return;
+        if (isHostKeyRefusal(err)) {
+          reportHostKeyRefusal(this.d, row, err);
+          return void (await this.failVm(row, err.message, 'host_key_mismatch'));
+        }
         await this.failVm(row, `not reachable over SSH: ${(err as Error).message}`, 'unreachable');
       }
       this.notify();

@@ -102,7 +102,7 @@ describe('a Windows job on the gcp provider (GCE emulator)', () => {
     gce = await startGceEmulator({ dataDir: join(dataDir, 'gce'), bootDelayMs: 0, extraPathDir: shimDir });
     gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
     const config = parseConfig(shardYaml({ gitlabUrl: gitlab.url, gceUrl: gce.url, dataDir }));
-    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false });
+    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false, connectOverride: gce.connectOverride });
   });
 
   afterAll(async () => {

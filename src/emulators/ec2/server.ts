@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import Fastify from 'fastify';
 import { pino, type Logger } from 'pino';
 import { generateVmKeyPair } from '../../isolation/keys.js';
-import { keysInUserData } from '../../providers/aws/run-input.js';
+import { hostKeysInUserData, keysInUserData } from '../../providers/aws/run-input.js';
 import { ec2ConnectOverride } from '../connect-override.js';
 import type { ConnectOverride } from '../../providers/provider.js';
 import { LocalProvider } from '../../providers/local/provider.js';
@@ -221,10 +221,10 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     return m?.[1] ?? m?.[2];
   }
 
-  async function boot(inst: Inst, publicKey: string, username: string | undefined): Promise<void> {
+  async function boot(inst: Inst, publicKey: string, username: string | undefined, hostKey: string | undefined): Promise<void> {
     const spec = {
       vmId: inst.id, name: inst.sandboxName, shard: 'ec2-emulator', className: 'ec2',
-      labels: Object.fromEntries(inst.tags), publicKey, machine: username ? { username } : {}, maxRunSeconds: 24 * 3600,
+      labels: Object.fromEntries(inst.tags), publicKey, ...(hostKey ? { hostKey } : {}), machine: username ? { username } : {}, maxRunSeconds: 24 * 3600,
     };
     try {
       await local.create(spec);
@@ -278,6 +278,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     }
     const userData = p['UserData'] ? Buffer.from(p['UserData'], 'base64').toString() : '';
     const keys = keysInUserData(userData);
+    const hostKeys = hostKeysInUserData(userData);
     const reservationId = `r-${hex(9)}`;
     const out: Inst[] = [];
     for (let idx = 0; idx < max; idx++) {
@@ -291,7 +292,8 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
       out.push(inst);
       // Cloud-init: the key listed for this launch index, or a throwaway (nobody gets in).
       const key = keys.get(idx) ?? generateVmKeyPair(`${id}-nobody`).publicKey;
-      const b = boot(inst, key, userOf(userData));
+      // The user data's host key for this launch index, installed before sshd answers.
+      const b = boot(inst, key, userOf(userData), hostKeys.get(idx));
       booting.add(b);
       void b.finally(() => booting.delete(b));
     }

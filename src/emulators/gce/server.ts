@@ -13,6 +13,7 @@ import { generateVmKeyPair } from '../../isolation/keys.js';
 import { LocalProvider } from '../../providers/local/provider.js';
 import { loopbackAddress } from '../../providers/local/layout.js';
 import { gceConnectOverride } from '../connect-override.js';
+import { HOST_KEY_ITEM } from '../../providers/gcp/insert-body.js';
 import type { ConnectOverride } from '../../providers/provider.js';
 import { FilterError, matchFilter, parseFilter } from './filter.js';
 
@@ -481,13 +482,17 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     return generateVmKeyPair(`${inst.name}-nobody`).publicKey;
   }
 
-  /** The guest agent: installs the current `ssh-keys` key in a running (or booting) sandbox. */
+  /**
+   * The guest agent: installs the current `ssh-keys` key in a running (or booting) sandbox, and
+   * the startup script the manager's host key (the sandbox's sshd reloads with it).
+   */
   function applyGuestKey(inst: Inst): void {
-    if (metadataItem(inst, 'ssh-keys') === undefined) return;
+    const hostKey = metadataItem(inst, HOST_KEY_ITEM);
     try {
-      local.setAuthorizedKey(inst.sandboxName, sandboxKey(inst));
+      if (metadataItem(inst, 'ssh-keys') !== undefined) local.setAuthorizedKey(inst.sandboxName, sandboxKey(inst));
+      if (hostKey) local.setHostKey(inst.sandboxName, hostKey);
     } catch (err) {
-      log.warn({ name: inst.name, err: (err as Error).message }, 'gce emulator: could not install ssh key');
+      log.warn({ name: inst.name, err: (err as Error).message }, 'gce emulator: could not install ssh keys');
     }
   }
 
@@ -514,6 +519,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       className: 'gce',
       labels: { ...(inst.res['labels'] as Record<string, string>) },
       publicKey: sandboxKey(inst),
+      ...(metadataItem(inst, HOST_KEY_ITEM) ? { hostKey: metadataItem(inst, HOST_KEY_ITEM)! } : {}),
       machine: { bootDelayMs: emu.bootDelayMs },
       maxRunSeconds: maxRun > 0 ? maxRun + 60 : 24 * 3600,
     };

@@ -417,7 +417,7 @@ export class GcpProvider implements Provider {
     const { project } = this.cfg;
     let inst: Instance | undefined = first;
     for (let attempt = 1; ; attempt++) {
-      const items = vmMetadataItems(inst.metadata?.items ?? [], machine, spec.publicKey);
+      const items = vmMetadataItems(inst.metadata?.items ?? [], machine, spec.publicKey, spec.hostKey);
       try {
         const [lro] = await this.call('instances.setMetadata', zone, (o) =>
           this.clients.instances.setMetadata(

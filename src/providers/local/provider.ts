@@ -89,6 +89,7 @@ export class LocalProvider implements Provider {
       vmId: spec.vmId,
       labels: { ...spec.labels },
       publicKey: spec.publicKey,
+      ...(spec.hostKey ? { hostKey: spec.hostKey } : {}),
       // The user a VM image would create (the EC2 emulator passes the one its user data names).
       username: typeof spec.machine['username'] === 'string' && /^[a-z_][a-z0-9_-]{0,31}$/.test(spec.machine['username']) ? spec.machine['username'] : USERNAME,
       host: loopbackAddress(spec.name),
@@ -188,6 +189,17 @@ export class LocalProvider implements Provider {
     const tmp = `${f.authorizedKey}.${process.pid}.tmp`;
     writeFileSync(tmp, `${publicKey.trim()}\n`, { mode: 0o600 });
     renameSync(tmp, f.authorizedKey);
+    return true;
+  }
+
+  /** What a guest agent does with a host key sent after boot (GCE metadata): the sandbox's sshd reloads with it. */
+  setHostKey(name: string, hostKey: string): boolean {
+    const dir = this.dirOf(name);
+    if (!existsSync(files(dir).spec)) return false;
+    const f = files(dir);
+    const tmp = `${f.hostKey}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${hostKey.trim()}\n`, { mode: 0o600 });
+    renameSync(tmp, f.hostKey);
     return true;
   }
 

@@ -40,6 +40,9 @@ export interface HostData {
   /** The manager's key for this host's instance: public half in user data, private half sealed. */
   hostPublicKey?: string;
   hostKeySealed?: string;
+  /** The SSH host key the manager made for the host's instance (sealed) and its pinned fingerprint. */
+  sshHostKeySealed?: string;
+  sshHostKeyFingerprint?: string;
   [key: string]: unknown;
 }
 
@@ -63,7 +66,9 @@ export interface HostFleetDeps {
   probe(rec: HostRecord): Promise<boolean>;
   hostLaunchTimeoutMs: number;
   /** A fresh key pair for a host instance (private half sealed with the shard's secrets key). */
-  newHostKey?(recordId: string): { publicKey: string; sealedPrivateKey: string };
+  newHostKey?(recordId: string): { publicKey: string; sealedPrivateKey: string; sealedHostKey?: string; hostKeyFingerprint?: string };
+  /** Opens a sealed host key (for the user data of an idempotent relaunch); null when unreadable. */
+  openSealed?(sealed: string): string | null;
 }
 
 /** A host marked busy for a job instance that EC2 never shows within this long is free again. */
@@ -138,7 +143,7 @@ export class HostFleet {
    * `perJob: instance`: launch a job's Mac instance on a ready host. The host is marked busy
    * with the job's VM first (write-ahead); the launch is idempotent by the VM's name.
    */
-  async launchJob(rec: HostRecord, job: { vmId: string; name: string; publicKey: string; labels: Record<string, string> }): Promise<string> {
+  async launchJob(rec: HostRecord, job: { vmId: string; name: string; publicKey: string; hostKey?: string; labels: Record<string, string> }): Promise<string> {
     const m = this.d.machine;
     if (!(await this.to(rec, 'ready', 'busy', { jobVm: job.vmId, jobName: job.name, jobLaunchAt: this.d.now() }, `job VM ${job.vmId}`))) {
       throw new ProviderError('stockout', `mac host ${rec.id} was taken meanwhile`, { provider: 'mac', operation: 'create', zone: rec.data.zone });
@@ -151,7 +156,7 @@ export class HostFleet {
       { Key: 'Name', Value: job.name },
     ];
     try {
-      const out = await this.runOnHost(rec, { clientToken: `rf-job-${job.name}`.slice(0, 64), tags, publicKey: job.publicKey, terminateOnShutdown: true });
+      const out = await this.runOnHost(rec, { clientToken: `rf-job-${job.name}`.slice(0, 64), tags, publicKey: job.publicKey, hostKey: job.hostKey, terminateOnShutdown: true });
       const id = out.Instances?.[0]?.InstanceId;
       if (!id) throw new ProviderError('fatal', 'RunInstances answered no instance', { provider: 'mac', operation: 'RunInstances' });
       await this.d.resources.update(HOST_KIND, rec.id, { instanceId: id });
@@ -279,7 +284,9 @@ export class HostFleet {
     const launchStartedAt = this.d.now();
     // A new key for every launch: a scrubbed host comes back as a new instance.
     const key = this.d.newHostKey?.(rec.id);
-    const keyData = key ? { hostPublicKey: key.publicKey, hostKeySealed: key.sealedPrivateKey } : {};
+    const keyData = key
+      ? { hostPublicKey: key.publicKey, hostKeySealed: key.sealedPrivateKey, ...(key.sealedHostKey && key.hostKeyFingerprint ? { sshHostKeySealed: key.sealedHostKey, sshHostKeyFingerprint: key.hostKeyFingerprint } : {}) }
+      : {};
     if (!(await this.to(rec, ['allocating', 'scrubbing'], 'launching', { hostId: rec.data.hostId!, allocatedAt: rec.data.allocatedAt!, launchStartedAt, ...keyData }))) return;
     await this.runInstance({ ...rec, state: 'launching', data: { ...rec.data, launchStartedAt, ...keyData } });
   }
@@ -293,11 +300,11 @@ export class HostFleet {
       ...Object.entries(m.tags).map(([Key, Value]) => ({ Key, Value })),
     ];
     // One launch per host and scrub cycle: the same token after a crash is the same instance.
-    await this.runOnHost(rec, { clientToken: `${rec.id.slice(0, 36)}-${String(rec.data.launchStartedAt ?? 0).slice(-10)}`, tags, publicKey: rec.data.hostPublicKey });
+    await this.runOnHost(rec, { clientToken: `${rec.id.slice(0, 36)}-${String(rec.data.launchStartedAt ?? 0).slice(-10)}`, tags, publicKey: rec.data.hostPublicKey, hostKey: rec.data.sshHostKeySealed ? (this.d.openSealed?.(rec.data.sshHostKeySealed) ?? undefined) : undefined });
   }
 
   /** A Mac instance on the record's host: no public IP, IMDSv2 with hop limit 1, the key in user data. */
-  private runOnHost(rec: HostRecord, o: { clientToken: string; tags: { Key: string; Value: string }[]; publicKey: string | undefined; terminateOnShutdown?: boolean }) {
+  private runOnHost(rec: HostRecord, o: { clientToken: string; tags: { Key: string; Value: string }[]; publicKey: string | undefined; hostKey?: string | undefined; terminateOnShutdown?: boolean }) {
     const m = this.d.machine;
     return this.d.call('RunInstances', (abortSignal) =>
       this.d.ec2.send(
@@ -312,7 +319,7 @@ export class HostFleet {
           MetadataOptions: { HttpTokens: 'required', HttpPutResponseHopLimit: 1, HttpEndpoint: 'enabled' },
           TagSpecifications: [{ ResourceType: 'instance', Tags: o.tags }],
           ...(o.terminateOnShutdown ? { InstanceInitiatedShutdownBehavior: 'terminate' as const } : {}),
-          ...(o.publicKey ? { UserData: Buffer.from(macHostUserData(m.hostUsername, o.publicKey)).toString('base64') } : {}),
+          ...(o.publicKey ? { UserData: Buffer.from(macHostUserData(m.hostUsername, o.publicKey, o.hostKey)).toString('base64') } : {}),
         }),
         { abortSignal },
       ),

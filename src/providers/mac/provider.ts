@@ -6,7 +6,7 @@
 import { DescribeInstancesCommand, EC2Client, TerminateInstancesCommand, type Instance } from '@aws-sdk/client-ec2';
 import type { Logger } from 'pino';
 import { connectSsh, type SshSession } from '../../connect/ssh.js';
-import { generateVmKeyPair } from '../../isolation/keys.js';
+import { generateHostKey, generateVmKeyPair } from '../../isolation/keys.js';
 import { ec2ClientConfig, vmState } from '../aws/provider.js';
 import { ec2Call } from '../aws/call.js';
 import { projectBucket, type TokenBucket } from '../shared/rate-limit.js';
@@ -101,8 +101,10 @@ export class MacProvider implements Provider {
         hostLaunchTimeoutMs: cfg.hostLaunchTimeoutMs,
         newHostKey: (id) => {
           const k = generateVmKeyPair(`runner-fleet-host-${id.slice(0, 8)}`);
-          return { publicKey: k.publicKey, sealedPrivateKey: this.secrets.seal(k.privateKey) };
+          const hostKey = generateHostKey(`runner-fleet-host-${id.slice(0, 8)}-host`);
+          return { publicKey: k.publicKey, sealedPrivateKey: this.secrets.seal(k.privateKey), sealedHostKey: this.secrets.seal(hostKey.privateKey), hostKeyFingerprint: hostKey.fingerprint };
         },
+        openSealed: (sealed) => this.secrets.open(sealed),
       });
       this.classes.set(className, { machine, fleet });
     }
@@ -208,7 +210,10 @@ export class MacProvider implements Provider {
     const key = h.data.hostKeySealed ? this.secrets.open(h.data.hostKeySealed) : null;
     if (!h.data.privateIp) throw new ProviderError('retryable', `mac host ${h.id} has no instance address (state ${h.state})`, { provider: 'mac' });
     if (!key) throw new ProviderError('fatal', `mac host ${h.id}: its SSH key is unreadable with the current secrets.key`, { provider: 'mac' });
-    const info: ConnectInfo = { protocol: 'ssh', os: 'macos', host: h.data.privateIp, port: 22, username: machine.hostUsername, privateKey: key };
+    // Pinned to the host key the manager made for the instance; records made before host keys
+    // were pinned have none and are trusted as the cloud gave them until their next relaunch.
+    const pin = h.data.sshHostKeyFingerprint ? { hostKeyFingerprint: h.data.sshHostKeyFingerprint } : {};
+    const info: ConnectInfo = { protocol: 'ssh', os: 'macos', host: h.data.privateIp, port: 22, username: machine.hostUsername, privateKey: key, ...pin };
     return overrideEndpoint(this.ctx, { name: h.id, cloudId: h.data.instanceId, internalIp: h.data.privateIp }, info);
   }
 
@@ -306,7 +311,7 @@ export class MacProvider implements Provider {
         const present = (await tart.list()).find((v) => v.name === spec.name);
         if (!present) await tart.clone(machine.vm.image, spec.name);
         if (!present && (machine.vm.cpu || machine.vm.memoryMb)) await tart.set(spec.name, machine.vm);
-        await tart.installKey(spec.name, spec.publicKey);
+        await tart.installKey(spec.name, spec.publicKey, spec.hostKey);
         if (!present?.running) await tart.start(spec.name);
       });
     } catch (err) {
