@@ -217,7 +217,7 @@ describe('gcp provider against the GCE emulator', () => {
     expect(count('instances.get') - gets).toBe(0); // never one get per VM
   });
 
-  it('reaches a running VM on its internal address and the SSH port the instance reports', async () => {
+  it('reaches a running VM on its internal address: port 22, or the port the test tool\'s connect override knows', async () => {
     const fx = await setup();
     const t = makeSpec(fx.shard, machine);
     await fx.provider.create(t.spec);
@@ -227,6 +227,14 @@ describe('gcp provider against the GCE emulator', () => {
     expect(info.port).not.toBe(22);
     // The executor's path: a ref plus the stored address, no CloudVm.
     expect(fx.provider.connectInfo({ vmId: t.spec.vmId, name: t.spec.name, internalIp: vm.internalIp! }, 'k').port).toBe(info.port);
+    // Without the override (production) nothing from the cloud moves the port off 22.
+    const plain = new GcpProvider(fx.provider.cfg, { shard: fx.shard, dataDir: fx.emu.sandboxRoot, log: createLogger({ level: 'silent' }) });
+    try {
+      await plain.describe([{ vmId: t.spec.vmId, name: t.spec.name }]);
+      expect(plain.connectInfo(vm, 'k')).toMatchObject({ host: vm.internalIp, port: 22 });
+    } finally {
+      await plain.close();
+    }
   });
 
   it('retrieves a Windows password through windows-keys and serial port 4', async () => {
