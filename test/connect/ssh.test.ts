@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectSsh, HostKeyMismatchError, SshConnectError, waitForSsh, type SshSession } from '../../src/connect/ssh.js';
-import { generateVmKeyPair } from '../../src/isolation/keys.js';
+import { generateVmKeyPair, sshFingerprint } from '../../src/isolation/keys.js';
 import type { ConnectInfo } from '../../src/providers/provider.js';
 import { localFixture, type LocalFixture } from '../providers/local-fixture.js';
 
@@ -248,5 +248,38 @@ describe('waitForSsh', () => {
     const t0 = Date.now();
     await expect(connectSsh({ protocol: 'ssh', os: 'linux', host, port, username: 'runner', privateKey: keys.privateKey }, { timeoutMs: 500 })).rejects.toThrow(/timed out/);
     expect(Date.now() - t0).toBeLessThan(1500);
+  });
+});
+
+describe('pinned host keys', () => {
+  it('sends no credential to a server with another host key, and logs in to the pinned one', async () => {
+    const hostKey = generateVmKeyPair('srv');
+    const auths: string[] = [];
+    const server = new ssh2.Server({ hostKeys: [hostKey.privateKey] }, (c) => {
+      c.on('error', () => {});
+      c.on('authentication', (ctx) => {
+        auths.push(ctx.method);
+        ctx.accept();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as { port: number };
+    try {
+      const base: ConnectInfo = { protocol: 'ssh', os: 'linux', host: '127.0.0.1', port, username: 'u', privateKey: generateVmKeyPair('client').privateKey };
+      const other = sshFingerprint(generateVmKeyPair('other').publicKey);
+      const err = await connectSsh({ ...base, hostKeyFingerprint: other }, { timeoutMs: 5000 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(HostKeyMismatchError);
+      expect(err).toMatchObject({ expected: other, got: sshFingerprint(hostKey.publicKey), retryable: false });
+      expect(auths).toEqual([]);
+      // A pinned jump host with another key: the target behind it is never asked for either.
+      const viaJump = await connectSsh({ ...base, host: '127.0.0.2', jump: { ...base, hostKeyFingerprint: other } }, { timeoutMs: 5000 }).catch((e: unknown) => e);
+      expect(viaJump).toBeInstanceOf(HostKeyMismatchError);
+      expect(auths).toEqual([]);
+      const ok = await connectSsh({ ...base, hostKeyFingerprint: sshFingerprint(hostKey.publicKey) }, { timeoutMs: 5000 });
+      ok.close();
+      expect(auths.length).toBeGreaterThan(0);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });
