@@ -60,7 +60,7 @@ describe.each(databaseKinds())('reconciler sweep against emulated clouds on %s',
   async function vm(provider: Provider, machine: Record<string, unknown>, state: 'booting' | 'ready' | 'running'): Promise<VmSpec> {
     const { spec } = makeSpec(shard, machine);
     const s: VmSpec = { ...spec, className: 'small' };
-    await store.insertVm({ id: s.vmId, class: 'small', provider: provider.name, name: s.name, publicKey: s.publicKey, privateKey: 'k' });
+    await store.insertVm({ id: s.vmId, class: 'small', provider: provider.name, name: s.name, publicKey: s.publicKey, privateKey: 'k', hostKeyFingerprint: 'SHA256:pinned' });
     await store.transition(s.vmId, 'requested', 'creating');
     const created = await provider.create(s);
     await store.transition(s.vmId, 'creating', 'booting', { cloud_id: created.cloudId, zone: created.zone ?? null });
