@@ -17,7 +17,6 @@ import { HOST_KEY_ITEM } from '../../providers/gcp/insert-body.js';
 import type { ConnectOverride } from '../../providers/provider.js';
 import { FilterError, matchFilter, parseFilter } from './filter.js';
 
-/** Metadata item carrying the sandbox's SSH port (a real VM listens on 22). */
 /** The only user a sandbox accepts (the local provider's USERNAME). */
 export const SANDBOX_USER = 'runner';
 
@@ -506,7 +505,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     if (status === 'SUSPENDED') inst.res['lastSuspendedTimestamp'] = now();
   }
 
-  /** PROVISIONING -> STAGING (sandbox starting) -> RUNNING (sandbox listening, port recorded). */
+  /** PROVISIONING -> STAGING (sandbox starting) -> RUNNING (sandbox listening; its port is for connectOverride only). */
   async function boot(inst: Inst): Promise<boolean> {
     const gen = inst.generation;
     setStatus(inst, 'STAGING');
