@@ -518,11 +518,15 @@ export class Pool {
     this.spawn([row.id], async () => {
       if (!privateKey) return void (await this.failVm(row, 'private key unreadable with the current secrets.key', 'key'));
       const unpinned = provider.connectInfo({ ...vmRef(row), internalIp }, privateKey);
+      const deadlineMs = bootStart(row) + cls.bootTimeoutMs;
       try {
-        const info = pinnedConnectInfo(unpinned, row);
-        const session = await this.d.probe(info, { deadlineMs: bootStart(row) + cls.bootTimeoutMs, signal: this.abort.signal });
+        // A VM that made its own host key (Windows on GCE): pinned to what it published.
+        const published = await this.publishedHostKey(provider, row, deadlineMs);
+        const pin = published ?? row.host_key_fingerprint;
+        const info = pinnedConnectInfo(unpinned, { id: row.id, host_key_fingerprint: pin });
+        const session = await this.d.probe(info, { deadlineMs, signal: this.abort.signal });
         const readyAt = new Date(this.d.clock.now());
-        if (await this.d.store.transition(row.id, 'booting', 'ready', { internal_ip: internalIp, ready_at: readyAt })) {
+        if (await this.d.store.transition(row.id, 'booting', 'ready', { internal_ip: internalIp, ready_at: readyAt, ...(published ? { host_key_fingerprint: published } : {}) })) {
           this.sessions.set(row.id, session);
           const seconds = (readyAt.getTime() - bootStart(row)) / 1000;
           if (row.ready_at) {
@@ -546,6 +550,20 @@ export class Pool {
       }
       this.notify();
     });
+  }
+
+  /** The provider's trusted reading of a VM's own host key, retried until it is published or the boot deadline. */
+  private async publishedHostKey(provider: Provider, row: VmRow, deadlineMs: number): Promise<string | undefined> {
+    if (!provider.hostKeyFingerprint) return undefined;
+    for (;;) {
+      try {
+        return await this.cloud(provider, 'hostKey', () => provider.hostKeyFingerprint!(vmRef(row)));
+      } catch (err) {
+        if ((err as { kind?: string }).kind !== 'retryable' && (err as { kind?: string }).kind !== 'rateLimited') throw err;
+        if (this.d.clock.now() >= deadlineMs) throw new Error(`its SSH host key was never published: ${(err as Error).message}`);
+        await this.d.clock.sleep(1000, this.abort.signal);
+      }
+    }
   }
 
   private async failVm(row: VmRow, why: string, reason: string): Promise<void> {

@@ -210,6 +210,13 @@ export interface Provider {
   start?(refs: VmRef[]): Promise<void>;
   /** Suspend VMs: memory kept on disk, resumed by `start` faster than a stopped VM boots; where `capabilities.suspend`. */
   suspend?(refs: VmRef[]): Promise<void>;
+  /**
+   * For VMs that make their own SSH host key (images the manager cannot hand one to): its
+   * fingerprint read through a channel only the VM writes (GCE guest attributes). undefined: the
+   * VM serves the key the manager made (VmSpec.hostKey). Throws a retryable ProviderError while
+   * the VM has not published it yet.
+   */
+  hostKeyFingerprint?(vm: VmRef): Promise<string | undefined>;
   /** How to reach a running VM, given its ephemeral private key. */
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo;
   /**

@@ -36,9 +36,10 @@ export type GceCall =
   | 'suspend'
   | 'resume'
   | 'serialPort'
+  | 'guestAttributes'
   | 'firewallsList';
 
-const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'firewallsList'];
+const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'guestAttributes', 'firewallsList'];
 
 export interface GceFaults {
   /** Inserts into these zones finish DONE with a ZONE_RESOURCE_POOL_EXHAUSTED operation error. */
@@ -830,6 +831,17 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     const inst = instOr404(req.params);
     await refresh([inst]);
     return inst.res;
+  });
+
+  // The guest agent publishes the VM's own SSH host key under `hostkeys/` once sshd runs, when
+  // guest attributes are enabled: what the manager pins for images that make their own key.
+  app.get(`${Z}/instances/:name/getGuestAttributes`, { config: { call: 'guestAttributes' } }, async (req: Req) => {
+    const inst = instOr404(req.params);
+    const path = q(req, 'queryPath') ?? '';
+    const state = inst.res['status'] === 'RUNNING' && metadataItem(inst, 'enable-guest-attributes')?.toUpperCase() === 'TRUE' ? local.hostPublicKey(inst.sandboxName) : undefined;
+    if (!state || !(path === '' || 'hostkeys/'.startsWith(path))) throw new HttpError(404, 'notFound', `The resource 'guest attributes ${path}' of instance '${inst.name}' was not found`);
+    const [type, blob] = state.split(' ');
+    return { kind: 'compute#guestAttributes', queryPath: path, queryValue: { items: [{ namespace: 'hostkeys', key: type, value: `${type} ${blob}` }] } };
   });
 
   /** Filter + paging shared by list, aggregatedList and firewalls.list. */

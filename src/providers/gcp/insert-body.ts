@@ -69,8 +69,14 @@ function metadataItems(machine: GcpMachine, publicKeys: string[], hostKey?: stri
     { key: 'enable-oslogin', value: 'FALSE' },
   ];
   if (publicKeys.length && (machine.os === 'linux' || machine.windowsAccess === 'ssh')) items.unshift({ key: 'ssh-keys', value: sshKeysValue(machine.username, publicKeys) });
-  if (hostKey) items.push({ key: HOST_KEY_ITEM, value: hostKey });
-  if (machine.os === 'linux') items.push({ key: 'startup-script', value: LINUX_HOST_KEY_SCRIPT });
+  if (machine.os === 'linux') {
+    if (hostKey) items.push({ key: HOST_KEY_ITEM, value: hostKey });
+    items.push({ key: 'startup-script', value: LINUX_HOST_KEY_SCRIPT });
+  } else {
+    // Windows makes its own host key (no boot hook of ours installs one); its guest agent
+    // publishes it in guest attributes, written only from inside the VM: the manager pins that.
+    items.push({ key: 'enable-guest-attributes', value: 'TRUE' });
+  }
   if (machine.os === 'windows' && machine.windowsAccess === 'ssh') {
     items.push({ key: 'enable-windows-ssh', value: 'TRUE' }, { key: 'sysprep-specialize-script-cmd', value: WINDOWS_SSH_SPECIALIZE });
   }
@@ -166,5 +172,5 @@ export function bulkProperties(specs: VmSpec[], machine: GcpMachine, cfg: BodyCo
 export function vmMetadataItems(current: MetadataItem[], machine: GcpMachine, publicKey: string, hostKey?: string): MetadataItem[] {
   if (machine.os !== 'linux' && machine.windowsAccess !== 'ssh') return current;
   const rest = current.filter((i) => i.key !== 'ssh-keys' && i.key !== HOST_KEY_ITEM);
-  return [{ key: 'ssh-keys', value: sshKeysValue(machine.username, [publicKey]) }, ...rest, ...(hostKey ? [{ key: HOST_KEY_ITEM, value: hostKey }] : [])];
+  return [{ key: 'ssh-keys', value: sshKeysValue(machine.username, [publicKey]) }, ...rest, ...(hostKey && machine.os === 'linux' ? [{ key: HOST_KEY_ITEM, value: hostKey }] : [])];
 }

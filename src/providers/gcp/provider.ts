@@ -39,6 +39,7 @@ import { cloudRetryOptions } from '../shared/retry.js';
 import { machineProfiles } from '../shared/config-fields.js';
 import type { Cidr } from '../../isolation/cidr.js';
 import { auditClasses, fromGceFirewall } from '../../isolation/firewall-audit.js';
+import { sshFingerprint } from '../../isolation/keys.js';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
 type Operation = protos.google.cloud.compute.v1.IOperation;
@@ -105,7 +106,8 @@ interface Seen {
 }
 
 export interface GcpClients {
-  instances: Pick<InstancesClient, 'insert' | 'bulkInsert' | 'delete' | 'get' | 'aggregatedListAsync' | 'setLabels' | 'setMetadata' | 'getSerialPortOutput' | 'stop' | 'start' | 'suspend' | 'resume' | 'close'>;
+  instances: Pick<InstancesClient, 'insert' | 'bulkInsert' | 'delete' | 'get' | 'aggregatedListAsync' | 'setLabels' | 'setMetadata' | 'getSerialPortOutput' | 'stop' | 'start' | 'suspend' | 'resume' | 'close'> &
+    Partial<Pick<InstancesClient, 'getGuestAttributes'>>;
   operations: Pick<ZoneOperationsClient, 'wait' | 'close'>;
   /** Read only, for the isolation audit. */
   firewalls?: Pick<FirewallsClient, 'list' | 'close'>;
@@ -623,6 +625,30 @@ export class GcpProvider implements Provider {
     const s = this.seen.get(vm.name);
     const info: ConnectInfo = { protocol: 'ssh', os: s?.os ?? 'linux', host: vm.internalIp, port: 22, username: s?.username ?? 'runner', privateKey };
     return overrideEndpoint(this.ctx, { ...vm, internalIp: vm.internalIp, zone: vm.zone ?? s?.zone }, info);
+  }
+
+  /**
+   * Windows VMs make their own host key; the guest agent publishes it in guest attributes
+   * (`hostkeys/ssh-ed25519`), which only the VM itself can write. Linux VMs serve the manager's.
+   */
+  async hostKeyFingerprint(ref: VmRef): Promise<string | undefined> {
+    const get = this.clients.instances.getGuestAttributes?.bind(this.clients.instances);
+    if (this.seen.get(ref.name)?.os !== 'windows' || !get) return undefined;
+    const { zones, partial } = await this.zonesOf([ref]);
+    const zone = zones.get(ref.name);
+    if (!zone) throw new ProviderError(partial.length ? 'retryable' : 'notFound', `gcp host key of ${ref.name}: VM not found`, { provider: 'gcp' });
+    let items: { key?: string | null; value?: string | null }[] = [];
+    try {
+      const [out] = await this.call('instances.getGuestAttributes', zone, (o) => get({ project: this.cfg.project, zone, instance: ref.name, queryPath: 'hostkeys/' }, o));
+      items = out.queryValue?.items ?? [];
+    } catch (err) {
+      if (classifyError(err, { operation: 'getGuestAttributes', zone }).kind !== 'notFound') throw err;
+    }
+    const value = items.find((i) => i.key === 'ssh-ed25519')?.value?.trim();
+    if (!value) throw new ProviderError('retryable', `gcp host key of ${ref.name}: not published in guest attributes yet`, { provider: 'gcp', zone });
+    // `ssh-ed25519 AAAA...` (the agent's form) or the bare base64 blob.
+    const parts = value.split(/\s+/);
+    return sshFingerprint(`ssh-ed25519 ${parts.length > 1 ? parts[1] : parts[0]}`);
   }
 
   /** Windows `windowsAccess: password`: reset and fetch the user's password (windows-keys flow). */

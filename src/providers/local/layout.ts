@@ -27,6 +27,8 @@ export interface SandboxState {
   host: string;
   port: number;
   hostKeyFingerprint: string;
+  /** `ssh-ed25519 <base64>`: what a guest agent would publish (GCE guest attributes). */
+  hostPublicKey?: string;
   listeningAt: string;
 }
 

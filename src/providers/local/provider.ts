@@ -203,6 +203,11 @@ export class LocalProvider implements Provider {
     return true;
   }
 
+  /** The host key a listening sandbox serves (`ssh-ed25519 <base64>`); for the GCE emulator's guest attributes. */
+  hostPublicKey(name: string): string | undefined {
+    return readJson<SandboxState>(files(this.dirOf(name)).state)?.hostPublicKey;
+  }
+
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo {
     const name = 'cloudId' in vm && vm.cloudId ? vm.cloudId : vm.name;
     const state = readJson<SandboxState>(files(this.dirOf(name)).state);

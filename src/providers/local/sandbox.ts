@@ -188,11 +188,14 @@ function onClient(client: Connection): void {
   });
 }
 
-function fingerprintOf(privateKey: string): string {
+function publicBlob(privateKey: string): Buffer {
   const parsed = utils.parseKey(privateKey);
   if (parsed instanceof Error) throw new Error(`bad host key: ${parsed.message}`);
-  const blob = (Array.isArray(parsed) ? parsed[0] : (parsed as ParsedKey)).getPublicSSH();
-  return `SHA256:${createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
+  return (Array.isArray(parsed) ? parsed[0] : (parsed as ParsedKey)).getPublicSSH();
+}
+
+function fingerprintOf(privateKey: string): string {
+  return `SHA256:${createHash('sha256').update(publicBlob(privateKey)).digest('base64').replace(/=+$/, '')}`;
 }
 
 function agentHostKey(): string | undefined {
@@ -228,7 +231,7 @@ async function main(s: SandboxSpec): Promise<void> {
   let fingerprint = fingerprintOf(hostKey);
   let { server, port } = await serve(hostKey, s.host, s.port);
   const publish = () => {
-    const state: SandboxState = { pid: process.pid, host: s.host, port, hostKeyFingerprint: fingerprint, listeningAt: new Date().toISOString() };
+    const state: SandboxState = { pid: process.pid, host: s.host, port, hostKeyFingerprint: fingerprint, hostPublicKey: `ssh-ed25519 ${publicBlob(hostKey).toString('base64')}`, listeningAt: new Date().toISOString() };
     writeJsonAtomic(f.state, state);
   };
   publish();
