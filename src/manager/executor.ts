@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
 import { connectSsh, type HostKeyMismatchError, type SshSession } from '../connect/ssh.js';
-import { isHostKeyRefusal, pinnedConnectInfo, reportHostKeyRefusal, type HostKeyUnpinnedError } from './host-key.js';
+import { isHostKeyRefusal, pinnedConnectInfo, refusalReason, reportHostKeyRefusal, type HostKeyUnpinnedError } from './host-key.js';
 import type { GitLabClient } from '../gitlab/client.js';
 import { killCommand, parseAttachEnd, startOrAttachCommand, type AttachEnd } from '../gitlab/detach.js';
 import type { JobPayload } from '../gitlab/job-payload.js';
@@ -485,7 +485,7 @@ export class Executor {
   /** The VM answered with another host key (or has none pinned): fail it; the job ends as a system failure on the normal path. */
   private async refuseVm(vm: VmRow, err: HostKeyMismatchError | HostKeyUnpinnedError, log: Logger): Promise<void> {
     reportHostKeyRefusal({ metrics: this.d.metrics, log }, vm, err);
-    this.d.metrics.vmFailures.inc({ class: vm.class, reason: 'host_key_mismatch' });
+    this.d.metrics.vmFailures.inc({ class: vm.class, reason: refusalReason(err) });
     await this.d.store.transition(vm.id, ['assigned', 'running'], 'failed', { failure: err.message.slice(0, 500) }).catch((e) => log.warn({ err: e }, 'could not mark the VM failed'));
   }
 

@@ -26,6 +26,11 @@ export function isHostKeyRefusal(err: unknown): err is HostKeyMismatchError | Ho
   return err instanceof HostKeyMismatchError || err instanceof HostKeyUnpinnedError;
 }
 
+/** The vmFailures reason of a refusal. */
+export function refusalReason(err: HostKeyMismatchError | HostKeyUnpinnedError): string {
+  return err instanceof HostKeyMismatchError ? 'host_key_mismatch' : 'host_key_unpinned';
+}
+
 /** Count and log a refusal (fingerprints and address only: no key, no job data). */
 export function reportHostKeyRefusal(d: { metrics: Metrics; log: Logger }, vm: Pick<VmRow, 'id' | 'class' | 'provider'>, err: HostKeyMismatchError | HostKeyUnpinnedError): void {
   if (err instanceof HostKeyMismatchError) {

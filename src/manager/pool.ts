@@ -7,7 +7,7 @@ import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
 import type { SshSession } from '../connect/ssh.js';
 import { generateHostKey, generateVmKeyPair } from '../isolation/keys.js';
-import { isHostKeyRefusal, pinnedConnectInfo, reportHostKeyRefusal } from './host-key.js';
+import { isHostKeyRefusal, pinnedConnectInfo, refusalReason, reportHostKeyRefusal } from './host-key.js';
 import { LABEL_SHARD, LABEL_VM, supportsStandby, type ConnectInfo, type Provider, type VmRef, type VmSpec } from '../providers/provider.js';
 import { classRoom, decideScale, staticSettings, staticTargets, type ClassCounts, type TierTargets } from './autoscaler.js';
 import type { DemandModel } from './predictive.js';
@@ -544,7 +544,7 @@ export class Pool {
         if (this.stopped) return;
         if (isHostKeyRefusal(err)) {
           reportHostKeyRefusal(this.d, row, err);
-          return void (await this.failVm(row, err.message, 'host_key_mismatch'));
+          return void (await this.failVm(row, err.message, refusalReason(err)));
         }
         await this.failVm(row, `not reachable over SSH: ${(err as Error).message}`, 'unreachable');
       }
