@@ -151,7 +151,7 @@ export async function runChaos(o: ChaosOptions): Promise<ChaosReport> {
     writeFileSync(cfg, configYaml({ port, gitlab: gitlab.url, gce: gce.url, db: o.databaseUrl, dataDir: join(dir, `data-${slot}`) }));
     const name = `m${slot}.${++spawned}`;
     const out = createWriteStream(join(dir, `${name}.log`));
-    const proc = spawn(process.execPath, ['--import', 'tsx', join(root, 'src/main.ts'), 'start', '--config', cfg], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, ['--import', 'tsx', join(root, 'bench/chaos-manager.ts'), cfg, join(dir, 'gce')], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
     proc.stdout!.pipe(out);
     proc.stderr!.pipe(out);
     const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));

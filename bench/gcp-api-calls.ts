@@ -41,7 +41,7 @@ dataDir: "${dataDir}"
 secrets: { key: "bench-secret-key-0123456789abcdef" }
 log: { level: warn }
 `);
-const shard = await startShard({ config, log: createLogger({ level: 'warn' }), http: false, defaultMetrics: false });
+const shard = await startShard({ config, log: createLogger({ level: 'warn' }), http: false, defaultMetrics: false, connectOverride: gce.connectOverride });
 const ready = async () => (await shard.store.liveVms()).filter((v) => v.state === 'ready').length;
 while ((await ready()) < idle) await new Promise((r) => setTimeout(r, 50));
 gce.resetCalls();

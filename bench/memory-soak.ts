@@ -39,7 +39,7 @@ dataDir: "${dataDir}"
 secrets: { key: "bench-secret-key-0123456789abcdef" }
 log: { level: warn }
 `);
-const shard = await startShard({ config, log: createLogger({ level: 'warn' }), http: false, defaultMetrics: false });
+const shard = await startShard({ config, log: createLogger({ level: 'warn' }), http: false, defaultMetrics: false, connectOverride: gce.connectOverride });
 const heapMiB = () => {
   gc();
   gc();

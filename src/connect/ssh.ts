@@ -1,7 +1,7 @@
 // Reaching a VM over SSH (ssh2): connect (optionally through a jump host), run commands with
 // streamed output, cancel them, and wait for a booting VM to start answering.
 // Every call is bounded: connects time out, a dead connection settles running commands.
-import { createHash } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import ssh2, { type ClientChannel, type ConnectConfig } from 'ssh2';
@@ -17,11 +17,6 @@ export interface SshConnectOptions {
   /** Keepalive interval; 3 unanswered keepalives drop the connection. Default 10 s, 0 disables. */
   keepaliveMs?: number;
   signal?: AbortSignal;
-  /**
-   * Expected host key of the target, `SHA256:<base64>` as `ssh-keygen -lf` prints it (prefix optional).
-   * Ephemeral VMs have no known host key, so without it any host key is accepted.
-   */
-  hostKeyFingerprint?: string;
 }
 
 export interface ExecOptions {
@@ -55,6 +50,34 @@ export class SshConnectError extends Error {
     super(message, options);
     this.name = 'SshConnectError';
   }
+}
+
+/**
+ * The target showed another host key than the pinned one: the connection was dropped during key
+ * exchange, before authentication, so nothing (key, password, command) reached it. Whoever
+ * answers on the VM's address is not the VM the manager made.
+ */
+export class HostKeyMismatchError extends SshConnectError {
+  constructor(
+    readonly target: string,
+    readonly expected: string,
+    readonly got: string,
+  ) {
+    super(`SSH host key of ${target} is ${got}, not the pinned ${expected}: refusing to talk to it`, false, 'HOSTKEY');
+    this.name = 'HostKeyMismatchError';
+  }
+}
+
+/** `SHA256:<base64, no padding>` of a host key blob. */
+export function hostKeyFingerprint(key: Buffer): string {
+  return `SHA256:${createHash('sha256').update(key).digest('base64').replace(/=+$/, '')}`;
+}
+
+/** Whether the host key blob has the expected fingerprint (`SHA256:` prefix and padding optional). */
+export function fingerprintMatches(expected: string, key: Buffer): boolean {
+  const want = Buffer.from(expected.trim().replace(/^SHA256:/, '').replace(/=+$/, ''));
+  const got = Buffer.from(hostKeyFingerprint(key).slice('SHA256:'.length));
+  return want.length === got.length && timingSafeEqual(want, got);
 }
 
 function describeTarget(info: ConnectInfo): string {
@@ -175,12 +198,6 @@ export class SshSession extends EventEmitter<{ close: [err?: Error] }> {
   }
 }
 
-function fingerprintMatches(expected: string, key: Buffer): boolean {
-  const want = expected.replace(/^SHA256:/, '').replace(/=+$/, '');
-  const got = createHash('sha256').update(key).digest('base64').replace(/=+$/, '');
-  return want === got;
-}
-
 /** Connects and authenticates with the key (or password) in `info`, through `info.jump` when given. */
 export async function connectSsh(info: ConnectInfo, opts: SshConnectOptions = {}): Promise<SshSession> {
   if (info.protocol !== 'ssh') throw new SshConnectError(`connectSsh cannot reach a ${info.protocol} target (${info.host})`, false);
@@ -189,8 +206,8 @@ export async function connectSsh(info: ConnectInfo, opts: SshConnectOptions = {}
   let jump: SshSession | undefined;
   let sock: Duplex | undefined;
   if (info.jump) {
-    // The host key check is about the target; the jump host is trusted as the provider gave it.
-    jump = await connectSsh(info.jump, { ...opts, hostKeyFingerprint: undefined });
+    // The jump host is checked against its own pinned key (info.jump.hostKeyFingerprint).
+    jump = await connectSsh(info.jump, opts);
     try {
       sock = await jump.forwardOut(info.host, info.port);
     } catch (err) {
@@ -217,7 +234,7 @@ function connectOnce(info: ConnectInfo, opts: SshConnectOptions, jump: SshSessio
   client.on('error', () => {});
   return new Promise<SshSession>((resolve, reject) => {
     let settled = false;
-    let hostKeyMismatch = false;
+    let mismatch: HostKeyMismatchError | undefined;
     const fail = (err: Error) => {
       if (settled) return;
       settled = true;
@@ -246,15 +263,16 @@ function connectOnce(info: ConnectInfo, opts: SshConnectOptions, jump: SshSessio
       resolve(session);
     };
     const onError = (err: Error & { code?: string; level?: string }) => {
-      if (hostKeyMismatch) return fail(new SshConnectError(`SSH host key of ${target} does not match the expected fingerprint`, false, 'HOSTKEY'));
+      if (mismatch) return fail(mismatch);
       const auth = err.level === 'client-authentication';
       // Auth can fail while a VM is still installing its key, so it is retryable too.
       fail(new SshConnectError(`SSH connect to ${target} failed: ${auth ? 'authentication rejected' : err.message}`, true, err.code ?? err.level, { cause: err }));
     };
-    const onClose = () => fail(new SshConnectError(`SSH connect to ${target} failed: connection closed during handshake`, true, 'ECONNRESET'));
+    const onClose = () => fail(mismatch ?? new SshConnectError(`SSH connect to ${target} failed: connection closed during handshake`, true, 'ECONNRESET'));
     client.on('ready', onReady);
     client.on('error', onError);
     client.on('close', onClose);
+    const expected = info.hostKeyFingerprint;
     const config: ConnectConfig = {
       host: info.host,
       port: info.port,
@@ -265,10 +283,13 @@ function connectOnce(info: ConnectInfo, opts: SshConnectOptions, jump: SshSessio
       ...(info.privateKey ? { privateKey: info.privateKey } : {}),
       ...(info.password ? { password: info.password } : {}),
       ...(sock ? { sock } : {}),
+      // Pinned: only an ed25519 host key is asked for (the manager makes those), and one with
+      // another fingerprint ends the handshake before any credential is sent. Unpinned (tools,
+      // tests; never a job VM: see manager/host-key.ts): any key.
+      ...(expected ? { algorithms: { serverHostKey: ['ssh-ed25519'] } } : {}),
       hostVerifier: (key: Buffer) => {
-        if (!opts.hostKeyFingerprint) return true;
-        if (fingerprintMatches(opts.hostKeyFingerprint, key)) return true;
-        hostKeyMismatch = true;
+        if (!expected || fingerprintMatches(expected, key)) return true;
+        mismatch = new HostKeyMismatchError(target, expected, hostKeyFingerprint(key));
         return false;
       },
     };
@@ -307,13 +328,17 @@ export async function waitForSsh(info: ConnectInfo, opts: WaitForSshOptions): Pr
       return await connectSsh(info, { ...opts, timeoutMs: Math.max(1, Math.min(opts.attemptTimeoutMs ?? 10_000, left)) });
     } catch (err) {
       if (signal?.aborted) throw abortError(signal, 'waiting for SSH');
-      if (err instanceof SshConnectError && !err.retryable) throw err;
+      // A booting VM may answer with its image's host key until its boot script installed the
+      // one the manager made (as with auth failures): retried, and nothing is sent to it.
+      if (err instanceof SshConnectError && !err.retryable && !(err instanceof HostKeyMismatchError)) throw err;
       lastError = err as Error;
     }
     const pause = Math.min(delay * (0.75 + Math.random() * 0.5), deadlineMs - Date.now());
     if (pause > 0) await realClock.sleep(pause, signal);
     delay = Math.min(cap, delay * 2);
   }
+  // Still the wrong host key at the deadline: that is the answer, not "unreachable".
+  if (lastError instanceof HostKeyMismatchError) throw lastError;
   throw new SshConnectError(
     `SSH to ${describeTarget(info)} not reachable within ${((Date.now() - started) / 1000).toFixed(1)} s (${attempts} attempts)${lastError ? `; last error: ${lastError.message}` : ''}`,
     false,

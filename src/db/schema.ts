@@ -58,6 +58,8 @@ export interface VmsTable {
   public_key: string;
   /** null once the VM is deleted (007). */
   private_key_enc: ColumnType<string | null, string, string | null>;
+  /** SHA256 fingerprint of the host key the manager made for the VM (sql/006); null: never connected to. */
+  host_key_fingerprint: ColumnType<string | null, string | null | undefined, string | null>;
   job_id: NullableBigInt;
   failure: string | null;
   created_at: Timestamp;

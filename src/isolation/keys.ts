@@ -1,5 +1,5 @@
 // Per-VM ephemeral SSH keys and encryption of secrets at rest (DESIGN.md "Isolation").
-import { createCipheriv, createDecipheriv, generateKeyPairSync, randomBytes, scryptSync } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, generateKeyPairSync, randomBytes, scryptSync } from 'node:crypto';
 
 export interface VmKeyPair {
   /** OpenSSH public key line: `ssh-ed25519 AAAA... comment`. */
@@ -148,4 +148,17 @@ export function openSecret(enc: string, keys: SecretKeys, context: string): stri
 
 function assertKey(key: Buffer): void {
   if (key.length !== 32) throw new Error(`secret key must be 32 bytes, got ${key.length}`);
+}
+
+/** `SHA256:<base64, no padding>` of an OpenSSH public key line, as `ssh-keygen -lf` prints it. */
+export function sshFingerprint(publicKeyLine: string): string {
+  const blob = publicKeyLine.trim().split(/\s+/)[1];
+  if (!blob) throw new Error('not an OpenSSH public key line (expected "<type> <base64> [comment]")');
+  return `SHA256:${createHash('sha256').update(Buffer.from(blob, 'base64')).digest('base64').replace(/=+$/, '')}`;
+}
+
+/** A VM's SSH host key made by the manager: the private half goes to the VM, the fingerprint is pinned. */
+export function generateHostKey(comment: string): { privateKey: string; fingerprint: string } {
+  const k = generateVmKeyPair(comment);
+  return { privateKey: k.privateKey, fingerprint: sshFingerprint(k.publicKey) };
 }

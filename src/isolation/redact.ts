@@ -21,6 +21,8 @@ const SECRET_FIELDS = [
   'secretAccessKey',
   'sessionToken',
   'authorization',
+  // A VM's SSH host key (VmSpec.hostKey): whoever holds it can pose as the VM.
+  'hostKey',
 ];
 
 // Bracket notation: pino paths cannot hold '-' in dotted form.

@@ -7,7 +7,8 @@
 import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
-import { connectSsh, type SshSession } from '../connect/ssh.js';
+import { connectSsh, type HostKeyMismatchError, type SshSession } from '../connect/ssh.js';
+import { isHostKeyRefusal, pinnedConnectInfo, refusalReason, reportHostKeyRefusal, type HostKeyUnpinnedError } from './host-key.js';
 import type { GitLabClient } from '../gitlab/client.js';
 import { killCommand, parseAttachEnd, startOrAttachCommand, type AttachEnd } from '../gitlab/detach.js';
 import { namespaceIds, pipelineId, type JobPayload } from '../gitlab/job-payload.js';
@@ -224,7 +225,7 @@ export class Executor {
           session = kept;
           let info: ConnectInfo | undefined;
           try {
-            info = this.connectInfo(vm);
+            info = this.providerConnectInfo(vm);
           } catch (err) {
             log.warn({ err }, 'no connect info for the VM; taking its OS from the class');
           }
@@ -257,6 +258,7 @@ export class Executor {
       }
       await marked;
     } catch (err) {
+      if (isHostKeyRefusal(err)) await this.refuseVm(vm, err, log);
       if (!cause && !r.detached) cause = { kind: 'system', message: (err as Error).message };
     } finally {
       clearTimeout(timer);
@@ -356,6 +358,10 @@ export class Executor {
             return err as Error;
           }
         })();
+        if (isHostKeyRefusal(info)) {
+          await this.refuseVm(vm, info, log);
+          return { kind: 'system', message: info.message };
+        }
         if (!info || info instanceof Error) {
           const failed = await trouble(info ? info.message : 'VM is not reachable: provider, key or address missing');
           if (failed) return failed;
@@ -366,6 +372,10 @@ export class Executor {
           w.setSession(session);
         } catch (err) {
           if (signal.aborted) return null;
+          if (isHostKeyRefusal(err)) {
+            await this.refuseVm(vm, err, log);
+            return { kind: 'system', message: err.message };
+          }
           const failed = await trouble((err as Error).message);
           if (failed) return failed;
           continue;
@@ -476,17 +486,31 @@ export class Executor {
         session?.close();
         session = undefined;
         log.warn({ err: (err as Error).message, attempt }, 'could not kill the job on its VM; deleting the VM ends it');
+        if (isHostKeyRefusal(err)) return undefined; // not our VM: say nothing more to it
       }
     }
     return undefined;
   }
 
   /** How to reach the VM, and its OS, from its provider; undefined when provider, key or address is missing. */
-  private connectInfo(vm: VmRow): ConnectInfo | undefined {
+  private providerConnectInfo(vm: VmRow): ConnectInfo | undefined {
     const provider = this.d.providers.get(vm.provider);
     const key = this.d.store.vmPrivateKey(vm);
     if (!provider || !key || !vm.internal_ip) return undefined;
     return provider.connectInfo({ ...vmRef(vm), internalIp: vm.internal_ip }, key);
+  }
+
+  /** providerConnectInfo pinned to the row's host key (re-attach after a restart included); throws HostKeyUnpinnedError without one. */
+  private connectInfo(vm: VmRow): ConnectInfo | undefined {
+    const info = this.providerConnectInfo(vm);
+    return info && pinnedConnectInfo(info, vm);
+  }
+
+  /** The VM answered with another host key (or has none pinned): fail it; the job ends as a system failure on the normal path. */
+  private async refuseVm(vm: VmRow, err: HostKeyMismatchError | HostKeyUnpinnedError, log: Logger): Promise<void> {
+    reportHostKeyRefusal({ metrics: this.d.metrics, log }, vm, err);
+    this.d.metrics.vmFailures.inc({ class: vm.class, reason: refusalReason(err) });
+    await this.d.store.transition(vm.id, ['assigned', 'running'], 'failed', { failure: err.message.slice(0, 500) }).catch((e) => log.warn({ err: e }, 'could not mark the VM failed'));
   }
 
   private observeStart(ctx: JobContext, startedAt: number, log: Logger): void {

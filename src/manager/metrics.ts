@@ -69,6 +69,7 @@ export interface Metrics {
   jobReportsPending: Gauge;
   traceBufferHighWater: Gauge<'class'>;
   jobsReattached: Counter<'class' | 'outcome'>;
+  hostKeyMismatches: Counter<'provider' | 'class'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -217,6 +218,10 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     jobsReattached: new Counter({
       name: 'runner_fleet_jobs_reattached_total', help: 'Running jobs a starting manager took over from the database (outcome: attached, failed, started).',
       labelNames: ['class', 'outcome'], registers,
+    }),
+    hostKeyMismatches: new Counter({
+      name: 'runner_fleet_host_key_mismatch_total', help: 'Connections refused because the VM answered with another SSH host key than the pinned one (address reused?); the VM is failed.',
+      labelNames: ['provider', 'class'], registers,
     }),
   };
 }

@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
 import type { SshSession } from '../connect/ssh.js';
-import { generateVmKeyPair } from '../isolation/keys.js';
+import { generateHostKey, generateVmKeyPair } from '../isolation/keys.js';
+import { isHostKeyRefusal, pinnedConnectInfo, refusalReason, reportHostKeyRefusal } from './host-key.js';
 import { LABEL_SHARD, LABEL_VM, supportsStandby, type ConnectInfo, type Provider, type VmRef, type VmSpec } from '../providers/provider.js';
 import { classRoom, decideScale, staticSettings, staticTargets, type ClassCounts, type TierTargets } from './autoscaler.js';
 import type { DemandModel } from './predictive.js';
@@ -46,7 +47,8 @@ export function newVm(shard: string, cls: Pick<ClassConfig, 'name' | 'provider'>
   const id = randomBytes(6).toString('hex');
   const name = vmName(shard, id);
   const keys = generateVmKeyPair(name);
-  return { id, class: cls.name, provider: cls.provider, name, publicKey: keys.publicKey, privateKey: keys.privateKey };
+  const host = generateHostKey(`${name}-host`);
+  return { id, class: cls.name, provider: cls.provider, name, publicKey: keys.publicKey, privateKey: keys.privateKey, hostKey: host.privateKey, hostKeyFingerprint: host.fingerprint };
 }
 
 /** When a VM's current boot began: its creation, or for a resume from standby its `booting` transition. */
@@ -430,7 +432,7 @@ export class Pool {
   }
 
   /** Cold start: create the VM whose row intake wrote with its job (Store.bindJobToNewVm), in the room `claim` held. */
-  launchForJob(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey'>, claim?: string): void {
+  launchForJob(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey' | 'hostKey'>, claim?: string): void {
     const claimed = this.unseenOf(cls.name);
     if (claim) claimed.delete(claim);
     claimed.add(vm.id);
@@ -438,7 +440,7 @@ export class Pool {
     this.launch(cls, [this.spec(cls, vm)]);
   }
 
-  private spec(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey'>): VmSpec {
+  private spec(cls: ClassConfig, vm: Pick<NewVmInput, 'id' | 'name' | 'publicKey' | 'hostKey'>): VmSpec {
     const { shard } = this.d.config;
     return {
       vmId: vm.id,
@@ -447,6 +449,7 @@ export class Pool {
       className: cls.name,
       labels: { [LABEL_SHARD]: shard, [LABEL_VM]: vm.id },
       publicKey: vm.publicKey,
+      ...(vm.hostKey ? { hostKey: vm.hostKey } : {}),
       machine: cls.machine,
       maxRunSeconds: Math.ceil((WARM_MAX_AGE_MS + cls.bootTimeoutMs + cls.jobTimeoutMs) / 1000) + 600,
     };
@@ -514,11 +517,16 @@ export class Pool {
     const privateKey = this.d.store.vmPrivateKey(row);
     this.spawn([row.id], async () => {
       if (!privateKey) return void (await this.failVm(row, 'private key unreadable with the current secrets.key', 'key'));
-      const info = provider.connectInfo({ ...vmRef(row), internalIp }, privateKey);
+      const unpinned = provider.connectInfo({ ...vmRef(row), internalIp }, privateKey);
+      const deadlineMs = bootStart(row) + cls.bootTimeoutMs;
       try {
-        const session = await this.d.probe(info, { deadlineMs: bootStart(row) + cls.bootTimeoutMs, signal: this.abort.signal });
+        // A VM that made its own host key (Windows on GCE): pinned to what it published.
+        const published = await this.publishedHostKey(provider, row, deadlineMs);
+        const pin = published ?? row.host_key_fingerprint;
+        const info = pinnedConnectInfo(unpinned, { id: row.id, host_key_fingerprint: pin });
+        const session = await this.d.probe(info, { deadlineMs, signal: this.abort.signal });
         const readyAt = new Date(this.d.clock.now());
-        if (await this.d.store.transition(row.id, 'booting', 'ready', { internal_ip: internalIp, ready_at: readyAt })) {
+        if (await this.d.store.transition(row.id, 'booting', 'ready', { internal_ip: internalIp, ready_at: readyAt, ...(published ? { host_key_fingerprint: published } : {}) })) {
           this.sessions.set(row.id, session);
           const seconds = (readyAt.getTime() - bootStart(row)) / 1000;
           if (row.ready_at) {
@@ -534,10 +542,28 @@ export class Pool {
         }
       } catch (err) {
         if (this.stopped) return;
+        if (isHostKeyRefusal(err)) {
+          reportHostKeyRefusal(this.d, row, err);
+          return void (await this.failVm(row, err.message, refusalReason(err)));
+        }
         await this.failVm(row, `not reachable over SSH: ${(err as Error).message}`, 'unreachable');
       }
       this.notify();
     });
+  }
+
+  /** The provider's trusted reading of a VM's own host key, retried until it is published or the boot deadline. */
+  private async publishedHostKey(provider: Provider, row: VmRow, deadlineMs: number): Promise<string | undefined> {
+    if (!provider.hostKeyFingerprint) return undefined;
+    for (;;) {
+      try {
+        return await this.cloud(provider, 'hostKey', () => provider.hostKeyFingerprint!(vmRef(row)));
+      } catch (err) {
+        if ((err as { kind?: string }).kind !== 'retryable' && (err as { kind?: string }).kind !== 'rateLimited') throw err;
+        if (this.d.clock.now() >= deadlineMs) throw new Error(`its SSH host key was never published: ${(err as Error).message}`);
+        await this.d.clock.sleep(1000, this.abort.signal);
+      }
+    }
   }
 
   private async failVm(row: VmRow, why: string, reason: string): Promise<void> {

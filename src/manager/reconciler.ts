@@ -99,6 +99,8 @@ export class Reconciler {
       if (state === 'requested' || state === 'creating') why = 'creation interrupted by a restart';
       else if (state === 'assigned' || state === 'running') why = 'job interrupted by a restart';
       else if ((state === 'ready' || state === 'booting') && !store.vmPrivateKey(vm)) why = 'private key unreadable with the current secrets.key';
+      // Made before host keys were pinned (sql/006): never connected to, so of no use.
+      else if ((state === 'ready' || state === 'booting' || state === 'stopped') && !vm.host_key_fingerprint) why = 'no pinned SSH host key';
       if (why && (await store.transition(vm.id, state, 'deleting', {}, why))) vmsDeleted++;
     }
     vmsDeleted += await this.sweep();

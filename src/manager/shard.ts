@@ -22,7 +22,7 @@ import { acquireShardLock, readLease, type ManagerInstance, type ShardLease } fr
 import { migrateToLatest } from '../db/migrate.js';
 import { GitLabClient } from '../gitlab/client.js';
 import { startIsolationAudits } from './isolation-audit.js';
-import { providerFactory, registeredProviders, supportsStandby, type Provider } from '../providers/provider.js';
+import { providerFactory, registeredProviders, supportsStandby, type ConnectOverride, type Provider } from '../providers/provider.js';
 import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
 import { Executor } from './executor.js';
@@ -66,6 +66,8 @@ export interface ShardOptions {
    * on the local provider without warnings. Anything else refuses to start without a key.
    */
   demo?: boolean;
+  /** Test tools only (emulated clouds' sandbox ports); see ConnectOverride. Never from config. */
+  connectOverride?: ConnectOverride;
 }
 
 export type ShardRole = 'standby' | 'active' | 'stopped';
@@ -286,7 +288,7 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err) => log.warn({ err }, 'cleanup failed'));
   };
   try {
-    const providers = await createProviders(config, log, metrics, db, store);
+    const providers = await createProviders(config, log, metrics, db, store, opts.connectOverride);
     cleanups.push(async () => Promise.all([...providers.values()].map((p) => p.close())));
     const stopAudits = await startIsolationAudits({ config, providers, metrics, log });
     cleanups.push(async () => stopAudits());
@@ -343,14 +345,14 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
   }
 }
 
-async function createProviders(config: ShardConfig, log: Logger, metrics: Metrics, db: Kysely<Database>, store: Store): Promise<Map<string, Provider>> {
+async function createProviders(config: ShardConfig, log: Logger, metrics: Metrics, db: Kysely<Database>, store: Store, connectOverride?: ConnectOverride): Promise<Map<string, Provider>> {
   const used = new Set(Object.values(config.classes).map((c) => c.provider));
   const out = new Map<string, Provider>();
   for (const name of used) {
     const factory = providerFactory(name);
     if (!factory) throw new Error(`providers.${name}: unknown provider (known: ${registeredProviders().join(', ')})`);
     const classes = Object.fromEntries(Object.values(config.classes).filter((c) => c.provider === name).map((c) => [c.name, c.machine]));
-    out.set(name, await factory(config.providers[name] ?? {}, { shard: config.shard, dataDir: config.dataDir, log: log.child({ provider: name }), telemetry: cloudTelemetry(metrics, name), resources: new DbResourceStore(db, config.shard, name, store.fence), classes, secrets: store.secretBox(name) }));
+    out.set(name, await factory(config.providers[name] ?? {}, { shard: config.shard, dataDir: config.dataDir, log: log.child({ provider: name }), telemetry: cloudTelemetry(metrics, name), resources: new DbResourceStore(db, config.shard, name, store.fence), classes, secrets: store.secretBox(name), ...(connectOverride ? { connectOverride } : {}) }));
   }
   return out;
 }

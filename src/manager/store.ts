@@ -19,6 +19,10 @@ export interface NewVmInput {
   name: string;
   publicKey: string;
   privateKey: string;
+  /** The host key the manager made for the VM: handed to it at creation, never stored. */
+  hostKey?: string;
+  /** Its fingerprint, pinned on the row (without one the VM is never connected to). */
+  hostKeyFingerprint?: string | null;
 }
 
 export interface JobOutcome {
@@ -126,6 +130,7 @@ export class Store {
           state: 'requested',
           public_key: v.publicKey,
           private_key_enc: this.seal('vms.private_key_enc', v.id, v.privateKey),
+          host_key_fingerprint: v.hostKeyFingerprint ?? null,
           created_at: new Date(),
           updated_at: new Date(),
         })

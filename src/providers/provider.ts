@@ -25,6 +25,11 @@ export interface VmSpec {
   labels: Record<string, string>;
   /** The VM's own ephemeral public key, OpenSSH format (`ssh-ed25519 AAAA... comment`). */
   publicKey: string;
+  /**
+   * The SSH host key the manager made for this VM (OpenSSH private key): the provider hands it
+   * to the VM through the same channel as `publicKey`, and the manager pins its fingerprint.
+   */
+  hostKey?: string;
   /** Provider-specific machine profile from the class config (machine type, image, zones...). */
   machine: Record<string, unknown>;
   /** Cloud-side backstop: the VM deletes itself after this many seconds (max run duration). */
@@ -116,6 +121,30 @@ export interface ConnectInfo {
   password?: string;
   /** A host to tunnel through (macOS nested VMs behind their Mac host). */
   jump?: ConnectInfo;
+  /**
+   * The host key the target must show, `SHA256:<base64>` (ssh-keygen -lf). connectSsh refuses a
+   * different key before sending anything; without it any key is accepted, so the manager's job
+   * connections always set it (src/manager/host-key.ts).
+   */
+  hostKeyFingerprint?: string;
+}
+
+/** Where a test tool reaches an emulated VM's sshd instead of its address on port 22. */
+export interface ConnectEndpoint {
+  host: string;
+  port: number;
+}
+
+/**
+ * Test tools only (tests, benches, the demo), set through startShard options: never from config,
+ * environment or cloud data, since whoever sets it chooses where a job's secrets go.
+ */
+export type ConnectOverride = (vm: { name: string; cloudId?: string | null | undefined; zone?: string | null | undefined; internalIp: string }) => ConnectEndpoint | undefined;
+
+/** `info` aimed at the override's endpoint for `vm`, if the context has one that knows it. */
+export function overrideEndpoint(ctx: Pick<ProviderContext, 'connectOverride'>, vm: Parameters<ConnectOverride>[0], info: ConnectInfo): ConnectInfo {
+  const e = ctx.connectOverride?.(vm);
+  return e ? { ...info, host: e.host, port: e.port } : info;
 }
 
 export interface ProviderCapabilities {
@@ -181,6 +210,13 @@ export interface Provider {
   start?(refs: VmRef[]): Promise<void>;
   /** Suspend VMs: memory kept on disk, resumed by `start` faster than a stopped VM boots; where `capabilities.suspend`. */
   suspend?(refs: VmRef[]): Promise<void>;
+  /**
+   * For VMs that make their own SSH host key (images the manager cannot hand one to): its
+   * fingerprint read through a channel only the VM writes (GCE guest attributes). undefined: the
+   * VM serves the key the manager made (VmSpec.hostKey). Throws a retryable ProviderError while
+   * the VM has not published it yet.
+   */
+  hostKeyFingerprint?(vm: VmRef): Promise<string | undefined>;
   /** How to reach a running VM, given its ephemeral private key. */
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo;
   /**
@@ -265,6 +301,8 @@ export interface ProviderContext {
   /** The classes served by this provider and their machine profiles (Mac host fleets start from them). */
   classes?: Record<string, Record<string, unknown>>;
   secrets?: SecretBox;
+  /** See ConnectOverride: emulated clouds in tests; absent in production. */
+  connectOverride?: ConnectOverride;
 }
 
 export type ProviderFactory = (config: Record<string, unknown>, ctx: ProviderContext) => Provider | Promise<Provider>;

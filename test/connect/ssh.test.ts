@@ -4,8 +4,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { connectSsh, SshConnectError, waitForSsh, type SshSession } from '../../src/connect/ssh.js';
-import { generateVmKeyPair } from '../../src/isolation/keys.js';
+import { connectSsh, HostKeyMismatchError, SshConnectError, waitForSsh, type SshSession } from '../../src/connect/ssh.js';
+import { generateVmKeyPair, sshFingerprint } from '../../src/isolation/keys.js';
 import type { ConnectInfo } from '../../src/providers/provider.js';
 import { localFixture, type LocalFixture } from '../providers/local-fixture.js';
 
@@ -122,18 +122,19 @@ describe('SSH sessions against a local sandbox', () => {
     await expect(s.exec('true')).rejects.toThrow(/closed/);
   });
 
-  it('checks the host key fingerprint when one is given', async () => {
+  it('checks the pinned host key fingerprint', async () => {
     const state = JSON.parse(readFileSync(join(sandboxDir, 'state.json'), 'utf8')) as { hostKeyFingerprint: string };
-    const ok = await connectSsh(info, { hostKeyFingerprint: state.hostKeyFingerprint });
+    const ok = await connectSsh({ ...info, hostKeyFingerprint: state.hostKeyFingerprint });
     ok.close();
-    const err = await connectSsh(info, { hostKeyFingerprint: 'SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' }).catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(SshConnectError);
-    expect((err as SshConnectError).retryable).toBe(false);
-    expect((err as Error).message).toMatch(/host key/);
-    // waitForSsh does not retry a host key mismatch until the deadline.
+    const err = await connectSsh({ ...info, hostKeyFingerprint: 'SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(HostKeyMismatchError);
+    expect((err as HostKeyMismatchError).retryable).toBe(false);
+    expect((err as HostKeyMismatchError).got).toBe(state.hostKeyFingerprint);
+    // waitForSsh retries a mismatch (a booting VM may not have installed its key yet), then
+    // answers with the mismatch, not "unreachable".
     const t0 = Date.now();
-    await expect(waitForSsh(info, { deadlineMs: Date.now() + 10_000, hostKeyFingerprint: 'SHA256:nope' })).rejects.toThrow(/host key/);
-    expect(Date.now() - t0).toBeLessThan(3000);
+    await expect(waitForSsh({ ...info, hostKeyFingerprint: 'SHA256:nope' }, { deadlineMs: Date.now() + 1500 })).rejects.toBeInstanceOf(HostKeyMismatchError);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
   });
 
   it('settles a running command when the connection drops', async () => {
@@ -247,5 +248,38 @@ describe('waitForSsh', () => {
     const t0 = Date.now();
     await expect(connectSsh({ protocol: 'ssh', os: 'linux', host, port, username: 'runner', privateKey: keys.privateKey }, { timeoutMs: 500 })).rejects.toThrow(/timed out/);
     expect(Date.now() - t0).toBeLessThan(1500);
+  });
+});
+
+describe('pinned host keys', () => {
+  it('sends no credential to a server with another host key, and logs in to the pinned one', async () => {
+    const hostKey = generateVmKeyPair('srv');
+    const auths: string[] = [];
+    const server = new ssh2.Server({ hostKeys: [hostKey.privateKey] }, (c) => {
+      c.on('error', () => {});
+      c.on('authentication', (ctx) => {
+        auths.push(ctx.method);
+        ctx.accept();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const { port } = server.address() as { port: number };
+    try {
+      const base: ConnectInfo = { protocol: 'ssh', os: 'linux', host: '127.0.0.1', port, username: 'u', privateKey: generateVmKeyPair('client').privateKey };
+      const other = sshFingerprint(generateVmKeyPair('other').publicKey);
+      const err = await connectSsh({ ...base, hostKeyFingerprint: other }, { timeoutMs: 5000 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(HostKeyMismatchError);
+      expect(err).toMatchObject({ expected: other, got: sshFingerprint(hostKey.publicKey), retryable: false });
+      expect(auths).toEqual([]);
+      // A pinned jump host with another key: the target behind it is never asked for either.
+      const viaJump = await connectSsh({ ...base, host: '127.0.0.2', jump: { ...base, hostKeyFingerprint: other } }, { timeoutMs: 5000 }).catch((e: unknown) => e);
+      expect(viaJump).toBeInstanceOf(HostKeyMismatchError);
+      expect(auths).toEqual([]);
+      const ok = await connectSsh({ ...base, hostKeyFingerprint: sshFingerprint(hostKey.publicKey) }, { timeoutMs: 5000 });
+      ok.close();
+      expect(auths.length).toBeGreaterThan(0);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 });

@@ -58,7 +58,7 @@ dataDir: "${dir}"
 secrets: { key: "e2e-mac-secret-key-0123456789abcdef" }
 log: { level: warn }
 `;
-    shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'warn' }), tickMs: 100, sweepMs: 500, defaultMetrics: false, http: false });
+    shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'warn' }), tickMs: 100, sweepMs: 500, defaultMetrics: false, http: false, connectOverride: ec2.connectOverride });
   });
 
   afterAll(async () => {

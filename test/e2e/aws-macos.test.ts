@@ -54,7 +54,7 @@ dataDir: "${dir}"
 secrets: { key: "e2e-mac-secret-key-0123456789abcdef" }
 log: { level: warn }
 `;
-    shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false });
+    shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false, connectOverride: ec2.connectOverride });
   });
 
   afterAll(async () => {
@@ -88,7 +88,7 @@ log: { level: warn }
     await waitUntil(async () => (await warm(shard)).length >= 1, 60_000, 'the pool refilled');
     const before = (await warm(shard)).map((v) => v.id);
     await shard.close(); // not a drain: the host and the warm VM stay, as after a crash
-    shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false });
+    shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false, connectOverride: ec2.connectOverride });
     const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo second'], git: false });
     expect((await gitlab.waitForFinal(id, 60_000)).state).toBe('success');
     const job = await shard.store.job(id);

@@ -69,7 +69,7 @@ describe.each(databaseKinds())('Linux jobs on the gcp provider (GCE emulator) on
     gce = await startGceEmulator({ dataDir: join(dataDir, 'gce'), bootDelayMs: 0 });
     gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
     const config = parseConfig(shardYaml({ shard: shardName, gitlabUrl: gitlab.url, gceUrl: gce.url, dbUrl: db.url, dataDir }));
-    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false });
+    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false, connectOverride: gce.connectOverride });
   });
 
   afterAll(async () => {

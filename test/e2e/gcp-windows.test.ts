@@ -102,7 +102,7 @@ describe('a Windows job on the gcp provider (GCE emulator)', () => {
     gce = await startGceEmulator({ dataDir: join(dataDir, 'gce'), bootDelayMs: 0, extraPathDir: shimDir });
     gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
     const config = parseConfig(shardYaml({ gitlabUrl: gitlab.url, gceUrl: gce.url, dataDir }));
-    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false });
+    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false, connectOverride: gce.connectOverride });
   });
 
   afterAll(async () => {
@@ -148,6 +148,16 @@ describe('a Windows job on the gcp provider (GCE emulator)', () => {
     expect(script).toContain("& git remote add '--' origin ");
     expect(script).not.toContain('#!/usr/bin/env bash');
     expect(script).not.toContain('set -eo pipefail');
+    // Windows makes its own host key: the manager pinned the one the guest agent published in
+    // guest attributes (no host key of the manager's in its metadata).
+    const job = await shard.store.job(id);
+    const vm = await shard.store.vm(job!.vm_id!);
+    const inserted = gce.inserted(vm!.name) as { metadata?: { items?: { key: string }[] } } | undefined;
+    expect(inserted?.metadata?.items?.map((i) => i.key)).toContain('enable-guest-attributes');
+    expect(inserted?.metadata?.items?.map((i) => i.key)).not.toContain('runner-fleet-ssh-host-key');
+    expect(gce.calls.guestAttributes).toBeGreaterThan(0);
+    // (The job ran over a connection pinned to it, so it is the key the VM served.)
+    expect(vm!.host_key_fingerprint).toMatch(/^SHA256:[A-Za-z0-9+/]{43}$/);
 
     const { event } = await expectCleanedUp(id);
     expect(event.outcome).toBe('success');

@@ -7,6 +7,7 @@ import { parseConfig } from '../../src/config/load.js';
 import { startGitLabEmulator, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { startShard, type Shard } from '../../src/manager/shard.js';
+import type { ConnectOverride } from '../../src/providers/provider.js';
 
 export interface CloudShard<C> {
   cloud: C;
@@ -15,7 +16,7 @@ export interface CloudShard<C> {
   close(): Promise<void>;
 }
 
-export async function startCloudShard<C extends { url: string; close(): Promise<void> }>(o: {
+export async function startCloudShard<C extends { url: string; connectOverride: ConnectOverride; close(): Promise<void> }>(o: {
   shard: string; className: string; token: string; pool: string;
   provider: 'aws' | 'gcp';
   /** Starts the cloud emulator, its files under `dir`. */
@@ -54,7 +55,7 @@ secrets: { key: "e2e-cloud-secret-key-0123456789abcdef" }
 log: { level: warn }
 ${o.isolation ? `isolation: ${o.isolation}` : ''}
 `);
-    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false });
+    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false, connectOverride: cloud.connectOverride });
   } catch (err) {
     await release();
     throw err;

@@ -1,7 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import ssh2 from 'ssh2';
 import { describe, expect, it } from 'vitest';
-import { decryptSecret, deriveKey, encryptSecret, generateVmKeyPair, openSecret, secretKeys } from '../../src/isolation/keys.js';
+import { decryptSecret, deriveKey, encryptSecret, generateHostKey, generateVmKeyPair, openSecret, secretKeys, sshFingerprint } from '../../src/isolation/keys.js';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 describe('generateVmKeyPair', () => {
   it('produces an OpenSSH public key and a private key ssh2 parses and that matches it', () => {
@@ -74,5 +78,28 @@ describe('secrets at rest', () => {
     expect(openSecret(enc, pass, ctx)).toBe('x');
     expect(() => decryptSecret(enc, deriveKey('legacy passphrase of the shard'), ctx)).toThrow(/wrong key/);
     expect(() => openSecret(V1_PASSPHRASE, secretKeys('another passphrase here', salt), 'c')).toThrow(/wrong key/);
+  });
+});
+
+describe('host keys', () => {
+  it('fingerprints a key as ssh-keygen -lf does', () => {
+    const k = generateVmKeyPair('fp');
+    const dir = mkdtempSync(join(tmpdir(), 'rf-fp-'));
+    try {
+      writeFileSync(join(dir, 'k.pub'), `${k.publicKey}\n`);
+      const out = execFileSync('ssh-keygen', ['-lf', join(dir, 'k.pub')], { encoding: 'utf8' });
+      expect(out.split(' ')[1]).toBe(sshFingerprint(k.publicKey));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    expect(() => sshFingerprint('garbage')).toThrow(/OpenSSH public key/);
+  });
+
+  it('makes a host key whose fingerprint is that of its public half', () => {
+    const h = generateHostKey('vm-host');
+    const parsed = ssh2.utils.parseKey(h.privateKey);
+    if (parsed instanceof Error) throw parsed;
+    const blob = (Array.isArray(parsed) ? parsed[0]! : parsed).getPublicSSH();
+    expect(h.fingerprint).toBe(sshFingerprint(`ssh-ed25519 ${blob.toString('base64')}`));
   });
 });

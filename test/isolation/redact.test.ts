@@ -22,6 +22,7 @@ describe('createLogger', () => {
         cls: { runnerToken: 'RT-SECRET', name: 'small' },
         job: { token: 'JOB-SECRET', id: 7, variables: [{ key: 'A', value: 'VAR-SECRET' }] },
         vm: { privateKey: '-----BEGIN OPENSSH PRIVATE KEY-----' },
+        spec: { hostKey: 'HOST-KEY-SECRET' },
         req: { headers: { authorization: 'Bearer X', 'job-token': 'JT-SECRET', accept: 'json' } },
         config: { http: { adminToken: 'ADMIN' } },
         password: 'PW',
@@ -29,7 +30,7 @@ describe('createLogger', () => {
       'hello',
     );
     const text = JSON.stringify(lines);
-    for (const s of ['RT-SECRET', 'JOB-SECRET', 'VAR-SECRET', 'BEGIN OPENSSH', 'Bearer X', 'JT-SECRET', 'ADMIN', 'PW']) expect(text).not.toContain(s);
+    for (const s of ['RT-SECRET', 'JOB-SECRET', 'VAR-SECRET', 'BEGIN OPENSSH', 'Bearer X', 'JT-SECRET', 'ADMIN', 'PW', 'HOST-KEY-SECRET']) expect(text).not.toContain(s);
     expect(lines[0]).toMatchObject({ shard: 's1', msg: 'hello', job: { id: 7 }, cls: { name: 'small' }, req: { headers: { accept: 'json' } } });
   });
 

@@ -60,7 +60,7 @@ describe.each(databaseKinds())('reconciler sweep against emulated clouds on %s',
   async function vm(provider: Provider, machine: Record<string, unknown>, state: 'booting' | 'ready' | 'running'): Promise<VmSpec> {
     const { spec } = makeSpec(shard, machine);
     const s: VmSpec = { ...spec, className: 'small' };
-    await store.insertVm({ id: s.vmId, class: 'small', provider: provider.name, name: s.name, publicKey: s.publicKey, privateKey: 'k' });
+    await store.insertVm({ id: s.vmId, class: 'small', provider: provider.name, name: s.name, publicKey: s.publicKey, privateKey: 'k', hostKeyFingerprint: 'SHA256:pinned' });
     await store.transition(s.vmId, 'requested', 'creating');
     const created = await provider.create(s);
     await store.transition(s.vmId, 'creating', 'booting', { cloud_id: created.cloudId, zone: created.zone ?? null });
@@ -78,7 +78,7 @@ describe.each(databaseKinds())('reconciler sweep against emulated clouds on %s',
     const emu = await startGceEmulator({ dataDir });
     const make = () => new GcpProvider(
       parseGcpConfig({ project: 'sweep-proj', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 2, requestsPerSecond: 1000 }),
-      { shard, dataDir, log, telemetry: cloudTelemetry(metrics, 'gcp') },
+      { shard, dataDir, log, telemetry: cloudTelemetry(metrics, 'gcp'), connectOverride: emu.connectOverride },
     );
     const provider = make();
     cleanups.push(async () => {
@@ -134,7 +134,7 @@ describe.each(databaseKinds())('reconciler sweep against emulated clouds on %s',
     const emu = await startEc2Emulator({ bootDelayMs: 0 });
     const provider = new AwsProvider(
       parseAwsConfig({ region: 'us-east-1', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 2, requestsPerSecond: 1000 }),
-      { shard, dataDir: '/nonexistent', log, telemetry: cloudTelemetry(metrics, 'aws') },
+      { shard, dataDir: '/nonexistent', log, telemetry: cloudTelemetry(metrics, 'aws'), connectOverride: emu.connectOverride },
     );
     cleanups.push(async () => {
       await provider.close();

@@ -82,11 +82,21 @@ describe.each(databaseKinds())('reconciler sweep on %s', (kind) => {
 
   const PATH: VmState[] = ['requested', 'creating', 'booting', 'ready', 'assigned', 'running'];
   const row = async (id: string, state: VmState, opts: { provider?: string; zone?: string } = {}) => {
-    await store.insertVm({ id, class: 'small', provider: opts.provider ?? 'memory', name: `rf-${SHARD}-${id}`, publicKey: 'ssh-ed25519 AAAA x', privateKey: 'k' });
+    await store.insertVm({ id, class: 'small', provider: opts.provider ?? 'memory', name: `rf-${SHARD}-${id}`, publicKey: 'ssh-ed25519 AAAA x', privateKey: 'k', hostKeyFingerprint: 'SHA256:pinned' });
     for (let i = 1; i <= PATH.indexOf(state); i++) await store.transition(id, PATH[i - 1]!, PATH[i]!, PATH[i] === 'booting' ? { zone: opts.zone ?? null } : {});
   };
   const stateOf = async (id: string) => (await store.vm(id))?.state;
   const failures = async (reason: string) => (await metrics.vmFailures.get()).values.filter((v) => v.labels.reason === reason).reduce((n, v) => n + v.value, 0);
+
+  it('recover deletes a warm VM without a pinned host key (made before sql/006) and keeps a pinned one', async () => {
+    await row('p1', 'ready');
+    await row('u1', 'ready');
+    await store.db.updateTable('vms').set({ host_key_fingerprint: null }).where('id', '=', 'u1').execute();
+    cloud.vms = [cloudVm(`rf-${SHARD}-p1`, 'p1'), cloudVm(`rf-${SHARD}-u1`, 'u1')];
+    await reconciler([cloud], 0).recover();
+    expect(await stateOf('p1')).toBe('ready');
+    expect(await stateOf('u1')).toBe('deleting');
+  });
 
   it('deletes VMs the database does not know, and keeps those it knows by label or by name', async () => {
     await row('a1', 'ready');

@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseAwsConfig, parseAwsMachine, validateAwsMachine } from '../../src/providers/aws/config.js';
 import { awsErrorKind } from '../../src/providers/aws/errors.js';
-import { TAG_BATCH, clientToken, keysInUserData, runInstancesInput, userDataScript } from '../../src/providers/aws/run-input.js';
+import { TAG_BATCH, clientToken, hostKeysInUserData, keysInUserData, runInstancesInput, userDataScript } from '../../src/providers/aws/run-input.js';
+import { generateHostKey } from '../../src/isolation/keys.js';
 import { LABEL_SHARD, LABEL_VM, type VmSpec } from '../../src/providers/provider.js';
 
 const machineRaw = { instanceType: 'c6i.large', imageId: 'ami-0123456789abcdef0', subnets: ['subnet-0aaa1111', 'subnet-0bbb2222'], securityGroupIds: ['sg-0ccc3333'], diskSizeGb: 40, tags: { team: 'ci' } };
@@ -76,6 +77,29 @@ describe('RunInstances request', () => {
       const script = userDataScript('runner', [spec('a1').publicKey, spec('b2').publicKey]).replaceAll('/home/', `${dir}/home/`);
       execFileSync('bash', ['-c', script], { env: { PATH: `${bin}:/usr/bin:/bin` } });
       expect(readFileSync(join(dir, 'home/runner/.ssh/authorized_keys'), 'utf8')).toBe(`${spec('b2').publicKey}\n`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('the user-data script installs the host key of its own launch index as sshd\'s and reloads sshd', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rf-userdata-'));
+    try {
+      const bin = join(dir, 'bin');
+      mkdirSync(bin);
+      mkdirSync(join(dir, 'etc/ssh'), { recursive: true });
+      const stub = (name: string, body: string) => writeFileSync(join(bin, name), `#!/bin/bash\n${body}\n`, { mode: 0o755 });
+      stub('curl', 'case "$*" in *ami-launch-index*) echo 1;; *) echo token;; esac');
+      for (const n of ['id', 'useradd', 'chown', 'chmod', 'iptables']) stub(n, 'exit 0');
+      stub('install', 'mkdir -p "${@: -1}"');
+      stub('ssh-keygen', 'echo pub');
+      stub('systemctl', `echo "$*" >> ${dir}/systemctl.log`);
+      const hostKeys = [generateHostKey('a1-host'), generateHostKey('b2-host')];
+      const script = userDataScript('runner', [spec('a1').publicKey, spec('b2').publicKey], hostKeys.map((k) => k.privateKey)).replaceAll('/home/', `${dir}/home/`).replaceAll('/etc/ssh/', `${dir}/etc/ssh/`);
+      expect([...hostKeysInUserData(script).values()]).toEqual(hostKeys.map((k) => k.privateKey.trim()));
+      execFileSync('bash', ['-c', script], { env: { PATH: `${bin}:/usr/bin:/bin` } });
+      expect(readFileSync(join(dir, 'etc/ssh/ssh_host_ed25519_key'), 'utf8')).toBe(hostKeys[1]!.privateKey.trim());
+      expect(readFileSync(join(dir, 'systemctl.log'), 'utf8')).toMatch(/^reload ssh/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

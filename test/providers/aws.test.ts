@@ -23,7 +23,7 @@ interface Fixture {
 async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
   const emu = await startEc2Emulator({ bootDelayMs: 0 });
   const shard = `a${randomBytes(3).toString('hex')}`;
-  const provider = new AwsProvider(parseAwsConfig({ region: 'us-east-1', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 3, requestsPerSecond: 1000, ...config }), { shard, dataDir: '/nonexistent', log: createLogger({ level: 'silent' }) });
+  const provider = new AwsProvider(parseAwsConfig({ region: 'us-east-1', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 3, requestsPerSecond: 1000, ...config }), { shard, dataDir: '/nonexistent', log: createLogger({ level: 'silent' }), connectOverride: emu.connectOverride });
   return {
     emu,
     provider,
@@ -60,7 +60,7 @@ describe('aws provider against the EC2 emulator', () => {
     expect(fx.provider.tracked()['seen']).toBe(6);
     await fx.provider.delete(created.map((r, i) => ({ vmId: specs[i]!.vmId, name: specs[i]!.name, cloudId: r.ok ? r.vm.cloudId : null })));
     await fx.provider.describe(specs.map((s) => ({ vmId: s.vmId, name: s.name }))); // terminated instances stay listed a while
-    expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0, ports: 0 });
+    expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0 });
   });
 
   it('sends an isolated RunInstances: ClientToken, tags, no public IP, IMDSv2 hop limit 1, no profile', async () => {

@@ -3,7 +3,7 @@ import { constants, publicEncrypt } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { parseGcpConfig, parseGcpMachine, validateGcpMachine } from '../../src/providers/gcp/config.js';
 import { classifyError, errorKind, isAlreadyExists } from '../../src/providers/gcp/errors.js';
-import { bulkProperties, instanceBody, vmMetadataItems } from '../../src/providers/gcp/insert-body.js';
+import { HOST_KEY_ITEM, LINUX_HOST_KEY_SCRIPT, bulkProperties, instanceBody, vmMetadataItems } from '../../src/providers/gcp/insert-body.js';
 import { clientOptions, labelFilter, vmState } from '../../src/providers/gcp/provider.js';
 import { TokenBucket } from '../../src/providers/shared/rate-limit.js';
 import { requestId } from '../../src/providers/gcp/request-id.js';
@@ -116,6 +116,18 @@ describe('gcp insert body', () => {
     expect(own.filter((i) => i.key === 'ssh-keys')).toHaveLength(1);
     expect(p.networkInterfaces![0]).not.toHaveProperty('accessConfigs');
     expect(p).not.toHaveProperty('serviceAccounts');
+  });
+
+  it('hands each VM the host key the manager made, never in the shared bulk body', () => {
+    const machine = parseGcpMachine('small', linux);
+    const body = instanceBody(spec({ hostKey: 'HOST-KEY-A' }), machine, cfg, 'us-east1-b');
+    expect(meta(body)[HOST_KEY_ITEM]).toBe('HOST-KEY-A');
+    expect(meta(body)['startup-script']).toBe(LINUX_HOST_KEY_SCRIPT);
+    expect(LINUX_HOST_KEY_SCRIPT).toContain(`/instance/attributes/${HOST_KEY_ITEM}`);
+    const p = bulkProperties([spec({ hostKey: 'HOST-KEY-A' }), spec({ vmId: 'b', name: 'rf-s1-b', hostKey: 'HOST-KEY-B' })], machine, cfg, 'us-east1-b');
+    expect(meta(p)[HOST_KEY_ITEM]).toBeUndefined();
+    const own = vmMetadataItems(vmMetadataItems(p.metadata!.items!, machine, 'ssh-ed25519 BBBB b', 'HOST-KEY-B'), machine, 'ssh-ed25519 BBBB b', 'HOST-KEY-B');
+    expect(own.filter((i) => i.key === HOST_KEY_ITEM)).toEqual([{ key: HOST_KEY_ITEM, value: 'HOST-KEY-B' }]);
   });
 });
 

@@ -30,7 +30,7 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
   const shard = `g${randomBytes(3).toString('hex')}`;
   const provider = new GcpProvider(
     parseGcpConfig({ project: 'test-proj', endpoint: emu.url, callTimeout: '3s', retryBase: '20ms', retries: 3, requestsPerSecond: 1000, bulkInsertMin: 2, ...config }),
-    { shard, dataDir, log: createLogger({ level: 'silent' }) },
+    { shard, dataDir, log: createLogger({ level: 'silent' }), connectOverride: emu.connectOverride },
   );
   return {
     emu,
@@ -187,7 +187,7 @@ describe('gcp provider against the GCE emulator', () => {
     const stockouts: string[] = [];
     const fx = await setup();
     const provider = new GcpProvider(fx.provider.cfg, {
-      shard: fx.shard, dataDir: fx.emu.sandboxRoot, log: createLogger({ level: 'silent' }),
+      shard: fx.shard, dataDir: fx.emu.sandboxRoot, log: createLogger({ level: 'silent' }), connectOverride: fx.emu.connectOverride,
       telemetry: { request: (op, outcome) => void seen.push({ op, outcome }), stockout: (z) => void stockouts.push(z) },
     });
     try {
@@ -217,7 +217,7 @@ describe('gcp provider against the GCE emulator', () => {
     expect(count('instances.get') - gets).toBe(0); // never one get per VM
   });
 
-  it('reaches a running VM on its internal address and the SSH port the instance reports', async () => {
+  it('reaches a running VM on its internal address: port 22, or the port the test tool\'s connect override knows', async () => {
     const fx = await setup();
     const t = makeSpec(fx.shard, machine);
     await fx.provider.create(t.spec);
@@ -227,6 +227,14 @@ describe('gcp provider against the GCE emulator', () => {
     expect(info.port).not.toBe(22);
     // The executor's path: a ref plus the stored address, no CloudVm.
     expect(fx.provider.connectInfo({ vmId: t.spec.vmId, name: t.spec.name, internalIp: vm.internalIp! }, 'k').port).toBe(info.port);
+    // Without the override (production) nothing from the cloud moves the port off 22.
+    const plain = new GcpProvider(fx.provider.cfg, { shard: fx.shard, dataDir: fx.emu.sandboxRoot, log: createLogger({ level: 'silent' }) });
+    try {
+      await plain.describe([{ vmId: t.spec.vmId, name: t.spec.name }]);
+      expect(plain.connectInfo(vm, 'k')).toMatchObject({ host: vm.internalIp, port: 22 });
+    } finally {
+      await plain.close();
+    }
   });
 
   it('retrieves a Windows password through windows-keys and serial port 4', async () => {

@@ -94,7 +94,7 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
     closeDb = database.close;
     const key = deriveKey(randomBytes(32).toString('hex'));
     ctx = {
-      shard: SHARD, dataDir: dir, log: pino({ level: process.env['MAC_TEST_LOG'] ?? 'silent' }), telemetry,
+      shard: SHARD, dataDir: dir, log: pino({ level: process.env['MAC_TEST_LOG'] ?? 'silent' }), telemetry, connectOverride: emu.connectOverride,
       resources: new DbResourceStore(database.db, SHARD, 'mac'),
       classes: { [CLASS]: machine, [WHOLE]: wholeMachine },
       secrets: { seal: (s, c) => encryptSecret(s, key, c), open: (s, c) => decryptSecret(s, key, c) },
@@ -185,7 +185,7 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
 
     await provider.delete([{ vmId: a.spec.vmId, name: a.spec.name, cloudId: created.cloudId }]);
     await provider.list({ [LABEL_SHARD]: SHARD }); // the terminated instance is still described a while
-    expect(provider.tracked()).toMatchObject({ jobPorts: 0, jobHosts: 0 });
+    expect(provider.tracked()).toMatchObject({ jobHosts: 0 });
     await provider.tick();
     expect(emu.hosts().find((h) => h.id === host.id)?.state).toBe('pending'); // EC2 scrubs it
     expect(provider.capacity(WHOLE, 1)).toBe(0);

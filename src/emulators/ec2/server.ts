@@ -15,9 +15,9 @@ import { join } from 'node:path';
 import Fastify from 'fastify';
 import { pino, type Logger } from 'pino';
 import { generateVmKeyPair } from '../../isolation/keys.js';
-import { EMULATOR_SSH_PORT_TAG, keysInUserData } from '../../providers/aws/run-input.js';
-
-export { EMULATOR_SSH_PORT_TAG };
+import { hostKeysInUserData, keysInUserData } from '../../providers/aws/run-input.js';
+import { ec2ConnectOverride } from '../connect-override.js';
+import type { ConnectOverride } from '../../providers/provider.js';
 import { LocalProvider } from '../../providers/local/provider.js';
 
 
@@ -132,6 +132,8 @@ export interface Ec2Emulator {
   /** Replace the account's security groups (DescribeSecurityGroups answers them). */
   setSecurityGroups(groups: EmulatedSecurityGroup[]): void;
   resetCalls(): void;
+  /** Where each instance's sshd listens, for startShard's connectOverride (test tools only). */
+  connectOverride: ConnectOverride;
   close(): Promise<void>;
 }
 
@@ -224,10 +226,10 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     return m?.[1] ?? m?.[2];
   }
 
-  async function boot(inst: Inst, publicKey: string, username: string | undefined): Promise<void> {
+  async function boot(inst: Inst, publicKey: string, username: string | undefined, hostKey: string | undefined): Promise<void> {
     const spec = {
       vmId: inst.id, name: inst.sandboxName, shard: 'ec2-emulator', className: 'ec2',
-      labels: Object.fromEntries(inst.tags), publicKey, machine: username ? { username } : {}, maxRunSeconds: 24 * 3600,
+      labels: Object.fromEntries(inst.tags), publicKey, ...(hostKey ? { hostKey } : {}), machine: username ? { username } : {}, maxRunSeconds: 24 * 3600,
     };
     try {
       await local.create(spec);
@@ -236,7 +238,6 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
         try {
           const info = local.connectInfo({ vmId: inst.id, name: inst.sandboxName, internalIp: '' }, '');
           inst.privateIp = info.host;
-          inst.tags.set(EMULATOR_SSH_PORT_TAG, String(info.port));
           inst.state = 'running';
           return;
         } catch {
@@ -282,6 +283,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
     }
     const userData = p['UserData'] ? Buffer.from(p['UserData'], 'base64').toString() : '';
     const keys = keysInUserData(userData);
+    const hostKeys = hostKeysInUserData(userData);
     const reservationId = `r-${hex(9)}`;
     const out: Inst[] = [];
     for (let idx = 0; idx < max; idx++) {
@@ -295,7 +297,8 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
       out.push(inst);
       // Cloud-init: the key listed for this launch index, or a throwaway (nobody gets in).
       const key = keys.get(idx) ?? generateVmKeyPair(`${id}-nobody`).publicKey;
-      const b = boot(inst, key, userOf(userData));
+      // The user data's host key for this launch index, installed before sshd answers.
+      const b = boot(inst, key, userOf(userData), hostKeys.get(idx));
       booting.add(b);
       void b.finally(() => booting.delete(b));
     }
@@ -496,6 +499,7 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
   const address = await app.listen({ host, port: opts.port ?? 0 });
 
   return {
+    connectOverride: ec2ConnectOverride(dataDir),
     url: address.replace('localhost', host),
     faults,
     calls,

@@ -12,10 +12,11 @@ import { pino, type Logger } from 'pino';
 import { generateVmKeyPair } from '../../isolation/keys.js';
 import { LocalProvider } from '../../providers/local/provider.js';
 import { loopbackAddress } from '../../providers/local/layout.js';
+import { gceConnectOverride } from '../connect-override.js';
+import { HOST_KEY_ITEM } from '../../providers/gcp/insert-body.js';
+import type { ConnectOverride } from '../../providers/provider.js';
 import { FilterError, matchFilter, parseFilter } from './filter.js';
 
-/** Metadata item carrying the sandbox's SSH port (a real VM listens on 22). */
-export const EMULATOR_SSH_PORT_KEY = 'runner-fleet-emulator-ssh-port';
 /** The only user a sandbox accepts (the local provider's USERNAME). */
 export const SANDBOX_USER = 'runner';
 
@@ -35,9 +36,10 @@ export type GceCall =
   | 'suspend'
   | 'resume'
   | 'serialPort'
+  | 'guestAttributes'
   | 'firewallsList';
 
-const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'firewallsList'];
+const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'guestAttributes', 'firewallsList'];
 
 export interface GceFaults {
   /** Inserts into these zones finish DONE with a ZONE_RESOURCE_POOL_EXHAUSTED operation error. */
@@ -121,6 +123,8 @@ export interface GceEmulator {
   resumeDelayMs: number;
   /** Root directory of the VM sandboxes. */
   sandboxRoot: string;
+  /** Where each instance's sshd listens, for startShard's connectOverride (test tools only). */
+  connectOverride: ConnectOverride;
   /** The insert body received for this instance (bulkInsert: the effective per-instance body). */
   inserted(name: string): Json | undefined;
   /** The Instance resource as `get` would answer it, or undefined. */
@@ -256,6 +260,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     suspendDelayMs: 50,
     resumeDelayMs: 50,
     sandboxRoot,
+    connectOverride: gceConnectOverride(dataDir),
     inserted: (name) => inserted.get(name),
     instance: (name, zone) => findInst(name, zone)?.res,
     instances: () => [...instances.values()].map((i) => i.res),
@@ -484,13 +489,17 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     return generateVmKeyPair(`${inst.name}-nobody`).publicKey;
   }
 
-  /** The guest agent: installs the current `ssh-keys` key in a running (or booting) sandbox. */
+  /**
+   * The guest agent: installs the current `ssh-keys` key in a running (or booting) sandbox, and
+   * the startup script the manager's host key (the sandbox's sshd reloads with it).
+   */
   function applyGuestKey(inst: Inst): void {
-    if (metadataItem(inst, 'ssh-keys') === undefined) return;
+    const hostKey = metadataItem(inst, HOST_KEY_ITEM);
     try {
-      local.setAuthorizedKey(inst.sandboxName, sandboxKey(inst));
+      if (metadataItem(inst, 'ssh-keys') !== undefined) local.setAuthorizedKey(inst.sandboxName, sandboxKey(inst));
+      if (hostKey) local.setHostKey(inst.sandboxName, hostKey);
     } catch (err) {
-      log.warn({ name: inst.name, err: (err as Error).message }, 'gce emulator: could not install ssh key');
+      log.warn({ name: inst.name, err: (err as Error).message }, 'gce emulator: could not install ssh keys');
     }
   }
 
@@ -504,7 +513,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     if (status === 'SUSPENDED') inst.res['lastSuspendedTimestamp'] = now();
   }
 
-  /** PROVISIONING -> STAGING (sandbox starting) -> RUNNING (sandbox listening, port recorded). */
+  /** PROVISIONING -> STAGING (sandbox starting) -> RUNNING (sandbox listening; its port is for connectOverride only). */
   async function boot(inst: Inst): Promise<boolean> {
     const gen = inst.generation;
     setStatus(inst, 'STAGING');
@@ -517,6 +526,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       className: 'gce',
       labels: { ...(inst.res['labels'] as Record<string, string>) },
       publicKey: sandboxKey(inst),
+      ...(metadataItem(inst, HOST_KEY_ITEM) ? { hostKey: metadataItem(inst, HOST_KEY_ITEM)! } : {}),
       machine: { bootDelayMs: emu.bootDelayMs },
       maxRunSeconds: maxRun > 0 ? maxRun + 60 : 24 * 3600,
     };
@@ -535,9 +545,6 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       if (gen !== inst.generation || closing) return false;
       try {
         const info = local.connectInfo({ vmId: spec.vmId, name: inst.sandboxName, internalIp: '' }, '');
-        const items = (inst.res['metadata']['items'] as Json[]).filter((i) => i['key'] !== EMULATOR_SSH_PORT_KEY);
-        items.push({ key: EMULATOR_SSH_PORT_KEY, value: String(info.port) });
-        setMetadataItems(inst, items);
         inst.res['networkInterfaces'][0]['networkIP'] = info.host;
         setStatus(inst, 'RUNNING');
         serialAppend(inst, 1, `${now()} emulator: sshd listening on ${info.host}:${info.port}\n`);
@@ -843,6 +850,17 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     return inst.res;
   });
 
+  // The guest agent publishes the VM's own SSH host key under `hostkeys/` once sshd runs, when
+  // guest attributes are enabled: what the manager pins for images that make their own key.
+  app.get(`${Z}/instances/:name/getGuestAttributes`, { config: { call: 'guestAttributes' } }, async (req: Req) => {
+    const inst = instOr404(req.params);
+    const path = q(req, 'queryPath') ?? '';
+    const state = inst.res['status'] === 'RUNNING' && metadataItem(inst, 'enable-guest-attributes')?.toUpperCase() === 'TRUE' ? local.hostPublicKey(inst.sandboxName) : undefined;
+    if (!state || !(path === '' || 'hostkeys/'.startsWith(path))) throw new HttpError(404, 'notFound', `The resource 'guest attributes ${path}' of instance '${inst.name}' was not found`);
+    const [type, blob] = state.split(' ');
+    return { kind: 'compute#guestAttributes', queryPath: path, queryValue: { items: [{ namespace: 'hostkeys', key: type, value: `${type} ${blob}` }] } };
+  });
+
   /** Filter + paging shared by list, aggregatedList and firewalls.list. */
   function page<T>(req: Req, all: T[], res: (t: T) => Json, order: (a: T, b: T) => number): { items: T[]; nextPageToken?: string } {
     let filter;
@@ -953,10 +971,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     if (body['fingerprint'] && body['fingerprint'] !== inst.res['metadata']['fingerprint']) {
       throw new HttpError(412, 'conditionNotMet', `Supplied fingerprint does not match current metadata fingerprint.`);
     }
-    const items = (Array.isArray(body['items']) ? (body['items'] as Json[]) : []).filter((i) => i['key'] !== EMULATOR_SSH_PORT_KEY).map((i) => ({ key: String(i['key']), value: i['value'] ?? '' }));
-    // The port is a fact of the emulated VM, not caller data: it survives a wholesale replace.
-    const port = metadataItem(inst, EMULATOR_SSH_PORT_KEY);
-    if (port !== undefined) items.push({ key: EMULATOR_SSH_PORT_KEY, value: port });
+    const items = (Array.isArray(body['items']) ? (body['items'] as Json[]) : []).map((i) => ({ key: String(i['key']), value: i['value'] ?? '' }));
     setMetadataItems(inst, items);
     applyGuestKey(inst);
     const op = newOp(project, zone, 'setMetadata', inst.res['selfLink'], inst.id, rid);

@@ -21,6 +21,7 @@ import {
   LABEL_VM,
   ProviderError,
   noTelemetry,
+  overrideEndpoint,
   type ClassFinding,
   type CloudListing,
   type CloudTelemetry,
@@ -42,10 +43,9 @@ import { parseAwsMachine, type AwsMachine, type AwsProviderConfig } from './conf
 import { ec2Call } from './call.js';
 import { classifyAwsError } from './errors.js';
 import { runInstancesInput } from './run-input.js';
-import { EMULATOR_SSH_PORT_TAG, TAG_BATCH, TAG_HOST_RECORD } from './run-input.js';
+import { TAG_BATCH, TAG_HOST_RECORD } from './run-input.js';
 import type { Cidr } from '../../isolation/cidr.js';
 import { auditClasses, fromEc2SecurityGroup, type IngressRule } from '../../isolation/firewall-audit.js';
-export { EMULATOR_SSH_PORT_TAG };
 
 
 const LIVE_STATES = ['pending', 'running', 'stopping', 'stopped', 'shutting-down'];
@@ -109,8 +109,6 @@ export class AwsProvider implements Provider {
   private cooldowns: ZoneCooldowns = new Map();
   private readonly seen = new Map<string, Seen>();
   private readonly shardOf = new Map<string, string>();
-  /** SSH ports learnt from the emulator's tag, for connectInfo calls given only a ref. */
-  private readonly ports = new Map<string, number>();
 
   constructor(
     readonly cfg: AwsProviderConfig,
@@ -130,7 +128,7 @@ export class AwsProvider implements Provider {
 
   /** Entries of the per-VM maps: bounded by the VMs that exist (a 24-hour run keeps flat memory). */
   tracked(): Record<string, number> {
-    return { seen: this.seen.size, shardOf: this.shardOf.size, ports: this.ports.size };
+    return { seen: this.seen.size, shardOf: this.shardOf.size };
   }
 
   /** Subnets still cooling down after a capacity error (subnet -> until, ms). */
@@ -259,8 +257,6 @@ export class AwsProvider implements Provider {
     const zone = i.Placement?.AvailabilityZone;
     const state = vmState(i.State?.Name);
     const ip = i.PrivateIpAddress;
-    const port = Number(labels[EMULATOR_SSH_PORT_TAG]);
-    if (Number.isInteger(port) && port > 0 && state !== 'terminated') this.ports.set(name, port);
     return {
       ...(labels[LABEL_VM] ? { vmId: labels[LABEL_VM] } : {}),
       name,
@@ -337,7 +333,6 @@ export class AwsProvider implements Provider {
     for (const r of refs) {
       this.seen.delete(r.name);
       this.shardOf.delete(r.name);
-      this.ports.delete(r.name);
     }
   }
 
@@ -355,15 +350,8 @@ export class AwsProvider implements Provider {
 
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo {
     if (!vm.internalIp) throw new Error(`aws VM ${vm.name} has no private address yet`);
-    const port = 'labels' in vm ? Number(vm.labels[EMULATOR_SSH_PORT_TAG]) : Number.NaN;
-    return {
-      protocol: 'ssh',
-      os: 'linux',
-      host: vm.internalIp,
-      port: Number.isInteger(port) && port > 0 ? port : (this.ports.get(vm.name) ?? 22),
-      username: this.seen.get(vm.name)?.username ?? 'runner',
-      privateKey,
-    };
+    const info: ConnectInfo = { protocol: 'ssh', os: 'linux', host: vm.internalIp, port: 22, username: this.seen.get(vm.name)?.username ?? 'runner', privateKey };
+    return overrideEndpoint(this.ctx, { ...vm, internalIp: vm.internalIp }, info);
   }
 
   /**

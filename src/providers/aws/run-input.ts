@@ -7,9 +7,6 @@ import type { RunInstancesCommandInput, Tag } from '@aws-sdk/client-ec2';
 import { LABEL_SHARD, LABEL_VM, type VmSpec } from '../provider.js';
 import type { AwsMachine } from './config.js';
 
-/** Tag the EC2 emulator puts on its instances: the sandbox's SSH port (real instances listen on 22). */
-export const EMULATOR_SSH_PORT_TAG = 'runner-fleet-emulator-ssh-port';
-
 /**
  * Tag on every EC2 resource of a Mac host (its dedicated host, its macOS instance, a job
  * instance on it): the host record it belongs to. The mac provider's, never the aws provider's.
@@ -35,8 +32,9 @@ export function clientToken(specs: Pick<VmSpec, 'name'>[], subnet: string): stri
  * gets the same user data, so it lists each VM's key under its launch index and picks its own
  * from the instance metadata (IMDSv2): no VM ever accepts another VM's key.
  */
-export function userDataScript(username: string, publicKeys: string[]): string {
+export function userDataScript(username: string, publicKeys: string[], hostKeys: (string | undefined)[] = []): string {
   const cases = publicKeys.map((k, i) => `  ${i}) KEY=${shq(k.trim())} ;;`);
+  const hostCases = hostKeys.flatMap((k, i) => (k ? [`  ${i}) HOSTKEY_B64=${shq(Buffer.from(k.trim()).toString('base64'))} ;;`] : []));
   return [
     '#!/bin/bash',
     '# runner-fleet: install this VM\'s own SSH key, chosen by its launch index in the batch.',
@@ -55,8 +53,37 @@ export function userDataScript(username: string, publicKeys: string[]): string {
     // Jobs get no route to the instance metadata service (it holds the user data and, were there
     // a role, credentials); only root keeps it for the agent.
     `iptables -A OUTPUT -d 169.254.169.254 -m owner --uid-owner ${username} -j REJECT || true`,
+    ...hostKeyLines(hostCases),
     '',
   ].join('\n');
+}
+
+/**
+ * The manager's host key for this VM, by launch index, installed as sshd's ed25519 key (the
+ * manager pins its fingerprint). Until the reload the VM shows its AMI's key, which the boot
+ * probe refuses without sending anything. In a batch the user data (readable through IMDS by
+ * root only: the job user is cut off above) lists the host keys of its siblings too.
+ */
+function hostKeyLines(hostCases: string[]): string[] {
+  if (hostCases.length === 0) return [];
+  return [
+    'case "$INDEX" in',
+    ...hostCases,
+    '  *) HOSTKEY_B64= ;;',
+    'esac',
+    'if [ -n "$HOSTKEY_B64" ]; then',
+    '  (umask 077 && printf \'%s\' "$HOSTKEY_B64" | base64 -d > /etc/ssh/ssh_host_ed25519_key)',
+    '  ssh-keygen -y -f /etc/ssh/ssh_host_ed25519_key > /etc/ssh/ssh_host_ed25519_key.pub',
+    '  systemctl reload ssh 2>/dev/null || systemctl reload sshd',
+    'fi',
+  ];
+}
+
+/** The host keys listed in a user-data script, by launch index (the emulator's boot reads them). */
+export function hostKeysInUserData(script: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const m of script.matchAll(/^ {2}(\d+)\) HOSTKEY_B64='([A-Za-z0-9+/=]*)' ;;$/gm)) out.set(Number(m[1]), Buffer.from(m[2]!, 'base64').toString());
+  return out;
 }
 
 /** The keys listed in a user-data script, by launch index (the emulator's cloud-init reads it). */
@@ -94,7 +121,7 @@ export function runInstancesInput(specs: VmSpec[], machine: AwsMachine, subnet: 
     // IMDSv2 only, one hop: a container on the VM cannot reach it; no role, so no credentials.
     MetadataOptions: { HttpTokens: 'required', HttpPutResponseHopLimit: 1, HttpEndpoint: 'enabled', InstanceMetadataTags: 'disabled' },
     InstanceInitiatedShutdownBehavior: 'terminate',
-    UserData: Buffer.from(userDataScript(machine.username, specs.map((s) => s.publicKey))).toString('base64'),
+    UserData: Buffer.from(userDataScript(machine.username, specs.map((s) => s.publicKey), specs.map((s) => s.hostKey))).toString('base64'),
     ...(machine.diskSizeGb ? { BlockDeviceMappings: [{ DeviceName: '/dev/xvda', Ebs: { VolumeSize: machine.diskSizeGb, VolumeType: 'gp3', DeleteOnTermination: true, Encrypted: true } }] } : {}),
     TagSpecifications: [
       { ResourceType: 'instance', Tags: instanceTags },

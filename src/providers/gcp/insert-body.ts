@@ -14,9 +14,6 @@ export interface BodyConfig {
   subnetwork?: string;
 }
 
-/** Metadata key the GCE emulator puts on its instances: the sandbox's SSH port (real VMs use 22). */
-export const EMULATOR_SSH_PORT_KEY = 'runner-fleet-emulator-ssh-port';
-
 /**
  * Installs the OpenSSH component of the Windows guest environment (the agent then installs the
  * `ssh-keys` key) and pins sshd's default shell to cmd.exe: the executor's PowerShell command is
@@ -25,6 +22,25 @@ export const EMULATOR_SSH_PORT_KEY = 'runner-fleet-emulator-ssh-port';
  */
 export const WINDOWS_SSH_SPECIALIZE =
   'googet -noconfirm=true install google-compute-engine-ssh && reg add HKLM\\SOFTWARE\\OpenSSH /v DefaultShell /t REG_SZ /d C:\\Windows\\System32\\cmd.exe /f';
+
+/** Metadata item holding the VM's SSH host key, made by the manager, which pins its fingerprint. */
+export const HOST_KEY_ITEM = 'runner-fleet-ssh-host-key';
+
+/**
+ * Linux guests: install the manager's host key as sshd's ed25519 key and reload sshd. The item may
+ * arrive after boot (bulkInsert sets it per VM afterwards), so the script waits for it; until then
+ * the VM shows its image's key, which the boot probe refuses (sending nothing) and retries.
+ */
+export const LINUX_HOST_KEY_SCRIPT = [
+  '#!/bin/bash',
+  'set -u',
+  `URL=http://metadata.google.internal/computeMetadata/v1/instance/attributes/${HOST_KEY_ITEM}`,
+  'for i in $(seq 1 120); do KEY=$(curl -fsS -H "Metadata-Flavor: Google" "$URL") && break; sleep 1; done',
+  '[ -n "${KEY:-}" ] || exit 1',
+  'umask 077 && printf "%s\\n" "$KEY" > /etc/ssh/ssh_host_ed25519_key && ssh-keygen -y -f /etc/ssh/ssh_host_ed25519_key > /etc/ssh/ssh_host_ed25519_key.pub',
+  'systemctl reload ssh 2>/dev/null || systemctl reload sshd',
+  '',
+].join('\n');
 
 export function regionOf(zone: string): string {
   return zone.replace(/-[a-z]$/, '');
@@ -46,13 +62,21 @@ export function sshKeysValue(username: string, publicKeys: string[]): string {
   return publicKeys.map((k) => `${username}:${k.trim()}`).join('\n');
 }
 
-function metadataItems(machine: GcpMachine, publicKeys: string[]): MetadataItem[] {
+function metadataItems(machine: GcpMachine, publicKeys: string[], hostKey?: string): MetadataItem[] {
   const items: MetadataItem[] = [
     // Only our own key: project-wide keys and OS Login would open the VM to other principals.
     { key: 'block-project-ssh-keys', value: 'TRUE' },
     { key: 'enable-oslogin', value: 'FALSE' },
   ];
   if (publicKeys.length && (machine.os === 'linux' || machine.windowsAccess === 'ssh')) items.unshift({ key: 'ssh-keys', value: sshKeysValue(machine.username, publicKeys) });
+  if (machine.os === 'linux') {
+    if (hostKey) items.push({ key: HOST_KEY_ITEM, value: hostKey });
+    items.push({ key: 'startup-script', value: LINUX_HOST_KEY_SCRIPT });
+  } else {
+    // Windows makes its own host key (no boot hook of ours installs one); its guest agent
+    // publishes it in guest attributes, written only from inside the VM: the manager pins that.
+    items.push({ key: 'enable-guest-attributes', value: 'TRUE' });
+  }
   if (machine.os === 'windows' && machine.windowsAccess === 'ssh') {
     items.push({ key: 'enable-windows-ssh', value: 'TRUE' }, { key: 'sysprep-specialize-script-cmd', value: WINDOWS_SSH_SPECIALIZE });
   }
@@ -107,7 +131,7 @@ export function instanceBody(spec: VmSpec, machine: GcpMachine, cfg: BodyConfig,
     ],
     // No accessConfigs: no external IP. The manager reaches the VM on its internal address.
     networkInterfaces: [{ network: networkUrl(cfg), ...(subnetwork ? { subnetwork } : {}) }],
-    metadata: { items: metadataItems(machine, [spec.publicKey]) },
+    metadata: { items: metadataItems(machine, [spec.publicKey], spec.hostKey) },
     // No serviceAccounts: the job's VM holds no cloud identity.
     scheduling: scheduling(spec, machine),
     ...(machine.gpu
@@ -144,8 +168,9 @@ export function bulkProperties(specs: VmSpec[], machine: GcpMachine, cfg: BodyCo
   };
 }
 
-/** A bulk-created VM's metadata with its own key added (the guest agent installs it). */
-export function vmMetadataItems(current: MetadataItem[], machine: GcpMachine, publicKey: string): MetadataItem[] {
+/** A bulk-created VM's metadata with its own key (the guest agent installs it) and host key added. */
+export function vmMetadataItems(current: MetadataItem[], machine: GcpMachine, publicKey: string, hostKey?: string): MetadataItem[] {
   if (machine.os !== 'linux' && machine.windowsAccess !== 'ssh') return current;
-  return [{ key: 'ssh-keys', value: sshKeysValue(machine.username, [publicKey]) }, ...current.filter((i) => i.key !== 'ssh-keys')];
+  const rest = current.filter((i) => i.key !== 'ssh-keys' && i.key !== HOST_KEY_ITEM);
+  return [{ key: 'ssh-keys', value: sshKeysValue(machine.username, [publicKey]) }, ...rest, ...(hostKey && machine.os === 'linux' ? [{ key: HOST_KEY_ITEM, value: hostKey }] : [])];
 }

@@ -11,6 +11,7 @@ import {
   LABEL_VM,
   ProviderError,
   noTelemetry,
+  overrideEndpoint,
   scopeZone,
   type ClassFinding,
   type CloudListing,
@@ -29,7 +30,7 @@ import {
 } from '../provider.js';
 import { parseGcpMachine, type GcpMachine, type GcpProviderConfig } from './config.js';
 import { classifyError, isAlreadyExists, isStaleFingerprint } from './errors.js';
-import { EMULATOR_SSH_PORT_KEY, bulkProperties, instanceBody, vmMetadataItems } from './insert-body.js';
+import { bulkProperties, instanceBody, vmMetadataItems } from './insert-body.js';
 import { projectBucket, type TokenBucket } from '../shared/rate-limit.js';
 import { requestId } from './request-id.js';
 import { retrieveWindowsPassword } from './windows.js';
@@ -38,6 +39,7 @@ import { cloudRetryOptions } from '../shared/retry.js';
 import { machineProfiles } from '../shared/config-fields.js';
 import type { Cidr } from '../../isolation/cidr.js';
 import { auditClasses, fromGceFirewall } from '../../isolation/firewall-audit.js';
+import { sshFingerprint } from '../../isolation/keys.js';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
 type Operation = protos.google.cloud.compute.v1.IOperation;
@@ -99,13 +101,13 @@ interface Seen {
   zone: string;
   os: GuestOs;
   username: string;
-  sshPort?: number;
   /** Suspended (or suspending): `start` resumes it instead. Unknown until created or listed. */
   suspended?: boolean;
 }
 
 export interface GcpClients {
-  instances: Pick<InstancesClient, 'insert' | 'bulkInsert' | 'delete' | 'get' | 'aggregatedListAsync' | 'setLabels' | 'setMetadata' | 'getSerialPortOutput' | 'stop' | 'start' | 'suspend' | 'resume' | 'close'>;
+  instances: Pick<InstancesClient, 'insert' | 'bulkInsert' | 'delete' | 'get' | 'aggregatedListAsync' | 'setLabels' | 'setMetadata' | 'getSerialPortOutput' | 'stop' | 'start' | 'suspend' | 'resume' | 'close'> &
+    Partial<Pick<InstancesClient, 'getGuestAttributes'>>;
   operations: Pick<ZoneOperationsClient, 'wait' | 'close'>;
   /** Read only, for the isolation audit. */
   firewalls?: Pick<FirewallsClient, 'list' | 'close'>;
@@ -420,7 +422,7 @@ export class GcpProvider implements Provider {
     const { project } = this.cfg;
     let inst: Instance | undefined = first;
     for (let attempt = 1; ; attempt++) {
-      const items = vmMetadataItems(inst.metadata?.items ?? [], machine, spec.publicKey);
+      const items = vmMetadataItems(inst.metadata?.items ?? [], machine, spec.publicKey, spec.hostKey);
       try {
         const [lro] = await this.call('instances.setMetadata', zone, (o) =>
           this.clients.instances.setMetadata(
@@ -487,7 +489,6 @@ export class GcpProvider implements Provider {
     const labels = { ...(i.labels ?? {}) } as Record<string, string>;
     const items = i.metadata?.items ?? [];
     const item = (k: string) => items.find((x) => x.key === k)?.value ?? undefined;
-    const port = Number(item(EMULATOR_SSH_PORT_KEY));
     const prior = this.seen.get(name);
     const windows = item('enable-windows-ssh') !== undefined || item('windows-keys') !== undefined || (i.disks ?? []).some((d) => (d.guestOsFeatures ?? []).some((f) => f.type === 'WINDOWS'));
     const sshUser = item('ssh-keys')?.split(':')[0];
@@ -496,7 +497,6 @@ export class GcpProvider implements Provider {
         zone,
         os: prior?.os ?? (windows ? 'windows' : 'linux'),
         username: prior?.username ?? sshUser ?? 'runner',
-        ...(Number.isInteger(port) && port > 0 ? { sshPort: port } : {}),
         suspended: i.status === 'SUSPENDED' || i.status === 'SUSPENDING',
       });
     }
@@ -638,14 +638,32 @@ export class GcpProvider implements Provider {
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo {
     if (!vm.internalIp) throw new Error(`gcp VM ${vm.name} has no internal address yet`);
     const s = this.seen.get(vm.name);
-    return {
-      protocol: 'ssh',
-      os: s?.os ?? 'linux',
-      host: vm.internalIp,
-      port: s?.sshPort ?? 22,
-      username: s?.username ?? 'runner',
-      privateKey,
-    };
+    const info: ConnectInfo = { protocol: 'ssh', os: s?.os ?? 'linux', host: vm.internalIp, port: 22, username: s?.username ?? 'runner', privateKey };
+    return overrideEndpoint(this.ctx, { ...vm, internalIp: vm.internalIp, zone: vm.zone ?? s?.zone }, info);
+  }
+
+  /**
+   * Windows VMs make their own host key; the guest agent publishes it in guest attributes
+   * (`hostkeys/ssh-ed25519`), which only the VM itself can write. Linux VMs serve the manager's.
+   */
+  async hostKeyFingerprint(ref: VmRef): Promise<string | undefined> {
+    const get = this.clients.instances.getGuestAttributes?.bind(this.clients.instances);
+    if (this.seen.get(ref.name)?.os !== 'windows' || !get) return undefined;
+    const { zones, partial } = await this.zonesOf([ref]);
+    const zone = zones.get(ref.name);
+    if (!zone) throw new ProviderError(partial.length ? 'retryable' : 'notFound', `gcp host key of ${ref.name}: VM not found`, { provider: 'gcp' });
+    let items: { key?: string | null; value?: string | null }[] = [];
+    try {
+      const [out] = await this.call('instances.getGuestAttributes', zone, (o) => get({ project: this.cfg.project, zone, instance: ref.name, queryPath: 'hostkeys/' }, o));
+      items = out.queryValue?.items ?? [];
+    } catch (err) {
+      if (classifyError(err, { operation: 'getGuestAttributes', zone }).kind !== 'notFound') throw err;
+    }
+    const value = items.find((i) => i.key === 'ssh-ed25519')?.value?.trim();
+    if (!value) throw new ProviderError('retryable', `gcp host key of ${ref.name}: not published in guest attributes yet`, { provider: 'gcp', zone });
+    // `ssh-ed25519 AAAA...` (the agent's form) or the bare base64 blob.
+    const parts = value.split(/\s+/);
+    return sshFingerprint(`ssh-ed25519 ${parts.length > 1 ? parts[1] : parts[0]}`);
   }
 
   /** Windows `windowsAccess: password`: reset and fetch the user's password (windows-keys flow). */

@@ -10,6 +10,8 @@ export interface SandboxSpec {
   vmId: string;
   labels: Record<string, string>;
   publicKey: string;
+  /** The host key the manager made for this VM (OpenSSH private key); a fresh one when absent. */
+  hostKey?: string;
   username: string;
   host: string;
   port: number;
@@ -25,6 +27,8 @@ export interface SandboxState {
   host: string;
   port: number;
   hostKeyFingerprint: string;
+  /** `ssh-ed25519 <base64>`: what a guest agent would publish (GCE guest attributes). */
+  hostPublicKey?: string;
   listeningAt: string;
 }
 
@@ -42,6 +46,8 @@ export const files = (dir: string) => ({
   log: join(dir, 'sandbox.log'),
   /** Written by a guest agent after boot (GCE `ssh-keys` metadata): replaces the spec's key. */
   authorizedKey: join(dir, 'authorized_key'),
+  /** Written by a guest agent after boot (GCE host key metadata): sshd reloads with this host key. */
+  hostKey: join(dir, 'host_key'),
 });
 
 /** Write-then-rename so a reader never sees half a file. */

@@ -89,6 +89,7 @@ export class LocalProvider implements Provider {
       vmId: spec.vmId,
       labels: { ...spec.labels },
       publicKey: spec.publicKey,
+      ...(spec.hostKey ? { hostKey: spec.hostKey } : {}),
       // The user a VM image would create (the EC2 emulator passes the one its user data names).
       username: typeof spec.machine['username'] === 'string' && /^[a-z_][a-z0-9_-]{0,31}$/.test(spec.machine['username']) ? spec.machine['username'] : USERNAME,
       host: loopbackAddress(spec.name),
@@ -189,6 +190,22 @@ export class LocalProvider implements Provider {
     writeFileSync(tmp, `${publicKey.trim()}\n`, { mode: 0o600 });
     renameSync(tmp, f.authorizedKey);
     return true;
+  }
+
+  /** What a guest agent does with a host key sent after boot (GCE metadata): the sandbox's sshd reloads with it. */
+  setHostKey(name: string, hostKey: string): boolean {
+    const dir = this.dirOf(name);
+    if (!existsSync(files(dir).spec)) return false;
+    const f = files(dir);
+    const tmp = `${f.hostKey}.${process.pid}.tmp`;
+    writeFileSync(tmp, `${hostKey.trim()}\n`, { mode: 0o600 });
+    renameSync(tmp, f.hostKey);
+    return true;
+  }
+
+  /** The host key a listening sandbox serves (`ssh-ed25519 <base64>`); for the GCE emulator's guest attributes. */
+  hostPublicKey(name: string): string | undefined {
+    return readJson<SandboxState>(files(this.dirOf(name)).state)?.hostPublicKey;
   }
 
   connectInfo(vm: CloudVm | (VmRef & { internalIp: string }), privateKey: string): ConnectInfo {

@@ -188,25 +188,77 @@ function onClient(client: Connection): void {
   });
 }
 
+function publicBlob(privateKey: string): Buffer {
+  const parsed = utils.parseKey(privateKey);
+  if (parsed instanceof Error) throw new Error(`bad host key: ${parsed.message}`);
+  return (Array.isArray(parsed) ? parsed[0] : (parsed as ParsedKey)).getPublicSSH();
+}
+
+function fingerprintOf(privateKey: string): string {
+  return `SHA256:${createHash('sha256').update(publicBlob(privateKey)).digest('base64').replace(/=+$/, '')}`;
+}
+
+function agentHostKey(): string | undefined {
+  try {
+    return readFileSync(f.hostKey, 'utf8').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Serve SSH with `hostKey` on host:port (port 0: any); resolves with the port, retrying a port a closing server still holds. */
+function serve(hostKey: string, host: string, port: number): Promise<{ server: InstanceType<typeof Server>; port: number }> {
+  return new Promise((resolve) => {
+    let tries = 0;
+    const attempt = () => {
+      const server = new Server({ hostKeys: [hostKey] }, onClient);
+      server.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.code === 'EADDRINUSE' && port !== 0 && ++tries < 50) return void setTimeout(attempt, 20);
+        shutdown(`server error: ${err.message}`);
+      });
+      server.listen(port, host, () => resolve({ server, port: (server.address() as { port: number }).port }));
+    };
+    attempt();
+  });
+}
+
 async function main(s: SandboxSpec): Promise<void> {
   if (s.bootDelayMs > 0) await new Promise((r) => setTimeout(r, s.bootDelayMs));
   if (!existsSync(f.spec)) shutdown('deleted while booting');
-  const hostKey = generateVmKeyPair(`${s.name}-host`);
-  const hostBlob = Buffer.from(hostKey.publicKey.split(' ')[1]!, 'base64');
-  const server = new Server({ hostKeys: [hostKey.privateKey] }, onClient);
-  server.on('error', (err: Error) => shutdown(`server error: ${err.message}`));
-  server.listen(s.port, s.host, () => {
-    const addr = server.address() as { address: string; port: number };
-    const state: SandboxState = {
-      pid: process.pid,
-      host: addr.address,
-      port: addr.port,
-      hostKeyFingerprint: `SHA256:${createHash('sha256').update(hostBlob).digest('base64').replace(/=+$/, '')}`,
-      listeningAt: new Date().toISOString(),
-    };
+  // The manager's host key for this VM, as a real VM's boot installs it (or a guest agent later);
+  // a fresh one when the manager sent none.
+  let hostKey = agentHostKey() ?? s.hostKey ?? generateVmKeyPair(`${s.name}-host`).privateKey;
+  let fingerprint = fingerprintOf(hostKey);
+  let { server, port } = await serve(hostKey, s.host, s.port);
+  const publish = () => {
+    const state: SandboxState = { pid: process.pid, host: s.host, port, hostKeyFingerprint: fingerprint, hostPublicKey: `ssh-ed25519 ${publicBlob(hostKey).toString('base64')}`, listeningAt: new Date().toISOString() };
     writeJsonAtomic(f.state, state);
-    log(`listening on ${addr.address}:${addr.port}`);
-  });
+  };
+  publish();
+  log(`listening on ${s.host}:${port}`);
+  // sshd reload: a host key installed after boot replaces the key on the same port; open
+  // connections stay on the old server until they end.
+  let reloading = false;
+  setInterval(() => {
+    const next = agentHostKey();
+    if (!next || next === hostKey || reloading) return;
+    let nextFingerprint: string;
+    try {
+      nextFingerprint = fingerprintOf(next);
+    } catch (err) {
+      return log(`${f.hostKey}: ${(err as Error).message}`);
+    }
+    reloading = true;
+    hostKey = next;
+    server.close();
+    void serve(next, s.host, port).then((r) => {
+      server = r.server;
+      fingerprint = nextFingerprint;
+      publish();
+      reloading = false;
+      log(`host key reloaded: ${fingerprint}`);
+    });
+  }, 100).unref();
 }
 
 main(spec).catch((err: Error) => shutdown(`failed: ${err.stack ?? err.message}`));

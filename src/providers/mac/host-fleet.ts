@@ -20,7 +20,7 @@ import { LABEL_SHARD, ProviderError, type ResourceStore } from '../provider.js';
 import type { MacMachine } from './config.js';
 import { planHosts, VMS_PER_HOST, type HostState, type HostView } from './host-pool.js';
 import { macHostUserData } from './user-data.js';
-import { EMULATOR_SSH_PORT_TAG, TAG_HOST_RECORD } from '../aws/run-input.js';
+import { TAG_HOST_RECORD } from '../aws/run-input.js';
 
 /** Tag on hosts and their instances: the host record's id (also the ClientToken of both). */
 export { TAG_HOST_RECORD };
@@ -41,8 +41,9 @@ export interface HostData {
   hostPublicKey?: string;
   /** null once the instance is gone (scrubbing, released): nothing logs in with it any more. */
   hostKeySealed?: string | null;
-  /** SSH port of the host instance when not 22 (the EC2 emulator's sandboxes). */
-  sshPort?: number | null;
+  /** The SSH host key the manager made for the host's instance (sealed; null once the instance is gone) and its pinned fingerprint. */
+  sshHostKeySealed?: string | null;
+  sshHostKeyFingerprint?: string;
   [key: string]: unknown;
 }
 
@@ -66,7 +67,9 @@ export interface HostFleetDeps {
   probe(rec: HostRecord): Promise<boolean>;
   hostLaunchTimeoutMs: number;
   /** A fresh key pair for a host instance (private half sealed with the shard's secrets key). */
-  newHostKey?(recordId: string): { publicKey: string; sealedPrivateKey: string };
+  newHostKey?(recordId: string): { publicKey: string; sealedPrivateKey: string; sealedHostKey?: string; hostKeyFingerprint?: string };
+  /** Opens a sealed host key (for the user data of an idempotent relaunch); null when unreadable. */
+  openSealed?(sealed: string, context: string): string | null;
 }
 
 /** A host marked busy for a job instance that EC2 never shows within this long is free again. */
@@ -141,7 +144,7 @@ export class HostFleet {
    * `perJob: instance`: launch a job's Mac instance on a ready host. The host is marked busy
    * with the job's VM first (write-ahead); the launch is idempotent by the VM's name.
    */
-  async launchJob(rec: HostRecord, job: { vmId: string; name: string; publicKey: string; labels: Record<string, string> }): Promise<string> {
+  async launchJob(rec: HostRecord, job: { vmId: string; name: string; publicKey: string; hostKey?: string; labels: Record<string, string> }): Promise<string> {
     const m = this.d.machine;
     if (!(await this.to(rec, 'ready', 'busy', { jobVm: job.vmId, jobName: job.name, jobLaunchAt: this.d.now() }, `job VM ${job.vmId}`))) {
       throw new ProviderError('stockout', `mac host ${rec.id} was taken meanwhile`, { provider: 'mac', operation: 'create', zone: rec.data.zone });
@@ -154,7 +157,7 @@ export class HostFleet {
       { Key: 'Name', Value: job.name },
     ];
     try {
-      const out = await this.runOnHost(rec, { clientToken: `rf-job-${job.name}`.slice(0, 64), tags, publicKey: job.publicKey, terminateOnShutdown: true });
+      const out = await this.runOnHost(rec, { clientToken: `rf-job-${job.name}`.slice(0, 64), tags, publicKey: job.publicKey, hostKey: job.hostKey, terminateOnShutdown: true });
       const id = out.Instances?.[0]?.InstanceId;
       if (!id) throw new ProviderError('fatal', 'RunInstances answered no instance', { provider: 'mac', operation: 'RunInstances' });
       await this.d.resources.update(HOST_KIND, rec.id, { instanceId: id });
@@ -168,7 +171,7 @@ export class HostFleet {
 
   private async to(rec: HostRecord, from: HostState | HostState[], to: HostState, data: Partial<HostData> = {}, detail?: string): Promise<boolean> {
     // The instance is gone or going: its key is erased with the record's move.
-    const erase = to === 'scrubbing' || to === 'released' ? { hostKeySealed: null } : {};
+    const erase = to === 'scrubbing' || to === 'released' ? { hostKeySealed: null, sshHostKeySealed: null } : {};
     const ok = await this.d.resources.transition(HOST_KIND, rec.id, from, to, { ...data, ...erase }, detail);
     if (ok) this.d.log.info({ host: rec.id, hostId: rec.data.hostId ?? data.hostId, from: rec.state, to, detail }, 'mac host state');
     return ok;
@@ -192,8 +195,7 @@ export class HostFleet {
           return;
         }
         const ip = inst.PrivateIpAddress;
-        const port = Number(inst.Tags?.find((t) => t.Key === EMULATOR_SSH_PORT_TAG)?.Value);
-        const found = { instanceId: inst.InstanceId!, privateIp: ip ?? null, sshPort: Number.isInteger(port) && port > 0 ? port : null };
+        const found = { instanceId: inst.InstanceId!, privateIp: ip ?? null };
         if (inst.State?.Name === 'running' && ip && (await this.d.probe({ ...rec, data: { ...rec.data, ...found } }))) {
           await this.to(rec, 'launching', 'ready', found, 'host instance reachable');
         } else if (this.d.now() - (rec.data.launchStartedAt ?? this.d.now()) > this.d.hostLaunchTimeoutMs) {
@@ -285,7 +287,9 @@ export class HostFleet {
     const launchStartedAt = this.d.now();
     // A new key for every launch: a scrubbed host comes back as a new instance.
     const key = this.d.newHostKey?.(rec.id);
-    const keyData = key ? { hostPublicKey: key.publicKey, hostKeySealed: key.sealedPrivateKey } : {};
+    const keyData = key
+      ? { hostPublicKey: key.publicKey, hostKeySealed: key.sealedPrivateKey, ...(key.sealedHostKey && key.hostKeyFingerprint ? { sshHostKeySealed: key.sealedHostKey, sshHostKeyFingerprint: key.hostKeyFingerprint } : {}) }
+      : {};
     if (!(await this.to(rec, ['allocating', 'scrubbing'], 'launching', { hostId: rec.data.hostId!, allocatedAt: rec.data.allocatedAt!, launchStartedAt, ...keyData }))) return;
     await this.runInstance({ ...rec, state: 'launching', data: { ...rec.data, launchStartedAt, ...keyData } });
   }
@@ -299,11 +303,11 @@ export class HostFleet {
       ...Object.entries(m.tags).map(([Key, Value]) => ({ Key, Value })),
     ];
     // One launch per host and scrub cycle: the same token after a crash is the same instance.
-    await this.runOnHost(rec, { clientToken: `${rec.id.slice(0, 36)}-${String(rec.data.launchStartedAt ?? 0).slice(-10)}`, tags, publicKey: rec.data.hostPublicKey });
+    await this.runOnHost(rec, { clientToken: `${rec.id.slice(0, 36)}-${String(rec.data.launchStartedAt ?? 0).slice(-10)}`, tags, publicKey: rec.data.hostPublicKey, hostKey: rec.data.sshHostKeySealed ? (this.d.openSealed?.(rec.data.sshHostKeySealed, `sshhost:${rec.id}`) ?? undefined) : undefined });
   }
 
   /** A Mac instance on the record's host: no public IP, IMDSv2 with hop limit 1, the key in user data. */
-  private runOnHost(rec: HostRecord, o: { clientToken: string; tags: { Key: string; Value: string }[]; publicKey: string | undefined; terminateOnShutdown?: boolean }) {
+  private runOnHost(rec: HostRecord, o: { clientToken: string; tags: { Key: string; Value: string }[]; publicKey: string | undefined; hostKey?: string | undefined; terminateOnShutdown?: boolean }) {
     const m = this.d.machine;
     return this.d.call('RunInstances', (abortSignal) =>
       this.d.ec2.send(
@@ -318,7 +322,7 @@ export class HostFleet {
           MetadataOptions: { HttpTokens: 'required', HttpPutResponseHopLimit: 1, HttpEndpoint: 'enabled' },
           TagSpecifications: [{ ResourceType: 'instance', Tags: o.tags }],
           ...(o.terminateOnShutdown ? { InstanceInitiatedShutdownBehavior: 'terminate' as const } : {}),
-          ...(o.publicKey ? { UserData: Buffer.from(macHostUserData(m.hostUsername, o.publicKey)).toString('base64') } : {}),
+          ...(o.publicKey ? { UserData: Buffer.from(macHostUserData(m.hostUsername, o.publicKey, o.hostKey)).toString('base64') } : {}),
         }),
         { abortSignal },
       ),

@@ -6,7 +6,7 @@
 import { DescribeInstancesCommand, EC2Client, TerminateInstancesCommand, type Instance } from '@aws-sdk/client-ec2';
 import type { Logger } from 'pino';
 import { connectSsh, type SshSession } from '../../connect/ssh.js';
-import { generateVmKeyPair } from '../../isolation/keys.js';
+import { generateHostKey, generateVmKeyPair } from '../../isolation/keys.js';
 import { ec2ClientConfig, vmState } from '../aws/provider.js';
 import { ec2Call } from '../aws/call.js';
 import { projectBucket, type TokenBucket } from '../shared/rate-limit.js';
@@ -14,6 +14,7 @@ import {
   LABEL_SHARD,
   LABEL_VM,
   noTelemetry,
+  overrideEndpoint,
   ProviderError,
   type CloudListing,
   type CloudTelemetry,
@@ -34,7 +35,6 @@ import { parseMacMachine, type MacMachine, type MacProviderConfig } from './conf
 import { HostFleet, TAG_HOST_RECORD, type HostRecord } from './host-fleet.js';
 import { freeSlots, pickHost, VMS_PER_HOST, type HostState, type HostView } from './host-pool.js';
 import { TartCapacityError, TartClient, TartError } from './tart.js';
-import { EMULATOR_SSH_PORT_TAG } from '../aws/run-input.js';
 
 const isInstanceId = (id: string | null | undefined) => !!id && /^i-[0-9a-f]+$/.test(id);
 const tagsOf = (i: Instance): Record<string, string> => Object.fromEntries((i.Tags ?? []).filter((t) => t.Key).map((t) => [t.Key!, t.Value ?? '']));
@@ -69,8 +69,7 @@ export class MacProvider implements Provider {
   private readonly cloneStarted = new Map<string, { at: number; className: string }>();
   private readonly wanted = new Map<string, number>();
   private readonly sessions = new Map<string, Promise<SshSession>>();
-  /** Job instances (`perJob: instance`): SSH port (22, or the emulator's) and host record. */
-  private readonly jobPorts = new Map<string, number>();
+  /** Job instances (`perJob: instance`): their host record. */
   private readonly jobHosts = new Map<string, string>();
   private lastTick = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -102,8 +101,10 @@ export class MacProvider implements Provider {
         hostLaunchTimeoutMs: cfg.hostLaunchTimeoutMs,
         newHostKey: (id) => {
           const k = generateVmKeyPair(`runner-fleet-host-${id.slice(0, 8)}`);
-          return { publicKey: k.publicKey, sealedPrivateKey: this.secrets.seal(k.privateKey, `host:${id}`) };
+          const hostKey = generateHostKey(`runner-fleet-host-${id.slice(0, 8)}-host`);
+          return { publicKey: k.publicKey, sealedPrivateKey: this.secrets.seal(k.privateKey, `host:${id}`), sealedHostKey: this.secrets.seal(hostKey.privateKey, `sshhost:${id}`), hostKeyFingerprint: hostKey.fingerprint };
         },
+        openSealed: (sealed, context) => this.secrets.open(sealed, context),
       });
       this.classes.set(className, { machine, fleet });
     }
@@ -114,7 +115,7 @@ export class MacProvider implements Provider {
   /** Entries of the per-VM maps: bounded by the VMs that exist (a 24-hour run keeps flat memory). */
   tracked(): Record<string, number> {
     const nested = [...this.nested.values()].reduce((n, s) => n + s.size, 0);
-    return { nested, placing: this.placing.size, ips: this.ips.size, cloneStarted: this.cloneStarted.size, jobPorts: this.jobPorts.size, jobHosts: this.jobHosts.size };
+    return { nested, placing: this.placing.size, ips: this.ips.size, cloneStarted: this.cloneStarted.size, jobHosts: this.jobHosts.size };
   }
 
   private async loadHosts(): Promise<void> {
@@ -209,7 +210,11 @@ export class MacProvider implements Provider {
     const key = h.data.hostKeySealed ? this.secrets.open(h.data.hostKeySealed, `host:${h.id}`) : null;
     if (!h.data.privateIp) throw new ProviderError('retryable', `mac host ${h.id} has no instance address (state ${h.state})`, { provider: 'mac' });
     if (!key) throw new ProviderError('fatal', `mac host ${h.id}: its SSH key is unreadable with the current secrets.key`, { provider: 'mac' });
-    return { protocol: 'ssh', os: 'macos', host: h.data.privateIp, port: h.data.sshPort ?? 22, username: machine.hostUsername, privateKey: key };
+    // Pinned to the host key the manager made for the instance; records made before host keys
+    // were pinned have none and are trusted as the cloud gave them until their next relaunch.
+    const pin = h.data.sshHostKeyFingerprint ? { hostKeyFingerprint: h.data.sshHostKeyFingerprint } : {};
+    const info: ConnectInfo = { protocol: 'ssh', os: 'macos', host: h.data.privateIp, port: 22, username: machine.hostUsername, privateKey: key, ...pin };
+    return overrideEndpoint(this.ctx, { name: h.id, cloudId: h.data.instanceId, internalIp: h.data.privateIp }, info);
   }
 
   private async probeHost(rec: HostRecord, machine: MacMachine): Promise<boolean> {
@@ -306,7 +311,7 @@ export class MacProvider implements Provider {
         const present = (await tart.list()).find((v) => v.name === spec.name);
         if (!present) await tart.clone(machine.vm.image, spec.name);
         if (!present && (machine.vm.cpu || machine.vm.memoryMb)) await tart.set(spec.name, machine.vm);
-        await tart.installKey(spec.name, spec.publicKey);
+        await tart.installKey(spec.name, spec.publicKey, spec.hostKey);
         if (!present?.running) await tart.start(spec.name);
       });
     } catch (err) {
@@ -368,9 +373,7 @@ export class MacProvider implements Provider {
     for (const r of out.Reservations ?? []) {
       for (const i of r.Instances ?? []) {
         const tags = tagsOf(i);
-        const port = Number(tags[EMULATOR_SSH_PORT_TAG]);
         if (vmState(i.State?.Name) !== 'terminated') {
-          this.jobPorts.set(i.InstanceId!, Number.isInteger(port) && port > 0 ? port : 22);
           this.jobHosts.set(i.InstanceId!, tags[TAG_HOST_RECORD] ?? '');
         }
         vms.push({
@@ -482,7 +485,6 @@ export class MacProvider implements Provider {
         if (!(err instanceof ProviderError && err.kind === 'notFound')) throw err;
       });
       for (const id of instanceIds) {
-        this.jobPorts.delete(id);
         this.jobHosts.delete(id);
       }
     }
@@ -503,7 +505,8 @@ export class MacProvider implements Provider {
       const h = this.hostById(this.jobHosts.get(vm.cloudId!));
       const machine = h ? this.machineOf(h.data.className) : [...this.classes.values()].find((c) => c.machine.perJob === 'instance')?.machine;
       if (!machine) throw new ProviderError('notFound', `no mac class runs job instances (VM ${vm.name})`, { provider: 'mac' });
-      return { protocol: 'ssh', os: 'macos', host: vm.internalIp!, port: this.jobPorts.get(vm.cloudId!) ?? 22, username: machine.hostUsername, privateKey };
+      const info: ConnectInfo = { protocol: 'ssh', os: 'macos', host: vm.internalIp!, port: 22, username: machine.hostUsername, privateKey };
+      return overrideEndpoint(this.ctx, { ...vm, internalIp: vm.internalIp! }, info);
     }
     const h = this.hostOf(vm);
     if (!h) throw new ProviderError('notFound', `no mac host known for VM ${vm.name}`, { provider: 'mac' });

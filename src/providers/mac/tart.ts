@@ -5,7 +5,9 @@
 // Image requirement for per-VM keys: the manager writes each VM's public key to a host directory
 // and starts the VM with `--dir=runner-fleet:<dir>:ro`; the image's LaunchDaemon copies
 // `/Volumes/My Shared Files/runner-fleet/authorized_keys` to the job user's
-// `~/.ssh/authorized_keys` at boot, so a nested VM accepts only its own key.
+// `~/.ssh/authorized_keys` at boot, so a nested VM accepts only its own key, and
+// `ssh_host_ed25519_key` there to `/etc/ssh/` before sshd starts: the manager made that host key
+// and pins it (the share is the one channel into an image-made VM that the host controls).
 import type { SshSession } from '../../connect/ssh.js';
 import { shq } from '../../gitlab/script.js';
 
@@ -34,8 +36,9 @@ export const tartCommands = {
     if (!IMAGE.test(image)) throw new TartError(`invalid Tart image ${JSON.stringify(image)}`);
     return `tart clone ${shq(image)} ${shq(checkName(name))}`;
   },
-  installKey: (name: string, publicKey: string) =>
-    `umask 077 && mkdir -p "$HOME"/${keyDir(name)} && printf '%s\\n' ${shq(publicKey.trim())} > "$HOME"/${keyDir(name)}/authorized_keys`,
+  installKey: (name: string, publicKey: string, hostKey?: string) =>
+    `umask 077 && mkdir -p "$HOME"/${keyDir(name)} && printf '%s\\n' ${shq(publicKey.trim())} > "$HOME"/${keyDir(name)}/authorized_keys` +
+    (hostKey ? ` && printf '%s\\n' ${shq(hostKey.trim())} > "$HOME"/${keyDir(name)}/ssh_host_ed25519_key` : ''),
   /**
    * Detached (Tart has no daemon mode; `tart run` lasts as long as the VM), logging to the key
    * dir; the caller then checks `list`. Only the `tart run` command goes to the background, with
@@ -91,8 +94,8 @@ export class TartClient {
     await this.must(`tart set ${name}`, tartCommands.set(name, vm));
   }
 
-  async installKey(name: string, publicKey: string): Promise<void> {
-    await this.must(`installing the key of ${name}`, tartCommands.installKey(name, publicKey));
+  async installKey(name: string, publicKey: string, hostKey?: string): Promise<void> {
+    await this.must(`installing the keys of ${name}`, tartCommands.installKey(name, publicKey, hostKey));
   }
 
   /** Start the VM headless; TartCapacityError when the host already runs two. */

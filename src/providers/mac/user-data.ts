@@ -7,7 +7,11 @@ import { shq } from '../../gitlab/script.js';
 export const TART_NAT_CIDR = '192.168.64.0/24';
 const TART_HOST_ADDRESS = '192.168.64.1';
 
-export function macHostUserData(username: string, publicKey: string): string {
+/**
+ * `hostKey`: the SSH host key the manager made for this instance (it pins the fingerprint),
+ * installed as sshd's ed25519 key, in the `HOSTKEY_B64` shape the Linux script uses.
+ */
+export function macHostUserData(username: string, publicKey: string, hostKey?: string): string {
   if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(username)) throw new Error(`invalid host user name ${JSON.stringify(username)}`);
   return [
     '#!/bin/bash',
@@ -29,6 +33,16 @@ export function macHostUserData(username: string, publicKey: string): string {
     'PF',
     'grep -q runner-fleet /etc/pf.conf || printf \'anchor "runner-fleet"\\nload anchor "runner-fleet" from "/etc/pf.anchors/runner-fleet"\\n\' >> /etc/pf.conf',
     'pfctl -E -f /etc/pf.conf || true',
+    ...(hostKey
+      ? [
+          'case 0 in',
+          `  0) HOSTKEY_B64=${shq(Buffer.from(hostKey.trim()).toString('base64'))} ;;`,
+          'esac',
+          '(umask 077 && printf \'%s\' "$HOSTKEY_B64" | base64 -D > /etc/ssh/ssh_host_ed25519_key)',
+          'ssh-keygen -y -f /etc/ssh/ssh_host_ed25519_key > /etc/ssh/ssh_host_ed25519_key.pub',
+          'launchctl kickstart -k system/com.openssh.sshd || true',
+        ]
+      : []),
     '',
   ].join('\n');
 }

@@ -7,7 +7,7 @@ import { InstancesClient, ZoneOperationsClient, type protos } from '@google-clou
 import { PassThroughClient } from 'google-auth-library';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { connectSsh } from '../../../src/connect/ssh.js';
-import { EMULATOR_SSH_PORT_KEY, startGceEmulator, type GceEmulator } from '../../../src/emulators/gce/server.js';
+import { startGceEmulator, type GceEmulator } from '../../../src/emulators/gce/server.js';
 import { generateVmKeyPair } from '../../../src/isolation/keys.js';
 import { windowsKeyEntry } from '../../../src/providers/gcp/windows.js';
 
@@ -101,7 +101,9 @@ describe('GCE emulator through the real InstancesClient', () => {
     expect(inst.machineType).toMatch(/machineTypes\/e2-small$/);
     const ip = inst.networkInterfaces?.[0]?.networkIP;
     expect(ip).toMatch(/^127\./);
-    const port = Number(inst.metadata?.items?.find((i) => i.key === EMULATOR_SSH_PORT_KEY)?.value);
+    // The sandbox's port is the emulator's to tell test tools; nothing in the instance says it.
+    expect(JSON.stringify(inst)).not.toMatch(/ssh-port/);
+    const port = emu.connectOverride({ name, zone: ZONE, internalIp: ip! })!.port;
     expect(port).toBeGreaterThan(0);
     expect(emu.inserted(name)).toMatchObject({ name, labels: { team: 'ci' } });
 
@@ -279,9 +281,7 @@ describe('GCE emulator through the real InstancesClient', () => {
     expect(plain).toBe(emu.windowsPasswords.get(`${name}/ci-admin`));
     expect(plain.length).toBeGreaterThanOrEqual(12);
 
-    // The emulator's port item survives a wholesale metadata replace; a stale fingerprint is refused.
-    const after = await get(name);
-    expect(after.metadata?.items?.some((i) => i.key === EMULATOR_SSH_PORT_KEY)).toBe(true);
+    // A stale fingerprint is refused.
     await expect(instances.setMetadata({ project: PROJECT, zone: ZONE, instance: name, metadataResource: { items: [], fingerprint: inst.metadata?.fingerprint ?? null } })).rejects.toMatchObject({ status: 412 });
   });
 
@@ -316,7 +316,7 @@ describe('GCE emulator through the real InstancesClient', () => {
     await waitOp(await insert(name, { a: '1' }, keys.publicKey));
     const running = await get(name);
     const ip = running.networkInterfaces![0]!.networkIP!;
-    const port = Number(running.metadata?.items?.find((i) => i.key === EMULATOR_SSH_PORT_KEY)?.value);
+    const port = emu.connectOverride({ name, zone: ZONE, internalIp: ip })!.port;
     const pid = Number(readFileSync(join(emu.sandboxRoot, name, 'pid'), 'utf8'));
     const procState = () => readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]![0];
     expect(procState()).not.toBe('T');
