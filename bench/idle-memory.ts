@@ -5,7 +5,7 @@
 // on PGlite and on PostgreSQL, waits until the warm VMs are ready, lets it settle, then reads
 // VmRSS/VmHWM from /proc/<pid>/status and times a few idle scrapes of /metrics.
 //   npm run bench:idle-memory -- [--settle 30] [--runs start-pglite,start-postgres,demo]
-//     [--pg postgres://postgres@127.0.0.1:5432/postgres]
+//     [--pg postgres://postgres@127.0.0.1:5432/postgres] [--root OTHER_CHECKOUT]
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -20,10 +20,12 @@ const { values } = parseArgs({
     settle: { type: 'string', default: '30' },
     runs: { type: 'string', default: 'start-pglite,start-postgres,demo' },
     pg: { type: 'string', default: process.env['BENCH_PG_URL'] ?? 'postgres://postgres@127.0.0.1:5432/postgres' },
+    // Another checkout's compiled tree (bin/ and dist/), to measure an older commit the same way.
+    root: { type: 'string' },
   },
 });
 const settleMs = Number(values.settle) * 1000;
-const root = resolve(import.meta.dirname, '..');
+const root = resolve(values.root ?? resolve(import.meta.dirname, '..'));
 const bin = join(root, 'bin/runner-fleet.js');
 if (!existsSync(join(root, 'dist/main.js'))) throw new Error('dist/ is missing: run `npm run build` first (npm run bench:idle-memory does)');
 
