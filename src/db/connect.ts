@@ -78,11 +78,19 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<OpenDatabas
   return { db, kind: 'postgres', close: once(() => db.destroy()) };
 }
 
+/**
+ * PGlite's own start parameters plus a 16 MB buffer pool instead of PostgreSQL's 128 MB: WASM
+ * memory never shrinks, and the pool's pages stay resident (-115 MiB RSS measured). A buffer miss
+ * costs a copy from PGlite's file system (memory, or the OS page cache), and a shard's hot rows
+ * fit. initdb's temporary instance gets the same options.
+ */
+const PGLITE_START_PARAMS = [...PGlite.defaultStartParams, '-c', 'shared_buffers=16MB'];
+
 async function openPglite(location: string, opts: OpenOptions): Promise<OpenDatabase> {
   const inMemory = location === 'memory';
   if (!inMemory) mkdirSync(location, { recursive: true });
   const started = Date.now();
-  const pglite = await PGlite.create(inMemory ? undefined : location);
+  const pglite = await PGlite.create({ ...(inMemory ? {} : { dataDir: location }), startParams: PGLITE_START_PARAMS });
   // Loopback only, port chosen by the OS. Two connections let a dropped socket reconnect while
   // its old handler is still being torn down; the pool itself never holds more than one.
   const server = new PGLiteSocketServer({ db: pglite, host: '127.0.0.1', port: 0, maxConnections: 2 });

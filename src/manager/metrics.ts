@@ -70,15 +70,47 @@ export interface Metrics {
   traceBufferHighWater: Gauge<'class'>;
   jobsReattached: Counter<'class' | 'outcome'>;
   hostKeyMismatches: Counter<'provider' | 'class'>;
+  eventLoopLag: Histogram;
+  /** Stops the event-loop lag sampler (the shard's close calls it). */
+  stop(): void;
 }
 
-export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
+/** Lag buckets: from "fine" to "a scrape or a job start waits seconds"; 0.1 s is the /metrics p99 goal. */
+export const EVENT_LOOP_LAG_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5];
+const LAG_SAMPLE_MS = 100;
+
+/**
+ * Observes how late a 100 ms timer fires: every stretch of blocked event loop (a long sync task,
+ * a GC pause) shows up as one late sample. A histogram (not prom-client's per-scrape p99 gauges,
+ * reset by each scrape) so several scrapers and rate() over any window agree.
+ */
+function sampleEventLoopLag(h: Histogram): () => void {
+  let due = performance.now() + LAG_SAMPLE_MS;
+  let timer: NodeJS.Timeout;
+  const tick = () => {
+    const now = performance.now();
+    h.observe(Math.max(0, now - due) / 1000);
+    due = now + LAG_SAMPLE_MS;
+    timer = setTimeout(tick, LAG_SAMPLE_MS).unref();
+  };
+  timer = setTimeout(tick, LAG_SAMPLE_MS).unref();
+  return () => clearTimeout(timer);
+}
+
+export function createMetrics(opts: { shard: string; defaultMetrics?: boolean; eventLoopLag?: boolean }): Metrics {
   const registry = new Registry();
   registry.setDefaultLabels({ shard: opts.shard });
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'runner_fleet_' });
   const registers = [registry];
+  const eventLoopLag = new Histogram({
+    name: 'runner_fleet_event_loop_lag_seconds', help: 'How late a 100 ms timer fired, sampled continuously: the event loop was blocked (sync work, GC) this long.',
+    buckets: EVENT_LOOP_LAG_BUCKETS, registers,
+  });
+  const stopLag = (opts.eventLoopLag ?? opts.defaultMetrics !== false) ? sampleEventLoopLag(eventLoopLag) : () => {};
   return {
     registry,
+    eventLoopLag,
+    stop: stopLag,
     jobStartLatency: new Histogram({
       name: 'runner_fleet_job_start_latency_seconds',
       help: 'Time from a job entering GitLab\'s queue to its first script line on the VM (the SLO latency).',

@@ -227,6 +227,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
         await life.catch(() => {});
         await api?.close().catch((err) => log.warn({ err }, 'closing the HTTP API failed'));
         await database.close();
+        metrics.stop();
       })());
 
     return {
