@@ -66,6 +66,7 @@ const say = (s: string) => process.stderr.write(`[scale ${new Date().toISOString
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const TICK_HZ = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 const MiB = (kib: number) => kib / 1024;
+const FINAL = new Set(['success', 'failed', 'canceled']);
 
 // ---- compiled code: the manager and the sandboxes run as in production, without tsx ----------
 // dist/ of this checkout (`npm run build`), so the compiled code resolves node_modules.
@@ -257,7 +258,9 @@ try {
   for (let i = 0; i < BURST; i++) ids.push(enqueue(i));
   const firstLines = async (which: number[], timeoutMs: number) => {
     const end = Date.now() + timeoutMs;
-    while (Date.now() < end && which.some((id) => gitlab.job(id).firstTraceAt === undefined)) await sleep(50);
+    // A job failed back before it printed anything never will.
+    const waiting = (id: number) => gitlab.job(id).firstTraceAt === undefined && !FINAL.has(gitlab.job(id).state);
+    while (Date.now() < end && which.some(waiting)) await sleep(50);
   };
   await firstLines(ids, 10 * 60_000);
   const burstEnd = Math.max(...ids.map((id) => gitlab.job(id).firstTraceAt ?? Date.now()));
@@ -307,9 +310,19 @@ try {
   report['running'] = steady;
   say(`${running} running: RSS ${steady.rssMiB.mean.toFixed(0)} MiB (max ${steady.rssMiB.max.toFixed(0)}), /metrics p50 ${steady.metricsMs.p50.toFixed(1)} ms p99 ${steady.metricsMs.p99.toFixed(1)} ms, CPU ${steady.cpuPercent.toFixed(0)}%`);
 
+  // Trouble the figures would hide: lease step-downs, jobs failed back, errors in the log.
+  const counters = (await m.metrics()).text;
+  const sumOf = (name: string) => [...counters.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))].reduce((a, x) => a + Number(x[1]), 0);
+  report['trouble'] = {
+    stepDowns: sumOf('runner_fleet_shard_step_downs_total'),
+    takeovers: sumOf('runner_fleet_shard_takeovers_total'),
+    jobsFailedBack: sumOf('runner_fleet_jobs_failed_back_total'),
+    vmFailures: sumOf('runner_fleet_vm_failures_total'),
+    logErrors: logProblems(join(work, 'scale', 'manager.log')),
+  };
   writeFileSync(stopFile, '');
   const end = Date.now() + 180_000;
-  while (Date.now() < end && ids.some((id) => !['success', 'failed', 'canceled'].includes(gitlab.job(id).state))) await sleep(500);
+  while (Date.now() < end && ids.some((id) => !FINAL.has(gitlab.job(id).state))) await sleep(500);
   const outcomes: Record<string, number> = {};
   for (const id of ids) outcomes[gitlab.job(id).state] = (outcomes[gitlab.job(id).state] ?? 0) + 1;
   report['outcomes'] = outcomes;
@@ -323,6 +336,21 @@ try {
   await gitlab.close();
   await gce.close();
   for (const c of cleanups) await c().catch(() => {});
+}
+
+/** Distinct warn/error messages of a pino log with their counts. */
+function logProblems(path: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const r = JSON.parse(line) as { level: number; msg?: string };
+      if (r.level >= 40) out[r.msg ?? '?'] = (out[r.msg ?? '?'] ?? 0) + 1;
+    } catch {
+      // a line cut by the kill
+    }
+  }
+  return out;
 }
 
 function summarizeProfile(dir: string) {
@@ -387,6 +415,11 @@ const rows: FigureRow[] = [
 ];
 report['table'] = rows;
 process.stdout.write(`\n${markdownTable(rows)}\n`);
+const trouble = report['trouble'] as { stepDowns: number; jobsFailedBack: number; vmFailures: number; logErrors: Record<string, number> } | undefined;
+if (trouble && (trouble.stepDowns || trouble.jobsFailedBack || trouble.vmFailures)) {
+  process.stdout.write(`\nWARNING during the run: ${trouble.stepDowns} lease step-downs, ${trouble.jobsFailedBack} jobs failed back, ${trouble.vmFailures} VM failures; outcomes ${JSON.stringify(report['outcomes'])}\n`);
+}
+if (trouble && Object.keys(trouble.logErrors).length) process.stdout.write(`manager log warnings/errors: ${JSON.stringify(trouble.logErrors)}\n`);
 const prof = report['profile'] as ReturnType<typeof summarizeProfile>;
 if (prof) {
   process.stdout.write(`\nmanager CPU profile (${prof.cpuProfile}), top self time over the whole run:\n`);
