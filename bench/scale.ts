@@ -284,8 +284,10 @@ try {
   report['burst'] = burst;
   say(`burst of ${BURST}: ${burst.startsPerS.toFixed(1)} starts/s, pick-up -> first trace p50 ${pickupToFirst.p50} ms p99 ${pickupToFirst.p99} ms, ${burst.cpuMsPerStart.toFixed(1)} ms CPU per start`);
 
-  for (let i = BURST; i < JOBS; i++) ids.push(enqueue(i));
-  await firstLines(ids, PHASE_MS);
+  const rest: number[] = [];
+  for (let i = BURST; i < JOBS; i++) rest.push(enqueue(i));
+  ids.push(...rest);
+  if (rest.length) await firstLines(rest, PHASE_MS);
   const running = ids.filter((id) => gitlab.job(id).state === 'running').length;
   say(`${running} of ${JOBS} jobs running; measuring for ${RUN_S} s`);
   const scrapes: number[] = [];
