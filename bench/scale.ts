@@ -35,6 +35,7 @@ const { values } = parseArgs({
     'boot-ms': { type: 'string', default: '500' },
     'phase-timeout-s': { type: 'string', default: '300' },
     rps: { type: 'string', default: '20' },
+    'trace-interval-s': { type: 'string', default: '3' },
     db: { type: 'string' },
     dist: { type: 'string' },
     json: { type: 'boolean', default: false },
@@ -58,6 +59,8 @@ const RUN_S = intFlag('run-s', values['run-s'], 5);
 const LINE_S = intFlag('line-every-s', values['line-every-s'], 1);
 const BOOT_MS = intFlag('boot-ms', values['boot-ms'], 0);
 const RPS = intFlag('rps', values.rps, 1);
+/** X-GitLab-Trace-Update-Interval the GitLab emulator asks for (GitLab's default is 3 s). */
+const TRACE_S = intFlag('trace-interval-s', values['trace-interval-s'], 1);
 /** How long the burst (and the release of the rest) may take before the bench measures what started. */
 const PHASE_MS = intFlag('phase-timeout-s', values['phase-timeout-s'], 10) * 1000;
 const ADMIN_DB = values.db ?? process.env['DATABASE_URL'] ?? 'postgres://postgres@127.0.0.1:5432/postgres';
@@ -206,8 +209,8 @@ function sampler(m: Manager) {
 }
 
 // ---- phase 1: idle RSS with 2 warm VMs -------------------------------------------------------
-const report: Record<string, unknown> = { params: { jobs: JOBS, warm: WARM, burst: BURST, runS: RUN_S, lineEveryS: LINE_S, bootMs: BOOT_MS, rps: RPS, node: process.version } };
-const gitlab: GitLabEmulator = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
+const report: Record<string, unknown> = { params: { jobs: JOBS, warm: WARM, burst: BURST, runS: RUN_S, lineEveryS: LINE_S, bootMs: BOOT_MS, rps: RPS, traceIntervalS: TRACE_S, node: process.version } };
+const gitlab: GitLabEmulator = await startGitLabEmulator({ traceUpdateIntervalS: TRACE_S });
 const gceDir = join(work, 'gce');
 const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: 600_000, operationRetentionMs: 60_000 });
 const cleanups: (() => Promise<void>)[] = [];
