@@ -45,6 +45,8 @@ export interface EmuJob {
   enqueuedAt: number;
   pickedAt?: number;
   finishedAt?: number;
+  /** When the first trace byte arrived (benches: pick-up -> first output). */
+  firstTraceAt?: number;
   updates: number;
 }
 
@@ -183,6 +185,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
       return reply.code(416).header('Range', `0-${size}`).send({ message: '416 Range Not Satisfiable' });
     }
     job.traceBuf = Buffer.concat([job.traceBuf, chunk]);
+    if (chunk.length > 0) job.firstTraceAt ??= Date.now();
     return reply.code(202).header('Range', `0-${job.traceBuf.length}`).send();
   });
 

@@ -1,0 +1,446 @@
+// The issue's scale figures (one manager, many concurrent jobs, bursts onto warm VMs) measured on
+// the project's own emulators with real SSH peers: the GCE emulator's VMs are the local provider's
+// sandboxes (one SSH server process per VM on its own loopback address), jobs come from the GitLab
+// emulator. The manager under test is a separate process from compiled JS; its RSS and CPU come
+// from /proc/<pid>. Beside it, a bare ssh2 client in its own process does the same execs against
+// the same kind of peers: the physical limit of this machine.
+//   npm run bench:scale -- [--jobs 200] [--warm N] [--burst 200] [--run-s 60] [--json] [--profile]
+//   (--dist <dir>: an already compiled dist/ instead of building one; --db <postgres admin URL>)
+// Phases: idle RSS with 2 warm VMs (PGlite in memory as the demo, PGlite on disk as the default,
+// PostgreSQL); warm-up of W VMs on PostgreSQL; a burst of B jobs released at once; the rest
+// released; all N running (a line every 5 s) while /metrics is scraped every 200 ms; the baseline.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { startGitLabEmulator, type GitLabEmulator } from '../src/emulators/gitlab/server.js';
+import { markdownTable, parseStatTicks, parseStatus, summarize, topSelfTime, type FigureRow, type Summary } from './scale-stats.js';
+
+type GceModule = typeof import('../src/emulators/gce/server.js');
+type LocalModule = typeof import('../src/providers/local/provider.js');
+type KeysModule = typeof import('../src/isolation/keys.js');
+
+const { values } = parseArgs({
+  options: {
+    jobs: { type: 'string', default: '200' },
+    warm: { type: 'string' },
+    burst: { type: 'string' },
+    'run-s': { type: 'string', default: '60' },
+    'line-every-s': { type: 'string', default: '5' },
+    'boot-ms': { type: 'string', default: '500' },
+    'phase-timeout-s': { type: 'string', default: '300' },
+    rps: { type: 'string', default: '20' },
+    'trace-interval-s': { type: 'string', default: '3' },
+    db: { type: 'string' },
+    dist: { type: 'string' },
+    json: { type: 'boolean', default: false },
+    profile: { type: 'boolean', default: false },
+    'skip-idle': { type: 'boolean', default: false },
+    'skip-baseline': { type: 'boolean', default: false },
+    keep: { type: 'boolean', default: false },
+  },
+});
+
+function intFlag(name: string, raw: string | undefined, min: number): number {
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${name}: expected an integer >= ${min}, got ${JSON.stringify(raw)}`);
+  return n;
+}
+const JOBS = intFlag('jobs', values.jobs, 1);
+const WARM = intFlag('warm', values.warm ?? String(JOBS), JOBS);
+const BURST = intFlag('burst', values.burst ?? String(Math.min(200, JOBS)), 1);
+if (BURST > JOBS) throw new Error(`--burst: ${BURST} is more than --jobs ${JOBS}`);
+const RUN_S = intFlag('run-s', values['run-s'], 5);
+const LINE_S = intFlag('line-every-s', values['line-every-s'], 1);
+const BOOT_MS = intFlag('boot-ms', values['boot-ms'], 0);
+const RPS = intFlag('rps', values.rps, 1);
+/** X-GitLab-Trace-Update-Interval the GitLab emulator asks for (GitLab's default is 3 s). */
+const TRACE_S = intFlag('trace-interval-s', values['trace-interval-s'], 1);
+/** How long the burst (and the release of the rest) may take before the bench measures what started. */
+const PHASE_MS = intFlag('phase-timeout-s', values['phase-timeout-s'], 10) * 1000;
+const ADMIN_DB = values.db ?? process.env['DATABASE_URL'] ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+if (!/^postgres(ql)?:\/\//.test(ADMIN_DB)) throw new Error(`--db: expected a postgres:// URL, got ${JSON.stringify(ADMIN_DB)}`);
+
+const root = resolve(import.meta.dirname, '..');
+const work = mkdtempSync(join(tmpdir(), 'rf-scale-'));
+const say = (s: string) => process.stderr.write(`[scale ${new Date().toISOString().slice(11, 19)}] ${s}\n`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const TICK_HZ = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+const MiB = (kib: number) => kib / 1024;
+const FINAL = new Set(['success', 'failed', 'canceled']);
+
+// ---- compiled code: the manager and the sandboxes run as in production, without tsx ----------
+// dist/ of this checkout (`npm run build`), so the compiled code resolves node_modules.
+const dist = values.dist ? resolve(values.dist) : join(root, 'dist');
+if (!values.dist) {
+  say('compiling src/ to dist/ (npm run build)');
+  execFileSync(join(root, 'node_modules/.bin/tsc'), ['-p', join(root, 'tsconfig.json')], { stdio: 'inherit' });
+}
+const load = <T>(m: string): Promise<T> => import(pathToFileURL(join(dist, m)).href) as Promise<T>;
+const { startGceEmulator } = await load<GceModule>('emulators/gce/server.js');
+
+async function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => res(port));
+    });
+    s.on('error', rej);
+  });
+}
+
+async function adminQuery(text: string): Promise<void> {
+  const c = new pg.Client({ connectionString: ADMIN_DB, connectionTimeoutMillis: 10_000 });
+  await c.connect();
+  try {
+    await c.query(text);
+  } finally {
+    await c.end();
+  }
+}
+async function freshPostgres(): Promise<{ url: string; drop(): Promise<void> }> {
+  const name = `rf_scale_${randomBytes(5).toString('hex')}`;
+  await adminQuery(`CREATE DATABASE ${name}`);
+  const url = new URL(ADMIN_DB);
+  url.pathname = `/${name}`;
+  return { url: url.toString(), drop: () => adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
+}
+
+// ---- the manager process and its /proc figures ------------------------------------------------
+interface ProcSample { t: number; rssKiB: number; hwmKiB: number; cpuMs: number }
+interface Manager {
+  proc: ChildProcess;
+  port: number;
+  exited: Promise<number | null>;
+  sample(): ProcSample;
+  metrics(): Promise<{ ms: number; text: string }>;
+  stop(): Promise<void>;
+}
+
+function startManager(o: { name: string; dbUrl: string | undefined; gitlab: string; gce: string; gceDir: string; idle: number; max: number; port: number; profileDir?: string }): Manager {
+  const dir = join(work, o.name);
+  mkdirSync(dir, { recursive: true });
+  const cfg = join(dir, 'config.yaml');
+  writeFileSync(
+    cfg,
+    `shard: ${o.name}
+${o.dbUrl ? `database: { url: "${o.dbUrl}" }\n` : ''}http: { listen: "127.0.0.1:${o.port}" }
+gitlab: { url: "${o.gitlab}", pollInterval: 200ms, requestTimeout: 10s }
+classes:
+  linux-small:
+    runnerToken: "${o.name}-token"
+    provider: gcp
+    pool: { idle: ${o.idle}, max: ${o.max} }
+    bootTimeout: 300s
+    jobTimeout: 1h
+    machine: { machineType: n2d-standard-2, image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64, zones: [us-central1-a, us-central1-b] }
+providers:
+  gcp: { project: scale-project, endpoint: "${o.gce}", requestsPerSecond: ${RPS}, callTimeout: 30s }
+dataDir: "${join(dir, 'data')}"
+secrets: { key: "scale-bench-secret-key-0123456789abcdef" }
+log: { level: warn }
+`,
+  );
+  const prof = o.profileDir ? ['--cpu-prof', '--cpu-prof-dir', o.profileDir, '--heap-prof', '--heap-prof-dir', o.profileDir] : [];
+  const out = createWriteStream(join(dir, 'manager.log'));
+  const proc = spawn(process.execPath, [...prof, join(root, 'bench/scale-manager.mjs'), dist, cfg, o.gceDir], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  proc.stdout!.pipe(out);
+  proc.stderr!.pipe(out);
+  const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+  const sample = (): ProcSample => {
+    const st = parseStatus(readFileSync(`/proc/${proc.pid}/status`, 'utf8'));
+    const ticks = parseStatTicks(readFileSync(`/proc/${proc.pid}/stat`, 'utf8'));
+    return { t: Date.now(), rssKiB: st.rssKiB, hwmKiB: st.hwmKiB, cpuMs: (ticks * 1000) / TICK_HZ };
+  };
+  const metrics = async () => {
+    const t0 = performance.now();
+    const res = await fetch(`http://127.0.0.1:${o.port}/metrics`, { signal: AbortSignal.timeout(10_000) });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`/metrics answered ${res.status}`);
+    return { ms: performance.now() - t0, text };
+  };
+  const stop = async () => {
+    proc.kill('SIGTERM');
+    const t = setTimeout(() => proc.kill('SIGKILL'), 120_000);
+    await exited;
+    clearTimeout(t);
+  };
+  return { proc, port: o.port, exited, sample, metrics, stop };
+}
+
+/** Sum of runner_fleet_vms over classes for one state. */
+function vmsInState(text: string, state: string): number {
+  let n = 0;
+  for (const m of text.matchAll(/^runner_fleet_vms\{([^}]*)\} (\S+)$/gm)) if (m[1]!.includes(`state="${state}"`)) n += Number(m[2]);
+  return n;
+}
+
+async function waitReady(m: Manager, n: number, timeoutMs: number): Promise<number> {
+  const t0 = Date.now();
+  while (Date.now() - t0 < timeoutMs) {
+    if (m.proc.exitCode !== null) throw new Error(`manager exited (${m.proc.exitCode}); log in ${work}`);
+    try {
+      if (vmsInState((await m.metrics()).text, 'ready') >= n) return Date.now() - t0;
+    } catch {
+      // not listening yet
+    }
+    await sleep(250);
+  }
+  throw new Error(`${n} warm VMs not ready within ${timeoutMs / 1000} s (log in ${work})`);
+}
+
+/** Samples the manager's /proc figures every 200 ms. */
+function sampler(m: Manager) {
+  const samples: ProcSample[] = [];
+  const timer = setInterval(() => {
+    try {
+      samples.push(m.sample());
+    } catch {
+      // exited
+    }
+  }, 200);
+  return { samples, stop: () => clearInterval(timer), between: (a: number, b: number) => samples.filter((s) => s.t >= a && s.t <= b) };
+}
+
+// ---- phase 1: idle RSS with 2 warm VMs -------------------------------------------------------
+const report: Record<string, unknown> = { params: { jobs: JOBS, warm: WARM, burst: BURST, runS: RUN_S, lineEveryS: LINE_S, bootMs: BOOT_MS, rps: RPS, traceIntervalS: TRACE_S, node: process.version } };
+const gitlab: GitLabEmulator = await startGitLabEmulator({ traceUpdateIntervalS: TRACE_S });
+const gceDir = join(work, 'gce');
+const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: 600_000, operationRetentionMs: 60_000 });
+const cleanups: (() => Promise<void>)[] = [];
+
+async function idleRss(kind: string, dbUrl: string | undefined): Promise<{ rssMiB: number; hwmMiB: number }> {
+  const m = startManager({ name: `idle-${kind}`, dbUrl, gitlab: gitlab.url, gce: gce.url, gceDir, idle: 2, max: 2, port: await freePort() });
+  try {
+    await waitReady(m, 2, 120_000);
+    await sleep(10_000); // settle: a few ticks, a few /jobs/request polls
+    const s = m.sample();
+    return { rssMiB: MiB(s.rssKiB), hwmMiB: MiB(s.hwmKiB) };
+  } finally {
+    await m.stop();
+  }
+}
+
+try {
+  if (!values['skip-idle']) {
+    const idle: Record<string, { rssMiB: number; hwmMiB: number }> = {};
+    idle['pglite:memory (demo)'] = await idleRss('pglite-memory', 'pglite:memory');
+    idle['pglite on disk (default)'] = await idleRss('pglite-disk', undefined);
+    const db = await freshPostgres();
+    try {
+      idle['postgresql'] = await idleRss('postgres', db.url);
+    } finally {
+      await db.drop();
+    }
+    report['idleRss'] = idle;
+    say(`idle RSS with 2 warm VMs: ${Object.entries(idle).map(([k, v]) => `${k} ${v.rssMiB.toFixed(0)} MiB`).join(', ')}`);
+  }
+
+  // ---- phase 2: warm-up, burst, all running ---------------------------------------------------
+  const db = await freshPostgres();
+  cleanups.push(db.drop);
+  const profileDir = values.profile ? join(work, 'profile') : undefined;
+  const m = startManager({ name: 'scale', dbUrl: db.url, gitlab: gitlab.url, gce: gce.url, gceDir, idle: WARM, max: WARM, port: await freePort(), ...(profileDir ? { profileDir } : {}) });
+  const samp = sampler(m);
+  const warmMs = await waitReady(m, WARM, 30 * 60_000);
+  say(`${WARM} warm VMs ready ${(warmMs / 1000).toFixed(1)} s after the manager started`);
+  report['warmUp'] = { vms: WARM, readyS: warmMs / 1000 };
+  await sleep(3000);
+
+  const stopFile = join(work, 'stop-jobs');
+  // Prints a line every LINE_S seconds until the bench touches stopFile (at most an hour).
+  const script = [`echo "scale job $SCALE_JOB started"`, `for i in $(seq 1 ${Math.ceil(3600 / LINE_S)}); do [ -e "${stopFile}" ] && break; sleep ${LINE_S}; echo "scale job $SCALE_JOB line $i"; done`];
+  const enqueue = (n: number) => gitlab.enqueue({ runnerToken: 'scale-token', git: false, variables: [{ key: 'SCALE_JOB', value: String(n), public: true }], script });
+  const ids: number[] = [];
+
+  const cpu0 = m.sample().cpuMs;
+  const released = Date.now();
+  for (let i = 0; i < BURST; i++) ids.push(enqueue(i));
+  const firstLines = async (which: number[], timeoutMs: number) => {
+    const end = Date.now() + timeoutMs;
+    // A job failed back before it printed anything never will.
+    const waiting = (id: number) => gitlab.job(id).firstTraceAt === undefined && !FINAL.has(gitlab.job(id).state);
+    while (Date.now() < end && which.some(waiting)) await sleep(50);
+  };
+  await firstLines(ids, PHASE_MS);
+  const burstEnd = Math.max(...ids.map((id) => gitlab.job(id).firstTraceAt ?? Date.now()));
+  const cpu1 = m.sample().cpuMs;
+  const burstJobs = ids.map((id) => gitlab.job(id));
+  const started = burstJobs.filter((j) => j.firstTraceAt !== undefined && j.pickedAt !== undefined);
+  const pickupToFirst = summarize(started.map((j) => j.firstTraceAt! - j.pickedAt!));
+  const handoutSpanS = (Math.max(...started.map((j) => j.pickedAt!)) - released) / 1000;
+  const burst = {
+    jobs: BURST,
+    started: started.length,
+    startsPerS: started.length / ((burstEnd - released) / 1000),
+    handoutsPerS: started.length / Math.max(0.001, handoutSpanS),
+    releaseToLastFirstLineS: (burstEnd - released) / 1000,
+    pickupToFirstTraceMs: pickupToFirst,
+    cpuMsPerStart: (cpu1 - cpu0) / Math.max(1, started.length),
+  };
+  report['burst'] = burst;
+  say(`burst of ${BURST}: ${burst.startsPerS.toFixed(1)} starts/s, pick-up -> first trace p50 ${pickupToFirst.p50} ms p99 ${pickupToFirst.p99} ms, ${burst.cpuMsPerStart.toFixed(1)} ms CPU per start`);
+
+  const rest: number[] = [];
+  for (let i = BURST; i < JOBS; i++) rest.push(enqueue(i));
+  ids.push(...rest);
+  if (rest.length) await firstLines(rest, PHASE_MS);
+  const running = ids.filter((id) => gitlab.job(id).state === 'running').length;
+  say(`${running} of ${JOBS} jobs running; measuring for ${RUN_S} s`);
+  const scrapes: number[] = [];
+  const scrapeErrors: string[] = [];
+  const runFrom = Date.now();
+  while (Date.now() - runFrom < RUN_S * 1000) {
+    const t = Date.now();
+    try {
+      scrapes.push((await m.metrics()).ms);
+    } catch (err) {
+      scrapeErrors.push((err as Error).message);
+    }
+    await sleep(Math.max(0, 200 - (Date.now() - t)));
+  }
+  const runTo = Date.now();
+  const runSamples = samp.between(runFrom, runTo);
+  const steady = {
+    jobsRunning: running,
+    rssMiB: { mean: MiB(runSamples.reduce((a, s) => a + s.rssKiB, 0) / Math.max(1, runSamples.length)), max: MiB(Math.max(...runSamples.map((s) => s.rssKiB))), hwm: MiB(runSamples.at(-1)?.hwmKiB ?? NaN) },
+    cpuPercent: runSamples.length > 1 ? ((runSamples.at(-1)!.cpuMs - runSamples[0]!.cpuMs) / (runSamples.at(-1)!.t - runSamples[0]!.t)) * 100 : NaN,
+    metricsMs: summarize(scrapes),
+    metricsErrors: scrapeErrors.length,
+    metricsBytes: (await m.metrics()).text.length,
+  };
+  report['running'] = steady;
+  say(`${running} running: RSS ${steady.rssMiB.mean.toFixed(0)} MiB (max ${steady.rssMiB.max.toFixed(0)}), /metrics p50 ${steady.metricsMs.p50.toFixed(1)} ms p99 ${steady.metricsMs.p99.toFixed(1)} ms, CPU ${steady.cpuPercent.toFixed(0)}%`);
+
+  // Trouble the figures would hide: lease step-downs, jobs failed back, errors in the log.
+  const counters = (await m.metrics()).text;
+  const sumOf = (name: string) => [...counters.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))].reduce((a, x) => a + Number(x[1]), 0);
+  report['trouble'] = {
+    stepDowns: sumOf('runner_fleet_shard_step_downs_total'),
+    takeovers: sumOf('runner_fleet_shard_takeovers_total'),
+    jobsFailedBack: sumOf('runner_fleet_jobs_failed_back_total'),
+    vmFailures: sumOf('runner_fleet_vm_failures_total'),
+    logErrors: logProblems(join(work, 'scale', 'manager.log')),
+  };
+  writeFileSync(stopFile, '');
+  const end = Date.now() + 180_000;
+  while (Date.now() < end && ids.some((id) => !FINAL.has(gitlab.job(id).state))) await sleep(500);
+  const outcomes: Record<string, number> = {};
+  for (const id of ids) outcomes[gitlab.job(id).state] = (outcomes[gitlab.job(id).state] ?? 0) + 1;
+  report['outcomes'] = outcomes;
+  samp.stop();
+  await m.stop();
+  if (profileDir) report['profile'] = summarizeProfile(profileDir);
+
+  // ---- phase 3: the bare ssh2 baseline --------------------------------------------------------
+  if (!values['skip-baseline']) report['baseline'] = await baseline(BURST);
+} finally {
+  await gitlab.close();
+  await gce.close();
+  for (const c of cleanups) await c().catch(() => {});
+}
+
+/** Distinct warn/error messages of a pino log with their counts. */
+function logProblems(path: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of readFileSync(path, 'utf8').split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const r = JSON.parse(line) as { level: number; msg?: string };
+      if (r.level >= 40) out[r.msg ?? '?'] = (out[r.msg ?? '?'] ?? 0) + 1;
+    } catch {
+      // a line cut by the kill
+    }
+  }
+  return out;
+}
+
+function summarizeProfile(dir: string) {
+  if (!existsSync(dir)) return undefined;
+  const cpu = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+  const heap = readdirSync(dir).find((f) => f.endsWith('.heapprofile'));
+  const top = cpu ? topSelfTime(JSON.parse(readFileSync(join(dir, cpu), 'utf8')), 25) : [];
+  return { dir, cpuProfile: cpu, heapProfile: heap, topSelf: top.map((t) => ({ ...t, selfMs: Math.round(t.selfMs), share: Number((t.share * 100).toFixed(1)) })) };
+}
+
+async function baseline(n: number) {
+  const { LocalProvider } = await load<LocalModule>('providers/local/provider.js');
+  const { generateVmKeyPair } = await load<KeysModule>('isolation/keys.js');
+  const { pino } = await import('pino');
+  const dir = join(work, 'baseline');
+  mkdirSync(dir, { recursive: true });
+  const local = new LocalProvider({ bootDelayMs: 0, dir: join(dir, 'vms') }, { shard: 'baseline', dataDir: dir, log: pino({ level: 'silent' }) } as never);
+  const key = generateVmKeyPair('baseline');
+  writeFileSync(join(dir, 'id'), key.privateKey, { mode: 0o600 });
+  const names = Array.from({ length: n }, (_, i) => `bl-${i}`);
+  for (const name of names) await local.create({ vmId: name, name, shard: 'baseline', className: 'baseline', labels: {}, publicKey: key.publicKey, machine: {}, maxRunSeconds: 3600 });
+  const state = (name: string) => {
+    try {
+      return JSON.parse(readFileSync(join(dir, 'vms', name, 'state.json'), 'utf8')) as { host: string; port: number };
+    } catch {
+      return undefined;
+    }
+  };
+  // Sandboxes boot in parallel: a node process each.
+  const until = Date.now() + 300_000;
+  while (Date.now() < until && names.some((nm) => !state(nm))) await sleep(200);
+  const targets = names.map(state).filter((s): s is { host: string; port: number } => s !== undefined);
+  writeFileSync(join(dir, 'plan.json'), JSON.stringify({ targets, username: 'runner', privateKeyPath: join(dir, 'id'), command: 'echo "baseline started"; sleep 2', holdMs: 1000 }));
+  try {
+    const out = execFileSync(process.execPath, [join(root, 'bench/scale-baseline.mjs'), join(dir, 'plan.json')], { encoding: 'utf8', timeout: 300_000 });
+    type Phase = { wallMs: number; cpuMs: number; results: { ok: boolean; ms?: number; error?: string }[] };
+    const r = JSON.parse(out) as Phase & { hwmKiB: number; connect: Phase };
+    const phase = (p: Phase) => {
+      const ok = p.results.filter((x) => x.ok);
+      return { ok: ok.length, errors: [...new Set(p.results.filter((x) => !x.ok).map((x) => x.error))], perS: ok.length / (Math.max(...ok.map((x) => x.ms!)) / 1000), ms: summarize(ok.map((x) => x.ms!)), cpuMsEach: p.cpuMs / Math.max(1, ok.length) };
+    };
+    const ex = phase(r);
+    const co = phase(r.connect);
+    const b = { execs: n, execs_ok: ex.ok, execErrors: ex.errors, startsPerS: ex.perS, execToFirstLineMs: ex.ms, cpuMsPerExec: ex.cpuMsEach, connectsOk: co.ok, connectErrors: co.errors, connectsPerS: co.perS, connectMs: co.ms, cpuMsPerConnect: co.cpuMsEach, hwmMiB: MiB(r.hwmKiB) };
+    say(`baseline: ${n} connects at once ${co.perS.toFixed(1)}/s (p99 ${co.ms.p99.toFixed(0)} ms, ${co.cpuMsEach.toFixed(1)} ms CPU each); then ${n} execs at once ${ex.perS.toFixed(1)}/s, exec -> first line p50 ${ex.ms.p50.toFixed(0)} ms p99 ${ex.ms.p99.toFixed(0)} ms, ${ex.cpuMsEach.toFixed(1)} ms CPU each; RSS ${b.hwmMiB.toFixed(0)} MiB`);
+    return b;
+  } finally {
+    await local.delete(names.map((name) => ({ vmId: name, name, cloudId: name })));
+  }
+}
+
+// ---- the table -------------------------------------------------------------------------------
+const f0 = (x: number) => (Number.isFinite(x) ? x.toFixed(0) : 'n/a');
+const f1 = (x: number) => (Number.isFinite(x) ? x.toFixed(1) : 'n/a');
+const idle = report['idleRss'] as Record<string, { rssMiB: number }> | undefined;
+const run = report['running'] as { jobsRunning: number; rssMiB: { mean: number; max: number }; metricsMs: Summary } | undefined;
+const bu = report['burst'] as { startsPerS: number; pickupToFirstTraceMs: Summary; cpuMsPerStart: number } | undefined;
+const bl = report['baseline'] as { startsPerS: number; execToFirstLineMs: Summary; cpuMsPerExec: number; connectsPerS: number; cpuMsPerConnect: number; hwmMiB: number } | undefined;
+const wu = report['warmUp'] as { vms: number; readyS: number } | undefined;
+const rows: FigureRow[] = [
+  { figure: `RSS with ${run?.jobsRunning ?? JOBS} jobs running (a line every ${LINE_S} s)`, measured: run ? `${f0(run.rssMiB.mean)} MiB (peak ${f0(run.rssMiB.max)})` : 'n/a', goal: '<= 512 MiB (1,000 jobs)', ...(bl ? { baseline: `${f0(bl.hwmMiB)} MiB (${BURST} sessions)` } : {}) },
+  { figure: '`GET /metrics` latency while they run, p50 / p99', measured: run ? `${f1(run.metricsMs.p50)} ms / ${f1(run.metricsMs.p99)} ms` : 'n/a', goal: 'p99 <= 100 ms' },
+  { figure: `job starts per second, ${BURST} jobs released at once onto ${WARM} warm VMs`, measured: bu ? `${f1(bu.startsPerS)}/s` : 'n/a', goal: '>= 50/s', ...(bl ? { baseline: `${f1(bl.startsPerS)}/s on open connections (connects: ${f1(bl.connectsPerS)}/s)` } : {}) },
+  { figure: 'pick-up -> first trace byte during that burst, p50 / p99', measured: bu ? `${f0(bu.pickupToFirstTraceMs.p50)} ms / ${f0(bu.pickupToFirstTraceMs.p99)} ms` : 'n/a', goal: 'p99 <= 250 ms', ...(bl ? { baseline: `exec -> first line ${f0(bl.execToFirstLineMs.p50)} / ${f0(bl.execToFirstLineMs.p99)} ms` } : {}) },
+  { figure: 'manager CPU during the burst', measured: bu ? `${f1(bu.cpuMsPerStart)} ms per job start` : 'n/a', goal: '<= 10 ms', ...(bl ? { baseline: `${f1(bl.cpuMsPerExec)} ms per exec (+${f1(bl.cpuMsPerConnect)} ms per connect)` } : {}) },
+  { figure: 'idle RSS, 2 warm VMs: PGlite memory / PGlite disk / PostgreSQL', measured: idle ? Object.values(idle).map((v) => f0(v.rssMiB)).join(' / ') + ' MiB' : 'n/a', goal: '<= 300 / 300 / 150 MiB' },
+  { figure: `time until ${wu?.vms ?? WARM} warm VMs were ready (VM boot ${BOOT_MS} ms, ${RPS} cloud calls/s)`, measured: wu ? `${f1(wu.readyS)} s` : 'n/a', goal: '<= 60 s (1,000 VMs)' },
+];
+report['table'] = rows;
+process.stdout.write(`\n${markdownTable(rows)}\n`);
+const trouble = report['trouble'] as { stepDowns: number; jobsFailedBack: number; vmFailures: number; logErrors: Record<string, number> } | undefined;
+if (trouble && (trouble.stepDowns || trouble.jobsFailedBack || trouble.vmFailures)) {
+  process.stdout.write(`\nWARNING during the run: ${trouble.stepDowns} lease step-downs, ${trouble.jobsFailedBack} jobs failed back, ${trouble.vmFailures} VM failures; outcomes ${JSON.stringify(report['outcomes'])}\n`);
+}
+if (trouble && Object.keys(trouble.logErrors).length) process.stdout.write(`manager log warnings/errors: ${JSON.stringify(trouble.logErrors)}\n`);
+const prof = report['profile'] as ReturnType<typeof summarizeProfile>;
+if (prof) {
+  process.stdout.write(`\nmanager CPU profile (${prof.cpuProfile}), top self time over the whole run:\n`);
+  for (const t of prof.topSelf) process.stdout.write(`  ${String(t.selfMs).padStart(7)} ms ${String(t.share).padStart(5)}%  ${t.fn}\n`);
+  process.stdout.write(`profiles kept in ${prof.dir}\n`);
+}
+if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+if (!values.keep && !prof) rmSync(work, { recursive: true, force: true });
+else say(`work directory kept: ${work}`);
+process.exit(0);
