@@ -70,6 +70,7 @@ export interface Metrics {
   traceBufferHighWater: Gauge<'class'>;
   jobsReattached: Counter<'class' | 'outcome'>;
   hostKeyMismatches: Counter<'provider' | 'class'>;
+  intakeRequestsInFlight: Gauge<'class'>;
 }
 
 export function createMetrics(opts: { shard: string; defaultMetrics?: boolean }): Metrics {
@@ -222,6 +223,10 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean })
     hostKeyMismatches: new Counter({
       name: 'runner_fleet_host_key_mismatch_total', help: 'Connections refused because the VM answered with another SSH host key than the pinned one (address reused?); the VM is failed.',
       labelNames: ['provider', 'class'], registers,
+    }),
+    intakeRequestsInFlight: new Gauge({
+      name: 'runner_fleet_intake_requests_in_flight', help: 'Job requests to GitLab in flight, each holding a reserved warm VM or claimed room (at most classes.<name>.requestConcurrency).',
+      labelNames: ['class'], registers,
     }),
   };
 }
