@@ -55,9 +55,8 @@ describe.each(databaseKinds())('concurrent job requests on %s', (kind) => {
     gitlab.faults.requestDelayMs = DELAY_MS;
     const ids = Array.from({ length: WARM }, (_, i) => gitlab.enqueue({ runnerToken: TOKEN, script: [`echo burst-${i}`, 'sleep 1'], git: false }));
     await waitUntil(() => ids.every((id) => gitlab.job(id).pickedAt !== undefined), 30_000, 'every job picked up');
-    const picked = ids.map((id) => gitlab.job(id).pickedAt!);
-    // One slot answers at most one job per delayed round trip: 8 jobs take >= 7 delays in series.
-    expect(Math.max(...picked) - Math.min(...picked)).toBeLessThan((WARM - 1) * DELAY_MS);
+    // Overlap seen by GitLab itself (one request loop never has two in flight); wall-clock
+    // figures live in bench/intake-concurrency.ts, not here, where the CPU is shared.
     const most = gitlab.stats().maxRequestsInFlight;
     expect(most).toBeGreaterThan(1);
     expect(most).toBeLessThanOrEqual(SLOTS);
@@ -77,12 +76,14 @@ describe.each(databaseKinds())('concurrent job requests on %s', (kind) => {
   it('ends every request in flight on drain, and asks no more', async () => {
     await waitUntil(async () => (await shard.store.liveVms()).filter((v) => v.state === 'ready').length >= SLOTS + 1, 60_000, 'warm VMs again');
     // Long requests, and the gate open (a job just came): every slot has one in flight.
-    gitlab.faults.requestDelayMs = 2000; // under the 5 s requestTimeout
+    gitlab.faults.requestDelayMs = 4000; // under the 5 s requestTimeout
     const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo opener'], git: false });
     await gitlab.waitFor(id, (j) => j.pickedAt !== undefined, 15_000);
-    await waitUntil(async () => (await inFlight()) === SLOTS, 1900, `${SLOTS} requests in flight`);
+    await waitUntil(async () => (await inFlight()) === SLOTS, 3500, `${SLOTS} requests in flight`);
     const draining = shard.drain({ timeoutMs: 20_000 });
+    // Aborted, not answered: GitLab is still holding them.
     await waitUntil(async () => (await inFlight()) === 0, 1000, 'requests aborted');
+    expect(gitlab.stats().requestsInFlight).toBeGreaterThan(0);
     const asked = gitlab.stats().requests;
     await sleep(1000);
     expect(gitlab.stats().requests).toBe(asked);

@@ -92,6 +92,8 @@ export interface EmulatorStats {
   finished: number;
   /** Most /jobs/request calls being answered at once since start. */
   maxRequestsInFlight: number;
+  /** /jobs/request calls being answered now. */
+  requestsInFlight: number;
 }
 
 /** The emulator's own record: the trace kept as bytes, so chunks may split characters. */
@@ -355,7 +357,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     waitForFinal: (jobId, timeoutMs) => waitFor(jobId, (j) => FINAL.includes(j.state), timeoutMs),
     stats() {
       const all = [...jobs.values()];
-      return { requests, upToDate, pending: all.filter((j) => j.state === 'pending').length, running: all.filter((j) => j.state === 'running' || j.state === 'canceling').length, finished: all.filter((j) => FINAL.includes(j.state)).length, maxRequestsInFlight: maxInFlight };
+      return { requests, upToDate, pending: all.filter((j) => j.state === 'pending').length, running: all.filter((j) => j.state === 'running' || j.state === 'canceling').length, finished: all.filter((j) => FINAL.includes(j.state)).length, maxRequestsInFlight: maxInFlight, requestsInFlight: inFlight };
     },
     forget(jobId) {
       const j = jobs.get(jobId);
