@@ -18,6 +18,7 @@ import { RequestGate } from './request-gate.js';
 import type { DemandModel } from './predictive.js';
 import { InvalidTransitionError, type BindJobInput, type Store } from './store.js';
 import pRetry from 'p-retry';
+import { setMaxListeners } from 'node:events';
 import { FencedError, isTransientDbError } from '../db/fence.js';
 
 export interface IntakeDeps {
@@ -49,6 +50,9 @@ export class Intake {
   constructor(private readonly d: IntakeDeps) {}
 
   start(): void {
+    // Every slot listens on the one stop signal (its request, its waits): not a leak past 10.
+    const slots = Object.values(this.d.config.classes).reduce((n, c) => n + (c.requestConcurrency ?? 1), 0);
+    setMaxListeners(10 + 4 * slots, this.abort.signal);
     this.loops = Object.values(this.d.config.classes).flatMap((cls) => {
       const gate = new RequestGate();
       return Array.from({ length: cls.requestConcurrency ?? 1 }, (_, slot) => this.loop(cls, slot, gate));

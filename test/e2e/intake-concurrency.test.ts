@@ -29,7 +29,7 @@ describe.each(databaseKinds())('concurrent job requests on %s', (kind) => {
     dataDir = mkdtempSync(join(tmpdir(), 'rf-intakeconc-'));
     db = await freshDatabase(kind);
     gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
-    const yaml = shardYaml({ shard: `conc-${kind}`, gitlabUrl: gitlab.url, dbUrl: db.url, dataDir, idle: WARM, max: WARM + 2, requestConcurrency: SLOTS });
+    const yaml = shardYaml({ shard: `conc-${kind}`, gitlabUrl: gitlab.url, dbUrl: db.url, dataDir, idle: WARM, max: WARM + 2, requestConcurrency: SLOTS }).replace('requestTimeout: 5s', 'requestTimeout: 30s');
     shard = await startShard({ config: parseConfig(yaml), log: createLogger({ level: 'silent' }), tickMs: 100, defaultMetrics: false, http: false });
     await waitUntil(async () => (await shard.store.liveVms()).filter((v) => v.state === 'ready').length >= WARM, 90_000, `${WARM} warm VMs`);
   }, 120_000);
@@ -39,7 +39,7 @@ describe.each(databaseKinds())('concurrent job requests on %s', (kind) => {
     await gitlab?.close();
     await db?.drop();
     rmSync(dataDir, { recursive: true, force: true });
-  });
+  }, 60_000);
 
   const inFlight = async () => (await shard.metrics.intakeRequestsInFlight.get()).values.reduce((n, v) => n + v.value, 0);
 
@@ -76,13 +76,13 @@ describe.each(databaseKinds())('concurrent job requests on %s', (kind) => {
   it('ends every request in flight on drain, and asks no more', async () => {
     await waitUntil(async () => (await shard.store.liveVms()).filter((v) => v.state === 'ready').length >= SLOTS + 1, 60_000, 'warm VMs again');
     // Long requests, and the gate open (a job just came): every slot has one in flight.
-    gitlab.faults.requestDelayMs = 4000; // under the 5 s requestTimeout
+    gitlab.faults.requestDelayMs = 15_000; // under the 30 s requestTimeout
     const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo opener'], git: false });
-    await gitlab.waitFor(id, (j) => j.pickedAt !== undefined, 15_000);
-    await waitUntil(async () => (await inFlight()) === SLOTS, 3500, `${SLOTS} requests in flight`);
+    await gitlab.waitFor(id, (j) => j.pickedAt !== undefined, 40_000);
+    await waitUntil(async () => (await inFlight()) === SLOTS, 12_000, `${SLOTS} requests in flight`);
     const draining = shard.drain({ timeoutMs: 20_000 });
     // Aborted, not answered: GitLab is still holding them.
-    await waitUntil(async () => (await inFlight()) === 0, 1000, 'requests aborted');
+    await waitUntil(async () => (await inFlight()) === 0, 5000, 'requests aborted');
     expect(gitlab.stats().requestsInFlight).toBeGreaterThan(0);
     const asked = gitlab.stats().requests;
     await sleep(1000);
