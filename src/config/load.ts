@@ -155,6 +155,7 @@ function toShardConfig(raw: RawShardConfig, baseDir: string): ShardConfig {
       jobTimeoutMs: c.jobTimeout,
       bootTimeoutMs: c.bootTimeout,
       machine: c.machine,
+      requestConcurrency: c.requestConcurrency,
     };
   }
   return {

@@ -19,6 +19,11 @@ function intAtLeast(min: number) {
   return z.preprocess(numeric, z.number({ error: what }).int({ error: what }).min(min, { error: what }));
 }
 
+function intBetween(min: number, max: number) {
+  const what = `integer from ${min} to ${max}`;
+  return z.preprocess(numeric, z.number({ error: what }).int({ error: what }).min(min, { error: what }).max(max, { error: what }));
+}
+
 function positiveNumber() {
   const what = 'number > 0';
   return z.preprocess(numeric, z.number({ error: what }).positive({ error: what }));
@@ -174,6 +179,8 @@ export const classSchema = z.strictObject({
   jobTimeout: duration(1000, 24 * HOUR).default(3 * HOUR),
   bootTimeout: duration(1000, 24 * HOUR).default(10 * 60_000),
   machine: mapping.default({}),
+  // Concurrent job requests to GitLab (gitlab-runner's request_concurrency), each holding its own warm VM.
+  requestConcurrency: intBetween(1, 100).default(1),
 });
 
 const webhookSchema = z.strictObject(

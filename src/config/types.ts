@@ -58,6 +58,8 @@ export interface ClassConfig {
   machine: Record<string, unknown>;
   /** A VM that is not reachable this long after creation is failed and replaced. */
   bootTimeoutMs: number;
+  /** Job requests in flight at once, each with its own reserved warm VM (or claimed room); 1 when absent. */
+  requestConcurrency?: number;
 }
 
 export interface ShardConfig {

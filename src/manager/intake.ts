@@ -1,7 +1,8 @@
-// The job request loop of one class. Preemptive: ask GitLab for a job only while a warm VM is
+// The job request loops of one class. Preemptive: ask GitLab for a job only while a warm VM is
 // reserved for it, bind the job to that VM in one transaction, hand it to the executor. Cold
 // start (the intake mode's judgement when the class holds nothing warm or coming): ask, then
-// make a VM for the job.
+// make a VM for the job. A class runs requestConcurrency such loops ("slots"), each with its own
+// reservation; extra slots ask only while jobs are coming (see request-gate.ts).
 import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { GitLabClient } from '../gitlab/client.js';
@@ -13,9 +14,11 @@ import { jobIdentity, type Executor } from './executor.js';
 import type { Metrics } from './metrics.js';
 import { intakeMode } from './autoscaler.js';
 import { newVm, type Pool } from './pool.js';
+import { RequestGate } from './request-gate.js';
 import type { DemandModel } from './predictive.js';
 import { InvalidTransitionError, type BindJobInput, type Store } from './store.js';
 import pRetry from 'p-retry';
+import { setMaxListeners } from 'node:events';
 import { FencedError, isTransientDbError } from '../db/fence.js';
 
 export interface IntakeDeps {
@@ -47,7 +50,13 @@ export class Intake {
   constructor(private readonly d: IntakeDeps) {}
 
   start(): void {
-    this.loops = Object.values(this.d.config.classes).map((cls) => this.loop(cls));
+    // Every slot listens on the one stop signal (its request, its waits): not a leak past 10.
+    const slots = Object.values(this.d.config.classes).reduce((n, c) => n + (c.requestConcurrency ?? 1), 0);
+    setMaxListeners(10 + 4 * slots, this.abort.signal);
+    this.loops = Object.values(this.d.config.classes).flatMap((cls) => {
+      const gate = new RequestGate();
+      return Array.from({ length: cls.requestConcurrency ?? 1 }, (_, slot) => this.loop(cls, slot, gate));
+    });
   }
 
   /** Stop asking for jobs; returns when every loop has ended. */
@@ -56,13 +65,22 @@ export class Intake {
     await Promise.allSettled(this.loops);
   }
 
-  private async loop(cls: ClassConfig): Promise<void> {
+  /**
+   * One request slot. Slot 0 polls at gitlab.pollInterval; the others wait on the gate while
+   * GitLab has nothing, so N slots do not multiply the request rate of an idle GitLab.
+   */
+  private async loop(cls: ClassConfig, slot: number, gate: RequestGate): Promise<void> {
     const { signal } = this.abort;
-    const log = this.d.log.child({ class: cls.name });
+    const log = this.d.log.child(slot === 0 ? { class: cls.name } : { class: cls.name, slot });
+    const extra = slot > 0;
     let errors = 0;
     while (!signal.aborted) {
       if (this.d.canRequest && !this.d.canRequest()) {
         await this.d.clock.sleep(Math.min(this.d.config.gitlab.pollIntervalMs, 1000), signal).catch(() => {});
+        continue;
+      }
+      if (extra && !gate.isOpen) {
+        await gate.wait(signal);
         continue;
       }
       const vm = this.d.pool.reserve(cls.name);
@@ -72,7 +90,7 @@ export class Intake {
         const counts = this.d.pool.classCounts(cls.name);
         const claim = counts && intakeMode(cls.pool.intake, counts) === 'coldStart' ? this.d.pool.claimRoom(cls) : null;
         if (claim) {
-          errors = await this.coldStart(cls, claim, log, errors);
+          errors = await this.coldStart(cls, claim, log, errors, slot, gate);
           continue;
         }
         await this.d.pool.waitForChange(this.d.config.gitlab.pollIntervalMs, signal);
@@ -82,15 +100,17 @@ export class Intake {
       let res: Awaited<ReturnType<GitLabClient['requestJob']>>;
       let pickedAt: number;
       try {
-        res = await this.d.gitlab.requestJob(cls.runnerToken, signal);
+        res = await this.request(cls);
         // GitLab's time_in_queue_seconds ends when it answers: our share starts here.
         pickedAt = this.d.clock.now();
       } catch (err) {
         this.d.pool.release(vm.id);
         if (signal.aborted) break;
-        errors++;
+        gate.close();
         this.d.metrics.jobRequests.inc({ class: cls.name, outcome: 'error' });
         log.warn({ err: (err as Error).message }, 'job request failed');
+        if (extra) continue; // slot 0 backs off; this one parks until jobs come again
+        errors++;
         await this.d.clock.sleep(Math.min(this.d.config.gitlab.pollIntervalMs * 2 ** Math.min(errors, 5), 60_000), signal).catch(() => {});
         continue;
       }
@@ -98,6 +118,8 @@ export class Intake {
       errors = 0;
       if (res.kind !== 'job') {
         this.d.pool.release(vm.id);
+        gate.close();
+        if (extra) continue;
         if (res.kind === 'forbidden') {
           log.error('GitLab refused the runner token (403); check classes.%s.runnerToken', cls.name);
           await this.d.clock.sleep(FORBIDDEN_BACKOFF_MS, signal).catch(() => {});
@@ -107,6 +129,7 @@ export class Intake {
         continue;
       }
       // GitLab has handed the job to us: from here it is bound and run, or failed back, never dropped.
+      gate.open();
       const parsed = parseJobPayload(res.raw);
       await this.recordHandout(cls, parsed, pickedAt, log);
       try {
@@ -125,33 +148,38 @@ export class Intake {
    * "creating a VM" to the job's log and runs it once the VM is ready, or fails it as our fault
    * if the VM never gets there.
    */
-  private async coldStart(cls: ClassConfig, claim: string, log: Logger, errors: number): Promise<number> {
+  private async coldStart(cls: ClassConfig, claim: string, log: Logger, errors: number, slot: number, gate: RequestGate): Promise<number> {
     const { signal } = this.abort;
     let launched = false;
     try {
       let res: Awaited<ReturnType<GitLabClient['requestJob']>>;
       try {
-        res = await this.d.gitlab.requestJob(cls.runnerToken, signal);
+        res = await this.request(cls);
       } catch (err) {
         if (signal.aborted) return errors;
+        gate.close();
         this.d.metrics.jobRequests.inc({ class: cls.name, outcome: 'error' });
         log.warn({ err: (err as Error).message }, 'job request failed');
+        if (slot > 0) return errors;
         await this.d.clock.sleep(Math.min(this.d.config.gitlab.pollIntervalMs * 2 ** Math.min(errors + 1, 5), 60_000), signal).catch(() => {});
         return errors + 1;
       }
       const pickedAt = this.d.clock.now();
       this.d.metrics.jobRequests.inc({ class: cls.name, outcome: res.kind });
+      if (res.kind !== 'job') gate.close();
       if (res.kind === 'none') {
         this.d.pool.releaseRoom(cls.name, claim);
-        await this.d.pool.waitForChange(this.d.config.gitlab.pollIntervalMs, signal);
+        if (slot === 0) await this.d.pool.waitForChange(this.d.config.gitlab.pollIntervalMs, signal);
         return 0;
       }
       if (res.kind === 'forbidden') {
-        log.error('GitLab refused the runner token (403); check classes.%s.runnerToken', cls.name);
         this.d.pool.releaseRoom(cls.name, claim);
+        if (slot > 0) return 0;
+        log.error('GitLab refused the runner token (403); check classes.%s.runnerToken', cls.name);
         await this.d.clock.sleep(FORBIDDEN_BACKOFF_MS, signal).catch(() => {});
         return 0;
       }
+      gate.open();
       const parsed = parseJobPayload(res.raw);
       await this.recordHandout(cls, parsed, pickedAt, log);
       try {
@@ -162,6 +190,17 @@ export class Intake {
       return 0;
     } finally {
       if (!launched) this.d.pool.releaseRoom(cls.name, claim);
+    }
+  }
+
+  /** One job request, counted in the in-flight gauge while it runs. */
+  private async request(cls: ClassConfig): Promise<Awaited<ReturnType<GitLabClient['requestJob']>>> {
+    const gauge = this.d.metrics.intakeRequestsInFlight;
+    gauge.inc({ class: cls.name });
+    try {
+      return await this.d.gitlab.requestJob(cls.runnerToken, this.abort.signal);
+    } finally {
+      gauge.dec({ class: cls.name });
     }
   }
 

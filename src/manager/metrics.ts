@@ -73,6 +73,7 @@ export interface Metrics {
   eventLoopLag: Histogram;
   /** Stops the event-loop lag sampler (the shard's close calls it). */
   stop(): void;
+  intakeRequestsInFlight: Gauge<'class'>;
 }
 
 /** Lag buckets: from "fine" to "a scrape or a job start waits seconds"; 0.1 s is the /metrics p99 goal. */
@@ -254,6 +255,10 @@ export function createMetrics(opts: { shard: string; defaultMetrics?: boolean; e
     hostKeyMismatches: new Counter({
       name: 'runner_fleet_host_key_mismatch_total', help: 'Connections refused because the VM answered with another SSH host key than the pinned one (address reused?); the VM is failed.',
       labelNames: ['provider', 'class'], registers,
+    }),
+    intakeRequestsInFlight: new Gauge({
+      name: 'runner_fleet_intake_requests_in_flight', help: 'Job requests to GitLab in flight, each holding a reserved warm VM or claimed room (at most classes.<name>.requestConcurrency).',
+      labelNames: ['class'], registers,
     }),
   };
 }

@@ -54,6 +54,7 @@ describe('loading a shard config', () => {
       jobTimeoutMs: 5_400_000,
       bootTimeoutMs: 45_000,
       machine: { vcpus: 2, memoryGb: 8 },
+      requestConcurrency: 1,
     });
     expect(config.classes['saas-linux-medium-amd64']).toMatchObject({
       runnerToken: 'medium-default-token',
@@ -184,6 +185,17 @@ describe('loading a shard config', () => {
       'isolation.auditInterval: expected duration from 1m to 24h like 500ms, 3s, 2m, 1h30m, got "5s"',
     ]);
     expect(errorsOf(`${ok}isolation: { audit: enforce }\n`)).toEqual(['isolation.managerRanges: expected at least one CIDR (the manager\'s addresses) with isolation.audit: enforce, got []']);
+  });
+
+  it('reads classes.<name>.requestConcurrency: 1 by default, 1 to 100, errors name the field', () => {
+    const head = 'shard: s\ngitlab: { url: "http://127.0.0.1:9" }\nproviders: { local: }\n';
+    const cls = (extra: string) => `${head}classes: { a: { runnerToken: t, provider: local, pool: { idle: 1, max: 4 }${extra} } }\n`;
+    expect(parseConfig(cls(''), { env: {} }).classes['a']!.requestConcurrency).toBe(1);
+    expect(parseConfig(cls(', requestConcurrency: 8'), { env: {} }).classes['a']!.requestConcurrency).toBe(8);
+    expect(parseConfig(cls(', requestConcurrency: "${N}"'), { env: { N: '4' } }).classes['a']!.requestConcurrency).toBe(4);
+    for (const [v, got] of [['0', '0'], ['101', '101'], ['2.5', '2.5'], ['many', '"many"']] as const) {
+      expect(errorsOf(cls(`, requestConcurrency: ${v}`))).toEqual([`classes.a.requestConcurrency: expected integer from 1 to 100, got ${got}`]);
+    }
   });
 
   it('names line and column of a YAML syntax error', () => {

@@ -66,6 +66,8 @@ export interface EmulatorFaults {
    * `Range: 0-<offset>` (a trace store that dropped chunks): the runner must resend from there.
    */
   traceTruncateOnce?: number;
+  /** Hold every /jobs/request this long before answering (a loaded GitLab), so overlap is visible. */
+  requestDelayMs?: number;
 }
 
 export interface GitLabEmulator {
@@ -90,6 +92,10 @@ export interface EmulatorStats {
   pending: number;
   running: number;
   finished: number;
+  /** Most /jobs/request calls being answered at once since start. */
+  maxRequestsInFlight: number;
+  /** /jobs/request calls being answered now. */
+  requestsInFlight: number;
 }
 
 /** The emulator's own record: the trace kept as bytes, so chunks may split characters. */
@@ -108,6 +114,8 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
   let nextId = 1000;
   let requests = 0;
   let upToDate = 0;
+  let inFlight = 0;
+  let maxInFlight = 0;
   // GitLab's runner queue value: changes when a job is queued for the runner; a request that
   // sends the current value back gets 204 without a queue lookup.
   const queueValues = new Map<string, string>();
@@ -132,6 +140,16 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
 
   app.post('/api/v4/jobs/request', async (req, reply) => {
     requests++;
+    maxInFlight = Math.max(maxInFlight, ++inFlight);
+    try {
+      if (faults.requestDelayMs) await new Promise((r) => setTimeout(r, faults.requestDelayMs));
+      return await answerJobRequest(req, reply);
+    } finally {
+      inFlight--;
+    }
+  });
+
+  async function answerJobRequest(req: FastifyRequest, reply: FastifyReply) {
     const body = (req.body ?? {}) as { token?: string; last_update?: string };
     if (faults.requestStatus) return reply.code(faults.requestStatus).send({ message: 'injected fault' });
     if (!body.token || (opts.runnerTokens && !opts.runnerTokens.includes(body.token))) return reply.code(403).send({ message: '403 Forbidden' });
@@ -155,7 +173,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     const served = spec.raw !== undefined ? spec.raw : spec.mutate ? spec.mutate(payload) : payload;
     const text = spec.rawText ? spec.rawText(payload) : JSON.stringify(served);
     return reply.code(201).header('content-type', 'application/json').send(text);
-  });
+  }
 
   app.patch<{ Params: { id: string } }>('/api/v4/jobs/:id/trace', async (req, reply) => {
     const job = authJob(req, reply);
@@ -342,7 +360,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     waitForFinal: (jobId, timeoutMs) => waitFor(jobId, (j) => FINAL.includes(j.state), timeoutMs),
     stats() {
       const all = [...jobs.values()];
-      return { requests, upToDate, pending: all.filter((j) => j.state === 'pending').length, running: all.filter((j) => j.state === 'running' || j.state === 'canceling').length, finished: all.filter((j) => FINAL.includes(j.state)).length };
+      return { requests, upToDate, pending: all.filter((j) => j.state === 'pending').length, running: all.filter((j) => j.state === 'running' || j.state === 'canceling').length, finished: all.filter((j) => FINAL.includes(j.state)).length, maxRequestsInFlight: maxInFlight, requestsInFlight: inFlight };
     },
     forget(jobId) {
       const j = jobs.get(jobId);
