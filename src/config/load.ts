@@ -160,7 +160,7 @@ function toShardConfig(raw: RawShardConfig, baseDir: string): ShardConfig {
   }
   return {
     shard: raw.shard,
-    database: { url: resolveDatabaseUrl(raw.database.url, baseDir, dataDir) },
+    database: { url: resolveDatabaseUrl(raw.database.url, baseDir, dataDir), ...(raw.database.poolSize !== undefined ? { poolSize: raw.database.poolSize } : {}) },
     http: { listen: raw.http.listen, adminToken: raw.http.adminToken },
     gitlab: { url: raw.gitlab.url.replace(/\/+$/, ''), pollIntervalMs: raw.gitlab.pollInterval, requestTimeoutMs: raw.gitlab.requestTimeout },
     jobs: { unreachableTimeoutMs: raw.jobs.unreachableTimeout },

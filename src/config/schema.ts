@@ -196,7 +196,7 @@ const webhookSchema = z.strictObject(
 export const shardSchema = z.strictObject(
   {
     shard: stringMatching(SHARD_NAME, 'shard name of 1-40 characters [a-z0-9-]'),
-    database: z.strictObject({ url: databaseUrl.optional() }, { error: 'mapping' }).default({}),
+    database: z.strictObject({ url: databaseUrl.optional(), poolSize: z.preprocess(numeric, z.number({ error: 'integer from 1 to 100' }).int({ error: 'integer from 1 to 100' }).min(1, { error: 'integer from 1 to 100' }).max(100, { error: 'integer from 1 to 100' })).optional() }, { error: 'mapping' }).default({}),
     http: z
       .strictObject(
         { listen: listenAddress.default({ host: '127.0.0.1', port: 8080 }), adminToken: token(8).default(null) },

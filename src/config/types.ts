@@ -64,7 +64,8 @@ export interface ClassConfig {
 
 export interface ShardConfig {
   shard: string;
-  database: { url: string };
+  /** poolSize: connections to a postgres:// server (default 10; PGlite always has one). */
+  database: { url: string; poolSize?: number };
   http: { listen: { host: string; port: number }; adminToken: string | null };
   gitlab: { url: string; pollIntervalMs: number; requestTimeoutMs: number };
   /** A running job whose VM stays unreachable this long (while the cloud still has it) is failed. */

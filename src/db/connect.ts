@@ -22,6 +22,8 @@ export interface OpenOptions {
   log: Logger;
   /** Pool size for postgres:// (default 10). PGlite always uses one connection. */
   poolSize?: number;
+  /** How long a query waits for a free pool connection, in ms (default 10 s). */
+  connectTimeoutMs?: number;
   /** Server-side statement_timeout for postgres:// in ms (default 60 s; 0 disables). */
   statementTimeoutMs?: number;
   /** application_name of every session (default runner-fleet): a takeover ends a stale manager's sessions by it. */
@@ -56,7 +58,7 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<OpenDatabas
   const pool = new pg.Pool({
     connectionString: url,
     max: opts.poolSize ?? 10,
-    connectionTimeoutMillis: 10_000,
+    connectionTimeoutMillis: opts.connectTimeoutMs ?? 10_000,
     idleTimeoutMillis: 30_000,
     statement_timeout: opts.statementTimeoutMs ?? 60_000,
     // A transaction left open by a crashed code path must not hold row locks forever.
@@ -108,7 +110,7 @@ async function openPglite(location: string, opts: OpenOptions): Promise<OpenData
     database: 'postgres',
     // PGlite has one session: concurrent transactions must queue in the pool, not interleave.
     max: 1,
-    connectionTimeoutMillis: 10_000,
+    connectionTimeoutMillis: opts.connectTimeoutMs ?? 10_000,
     idleTimeoutMillis: 0,
   });
   watchConnections(pool, opts.log);

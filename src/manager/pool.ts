@@ -1,7 +1,10 @@
-// Per-class VM lifecycle and warm-pool bookkeeping. One serialized tick reads the live VMs
-// from the database, asks the pure autoscaler what to do, and writes every intent (new rows,
-// delete intents) before it starts the cloud calls that carry them out in the background.
+// Per-class VM lifecycle and warm-pool bookkeeping. One serialized tick takes the live VMs
+// from the pool's view of the shard (kept from the store's committed writes, re-read from the
+// table only at activation and every resyncMs), asks the pure autoscaler what to do, and writes
+// every intent (new rows, delete intents) before it starts the cloud calls that carry them out
+// in the background.
 import { randomBytes } from 'node:crypto';
+import pRetry from 'p-retry';
 import type { Logger } from 'pino';
 import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
@@ -14,6 +17,8 @@ import type { DemandModel } from './predictive.js';
 import type { Clock } from './clock.js';
 import type { Metrics } from './metrics.js';
 import type { NewVmInput, Store } from './store.js';
+import { isTransientDbError } from '../db/fence.js';
+import { Limiter } from './limit.js';
 import { PENDING_STATES, VM_STATES, type VmState } from './vm-states.js';
 
 /** Warm VMs are recycled after this long, well before the cloud-side max run duration. */
@@ -22,6 +27,10 @@ export const WARM_MAX_AGE_MS = 6 * 3600_000;
 const DELETE_RETRY_MS = 5_000;
 /** After a quota refusal the class creates nothing for this long, then tries again. */
 export const QUOTA_BACKOFF_MS = 5 * 60_000;
+/** The view of the shard's VMs is re-read from the table this often: a safety net for writes made outside this store. */
+export const RESYNC_MS = 60_000;
+/** Database writes the pool's background tasks (creates, probes, deletes) make at once. */
+export const POOL_DB_WRITES = 4;
 
 export type Probe = (info: ConnectInfo, opts: { deadlineMs: number; signal: AbortSignal }) => Promise<SshSession>;
 
@@ -36,6 +45,10 @@ export interface PoolDeps {
   tickMs?: number;
   /** Learned demand per class (predictive policy). */
   demand?: Map<string, DemandModel>;
+  /** How often the view is re-read from the table (default RESYNC_MS). */
+  resyncMs?: number;
+  /** Concurrent database writes of background tasks (default POOL_DB_WRITES). */
+  dbWrites?: number;
 }
 
 export function vmName(shard: string, vmId: string): string {
@@ -60,8 +73,26 @@ export function vmRef(row: Pick<VmRow, 'id' | 'name' | 'cloud_id' | 'zone'>): Vm
   return { vmId: row.id, name: row.name, cloudId: row.cloud_id, zone: row.zone };
 }
 
+/** A database write that failed: kept apart from the SSH or cloud failure it must not be taken for. */
+export class PoolDatabaseError extends Error {
+  constructor(message: string, options: { cause: unknown }) {
+    super(message, options);
+    this.name = 'PoolDatabaseError';
+  }
+}
+
 export class Pool {
   private rows: VmRow[] = [];
+  /** This shard's live VMs as last committed, by id (in creation order). */
+  private view = new Map<string, VmRow>();
+  private viewLoaded = false;
+  private lastResync = -Infinity;
+  /** Ids written while a re-read was in flight: their row in the view is newer than the read. */
+  private resyncing: Set<string> | null = null;
+  private unsubscribe: () => void = () => {};
+  /** VM rows read from the table so far (tests, the scale bench). */
+  rowsRead = 0;
+  private readonly writes: Limiter;
   private readonly reserved = new Set<string>();
   /** VM ids with a background task (create, boot probe, delete) in flight. */
   /**
@@ -96,7 +127,42 @@ export class Pool {
   private again = false;
   private stopped = false;
 
-  constructor(private readonly d: PoolDeps) {}
+  constructor(private readonly d: PoolDeps) {
+    this.writes = new Limiter(d.dbWrites ?? POOL_DB_WRITES);
+    this.unsubscribe = d.store.onVmChange((row) => this.applyChange(row));
+  }
+
+  /** A write the store committed: the view follows it. */
+  private applyChange(row: VmRow): void {
+    if (row.shard !== this.d.store.shard) return;
+    this.resyncing?.add(row.id);
+    const cur = this.view.get(row.id);
+    // Announcements of one row can cross (two connections): the older write loses.
+    if (cur && cur.updated_at.getTime() > row.updated_at.getTime()) return;
+    if (row.state === 'deleted') this.view.delete(row.id);
+    else this.view.set(row.id, row);
+  }
+
+  /** Re-read the view from the table (activation, then rarely): writes made elsewhere show up. */
+  private async resync(now: number): Promise<void> {
+    const changed = (this.resyncing = new Set());
+    try {
+      const rows = await this.d.store.liveVms();
+      this.rowsRead += rows.length;
+      const next = new Map<string, VmRow>();
+      for (const r of rows) if (!changed.has(r.id)) next.set(r.id, r);
+      // Rows written during the read keep what their write announced.
+      for (const id of changed) {
+        const r = this.view.get(id);
+        if (r) next.set(id, r);
+      }
+      this.view = next;
+      this.viewLoaded = true;
+      this.lastResync = now;
+    } finally {
+      this.resyncing = null;
+    }
+  }
 
   start(): void {
     const every = this.d.tickMs ?? 500;
@@ -207,6 +273,7 @@ export class Pool {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    this.unsubscribe();
     clearTimeout(this.timer);
     this.abort.abort();
     await this.ticking;
@@ -250,8 +317,10 @@ export class Pool {
 
   private async tick(): Promise<void> {
     const now = this.d.clock.now();
+    if (!this.viewLoaded || now - this.lastResync >= (this.d.resyncMs ?? RESYNC_MS)) await this.resync(now);
     this.stale.clear();
-    this.rows = await this.d.store.liveVms();
+    // Copies: the tick marks its rows (state, updated_at) ahead of the writes it then makes.
+    this.rows = [...this.view.values()].map((r) => ({ ...r }));
     const read = new Set(this.rows.map((r) => r.id));
     for (const ids of this.unseen.values()) for (const id of ids) if (read.has(id)) ids.delete(id);
     // A reservation ends when its VM is no longer warm (bound to a job, or gone).
@@ -418,14 +487,13 @@ export class Pool {
   }
 
   private async createVms(cls: ClassConfig, n: number): Promise<string[]> {
-    const specs: VmSpec[] = [];
-    for (let i = 0; i < n; i++) {
-      const vm = newVm(this.d.config.shard, cls);
-      // Write-ahead: the row exists before the cloud hears of the VM.
-      await this.d.store.insertVm(vm);
+    const vms = Array.from({ length: n }, () => newVm(this.d.config.shard, cls));
+    // Write-ahead: the rows exist before the cloud hears of the VMs (one transaction for all).
+    await this.d.store.insertVms(vms);
+    const specs = vms.map((vm) => {
       this.unseenOf(cls.name).add(vm.id);
-      specs.push(this.spec(cls, vm));
-    }
+      return this.spec(cls, vm);
+    });
     this.d.log.info({ class: cls.name, count: n }, 'creating VMs');
     this.launch(cls, specs);
     return specs.map((x) => x.vmId);
@@ -455,23 +523,36 @@ export class Pool {
     };
   }
 
+  /** A background task's database write, bounded with the others (see Limiter). */
+  private write<T>(fn: () => Promise<T>): Promise<T> {
+    return this.writes.run(fn);
+  }
+
+  /**
+   * One create call per batch on clouds with a batch API, else one per VM; each VM is marked
+   * booting as its own create returns, so boot probes (and their writes) spread out rather
+   * than all starting when the slowest create of the batch returns.
+   */
   private launch(cls: ClassConfig, specs: VmSpec[]): void {
     const provider = this.provider(cls.provider);
-    this.spawn(specs.map((s) => s.vmId), async () => {
-      for (const s of specs) await this.d.store.transition(s.vmId, 'requested', 'creating');
-      const results = await this.cloud(provider, 'create', () => provider.createMany(specs));
-      for (const r of results) {
-        if (r.ok) {
-          await this.d.store.transition(r.vm.vmId, 'creating', 'booting', { cloud_id: r.vm.cloudId, zone: r.vm.zone ?? null });
-        } else {
-          this.d.metrics.vmFailures.inc({ class: cls.name, reason: `create_${r.error.kind}` });
-          if (r.error.kind === 'quota') this.blockGrowth(cls.name, r.error.message);
-          this.d.log.warn({ vm: r.vmId, class: cls.name, kind: r.error.kind, err: r.error.message }, 'VM creation failed');
-          await this.d.store.transition(r.vmId, 'creating', 'failed', { failure: r.error.message.slice(0, 500) });
+    const batches = provider.capabilities.batchCreate ? [specs] : specs.map((s) => [s]);
+    for (const batch of batches) {
+      this.spawn(batch.map((s) => s.vmId), async () => {
+        for (const s of batch) await this.write(() => this.d.store.transition(s.vmId, 'requested', 'creating'));
+        const results = await this.cloud(provider, 'create', () => provider.createMany(batch));
+        for (const r of results) {
+          if (r.ok) {
+            await this.write(() => this.d.store.transition(r.vm.vmId, 'creating', 'booting', { cloud_id: r.vm.cloudId, zone: r.vm.zone ?? null }));
+          } else {
+            this.d.metrics.vmFailures.inc({ class: cls.name, reason: `create_${r.error.kind}` });
+            if (r.error.kind === 'quota') this.blockGrowth(cls.name, r.error.message);
+            this.d.log.warn({ vm: r.vmId, class: cls.name, kind: r.error.kind, err: r.error.message }, 'VM creation failed');
+            await this.write(() => this.d.store.transition(r.vmId, 'creating', 'failed', { failure: r.error.message.slice(0, 500) }));
+          }
         }
-      }
-      this.notify();
-    });
+        this.notify();
+      });
+    }
   }
 
 
@@ -519,37 +600,65 @@ export class Pool {
       if (!privateKey) return void (await this.failVm(row, 'private key unreadable with the current secrets.key', 'key'));
       const unpinned = provider.connectInfo({ ...vmRef(row), internalIp }, privateKey);
       const deadlineMs = bootStart(row) + cls.bootTimeoutMs;
+      let session: SshSession;
+      let published: string | undefined;
       try {
         // A VM that made its own host key (Windows on GCE): pinned to what it published.
-        const published = await this.publishedHostKey(provider, row, deadlineMs);
+        published = await this.publishedHostKey(provider, row, deadlineMs);
         const pin = published ?? row.host_key_fingerprint;
         const info = pinnedConnectInfo(unpinned, { id: row.id, host_key_fingerprint: pin });
-        const session = await this.d.probe(info, { deadlineMs, signal: this.abort.signal });
-        const readyAt = new Date(this.d.clock.now());
-        if (await this.d.store.transition(row.id, 'booting', 'ready', { internal_ip: internalIp, ready_at: readyAt, ...(published ? { host_key_fingerprint: published } : {}) })) {
-          this.sessions.set(row.id, session);
-          const seconds = (readyAt.getTime() - bootStart(row)) / 1000;
-          if (row.ready_at) {
-            this.d.metrics.vmResume.observe({ class: row.class }, seconds);
-            this.d.demand?.get(row.class)?.observeResume(seconds, row.zone);
-          } else {
-            this.d.metrics.vmBoot.observe({ class: row.class }, seconds);
-            this.d.demand?.get(row.class)?.observeBoot(seconds, row.zone);
-          }
-          this.d.log.info({ vm: row.id, class: row.class, [row.ready_at ? 'resumeSeconds' : 'bootSeconds']: seconds }, 'VM ready');
-        } else {
-          session.close();
-        }
+        session = await this.d.probe(info, { deadlineMs, signal: this.abort.signal });
       } catch (err) {
         if (this.stopped) return;
         if (isHostKeyRefusal(err)) {
           reportHostKeyRefusal(this.d, row, err);
-          return void (await this.failVm(row, err.message, refusalReason(err)));
+          return void (await this.failVm(row, err.message, refusalReason(err), err));
         }
-        await this.failVm(row, `not reachable over SSH: ${(err as Error).message}`, 'unreachable');
+        return void (await this.failVm(row, `not reachable over SSH: ${(err as Error).message}`, 'unreachable', err));
+      }
+      const readyAt = new Date(this.d.clock.now());
+      let marked: boolean;
+      try {
+        marked = await this.recordReady(row, { internal_ip: internalIp, ready_at: readyAt, ...(published ? { host_key_fingerprint: published } : {}) });
+      } catch (err) {
+        // The VM answered: a database failure is no reason to delete it. It stays booting and
+        // the next describe probes it again.
+        session.close();
+        if (this.stopped) return;
+        this.d.log.error({ vm: row.id, class: row.class, err }, 'database error recording a ready VM; it stays booting and is probed again');
+        return;
+      }
+      if (marked) {
+        this.sessions.set(row.id, session);
+        const seconds = (readyAt.getTime() - bootStart(row)) / 1000;
+        if (row.ready_at) {
+          this.d.metrics.vmResume.observe({ class: row.class }, seconds);
+          this.d.demand?.get(row.class)?.observeResume(seconds, row.zone);
+        } else {
+          this.d.metrics.vmBoot.observe({ class: row.class }, seconds);
+          this.d.demand?.get(row.class)?.observeBoot(seconds, row.zone);
+        }
+        this.d.log.info({ vm: row.id, class: row.class, [row.ready_at ? 'resumeSeconds' : 'bootSeconds']: seconds }, 'VM ready');
+      } else {
+        session.close();
       }
       this.notify();
     });
+  }
+
+  /** booting -> ready, retried over transient database errors; a final failure is a PoolDatabaseError. */
+  private async recordReady(row: VmRow, patch: { internal_ip: string; ready_at: Date; host_key_fingerprint?: string }): Promise<boolean> {
+    try {
+      return await pRetry(() => this.write(() => this.d.store.transition(row.id, 'booting', 'ready', patch)), {
+        retries: 4,
+        minTimeout: 100,
+        maxTimeout: 2000,
+        signal: this.abort.signal,
+        shouldRetry: ({ error }) => isTransientDbError(error),
+      });
+    } catch (err) {
+      throw new PoolDatabaseError(`could not record VM ${row.id} ready: ${(err as Error).message}`, { cause: err });
+    }
   }
 
   /** The provider's trusted reading of a VM's own host key, retried until it is published or the boot deadline. */
@@ -566,10 +675,11 @@ export class Pool {
     }
   }
 
-  private async failVm(row: VmRow, why: string, reason: string): Promise<void> {
+  /** Fails the VM (deleted next); `err`, the cause, goes to the log whole. */
+  private async failVm(row: VmRow, why: string, reason: string, err?: unknown): Promise<void> {
     this.d.metrics.vmFailures.inc({ class: row.class, reason });
-    this.d.log.warn({ vm: row.id, class: row.class, why }, 'VM failed');
-    await this.d.store.transition(row.id, row.state as VmState, 'failed', { failure: why.slice(0, 500) });
+    this.d.log.warn({ vm: row.id, class: row.class, why, ...(err ? { err } : {}) }, 'VM failed');
+    await this.write(() => this.d.store.transition(row.id, row.state as VmState, 'failed', { failure: why.slice(0, 500) }));
   }
 
   private async deleteLeaving(now: number): Promise<void> {
@@ -593,7 +703,7 @@ export class Pool {
         for (const r of rows) {
           this.deleteAfter.delete(r.id);
           this.reserved.delete(r.id);
-          await this.d.store.transition(r.id, 'deleting', 'deleted');
+          await this.write(() => this.d.store.transition(r.id, 'deleting', 'deleted'));
         }
         this.notify();
       });

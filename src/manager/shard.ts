@@ -115,7 +115,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
   const keys = keySource(config.secrets, opts.demo === true);
   const warnings = securityWarnings(config, opts.demo === true);
   for (const w of warnings) log.warn(w);
-  const database = await openDatabase(config.database.url, { log, applicationName: instance.id });
+  const database = await openDatabase(config.database.url, { log, applicationName: instance.id, ...(config.database.poolSize ? { poolSize: config.database.poolSize } : {}) });
   const db = database.db;
   let api: FastifyInstance | null = null;
   try {

@@ -50,6 +50,9 @@ export interface BindJobInput {
 
 class DuplicateJobError extends Error {}
 
+/** A VM row as committed by one of this store's writes (a row in `deleted` has left the shard). */
+export type VmChangeListener = (row: VmRow) => void;
+
 /** Where a ciphertext lives; with the shard and the row key it is the AEAD associated data. */
 export type SecretColumn = 'jobs.token_enc' | 'jobs.payload_enc' | 'job_handouts.token_enc' | 'vms.private_key_enc' | 'provider_resources.data';
 
@@ -60,6 +63,9 @@ export function secretContext(column: SecretColumn, shard: string, rowKey: strin
 
 export class Store {
   private readonly keys: SecretKeys;
+  private readonly vmListeners = new Set<VmChangeListener>();
+  /** VM rows written in each open write() transaction, announced once it commits. */
+  private readonly written = new WeakMap<Transaction<Database>, VmRow[]>();
 
   constructor(
     readonly db: Kysely<Database>,
@@ -73,8 +79,42 @@ export class Store {
   }
 
   /** A state-changing transaction: fenced by the shard epoch when this store has a fence. */
-  write<T>(fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
-    return this.fence ? this.fence.transaction(this.db, fn) : this.db.transaction().execute(fn);
+  async write<T>(fn: (trx: Transaction<Database>) => Promise<T>): Promise<T> {
+    let rows: VmRow[] = [];
+    const body = (trx: Transaction<Database>) => {
+      this.written.set(trx, (rows = []));
+      return fn(trx);
+    };
+    const result = await (this.fence ? this.fence.transaction(this.db, body) : this.db.transaction().execute(body));
+    for (const row of rows) this.announce(row);
+    return result;
+  }
+
+  /**
+   * Calls `fn` with every VM row this store commits (inserts and transitions), right after the
+   * commit: the pool keeps its view of the shard from these instead of re-reading the table.
+   */
+  onVmChange(fn: VmChangeListener): () => void {
+    this.vmListeners.add(fn);
+    return () => this.vmListeners.delete(fn);
+  }
+
+  private announce(row: VmRow): void {
+    // The write has committed: a listener's bug must not turn it into a reported failure.
+    for (const fn of this.vmListeners) {
+      try {
+        fn(row);
+      } catch {
+        /* the pool's periodic re-read repairs its view */
+      }
+    }
+  }
+
+  /** Announced when `trx` (one of write()'s) commits; a transaction opened elsewhere announces at once. */
+  private wrote(trx: Transaction<Database>, row: VmRow): void {
+    const list = this.written.get(trx);
+    if (list) list.push(row);
+    else this.announce(row);
   }
 
   /** Encrypts a secret bound to its column and row. */
@@ -116,9 +156,17 @@ export class Store {
     await this.write((trx) => this.insertVmIn(trx, v));
   }
 
+  /** Many new VM rows in one transaction (a pool growing by many VMs at once). */
+  async insertVms(vs: NewVmInput[]): Promise<void> {
+    if (vs.length === 0) return;
+    await this.write(async (trx) => {
+      for (const v of vs) await this.insertVmIn(trx, v);
+    });
+  }
+
   private async insertVmIn(trx: Transaction<Database>, v: NewVmInput, jobId: number | null = null): Promise<void> {
     {
-      await trx
+      const row = await trx
         .insertInto('vms')
         .values({
           ...(jobId !== null ? { job_id: jobId } : {}),
@@ -134,7 +182,9 @@ export class Store {
           created_at: new Date(),
           updated_at: new Date(),
         })
-        .execute();
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      this.wrote(trx, row);
       await trx.insertInto('vm_events').values({ vm_id: v.id, from_state: null, to_state: 'requested', at: new Date(), detail: jobId !== null ? `cold start for job ${jobId}` : null, epoch: this.fence?.epoch ?? null }).execute();
     }
   }
@@ -151,7 +201,8 @@ export class Store {
       if (!cur || !froms.includes(cur.state as VmState)) return false;
       // A deleted VM's key opens nothing any more: erased with the transition.
       const erase = to === 'deleted' ? { private_key_enc: null } : {};
-      await trx.updateTable('vms').set({ ...patch, ...erase, state: to, updated_at: new Date() }).where('id', '=', vmId).execute();
+      const row = await trx.updateTable('vms').set({ ...patch, ...erase, state: to, updated_at: new Date() }).where('id', '=', vmId).returningAll().executeTakeFirstOrThrow();
+      this.wrote(trx, row);
       await trx.insertInto('vm_events').values({ vm_id: vmId, from_state: cur.state, to_state: to, at: new Date(), detail, epoch: this.fence?.epoch ?? null }).execute();
       return true;
     };

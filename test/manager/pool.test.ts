@@ -1,75 +1,17 @@
 // The pool against a scriptable in-memory cloud and a real database: warm-pool upkeep, the max
 // cap, and the failure paths (create errors, boot timeouts, failed deletes) ending in deletion.
-import { poolConfig } from '../../src/config/pool-defaults.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import pino from 'pino';
 import type { ShardConfig } from '../../src/config/types.js';
-import type { SshSession } from '../../src/connect/ssh.js';
 import { openDatabase } from '../../src/db/connect.js';
 import { migrateToLatest } from '../../src/db/migrate.js';
 import { realClock } from '../../src/manager/clock.js';
 import { createMetrics } from '../../src/manager/metrics.js';
 import { Pool } from '../../src/manager/pool.js';
 import { Store } from '../../src/manager/store.js';
-import { ProviderError, createEach, type CloudVm, type Provider, type VmRef, type VmSpec } from '../../src/providers/provider.js';
+import { ProviderError } from '../../src/providers/provider.js';
 import { waitUntil } from '../helpers/shard.js';
-
-/** A cloud in memory: VMs run at once; failures are switched on per test. */
-class MemoryCloud implements Provider {
-  readonly name = 'memory';
-  readonly capabilities = { batchCreate: false, stopStart: false, gpu: false, windows: false, nestedVms: false };
-  vms = new Map<string, CloudVm>();
-  failCreate: ProviderError | null = null;
-  failDelete = 0;
-  neverRunning = false;
-  creates = 0;
-  deletes = 0;
-  async create(spec: VmSpec) {
-    this.creates++;
-    if (this.failCreate) throw this.failCreate;
-    this.vms.set(spec.name, { vmId: spec.vmId, name: spec.name, cloudId: spec.name, state: this.neverRunning ? 'pending' : 'running', internalIp: '127.0.0.1', labels: spec.labels });
-    return { vmId: spec.vmId, cloudId: spec.name };
-  }
-  createMany(specs: VmSpec[]) {
-    return createEach(this, specs);
-  }
-  async describe(refs: VmRef[]) {
-    return { vms: refs.flatMap((r) => (this.vms.has(r.name) ? [this.vms.get(r.name)!] : [])), unreachable: [] };
-  }
-  async list() {
-    return { vms: [...this.vms.values()], unreachable: [] };
-  }
-  async delete(refs: VmRef[]) {
-    this.deletes++;
-    if (this.failDelete > 0) {
-      this.failDelete--;
-      throw new ProviderError('retryable', 'injected delete failure');
-    }
-    for (const r of refs) this.vms.delete(r.name);
-  }
-  connectInfo(vm: { internalIp?: string }) {
-    return { protocol: 'ssh' as const, os: 'linux' as const, host: vm.internalIp ?? '', port: 22, username: 'runner', privateKey: 'k' };
-  }
-  async close() {}
-}
-
-const fakeSession = { close() {}, closed: false } as unknown as SshSession;
-
-function config(pool: { idle: number; max: number }, bootTimeoutMs = 30_000): ShardConfig {
-  return {
-    shard: 'pool-test',
-    database: { url: 'pglite:memory' },
-    http: { listen: { host: '127.0.0.1', port: 0 }, adminToken: null },
-    gitlab: { url: 'http://127.0.0.1:9', pollIntervalMs: 1000, requestTimeoutMs: 1000 },
-    classes: { small: { name: 'small', runnerToken: 't', provider: 'memory', costFactor: 1, pool: poolConfig(pool), jobTimeoutMs: 3600_000, machine: {}, bootTimeoutMs } },
-    providers: { memory: {} },
-    dataDir: '/tmp',
-    secrets: { key: null },
-    billing: { token: null, webhooks: [] },
-    isolation: { managerRanges: [], audit: 'off', auditIntervalMs: 600_000 },
-    log: { level: 'silent' },
-  };
-}
+import { MemoryCloud, config, fakeSession } from './pool-fixtures.js';
 
 describe('Pool', () => {
   let close: () => Promise<void>;
