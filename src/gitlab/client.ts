@@ -4,6 +4,7 @@
 import { arch, platform } from 'node:os';
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
+import { deadline } from '../connect/deadline.js';
 import { scrubUrls } from '../isolation/redact.js';
 import { UnreadablePayload } from './job-payload.js';
 
@@ -109,6 +110,17 @@ function updateInterval(res: Response): number | undefined {
 }
 
 /** The body as text, or (over: true) its first 512 bytes once it passes `max`. */
+/**
+ * Lets go of a body we do not read. Bounded: cancelling a body whose connection stalls can wait
+ * for the socket, and a call must never hang.
+ */
+async function discard(body: ReadableStream | ReadableStreamDefaultReader | null | undefined, ms = 1000): Promise<void> {
+  if (!body) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([body.cancel().catch(() => {}), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
+
 async function readCapped(res: Response, max: number): Promise<{ text: string; over: boolean }> {
   const reader = res.body?.getReader();
   if (!reader) return { text: '', over: false };
@@ -120,7 +132,7 @@ async function readCapped(res: Response, max: number): Promise<{ text: string; o
     n += value.length;
     chunks.push(Buffer.from(value));
     if (n > max) {
-      await reader.cancel().catch(() => {});
+      await discard(reader);
       return { text: Buffer.concat(chunks).subarray(0, 512).toString('utf8'), over: true };
     }
   }
@@ -161,7 +173,7 @@ export class GitLabClient {
         try {
           const headers = { 'user-agent': `runner-fleet ${this.o.version ?? RUNNER_VERSION} (${platform()}/${this.info().architecture})`, ...init.headers };
           // redirect: manual: following one would send the job token (a header) wherever Location points.
-          res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, redirect: 'manual', signal: AbortSignal.any([AbortSignal.timeout(this.o.timeoutMs), untilAnswer.signal]) });
+          res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, redirect: 'manual', signal: deadline(this.o.timeoutMs, untilAnswer.signal) });
         } catch (err) {
           if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
           const e = err as Error & { cause?: { code?: string; message?: string } };
@@ -173,7 +185,7 @@ export class GitLabClient {
           init.signal?.removeEventListener('abort', cut);
         }
         if (res.status >= 500 || res.status === 429) {
-          await res.body?.cancel();
+          await discard(res.body);
           throw new GitLabHttpError(res.status, `${what}: HTTP ${res.status}`);
         }
         return res;
@@ -209,7 +221,7 @@ export class GitLabClient {
         return { kind: 'job', raw: new UnreadablePayload(`not valid JSON (${Buffer.byteLength(body.text)} bytes, cut off or corrupted)`, body.text.slice(0, 512)) };
       }
     }
-    await res.body?.cancel();
+    await discard(res.body);
     if (res.status === 204 || res.status === 409) return { kind: 'none' };
     if (res.status === 403 || res.status === 401) return { kind: 'forbidden' };
     throw new GitLabHttpError(res.status, `job request: unexpected HTTP ${res.status}`);
@@ -222,7 +234,7 @@ export class GitLabClient {
       headers: { 'job-token': jobToken, 'content-type': 'text/plain', 'content-range': `${offset}-${end}` },
       body: chunk,
     });
-    await res.body?.cancel();
+    await discard(res.body);
     const jobStatus = res.headers.get('job-status') ?? undefined;
     const interval = updateInterval(res);
     const common = { status: res.status, ...(jobStatus ? { jobStatus } : {}), ...(interval ? { updateIntervalMs: interval } : {}) };
@@ -249,7 +261,7 @@ export class GitLabClient {
       ...(u.checksum ? { checksum: u.checksum, output: { checksum: u.checksum, bytesize: u.bytesize ?? 0 } } : {}),
     });
     const res = await this.call(`update of job ${jobId}`, `/api/v4/jobs/${jobId}`, { method: 'PUT', headers: { 'job-token': jobToken, 'content-type': 'application/json' }, body });
-    await res.body?.cancel();
+    await discard(res.body);
     const jobStatus = res.headers.get('job-status') ?? undefined;
     const interval = updateInterval(res);
     const common = { canceled: isCanceled(jobStatus), ...(jobStatus ? { jobStatus } : {}), ...(interval ? { updateIntervalMs: interval } : {}) };

@@ -13,6 +13,7 @@ import { sql, type Kysely } from 'kysely';
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
 import type { WebhookSink } from '../config/types.js';
+import { deadline } from '../connect/deadline.js';
 import type { Database } from '../db/schema.js';
 import { scrubUrls } from '../isolation/redact.js';
 import { decodeCursor, encodeCursor, FEED_START, oldestAfter, readFeed, type FeedPosition } from './billing-feed.js';
@@ -201,7 +202,7 @@ export class BillingDelivery {
           body,
           // A redirect would send the signed batch somewhere the operator did not configure.
           redirect: 'manual',
-          signal: AbortSignal.any([AbortSignal.timeout(this.d.requestTimeoutMs ?? 15_000), this.hardAbort.signal]),
+          signal: deadline(this.d.requestTimeoutMs ?? 15_000, this.hardAbort.signal),
         });
         const text = await res.text().catch(() => '');
         if (res.ok) return;

@@ -110,9 +110,20 @@ describe('GitLab client fuzz', () => {
       let result: unknown;
       let error: unknown;
       try {
-        if (call === 0) result = await client.requestJob('runner-token');
-        else if (call === 1) result = await client.patchTrace(77, 'glcbt-x', Buffer.from('hello\n'), g.pick([0, 6, 1000]));
-        else result = await client.updateJob(77, 'glcbt-x', { state: g.pick(['running', 'success', 'failed'] as const), exitCode: 1 });
+        const pending =
+          call === 0
+            ? client.requestJob('runner-token')
+            : call === 1
+              ? client.patchTrace(77, 'glcbt-x', Buffer.from('hello\n'), g.pick([0, 6, 1000]))
+              : client.updateJob(77, 'glcbt-x', { state: g.pick(['running', 'success', 'failed'] as const), exitCode: 1 });
+        // A call that never settles fails here, naming its case, instead of timing the test out.
+        let timer: NodeJS.Timeout | undefined;
+        const hung = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`HUNG: ${where}`)), 2 * TIMEOUT_MS + 8000)));
+        try {
+          result = await Promise.race([pending, hung]);
+        } finally {
+          clearTimeout(timer);
+        }
       } catch (err) {
         error = err;
       }
@@ -122,6 +133,7 @@ describe('GitLab client fuzz', () => {
       const path = ['POST /api/v4/jobs/request', 'PATCH /api/v4/jobs/77/trace', 'PUT /api/v4/jobs/77'][call];
       expect(received.every((r) => r === path), `${where}: ${received.join(', ')}`).toBe(true);
       if (error !== undefined) {
+        expect(String((error as Error).message), where).not.toMatch(/^HUNG/);
         tally.rejected++;
         expect(error, where).toBeInstanceOf(Error);
         expect((error as Error).message, where).toMatch(/^(job request|trace of job 77|update of job 77): /);
