@@ -59,13 +59,20 @@ describe.each(databaseKinds())('billing across SIGKILLs on %s', (kind) => {
     // was recorded but not bound is failed back by the next manager (after a grace). Every other
     // job ends, and every job the manager recorded is finished and reported.
     const known = async () => new Set((await shard.store.db.selectFrom('jobs').select('id').execute()).map((j) => Number(j.id)));
-    await waitUntil(async () => {
+    const settled = async () => {
       if ((await shard.store.db.selectFrom('job_handouts').select('job_id').execute()).length > 0) return false;
       // Re-attached jobs close asynchronously after start-up.
       if ((await shard.store.db.selectFrom('jobs').select('id').where('state', '=', 'running').execute()).length > 0) return false;
       const k = await known();
       return ids.every((id) => ['success', 'failed', 'canceled'].includes(gitlab.job(id).state) || (gitlab.job(id).state === 'running' && !k.has(id)));
-    }, 180_000, 'every job final in GitLab, or lost in a kill before it was recorded');
+    };
+    // A job GitLab has just handed to this manager looks lost (running, no row) until its handout
+    // is recorded a moment later: the state must hold across a pause longer than that.
+    for (let stable = false; !stable; ) {
+      await waitUntil(settled, 180_000, 'every job final in GitLab, or lost in a kill before it was recorded');
+      await new Promise((r) => setTimeout(r, 3000));
+      stable = await settled();
+    }
     await waitUntil(async () => (await shard.store.db.selectFrom('jobs').select('id').where('reported_at', 'is', null).execute()).length === 0, 30_000, 'every job reported');
 
     const accepted = await shard.store.db.selectFrom('jobs').select(['id', 'state']).execute();
