@@ -8,7 +8,8 @@
 //     [--pg postgres://postgres@127.0.0.1:5432/postgres] [--root OTHER_CHECKOUT]
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { freePort } from './free-port.js';
+import { parseStatus } from './scale-stats.js';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -31,19 +32,9 @@ if (!existsSync(join(root, 'dist/main.js'))) throw new Error('dist/ is missing: 
 
 interface Result { run: string; warmVms: number; rssMiB: number; hwmMiB: number; scrapeMs: { p50: number; max: number }; metricsBytes: number }
 
-function freePort(): Promise<number> {
-  return new Promise((ok, fail) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => ok(port));
-    }).on('error', fail);
-  });
-}
-
 function status(pid: number): { rss: number; hwm: number } {
-  const text = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kib = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
-  return { rss: kib('VmRSS') / 1024, hwm: kib('VmHWM') / 1024 };
+  const { rssKiB, hwmKiB } = parseStatus(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return { rss: rssKiB / 1024, hwm: hwmKiB / 1024 };
 }
 
 async function get(url: string): Promise<string> {

@@ -12,7 +12,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { freePort } from './free-port.js';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -83,17 +83,6 @@ if (!values.dist) {
 }
 const load = <T>(m: string): Promise<T> => import(pathToFileURL(join(dist, m)).href) as Promise<T>;
 const { startGceEmulator } = await load<GceModule>('emulators/gce/server.js');
-
-async function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => res(port));
-    });
-    s.on('error', rej);
-  });
-}
 
 async function adminQuery(text: string): Promise<void> {
   const c = new pg.Client({ connectionString: ADMIN_DB, connectionTimeoutMillis: 10_000 });
