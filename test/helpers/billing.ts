@@ -1,5 +1,5 @@
 // Billing events for feed and delivery tests, written the way the manager writes them.
-import type { Kysely } from 'kysely';
+import { sql, type Kysely } from 'kysely';
 import type { Database } from '../../src/db/schema.js';
 import { billingRow, buildBillingEvent, type BillingEvent } from '../../src/manager/billing.js';
 
@@ -19,5 +19,22 @@ export async function insertEvents(db: Kysely<Database>, shard: string, first: n
     await db.insertInto('billing_events').values(evs.map(billingRow)).execute();
     ids.push(...evs.map((e) => e.id));
   }
+  await feedSettled(db);
   return ids;
+}
+
+/**
+ * Waits until every transaction committed so far is visible to the feed (below every session's
+ * xmin). On a server other test files share, their open transactions hold that back a while.
+ */
+export async function feedSettled(db: Kysely<Database>, timeoutMs = 30_000): Promise<void> {
+  const { rows } = await sql<{ x: string }>`SELECT pg_current_xact_id()::text AS x`.execute(db);
+  const mark = rows[0]!.x;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await sql<{ ok: boolean }>`SELECT pg_snapshot_xmin(pg_current_snapshot()) > ${mark}::xid8 AS ok`.execute(db);
+    if (r.rows[0]?.ok) return;
+    if (Date.now() > deadline) throw new Error(`billing feed not settled after ${timeoutMs} ms: a session holds a transaction open`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
 }
