@@ -57,7 +57,10 @@ const ATTACH = [
   '  i=$((i+1)); if [ $i -gt 500 ]; then kill $t 2>/dev/null; echo rf-unlaunched >&2; exit 0; fi',
   '  sleep 0.02; [ -s "$d/pid" ] && read pg < "$d/pid"',
   'done',
-  'while [ ! -f "$d/status" ] && kill -0 "$pg" 2>/dev/null; do sleep 0.2; done',
+  // Wait for the supervisor's end. GNU tail --pid checks it every 0.2 s without a process per
+  // check; elsewhere (BSD tail on macOS) a sleep loop: 5 forks a second for every running job.
+  'if tail --pid=$$ -n 0 /dev/null 2>/dev/null; then tail --pid="$pg" -s 0.2 -f /dev/null 2>/dev/null',
+  'else while [ ! -f "$d/status" ] && kill -0 "$pg" 2>/dev/null; do sleep 0.2; done; fi',
   // Let tail pass on the last bytes; whatever it missed, the manager reads in one more attach.
   'sleep 0.1; kill $t 2>/dev/null',
   'end',

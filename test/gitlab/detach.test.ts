@@ -2,7 +2,7 @@
 // temporary directory: start and stream, re-attach from an offset, one run however often the
 // start is repeated, a half-sent script never runs, kill records why, and the end lines parse.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -14,11 +14,11 @@ import { recoveryPlan } from '../../src/manager/reconciler.js';
 const home = mkdtempSync(join(tmpdir(), 'rf-detach-'));
 afterAll(() => rmSync(home, { recursive: true, force: true }));
 
-function sh(command: string, stdin = ''): Promise<{ stdout: string; stderr: string; firstByteMs: number }> {
+function sh(command: string, stdin = '', path = process.env['PATH']!): Promise<{ stdout: string; stderr: string; firstByteMs: number }> {
   return new Promise((resolve) => {
     const t0 = Date.now();
     let firstByteMs = -1;
-    const child = spawn('bash', ['-c', command], { env: { PATH: process.env['PATH']!, HOME: home } });
+    const child = spawn('bash', ['-c', command], { env: { PATH: path, HOME: home } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (c) => {
@@ -40,6 +40,17 @@ describe('detached job commands', () => {
     expect(r.stdout).toBe('one\ntwo\n');
     expect(parseAttachEnd(r.stderr)).toEqual({ kind: 'status', code: 3, size: 8 });
     expect(readFileSync(join(jobDir(1), 'status'), 'utf8').trim()).toBe('3');
+  });
+
+  it('without GNU tail --pid (BSD tail, macOS) the attach still sees the end, by its sleep loop', async () => {
+    const bin = join(home, 'bsd-bin');
+    mkdirSync(bin);
+    // Like BSD tail: no --pid option.
+    writeFileSync(join(bin, 'tail'), '#!/bin/sh\nfor a in "$@"; do case "$a" in --pid*) echo "tail: illegal option -- -" >&2; exit 1;; esac; done\nexec /usr/bin/tail "$@"\n', { mode: 0o755 });
+    const script = 'echo one\nsleep 0.5\necho two\nexit 4\n';
+    const r = await sh(startOrAttachCommand(11, Buffer.byteLength(script), 0), script, `${bin}:${process.env['PATH']!}`);
+    expect(r.stdout).toBe('one\ntwo\n');
+    expect(parseAttachEnd(r.stderr)).toEqual({ kind: 'status', code: 4, size: 8 });
   });
 
   it('a repeated start runs nothing again and re-attaches from the offset asked', async () => {
