@@ -215,7 +215,21 @@ const cleanups: (() => Promise<void>)[] = [];
 // The peers stand for other machines: on this one they share the manager's 2 cores, and 200
 // sandboxes with their jobs' shells keep the run queue 30-60 deep, so a manager at the same
 // priority gets a few percent of a core and measures the scheduler, not itself. Every sandbox
-// (and what it spawns, which inherits it) runs at nice 19, the baseline's peers alike.
+// (and what it spawns, which inherits it) runs at nice 19, the baseline's peers alike. Nice
+// weighs only inside one autogroup, and every sandbox and job starts its own session (one
+// autogroup each): a nice-0 busy loop got 6% of a core. So autogroup is off for the run.
+const AUTOGROUP = '/proc/sys/kernel/sched_autogroup_enabled';
+let autogroupWas: string | null = null;
+try {
+  autogroupWas = readFileSync(AUTOGROUP, 'utf8').trim();
+  if (autogroupWas !== '0') {
+    writeFileSync(AUTOGROUP, '0');
+    process.once('exit', () => writeFileSync(AUTOGROUP, autogroupWas!));
+    say('scheduler autogroup off for the run (restored at exit)');
+  }
+} catch (err) {
+  if (autogroupWas === '1') say(`WARNING: cannot turn scheduler autogroup off (${(err as Error).message}): the peers' nice does not shield the manager`);
+}
 const niced = new Set<number>();
 const nicer = setInterval(() => {
   for (const ent of readdirSync('/proc')) {

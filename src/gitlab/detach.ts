@@ -24,8 +24,12 @@ export const JOBS_DIR = '"$HOME/.runner-fleet/jobs"';
 const SUPERVISOR = [
   'cd "$1" || exit 1',
   'echo $$ > pid.tmp && mv pid.tmp pid',
-  // Watchdog: the directory gone means the VM is going; take the whole group with it.
-  '( while [ -d "$1" ]; do sleep 2; done; kill -s KILL -- -$$ ) </dev/null >/dev/null 2>&1 &',
+  // Watchdog: the directory gone means the VM is going; take the whole group with it. Checked
+  // every 2 s: with bash, a timed read on a private fifo waits without a process per check;
+  // a plain sh falls back to a sleep loop.
+  '( if command -v bash >/dev/null 2>&1; then',
+  '    exec bash -c \'if mkfifo -m 600 "$1/.w" 2>/dev/null && exec 9<>"$1/.w"; then rm -f "$1/.w"; while [ -d "$1" ]; do read -r -t 2 -u 9 _ || :; done; else rm -f "$1/.w"; while [ -d "$1" ]; do sleep 2; done; fi; kill -s KILL -- -"$2"\' rf-watch "$1" $$',
+  '  else while [ -d "$1" ]; do sleep 2; done; kill -s KILL -- -$$; fi ) </dev/null >/dev/null 2>&1 &',
   'w=$!',
   'bash ./script </dev/null >>out 2>&1 &',
   'wait $!',

@@ -1,7 +1,7 @@
 // The detached-job commands run by a real shell (bash -c, as a VM's sshd would), with HOME in a
 // temporary directory: start and stream, re-attach from an offset, one run however often the
 // start is repeated, a half-sent script never runs, kill records why, and the end lines parse.
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,6 +51,33 @@ describe('detached job commands', () => {
     const r = await sh(startOrAttachCommand(11, Buffer.byteLength(script), 0), script, `${bin}:${process.env['PATH']!}`);
     expect(r.stdout).toBe('one\ntwo\n');
     expect(parseAttachEnd(r.stderr)).toEqual({ kind: 'status', code: 4, size: 8 });
+  });
+
+  it('kills the job when its directory is removed (the VM going), without a process per check', async () => {
+    const script = 'sleep 60\n';
+    const first = spawn('bash', ['-c', startOrAttachCommand(12, Buffer.byteLength(script), 0)], { env: { PATH: process.env['PATH']!, HOME: home }, detached: true });
+    first.stdin.end(script);
+    const pidFile = join(jobDir(12), 'pid');
+    while (!existsSync(pidFile) || !readFileSync(pidFile, 'utf8').trim()) await new Promise((r) => setTimeout(r, 20));
+    const pgid = Number(readFileSync(pidFile, 'utf8').trim());
+    const alive = () => {
+      try {
+        process.kill(-pgid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    // The watchdog waits in bash's timed read: no sleep process in the group across a check.
+    await new Promise((r) => setTimeout(r, 2500));
+    const group = execFileSync('ps', ['-o', 'comm=', '-g', String(pgid)], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    expect(group.filter((c) => c === 'sleep')).toEqual(['sleep']); // the job's own sleep 60 only
+    expect(alive()).toBe(true);
+    rmSync(jobDir(12), { recursive: true, force: true });
+    const until = Date.now() + 5000;
+    while (alive() && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    expect(alive()).toBe(false);
+    await new Promise((r) => first.once('exit', r).exitCode !== null && r(null)); // the attach sees the end too
   });
 
   it('a repeated start runs nothing again and re-attaches from the offset asked', async () => {
