@@ -104,7 +104,15 @@ export interface GceEmulatorOptions {
   extraPathDir?: string;
   /** Randomness of the chaos faults (errorRate...), in [0, 1); Math.random by default. */
   random?: () => number;
+  /**
+   * The project's zones: GCE names each in every aggregatedList answer, empty ones with a
+   * NO_RESULTS_ON_PAGE warning, even before anything ran there. Zones a call names are added.
+   */
+  zones?: string[];
 }
+
+/** Zones of a project by default (a subset of GCE's). */
+export const DEFAULT_GCE_ZONES = ['us-central1-a', 'us-central1-b', 'us-central1-c', 'us-central1-f', 'us-east1-b', 'us-east1-c', 'us-east1-d', 'europe-west1-b', 'europe-west1-c', 'europe-west1-d'];
 
 export interface GceEmulator {
   /** `http://host:port`, for a provider's `endpoint`. */
@@ -243,8 +251,8 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const firewalls = new Map<string, Json[]>(); // project -> Firewall resources
   const hung = new Set<() => void>();
   const hungFaults = new Set<() => void>();
-  /** Zones any call named: aggregatedList mentions each of them, as GCE mentions every zone. */
-  const knownZones = new Set<string>();
+  /** The project's zones and any a call named: aggregatedList mentions each, as GCE mentions every zone. */
+  const knownZones = new Set<string>(opts.zones ?? DEFAULT_GCE_ZONES);
   let closing = false;
   let nextId = BigInt(`${1_000_000_000 + randomInt(1_000_000_000)}000000000`);
   let base = '';

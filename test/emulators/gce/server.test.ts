@@ -137,11 +137,15 @@ describe('GCE emulator through the real InstancesClient', () => {
     expect(anded.map((i) => i.name)).toEqual([b]);
 
     const agg: string[] = [];
+    const scopes: string[] = [];
     for await (const [scope, scoped] of instances.aggregatedListAsync({ project: PROJECT, filter: `labels.shard=${shard}` })) {
-      expect(scope).toBe(`zones/${ZONE}`);
+      scopes.push(scope);
+      // Every zone of the project is named; one with nothing matching says so.
+      if (scope !== `zones/${ZONE}`) expect(scoped).toMatchObject({ warning: { code: 'NO_RESULTS_ON_PAGE' } });
       for (const i of scoped.instances ?? []) agg.push(i.name!);
     }
     expect(agg.sort()).toEqual([a, b].sort());
+    expect(scopes).toEqual(expect.arrayContaining([`zones/${ZONE}`, 'zones/us-central1-b', 'zones/europe-west1-b']));
 
     // Paging: one per page, the client follows nextPageToken.
     const before = emu.calls.list;
