@@ -58,3 +58,29 @@ export function topSelfTime(profile: { nodes: { id: number; callFrame: { functio
   const total = [...byFn.values()].reduce((a, b) => a + b, 0) || 1;
   return [...byFn.entries()].sort((a, b) => b[1] - a[1]).slice(0, n).map(([fn, us]) => ({ fn, selfMs: us / 1000, share: us / total }));
 }
+
+/** Cumulative bucket counts (le -> count) of one histogram, summed over its label sets, from /metrics text. */
+export function histogramBuckets(text: string, name: string): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const m of text.matchAll(new RegExp(`^${name}_bucket\\{([^}]*)\\} (\\S+)$`, 'gm'))) {
+    const le = /(?:^|,)le="([^"]+)"/.exec(m[1]!)?.[1];
+    if (le === undefined) continue;
+    const bound = le === '+Inf' ? Infinity : Number(le);
+    out.set(bound, (out.get(bound) ?? 0) + Number(m[2]));
+  }
+  return out;
+}
+
+/**
+ * The bucket bound holding quantile q of the observations made between two scrapes (a Prometheus
+ * histogram's upper estimate); NaN when nothing was observed in between.
+ */
+export function quantileBetween(before: Map<number, number>, after: Map<number, number>, q: number): number {
+  const bounds = [...after.keys()].sort((a, b) => a - b);
+  const delta = bounds.map((b) => (after.get(b) ?? 0) - (before.get(b) ?? 0));
+  const total = delta.at(-1) ?? 0;
+  if (total <= 0) return NaN;
+  const rank = q * total;
+  const i = delta.findIndex((c) => c >= rank);
+  return bounds[i]!;
+}

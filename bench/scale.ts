@@ -19,7 +19,7 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { startGitLabEmulator, type GitLabEmulator } from '../src/emulators/gitlab/server.js';
-import { markdownTable, parseStatTicks, parseStatus, summarize, topSelfTime, type FigureRow, type Summary } from './scale-stats.js';
+import { histogramBuckets, markdownTable, parseStatTicks, quantileBetween, parseStatus, summarize, topSelfTime, type FigureRow, type Summary } from './scale-stats.js';
 
 type GceModule = typeof import('../src/emulators/gce/server.js');
 type LocalModule = typeof import('../src/providers/local/provider.js');
@@ -223,13 +223,14 @@ function sampler(m: Manager) {
 const report: Record<string, unknown> = { params: { jobs: JOBS, warm: WARM, burst: BURST, runS: RUN_S, lineEveryS: LINE_S, bootMs: BOOT_MS, rps: RPS, traceIntervalS: TRACE_S, node: process.version } };
 const gitlab: GitLabEmulator = await startGitLabEmulator({ traceUpdateIntervalS: TRACE_S });
 const gceDir = join(work, 'gce');
-const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: 600_000, operationRetentionMs: 60_000 });
+const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: 600_000, operationRetentionMs: 60_000, sandboxNice: 19 });
 const cleanups: (() => Promise<void>)[] = [];
 
 // The peers stand for other machines: on this one they share the manager's 2 cores, and 200
 // sandboxes with their jobs' shells keep the run queue 30-60 deep, so a manager at the same
 // priority gets a few percent of a core and measures the scheduler, not itself. Every sandbox
-// (and what it spawns, which inherits it) runs at nice 19, the baseline's peers alike. Nice
+// (and what it spawns, which inherits it) runs at nice 19 from its spawn (a bench loop that
+// reniced them later was itself starved by 400 booting sandboxes), the baseline's peers alike. Nice
 // weighs only inside one autogroup, and every sandbox and job starts its own session (one
 // autogroup each): a nice-0 busy loop got 6% of a core. So autogroup is off for the run.
 const AUTOGROUP = '/proc/sys/kernel/sched_autogroup_enabled';
@@ -244,23 +245,6 @@ try {
 } catch (err) {
   if (autogroupWas === '1') say(`WARNING: cannot turn scheduler autogroup off (${(err as Error).message}): the peers' nice does not shield the manager`);
 }
-const niced = new Set<number>();
-const nicer = setInterval(() => {
-  for (const ent of readdirSync('/proc')) {
-    const pid = Number(ent);
-    if (!Number.isInteger(pid) || niced.has(pid)) continue;
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-      if (cmd.includes('sandbox.js') && cmd.includes(work)) {
-        setPriority(pid, 19);
-        niced.add(pid);
-      }
-    } catch {
-      // gone before it was read
-    }
-  }
-}, 250);
-nicer.unref();
 
 async function idleRss(kind: string, dbUrl: string | undefined): Promise<{ rssMiB: number; hwmMiB: number }> {
   const m = startManager({ name: `idle-${kind}`, dbUrl, gitlab: gitlab.url, gce: gce.url, gceDir, idle: 2, max: 2, port: await freePort() });
@@ -344,6 +328,8 @@ try {
   say(`${running} of ${JOBS} jobs running; measuring for ${RUN_S} s`);
   const runFrom = Date.now();
   const lagAtRun = benchLag.snapshot();
+  const LAG = 'runner_fleet_event_loop_lag_seconds';
+  const managerLagBefore = histogramBuckets(await m.metrics().then((r) => r.text, () => ''), LAG);
   const scraped = await new Promise<{ ms: number[]; errors: string[]; bytes: number }>((res, rej) => {
     execFile(process.execPath, [join(root, 'bench/scale-scraper.mjs'), `http://127.0.0.1:${m.port}/metrics`, String(RUN_S), '200'], { encoding: 'utf8', timeout: (RUN_S + 60) * 1000 }, (err, out) => (err ? rej(err) : res(JSON.parse(out))));
   });
@@ -359,9 +345,14 @@ try {
     metricsErrors: scrapeErrors.length,
     metricsBytes: scraped.bytes,
     benchEventLoopLagMs: benchLag.since(lagAtRun),
+    /** Bucket bounds (s) holding the p50 / p99 of the manager's own event-loop lag over the run. */
+    managerEventLoopLagS: await m.metrics().then((r) => {
+      const after = histogramBuckets(r.text, LAG);
+      return { p50: quantileBetween(managerLagBefore, after, 0.5), p99: quantileBetween(managerLagBefore, after, 0.99) };
+    }, () => ({ p50: NaN, p99: NaN })),
   };
   report['running'] = steady;
-  say(`${running} running: RSS ${steady.rssMiB.mean.toFixed(0)} MiB (max ${steady.rssMiB.max.toFixed(0)}), /metrics p50 ${steady.metricsMs.p50.toFixed(1)} ms p99 ${steady.metricsMs.p99.toFixed(1)} ms (from its own process), CPU ${steady.cpuPercent.toFixed(0)}%`);
+  say(`${running} running: RSS ${steady.rssMiB.mean.toFixed(0)} MiB (max ${steady.rssMiB.max.toFixed(0)}), /metrics p50 ${steady.metricsMs.p50.toFixed(1)} ms p99 ${steady.metricsMs.p99.toFixed(1)} ms (from its own process), its event-loop lag p50 <= ${steady.managerEventLoopLagS.p50} s p99 <= ${steady.managerEventLoopLagS.p99} s, CPU ${steady.cpuPercent.toFixed(0)}%`);
 
   // Trouble the figures would hide: lease step-downs, jobs failed back, errors in the log.
   const counters = await m.metrics().then((r) => r.text, () => m.metrics().then((r) => r.text, () => ''));
@@ -420,7 +411,7 @@ async function baseline(n: number) {
   const { pino } = await import('pino');
   const dir = join(work, 'baseline');
   mkdirSync(dir, { recursive: true });
-  const local = new LocalProvider({ bootDelayMs: 0, dir: join(dir, 'vms') }, { shard: 'baseline', dataDir: dir, log: pino({ level: 'silent' }) } as never);
+  const local = new LocalProvider({ bootDelayMs: 0, dir: join(dir, 'vms'), nice: 19 }, { shard: 'baseline', dataDir: dir, log: pino({ level: 'silent' }) } as never);
   const key = generateVmKeyPair('baseline');
   writeFileSync(join(dir, 'id'), key.privateKey, { mode: 0o600 });
   const names = Array.from({ length: n }, (_, i) => `bl-${i}`);

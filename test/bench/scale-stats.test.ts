@@ -1,7 +1,7 @@
 // The pure parts of bench/scale.ts: /proc parsing and the CPU profile summary.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { parseStatTicks, parseStatus, percentile, topSelfTime } from '../../bench/scale-stats.js';
+import { histogramBuckets, parseStatTicks, parseStatus, percentile, quantileBetween, topSelfTime } from '../../bench/scale-stats.js';
 
 describe('scale bench helpers', () => {
   it('reads utime + stime of /proc/<pid>/stat even when the command name holds spaces and parentheses', () => {
@@ -43,5 +43,20 @@ describe('scale bench helpers', () => {
     expect(top[0]).toEqual({ fn: 'kex ssh2/lib/protocol/kex.js:10', selfMs: 5, share: 5 / 8 });
     expect(top[1]).toEqual({ fn: 'tick dist/manager/pool.js:42', selfMs: 3, share: 3 / 8 });
     expect(top).toHaveLength(2);
+  });
+});
+
+describe('histogram quantiles between two scrapes', () => {
+  const scrape = (counts: number[]) =>
+    ['0.005', '0.1', '1', '+Inf'].map((le, i) => `runner_fleet_event_loop_lag_seconds_bucket{le="${le}",shard="s"} ${counts[i]}`).join('\n');
+  it('takes the bucket holding the quantile of what was observed in between', () => {
+    const before = histogramBuckets(scrape([90, 100, 100, 100]), 'runner_fleet_event_loop_lag_seconds');
+    const after = histogramBuckets(scrape([180, 195, 199, 200]), 'runner_fleet_event_loop_lag_seconds');
+    // 100 new observations: 90 under 5 ms, 5 more under 100 ms, 4 more under 1 s, 1 above.
+    expect(quantileBetween(before, after, 0.5)).toBe(0.005);
+    expect(quantileBetween(before, after, 0.95)).toBe(0.1);
+    expect(quantileBetween(before, after, 0.99)).toBe(1);
+    expect(quantileBetween(before, after, 1)).toBe(Infinity);
+    expect(quantileBetween(after, after, 0.99)).toBeNaN();
   });
 });

@@ -6,6 +6,12 @@ export interface LocalProviderConfig {
   /** Root of the sandboxes; default `<dataDir>/local-vms`. */
   dir?: string;
   /**
+   * Bench hook (not a config file field): the sandboxes' nice value, set right after each is
+   * spawned. Its commands inherit it. Benches that share one machine between the manager and
+   * its "VMs" use it so the VMs do not starve the process under test.
+   */
+  nice?: number;
+  /**
    * Test hook (not a config file field): a directory put first on each sandbox's PATH, so tests
    * can stand in programs a real VM image has (the GCE emulator's `powershell.exe` shim).
    */

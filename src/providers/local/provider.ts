@@ -3,6 +3,7 @@
 // asynchronously, survive the manager, carry labels, and are found again by listing.
 import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { setPriority } from 'node:os';
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
@@ -112,6 +113,7 @@ export class LocalProvider implements Provider {
       });
       child.on('error', (err) => this.ctx.log.warn({ vm: spec.vmId, err: err.message }, 'local sandbox failed to start'));
       if (!child.pid) throw new Error('spawn returned no pid');
+      if (this.config.nice !== undefined) setPriority(child.pid, this.config.nice);
       writeJsonAtomic(f.pid, child.pid);
       child.unref();
     } catch (err) {
