@@ -1,7 +1,5 @@
 // `runner-fleet demo`: the GitLab emulator with a stream of sample jobs, and one shard on its
-// embedded defaults (PGlite, local SSH sandboxes), so the whole loop is visible. The database is
-// a fresh PGlite directory in the demo's temporary data dir, removed at exit: as throwaway as
-// pglite:memory, without holding the cluster's files in the JS heap (bench:idle-memory).
+// embedded defaults (PGlite in memory, local SSH sandboxes), so the whole loop is visible.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -16,7 +14,7 @@ import { untilSignal } from './cli.js';
 export function demoConfigYaml(o: { gitlabUrl: string; listen: string; dataDir: string; bootDelay: string }): string {
   return `
 shard: demo-1
-database: { url: "pglite:${o.dataDir}/db" }
+database: { url: "pglite:memory" }
 http: { listen: "${o.listen}", adminToken: "\${RUNNER_FLEET_ADMIN_TOKEN:-demo-admin-token}" }
 gitlab:
   url: "${o.gitlabUrl}"
