@@ -61,9 +61,12 @@ const ATTACH = [
   '  i=$((i+1)); if [ $i -gt 500 ]; then kill $t 2>/dev/null; echo rf-unlaunched >&2; exit 0; fi',
   '  sleep 0.02; [ -s "$d/pid" ] && read pg < "$d/pid"',
   'done',
-  // Wait for the supervisor's end. GNU tail --pid checks it every 0.2 s without a process per
-  // check; elsewhere (BSD tail on macOS) a sleep loop: 5 forks a second for every running job.
-  'if tail --pid=$$ -n 0 /dev/null 2>/dev/null; then tail --pid="$pg" -s 0.2 -f /dev/null 2>/dev/null',
+  // Wait for the supervisor's end without a process per check. The attach that launched it is
+  // its parent: wait for it (it would stay a zombie, alive to kill -0, until reaped). Another
+  // attach uses GNU tail --pid (checks every 0.2 s); elsewhere (BSD tail) a sleep loop.
+  '[ -n "$sup" ] && wait "$sup" 2>/dev/null',
+  'if [ -f "$d/status" ] || ! kill -0 "$pg" 2>/dev/null; then :',
+  'elif tail --pid=$$ -n 0 /dev/null 2>/dev/null; then tail --pid="$pg" -s 0.2 -f /dev/null 2>/dev/null',
   'else while [ ! -f "$d/status" ] && kill -0 "$pg" 2>/dev/null; do sleep 0.2; done; fi',
   // Let tail pass on the last bytes; whatever it missed, the manager reads in one more attach.
   'sleep 0.1; kill $t 2>/dev/null',
@@ -78,15 +81,15 @@ const ATTACH = [
  */
 export function startOrAttachCommand(jobId: number, scriptBytes: number, offset: number): string {
   const body = [
-    `j=${JOBS_DIR}; d="$j/$1"; t="$j/.$1.$$"`,
+    `j=${JOBS_DIR}; d="$j/$1"; t="$j/.$1.$$"; sup=`,
     'umask 077; mkdir -p "$j" || { echo "rf-error cannot create $j" >&2; exit 1; }',
     'cat > "$t"',
     'if [ ! -d "$d" ]; then',
     '  if [ "$(( $(wc -c < "$t") ))" != "$2" ]; then rm -f "$t"; echo "rf-error the job script arrived incomplete" >&2; exit 1; fi',
     '  if mkdir "$d" 2>/dev/null; then',
     '    mv "$t" "$d/script" && : > "$d/out"',
-    `    if command -v setsid >/dev/null 2>&1; then setsid sh -c ${shq(SUPERVISOR)} rf-job "$d" </dev/null >/dev/null 2>&1 &`,
-    `    else set -m; nohup sh -c ${shq(SUPERVISOR)} rf-job "$d" </dev/null >/dev/null 2>&1 & set +m; fi`,
+    `    if command -v setsid >/dev/null 2>&1; then setsid sh -c ${shq(SUPERVISOR)} rf-job "$d" </dev/null >/dev/null 2>&1 & sup=$!`,
+    `    else set -m; nohup sh -c ${shq(SUPERVISOR)} rf-job "$d" </dev/null >/dev/null 2>&1 & sup=$!; set +m; fi`,
     '  fi',
     'fi',
     'rm -f "$t"; off=$3',
