@@ -70,7 +70,8 @@ describe.each(databaseKinds())('concurrent job requests on %s', (kind) => {
     const vms = rows.map((r) => r?.vm_id);
     expect(vms.every((v) => typeof v === 'string')).toBe(true);
     expect(new Set(vms).size).toBe(WARM);
-    expect(await inFlight()).toBe(0);
+    // The extra slots parked again: at most slot 0's idle poll can be in flight at this instant.
+    expect(await inFlight()).toBeLessThanOrEqual(1);
   }, 90_000);
 
   it('ends every request in flight on drain, and asks no more', async () => {
