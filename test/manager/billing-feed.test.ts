@@ -8,9 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildApi } from '../../src/api/app.js';
 import type { Database } from '../../src/db/schema.js';
 import { writeBillingEvent } from '../../src/manager/billing.js';
-import { decodeCursor, encodeCursor, FEED_START, readFeed, type FeedPosition } from '../../src/manager/billing-feed.js';
+import { decodeCursor, encodeCursor, FEED_START, readFeed } from '../../src/manager/billing-feed.js';
 import { createMetrics } from '../../src/manager/metrics.js';
-import { insertEvents, sampleEvent } from '../helpers/billing.js';
+import { feedSettled, insertEvents, sampleEvent } from '../helpers/billing.js';
 import { databaseKinds, migratedDatabase } from '../helpers/database.js';
 
 const TOKEN = 'billing-feed-token-0123456789';
@@ -43,24 +43,6 @@ describe.each(databaseKinds())('billing feed on %s', (kind) => {
     }
   }
 
-  /**
-   * Pages until `count` events have appeared. Committed is not yet visible: the feed shows an
-   * event once its transaction is below every session's xmin, and another test file's open
-   * transaction on the same server holds that back for a while.
-   */
-  async function drainAll(shard: string, limit: number, from: FeedPosition, count: number) {
-    const seen: string[] = [];
-    let at = from;
-    const deadline = Date.now() + 30_000;
-    for (;;) {
-      const rest = await drain(shard, limit, at);
-      seen.push(...rest.seen);
-      at = rest.at;
-      if (seen.length >= count || Date.now() > deadline) return { seen, at };
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-
   it.runIf(kind === 'postgres')('does not let a later-committed earlier-sequence event slip behind the cursor', async () => {
     // A takes its sequence number first, B second; B commits first. A reader that trusted the
     // sequence would return B, move past it, and never see A.
@@ -79,7 +61,8 @@ describe.each(databaseKinds())('billing feed on %s', (kind) => {
     expect(early.events).toEqual([]); // B waits behind A's open transaction
     releaseA();
     await a;
-    const { seen } = await drainAll('feed-race', 100, early.next, 2);
+    await feedSettled(db); // another test file's open transaction may hold the feed back a while
+    const { seen } = await drain('feed-race', 100, early.next);
     expect(seen).toEqual([sampleEvent('feed-race', 1).id, sampleEvent('feed-race', 2).id]);
   });
 
@@ -109,7 +92,8 @@ describe.each(databaseKinds())('billing feed on %s', (kind) => {
     await Promise.all(Array.from({ length: writers }, (_, w) => write(w)));
     done = true;
     await reader;
-    seen.push(...(await drainAll('feed-conc', 7, at, writers * perWriter - seen.length)).seen);
+    await feedSettled(db); // every writer committed; visible once below every session's xmin
+    seen.push(...(await drain('feed-conc', 7, at)).seen);
     expect(seen).toHaveLength(writers * perWriter);
     expect(new Set(seen).size).toBe(writers * perWriter);
     // The order is the feed's own: paging again from the start gives the same sequence.
