@@ -51,6 +51,12 @@ export interface PoolDeps {
   dbWrites?: number;
 }
 
+/**
+ * VMs per create call on clouds with a batch API: a scale-up of 1,000 as one call made the cloud's
+ * answer outlast the call timeout, and one failure then failed them all.
+ */
+export const CREATE_BATCH_MAX = 100;
+
 export function vmName(shard: string, vmId: string): string {
   return `rf-${shard}-${vmId}`;
 }
@@ -535,7 +541,8 @@ export class Pool {
    */
   private launch(cls: ClassConfig, specs: VmSpec[]): void {
     const provider = this.provider(cls.provider);
-    const batches = provider.capabilities.batchCreate ? [specs] : specs.map((s) => [s]);
+    const size = provider.capabilities.batchCreate ? CREATE_BATCH_MAX : 1;
+    const batches = Array.from({ length: Math.ceil(specs.length / size) }, (_, i) => specs.slice(i * size, (i + 1) * size));
     for (const batch of batches) {
       this.spawn(batch.map((s) => s.vmId), async () => {
         for (const s of batch) await this.write(() => this.d.store.transition(s.vmId, 'requested', 'creating'));

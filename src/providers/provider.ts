@@ -11,6 +11,11 @@ export type { ClassFinding };
 export const LABEL_SHARD = 'runner-fleet-shard';
 export const LABEL_VM = 'runner-fleet-vm';
 
+/** The VM id in a job VM's name (`rf-<shard>-<12 hex>`, see vmName): VMs of a bulk create carry no per-VM label. */
+export function vmIdOfName(name: string): string | undefined {
+  return /^rf-.+-([0-9a-f]{12})$/.exec(name)?.[1];
+}
+
 export type GuestOs = 'linux' | 'windows' | 'macos';
 
 /** What the manager asks a provider to create. */

@@ -11,7 +11,8 @@ import { startGceEmulator, type GceEmulator } from '../../src/emulators/gce/serv
 import { startGitLabEmulator, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { startShard, type Shard } from '../../src/manager/shard.js';
-import { LABEL_SHARD, LABEL_VM } from '../../src/providers/provider.js';
+import { vmName } from '../../src/manager/pool.js';
+import { LABEL_SHARD } from '../../src/providers/provider.js';
 import { databaseKinds, freshDatabase, type TestDatabase } from '../helpers/database.js';
 import { expectJobCleanedUp, waitUntil } from '../helpers/shard.js';
 
@@ -80,10 +81,11 @@ describe.each(databaseKinds())('Linux jobs on the gcp provider (GCE emulator) on
     rmSync(dataDir, { recursive: true, force: true });
   });
 
-  const instanceOf = (vmId: string) => gce.instances().find((i) => i['labels']?.[LABEL_VM] === vmId);
+  // By name: VMs of a bulkInsert carry no per-VM label (their name holds the VM id).
+  const instanceOf = (vmId: string) => gce.instances().find((i) => i['name'] === vmName(shardName, vmId));
   const expectCleanedUp = (jobId: number) => expectJobCleanedUp(shard, jobId, (vmId) => instanceOf(vmId) === undefined);
 
-  it('fills the warm pool with one bulkInsert; every VM has its own key and label, no external IP, a max run duration', async () => {
+  it('fills the warm pool with one bulkInsert; every VM has its own key and name, no external IP, a max run duration', async () => {
     await waitUntil(async () => (await shard.store.liveVms()).filter((v) => v.state === 'ready').length === 3, 30_000, 'three warm VMs');
     // The first fill is one batch. (Intake's reservation of a warm VM can add a single insert.)
     expect(gce.calls.bulkInsert).toBe(1);
@@ -93,7 +95,8 @@ describe.each(databaseKinds())('Linux jobs on the gcp provider (GCE emulator) on
     for (const vm of vms) {
       const inst = instanceOf(vm.id);
       expect(inst, `instance of ${vm.id}`).toBeDefined();
-      expect(inst!['labels']).toMatchObject({ [LABEL_SHARD]: shardName, [LABEL_VM]: vm.id, 'runner-class': 'linux-small-amd64' });
+      expect(inst!['labels']).toMatchObject({ [LABEL_SHARD]: shardName, 'runner-class': 'linux-small-amd64' });
+      expect(inst!['name']).toBe(vm.name);
       expect(metaItem(inst, 'ssh-keys')).toBe(`runner:${vm.public_key.trim()}`);
       keys.add(metaItem(inst, 'ssh-keys')!);
       const body = gce.inserted(inst!['name'])!;

@@ -94,7 +94,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
     it('lists only the job VMs it owns, never a resource of the shard without its VM label', async () => {
       const mine = spec().spec;
       const other = spec().spec;
-      const foreign: VmSpec = { ...other, labels: { [LABEL_SHARD]: shard, ...(env.foreignLabels ?? {}) } };
+      const foreign: VmSpec = { ...other, name: `bastion-${other.vmId}`, labels: { [LABEL_SHARD]: shard, ...(env.foreignLabels ?? {}) } };
       await provider.create(mine);
       await provider.create(foreign);
       const listed = (await provider.list({ [LABEL_SHARD]: shard })).vms.map((v) => v.name);

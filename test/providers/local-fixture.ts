@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../../src/isolation/redact.js';
 import { generateVmKeyPair, type VmKeyPair } from '../../src/isolation/keys.js';
+import { vmName } from '../../src/manager/pool.js';
 import { LocalProvider } from '../../src/providers/local/provider.js';
 import { parseLocalConfig } from '../../src/providers/local/config.js';
 import { LABEL_SHARD, LABEL_VM, type CloudVm, type ConnectInfo, type Provider, type VmSpec } from '../../src/providers/provider.js';
@@ -15,8 +16,9 @@ export interface TestVm {
 }
 
 export function makeSpec(shard: string, machine: Record<string, unknown> = {}): TestVm {
-  const vmId = randomBytes(4).toString('hex');
-  const name = `${shard}-${vmId}`;
+  // Named as the manager names job VMs (pool.ts vmName): a bulk-created GCE VM is known by its name.
+  const vmId = randomBytes(6).toString('hex');
+  const name = vmName(shard, vmId);
   const keys = generateVmKeyPair(name);
   return {
     keys,

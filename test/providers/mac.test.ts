@@ -157,7 +157,7 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
     await provider.tick();
     const listed = (await provider.list({ [LABEL_SHARD]: SHARD })).vms;
     expect(listed).toHaveLength(2);
-    for (const vm of listed) expect(vm.vmId).toMatch(/^[0-9a-f]{8}$/);
+    for (const vm of listed) expect(vm.vmId).toMatch(/^[0-9a-f]{12}$/);
     // A VM known only by name (its create never recorded a cloud id) is found and deleted.
     await provider.delete(listed.map((v) => ({ vmId: v.vmId!, name: v.name })));
     expect((await provider.list({ [LABEL_SHARD]: SHARD })).vms).toEqual([]);

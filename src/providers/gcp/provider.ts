@@ -15,6 +15,7 @@ import type { Logger } from 'pino';
 import {
   LABEL_SHARD,
   LABEL_VM,
+  vmIdOfName,
   ProviderError,
   noTelemetry,
   overrideEndpoint,
@@ -401,18 +402,9 @@ export class GcpProvider implements Provider {
         try {
           const inst = listed.get(s.name) ?? (await this.getInstance(inZone, s.name));
           if (!inst) throw new ProviderError('retryable', `gcp bulkInsert: ${s.name} missing after the operation`, { provider: 'gcp', zone: inZone });
-          const { project } = this.cfg;
-          const labels = { ...(inst.labels ?? {}), ...s.labels };
-          // The VM's own label and its own key; the shared body carried neither.
-          await Promise.all([
-            this.call('instances.setLabels', inZone, (o) =>
-              this.clients.instances.setLabels(
-                { project, zone: inZone, instance: s.name, requestId: requestId(project, inZone, s.name, 'setLabels'), instancesSetLabelsRequestResource: { labels, labelFingerprint: inst.labelFingerprint ?? null } },
-                o,
-              ),
-            ).then(([lro]) => this.waitOp(inZone, lro.latestResponse as Operation, `setLabels ${s.name}`)),
-            machine.os === 'linux' || machine.windowsAccess === 'ssh' ? this.setVmKey(inZone, s, machine, inst) : undefined,
-          ]);
+          // The VM's own key (the shared body carried none). No per-VM label call: the name
+          // (rf-<shard>-<vm id>) already identifies the VM, so a batch costs one call per VM, not two.
+          if (machine.os === 'linux' || machine.windowsAccess === 'ssh') await this.setVmKey(inZone, s, machine, inst);
           return { ok: true, vm: { vmId: s.vmId, cloudId: String(inst.id ?? s.name), zone: inZone } };
         } catch (err) {
           return { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'bulkInsert', zone: inZone }) };
@@ -509,7 +501,7 @@ export class GcpProvider implements Provider {
     const ip = i.networkInterfaces?.[0]?.networkIP ?? undefined;
     const state = vmState(i.status, this.deleting.has(name));
     return {
-      ...(labels[LABEL_VM] ? { vmId: labels[LABEL_VM] } : {}),
+      ...((labels[LABEL_VM] ?? vmIdOfName(name)) ? { vmId: labels[LABEL_VM] ?? vmIdOfName(name)! } : {}),
       name,
       cloudId: String(i.id ?? name),
       ...(zone ? { zone } : {}),
