@@ -22,12 +22,23 @@ function uint32(n: number): Buffer {
   return b;
 }
 
+// RFC 8410: an Ed25519 key in PKCS#8 / SubjectPublicKeyInfo DER is a fixed prefix and 32 bytes.
+const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
+const SPKI_ED25519_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
+
+function derTail(der: Buffer, prefix: Buffer): Buffer {
+  if (der.length !== prefix.length + 32 || !der.subarray(0, prefix.length).equals(prefix)) throw new Error('unexpected Ed25519 DER encoding from node:crypto');
+  return Buffer.from(der.subarray(prefix.length));
+}
+
 /** A fresh ed25519 key pair for one VM. */
 export function generateVmKeyPair(comment: string): VmKeyPair {
-  const { privateKey } = generateKeyPairSync('ed25519');
-  const jwk = privateKey.export({ format: 'jwk' });
-  const seed = Buffer.from(jwk.d!, 'base64url');
-  const pub = Buffer.from(jwk.x!, 'base64url');
+  // DER straight out of the key generation, never a KeyObject exported afterwards: on Node 20, a
+  // GC during KeyObject.export({ format: 'jwk' }) can collect the finished key job, whose destructor
+  // takes the mutex the export holds; that deadlocked a process after some thousands of keys.
+  const der = generateKeyPairSync('ed25519', { privateKeyEncoding: { type: 'pkcs8', format: 'der' }, publicKeyEncoding: { type: 'spki', format: 'der' } });
+  const seed = derTail(der.privateKey, PKCS8_ED25519_PREFIX);
+  const pub = derTail(der.publicKey, SPKI_ED25519_PREFIX);
   const pubBlob = Buffer.concat([sshString('ssh-ed25519'), sshString(pub)]);
 
   // openssh-key-v1, unencrypted: the key is encrypted at rest by encryptSecret instead.

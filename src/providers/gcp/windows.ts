@@ -1,7 +1,7 @@
 // Windows password retrieval through the `windows-keys` metadata flow: the guest agent creates
 // (or resets) the user, encrypts its password with our RSA public key and prints it on serial
 // port 4 as a JSON line carrying the same modulus.
-import { generateKeyPairSync, privateDecrypt, constants, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, privateDecrypt, constants, type KeyObject } from 'node:crypto';
 
 export interface WindowsKeyRequest {
   userName: string;
@@ -18,8 +18,11 @@ export interface WindowsKeyPair {
 
 /** A fresh RSA 2048 key and the `windows-keys` entry announcing it (pure but for randomness). */
 export function windowsKeyEntry(userName: string, now: number, opts: { email?: string; validMs?: number } = {}): WindowsKeyPair {
-  const { publicKey, privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 65537 });
-  const jwk = publicKey.export({ format: 'jwk' });
+  // The public half encoded by the key generation itself (see generateVmKeyPair: exporting a generated
+  // KeyObject to JWK can deadlock Node 20 under GC); a key read back from DER has no key job.
+  const der = generateKeyPairSync('rsa', { modulusLength: 2048, publicExponent: 65537, publicKeyEncoding: { type: 'spki', format: 'der' }, privateKeyEncoding: { type: 'pkcs8', format: 'der' } });
+  const privateKey = createPrivateKey({ key: der.privateKey, format: 'der', type: 'pkcs8' });
+  const jwk = createPublicKey({ key: der.publicKey, format: 'der', type: 'spki' }).export({ format: 'jwk' });
   return {
     privateKey,
     entry: {
