@@ -523,6 +523,14 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     if (status === 'SUSPENDED') inst.res['lastSuspendedTimestamp'] = now();
   }
 
+  let spawnChain: Promise<void> = Promise.resolve();
+  /** Resolves on a later event-loop turn than every earlier caller's: sandbox starts never pile up in one turn. */
+  function spawnTurn(): Promise<void> {
+    const turn = spawnChain.then(() => new Promise<void>((r) => setImmediate(r)));
+    spawnChain = turn;
+    return turn;
+  }
+
   /** PROVISIONING -> STAGING (sandbox starting) -> RUNNING (sandbox listening; its port is for connectOverride only). */
   async function boot(inst: Inst): Promise<boolean> {
     const gen = inst.generation;
@@ -540,7 +548,12 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       machine: { bootDelayMs: emu.bootDelayMs },
       maxRunSeconds: maxRun > 0 ? maxRun + 60 : 24 * 3600,
     };
-    inst.creating = local.create(spec);
+    // Started on its own turn of the event loop, one at a time: GCE answers an insert at once, and
+    // a bulkInsert of 100 spawning 100 processes inside its handler outlasted the client's timeout.
+    inst.creating = spawnTurn().then(() => {
+      if (gen !== inst.generation || closing) throw new Error('deleted before its sandbox started');
+      return local.create(spec);
+    });
     try {
       await inst.creating;
       // Keys set while the sandbox was being created (bulkInsert, then setMetadata per VM).
