@@ -93,7 +93,7 @@ try {
 } catch {
   // No inotify (or the directory is already gone): the poll below still notices.
 }
-setInterval(dirChanged, 2000).unref();
+setInterval(dirChanged, 10_000).unref();
 // Capped: setTimeout fires at once for delays beyond 2^31-1 ms (~24.8 days).
 setTimeout(() => shutdown(`max run duration ${spec.maxRunSeconds}s reached`), Math.min(spec.maxRunSeconds * 1000, 2 ** 31 - 1)).unref();
 
