@@ -11,7 +11,7 @@
 // released; all N running (a line every 5 s) while /metrics is scraped every 200 ms; the baseline.
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { freePort } from './free-port.js';
 import { setPriority, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -223,7 +223,8 @@ function sampler(m: Manager) {
 const report: Record<string, unknown> = { params: { jobs: JOBS, warm: WARM, burst: BURST, runS: RUN_S, lineEveryS: LINE_S, bootMs: BOOT_MS, rps: RPS, traceIntervalS: TRACE_S, node: process.version } };
 const gitlab: GitLabEmulator = await startGitLabEmulator({ traceUpdateIntervalS: TRACE_S });
 const gceDir = join(work, 'gce');
-const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: 600_000, operationRetentionMs: 60_000, sandboxNice: 19 });
+const peersCgroup = makePeersCgroup();
+const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: 600_000, operationRetentionMs: 60_000, sandboxNice: 19, ...(peersCgroup ? { sandboxCgroupProcs: peersCgroup } : {}) });
 const cleanups: (() => Promise<void>)[] = [];
 
 // The peers stand for other machines: on this one they share the manager's 2 cores, and 200
@@ -244,6 +245,46 @@ try {
   }
 } catch (err) {
   if (autogroupWas === '1') say(`WARNING: cannot turn scheduler autogroup off (${(err as Error).message}): the peers' nice does not shield the manager`);
+}
+
+/**
+ * The peers stand for other machines, so they also share one low-weight CPU cgroup: nice alone
+ * fails at scale (CFS weighs each runnable task: 500 runnable nice-19 sandboxes and job shells,
+ * weight 15 each, outweigh the nice-0 manager's 1024 about 7:1, and at 500 running jobs the
+ * manager's event loop lagged 2.5 s at 23% CPU). As one group of weight 2 they get only what the
+ * manager and the emulators leave. cgroup v1 `cpu.shares` or v2 `cpu.weight`; none: a warning.
+ * Returns the group's cgroup.procs path.
+ */
+function makePeersCgroup(): string | undefined {
+  const v1 = '/sys/fs/cgroup/cpu';
+  const v2 = '/sys/fs/cgroup';
+  const name = `rf-scale-peers-${process.pid}`;
+  try {
+    let dir: string;
+    if (existsSync(join(v1, 'cpu.shares'))) {
+      dir = join(v1, name);
+      mkdirSync(dir);
+      writeFileSync(join(dir, 'cpu.shares'), '2');
+    } else if (readFileSync(join(v2, 'cgroup.controllers'), 'utf8').split(/\s+/).includes('cpu')) {
+      dir = join(v2, name);
+      mkdirSync(dir);
+      writeFileSync(join(dir, 'cpu.weight'), '1');
+    } else {
+      throw new Error('no cpu controller');
+    }
+    process.once('exit', () => {
+      try {
+        rmdirSync(dir);
+      } catch {
+        // Still holds a process (a peer the exit did not reap): the directory stays, harmless.
+      }
+    });
+    say(`peers in CPU cgroup ${dir} (lowest weight)`);
+    return join(dir, 'cgroup.procs');
+  } catch (err) {
+    say(`WARNING: no CPU cgroup for the peers (${(err as Error).message}): only their nice shields the manager`);
+    return undefined;
+  }
 }
 
 async function idleRss(kind: string, dbUrl: string | undefined): Promise<{ rssMiB: number; hwmMiB: number }> {
@@ -411,7 +452,7 @@ async function baseline(n: number) {
   const { pino } = await import('pino');
   const dir = join(work, 'baseline');
   mkdirSync(dir, { recursive: true });
-  const local = new LocalProvider({ bootDelayMs: 0, dir: join(dir, 'vms'), nice: 19 }, { shard: 'baseline', dataDir: dir, log: pino({ level: 'silent' }) } as never);
+  const local = new LocalProvider({ bootDelayMs: 0, dir: join(dir, 'vms'), nice: 19, ...(peersCgroup ? { cgroupProcs: peersCgroup } : {}) }, { shard: 'baseline', dataDir: dir, log: pino({ level: 'silent' }) } as never);
   const key = generateVmKeyPair('baseline');
   writeFileSync(join(dir, 'id'), key.privateKey, { mode: 0o600 });
   const names = Array.from({ length: n }, (_, i) => `bl-${i}`);

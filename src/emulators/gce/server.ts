@@ -106,6 +106,8 @@ export interface GceEmulatorOptions {
   random?: () => number;
   /** Scheduling priority (nice) of the VM sandboxes, set as each is spawned (benches: VMs are other machines). */
   sandboxNice?: number;
+  /** A cgroup's `cgroup.procs` file every VM sandbox is moved into (benches: see LocalProviderConfig.cgroupProcs). */
+  sandboxCgroupProcs?: string;
   /**
    * The project's zones: GCE names each in every aggregatedList answer, empty ones with a
    * NO_RESULTS_ON_PAGE warning, even before anything ran there. Zones a call names are added.
@@ -232,7 +234,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const ownDataDir = !opts.dataDir;
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'gce-emu-'));
   const sandboxRoot = join(dataDir, 'gce-vms');
-  const local = new LocalProvider({ bootDelayMs: 0, dir: sandboxRoot, ...(opts.extraPathDir ? { extraPathDir: opts.extraPathDir } : {}), ...(opts.sandboxNice !== undefined ? { nice: opts.sandboxNice } : {}) }, { shard: 'gce-emulator', dataDir, log });
+  const local = new LocalProvider({ bootDelayMs: 0, dir: sandboxRoot, ...(opts.extraPathDir ? { extraPathDir: opts.extraPathDir } : {}), ...(opts.sandboxNice !== undefined ? { nice: opts.sandboxNice } : {}), ...(opts.sandboxCgroupProcs ? { cgroupProcs: opts.sandboxCgroupProcs } : {}) }, { shard: 'gce-emulator', dataDir, log });
   const waitMaxMs = opts.waitMaxMs ?? 30_000;
   const bootTimeoutMs = opts.bootTimeoutMs ?? 60_000;
 

@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { setPriority } from 'node:os';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -115,6 +115,13 @@ export class LocalProvider implements Provider {
       if (!child.pid) throw new Error('spawn returned no pid');
       if (this.config.nice !== undefined) setPriority(child.pid, this.config.nice);
       writeJsonAtomic(f.pid, child.pid);
+      if (this.config.cgroupProcs) {
+        try {
+          appendFileSync(this.config.cgroupProcs, `${child.pid}\n`);
+        } catch (err) {
+          this.ctx.log.warn({ vm: spec.vmId, err: (err as Error).message }, 'cannot move the sandbox into its cgroup');
+        }
+      }
       child.unref();
     } catch (err) {
       throw new ProviderError('retryable', `cannot start sandbox for ${spec.name}: ${(err as Error).message}`, { provider: 'local', operation: 'create', cause: err });
