@@ -14,7 +14,7 @@ import { untilSignal } from './cli.js';
 export function demoConfigYaml(o: { gitlabUrl: string; listen: string; dataDir: string; bootDelay: string }): string {
   return `
 shard: demo-1
-database: { url: "pglite:memory" }
+database: { url: "pglite:${o.dataDir}/db" }  # on disk in the demo's temp dir: initdb runs in a worker (721 -> 330 MiB idle RSS)
 http: { listen: "${o.listen}", adminToken: "\${RUNNER_FLEET_ADMIN_TOKEN:-demo-admin-token}" }
 gitlab:
   url: "${o.gitlabUrl}"
