@@ -229,7 +229,7 @@ const report: Record<string, unknown> = { params: { jobs: JOBS, warm: WARM, burs
 const gitlab: GitLabEmulator = await startGitLabEmulator({ traceUpdateIntervalS: TRACE_S });
 const gceDir = join(work, 'gce');
 const peersCgroup = makePeersCgroup();
-const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: (BOOT_TIMEOUT_S + 60) * 1000, operationRetentionMs: 60_000, sandboxNice: 19, ...(peersCgroup ? { sandboxCgroupProcs: peersCgroup } : {}) });
+const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: (BOOT_TIMEOUT_S + 60) * 1000, operationRetentionMs: 60_000, sandboxNice: 19, maxConcurrentBoots: 8, ...(peersCgroup ? { sandboxCgroupProcs: peersCgroup } : {}) });
 const cleanups: (() => Promise<void>)[] = [];
 
 // The peers stand for other machines: on this one they share the manager's 2 cores, and 200
