@@ -94,6 +94,13 @@ function crossFieldErrors(input: unknown): string[] {
     // A class of a provider that is not configured has one error already; its machine waits.
     const configured = isRecord(providers) && typeof provider === 'string' && Object.hasOwn(providers, provider);
     if (checks?.machine && configured) errors.push(...checks.machine(name, cls['machine'] ?? {}));
+    if (cls['executor'] === 'docker') {
+      const machine = isRecord(cls['machine']) ? cls['machine'] : {};
+      const os = machine['os'];
+      if (os === 'windows' || os === 'macos' || provider === 'mac') {
+        errors.push(`${formatPath(['classes', name, 'executor'])}: expected "shell" (the docker executor runs on Linux classes; this class runs ${provider === 'mac' ? 'macOS' : String(os)}), got "docker"`);
+      }
+    }
     const pool = cls['pool'];
     if (isRecord(pool)) {
       const idle = Number(pool['idle']);
@@ -156,13 +163,16 @@ function toShardConfig(raw: RawShardConfig, baseDir: string): ShardConfig {
       bootTimeoutMs: c.bootTimeout,
       machine: c.machine,
       requestConcurrency: c.requestConcurrency,
+      executor: c.executor,
+      defaultImage: c.defaultImage,
+      pullPolicy: c.pullPolicy,
     };
   }
   return {
     shard: raw.shard,
     database: { url: resolveDatabaseUrl(raw.database.url, baseDir, dataDir), ...(raw.database.poolSize !== undefined ? { poolSize: raw.database.poolSize } : {}) },
     http: { listen: raw.http.listen, adminToken: raw.http.adminToken },
-    gitlab: { url: raw.gitlab.url.replace(/\/+$/, ''), pollIntervalMs: raw.gitlab.pollInterval, requestTimeoutMs: raw.gitlab.requestTimeout },
+    gitlab: { url: raw.gitlab.url.replace(/\/+$/, ''), pollIntervalMs: raw.gitlab.pollInterval, requestTimeoutMs: raw.gitlab.requestTimeout, tlsCaFile: raw.gitlab.tlsCaFile === null ? null : resolve(baseDir, raw.gitlab.tlsCaFile) },
     jobs: { unreachableTimeoutMs: raw.jobs.unreachableTimeout },
     classes,
     providers: raw.providers,

@@ -171,6 +171,8 @@ const poolSchema = z.strictObject(
   { error: 'mapping with idle and max' },
 );
 
+const pullPolicy = z.enum(['always', 'if-not-present', 'never'], { error: 'always, if-not-present or never' });
+
 export const classSchema = z.strictObject({
   runnerToken: nonEmpty(),
   provider: stringMatching(CLASS_NAME, 'provider name'),
@@ -181,6 +183,13 @@ export const classSchema = z.strictObject({
   machine: mapping.default({}),
   // Concurrent job requests to GitLab (gitlab-runner's request_concurrency), each holding its own warm VM.
   requestConcurrency: intBetween(1, 100).default(1),
+  // How jobs run on the VM: in its shell, or in Docker containers of the job's image (Linux).
+  executor: z.enum(['shell', 'docker'], { error: 'shell or docker' }).default('shell'),
+  defaultImage: nonEmpty('image reference like alpine:3.20').refine((s) => !s.startsWith('-') && !/\s/.test(s), { error: 'image reference like alpine:3.20' }).nullable().default(null),
+  pullPolicy: z
+    .union([pullPolicy, z.array(pullPolicy, { error: 'list of always, if-not-present, never' }).min(1, { error: 'list of always, if-not-present, never' })], { error: 'always, if-not-present or never, or a list of them' })
+    .transform((v) => (Array.isArray(v) ? v : [v]))
+    .default(['always']),
 });
 
 const webhookSchema = z.strictObject(
@@ -208,6 +217,7 @@ export const shardSchema = z.strictObject(
         url: gitlabUrl,
         pollInterval: duration(100, HOUR).default(3000),
         requestTimeout: duration(100, 10 * 60_000).default(30_000),
+        tlsCaFile: nonEmpty('non-empty path of a PEM file').nullable().default(null),
       },
       { error: 'mapping' },
     ),

@@ -60,6 +60,12 @@ export interface ClassConfig {
   bootTimeoutMs: number;
   /** Job requests in flight at once, each with its own reserved warm VM (or claimed room); 1 when absent. */
   requestConcurrency?: number;
+  /** `shell` (the VM's shell; default) or `docker` (a container of the job's image; Linux). */
+  executor?: 'shell' | 'docker';
+  /** docker: the image of jobs that name none. */
+  defaultImage?: string | null;
+  /** docker: the pull policies of images whose job gives none (default [always], as gitlab-runner). */
+  pullPolicy?: ('always' | 'if-not-present' | 'never')[];
 }
 
 export interface ShardConfig {
@@ -67,7 +73,8 @@ export interface ShardConfig {
   /** poolSize: connections to a postgres:// server (default 10; PGlite always has one). */
   database: { url: string; poolSize?: number };
   http: { listen: { host: string; port: number }; adminToken: string | null };
-  gitlab: { url: string; pollIntervalMs: number; requestTimeoutMs: number };
+  /** tlsCaFile: a PEM CA bundle GitLab's certificate chains to; jobs get it as CI_SERVER_TLS_CA_FILE. */
+  gitlab: { url: string; pollIntervalMs: number; requestTimeoutMs: number; tlsCaFile?: string | null };
   /** A running job whose VM stays unreachable this long (while the cloud still has it) is failed. */
   jobs?: { unreachableTimeoutMs: number };
   /** Class name -> class. Insertion order is the file's order. */

@@ -99,6 +99,19 @@ const FEATURES = {
   native_steps_integration: false,
   two_phase_job_commit: false,
   fallback_cache_keys: false,
+  trace_sections: true,
+};
+
+export type RunnerExecutor = 'shell' | 'docker';
+
+/** A docker class also runs `image:` and `services:` (with their variables, aliases and executor_opts). */
+const DOCKER_FEATURES = {
+  ...FEATURES,
+  image: true,
+  services: true,
+  service_variables: true,
+  service_multiple_aliases: true,
+  image_executor_opts: true,
 };
 
 const isCanceled = (s: string | undefined) => s === 'canceling' || s === 'canceled';
@@ -146,16 +159,16 @@ export class GitLabClient {
     this.base = o.url.replace(/\/+$/, '');
   }
 
-  private info() {
+  private info(executor: RunnerExecutor = 'shell') {
     return {
       name: this.o.runnerName ?? 'runner-fleet',
       version: this.o.version ?? RUNNER_VERSION,
       revision: 'runner-fleet',
       platform: platform(),
       architecture: arch() === 'x64' ? 'amd64' : arch(),
-      executor: 'custom',
+      executor: executor === 'docker' ? 'docker' : 'custom',
       shell: 'bash',
-      features: FEATURES,
+      features: executor === 'docker' ? DOCKER_FEATURES : FEATURES,
     };
   }
 
@@ -204,9 +217,10 @@ export class GitLabClient {
     );
   }
 
-  async requestJob(runnerToken: string, signal?: AbortSignal): Promise<RequestJobResult> {
+  /** Ask for a job; `executor` decides the features offered (a docker class takes `image:` and `services:`). */
+  async requestJob(runnerToken: string, signal?: AbortSignal, executor: RunnerExecutor = 'shell'): Promise<RequestJobResult> {
     const key = runnerToken; // kept in memory only
-    const body = JSON.stringify({ token: runnerToken, system_id: this.o.systemId, info: this.info(), last_update: this.lastUpdate.get(key) ?? '' });
+    const body = JSON.stringify({ token: runnerToken, system_id: this.o.systemId, info: this.info(executor), last_update: this.lastUpdate.get(key) ?? '' });
     const res = await this.call('job request', '/api/v4/jobs/request', { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal });
     const lu = res.headers.get('x-gitlab-last-update');
     if (lu) this.lastUpdate.set(key, lu);

@@ -9,13 +9,16 @@
 //   out     merged output          pid     the supervisor's pid = the job's process group
 //   status  the exit status, written atomically (tmp + mv) when the script ends
 //   killed  why the manager killed the group (canceled, timeout), written before the kill
+//   reason  a failure that was not the script's (image_pull_failure, runner_system_failure)
 // The supervisor also kills the group when the job directory disappears (the VM is being
 // deleted, on providers where deletion does not end every process at once).
 //
 // Outcome of an attach, on stderr as the command's last line (stdout carries only job output):
-//   rf-status <code> <size>   the script ended with <code>; `out` holds <size> bytes in all
+//   rf-status <code> <size> [reason]  the script ended with <code>; `out` holds <size> bytes in
+//                             all; reason: why, when the script says it was not the script's fault
 //   rf-killed <reason> <size> the manager killed it     rf-lost <size>  the supervisor died without a status
 //   rf-unlaunched             claimed but never launched (the start was cut in a few-ms window)
+import { JOB_LABEL } from './docker-plan.js';
 import { shq } from './script.js';
 
 export const JOBS_DIR = '"$HOME/.runner-fleet/jobs"';
@@ -47,7 +50,7 @@ const SUPERVISOR = [
 const ATTACH = [
   'end() {',
   '  n=$(( $(wc -c < "$d/out") ))',
-  '  if [ -f "$d/status" ]; then read rc < "$d/status"; echo "rf-status $rc $n" >&2',
+  '  if [ -f "$d/status" ]; then read rc < "$d/status"; why=; [ -f "$d/reason" ] && read why < "$d/reason"; echo "rf-status $rc $n $why" >&2',
   '  elif [ -f "$d/killed" ]; then read why < "$d/killed"; echo "rf-killed $why $n" >&2',
   '  else echo "rf-lost $n" >&2; fi',
   '}',
@@ -106,13 +109,21 @@ export function killCommand(jobId: number, reason: 'canceled' | 'timeout'): stri
     '[ -f "$d/status" ] && exit 0',
     'printf "%s\\n" "$2" > "$d/killed"',
     'kill -s KILL -- -"$(cat "$d/pid")" 2>/dev/null',
+    // A docker job's containers are the daemon's children, not the group's: remove them too.
+    `command -v docker >/dev/null 2>&1 && docker ps -aq --filter label=${JOB_LABEL}=$1 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1`,
+    `command -v docker >/dev/null 2>&1 && docker network rm rf-$1 >/dev/null 2>&1`,
     'exit 0',
   ].join('\n');
   return `sh -c ${shq(body)} rf-kill ${jobId} ${reason}`;
 }
 
+/** Failure reasons a job script may report beside its exit code (anything else is ignored). */
+export const SCRIPT_FAILURE_REASONS = ['image_pull_failure', 'runner_system_failure'] as const;
+export type ScriptFailureReason = (typeof SCRIPT_FAILURE_REASONS)[number];
+const isScriptFailureReason = (s: string | undefined): s is ScriptFailureReason => (SCRIPT_FAILURE_REASONS as readonly string[]).includes(s ?? '');
+
 export type AttachEnd =
-  | { kind: 'status'; code: number; size: number }
+  | { kind: 'status'; code: number; size: number; reason?: ScriptFailureReason }
   | { kind: 'killed'; reason: string; size: number }
   | { kind: 'lost'; size: number }
   | { kind: 'missing' }
@@ -124,11 +135,12 @@ export function parseAttachEnd(stderr: string): AttachEnd | null {
   const lines = stderr.split('\n').filter((l) => l.startsWith('rf-'));
   const last = lines[lines.length - 1];
   if (!last) return null;
-  const [tag, a, b] = last.trim().split(/\s+/);
+  const [tag, a, b, c] = last.trim().split(/\s+/);
   const n = (s: string | undefined) => (s !== undefined && /^\d+$/.test(s) ? Number(s) : NaN);
   switch (tag) {
     case 'rf-status':
-      return Number.isFinite(n(a)) && Number.isFinite(n(b)) ? { kind: 'status', code: n(a), size: n(b) } : null;
+      if (!Number.isFinite(n(a)) || !Number.isFinite(n(b))) return null;
+      return { kind: 'status', code: n(a), size: n(b), ...(isScriptFailureReason(c) ? { reason: c } : {}) };
     case 'rf-killed':
       return a && Number.isFinite(n(b)) ? { kind: 'killed', reason: a, size: n(b) } : null;
     case 'rf-lost':

@@ -19,6 +19,27 @@ const step = z.looseObject({
   allow_failure: z.boolean().optional(),
 });
 
+/** `pull_policy`: GitLab sends a list; a single string is taken as a list of one. */
+const pullPolicy = z
+  .union([z.enum(['always', 'if-not-present', 'never']), z.array(z.enum(['always', 'if-not-present', 'never']))])
+  .transform((v) => (Array.isArray(v) ? v : [v]))
+  .optional();
+
+/** The docker image of a job (`image:`), as GitLab sends it. */
+const image = z.looseObject({
+  name: z.string().min(1, 'expected an image name'),
+  alias: z.string().nullish(),
+  command: z.array(z.string()).nullish(),
+  entrypoint: z.array(z.string()).nullish(),
+  pull_policy: pullPolicy.nullable(),
+  ports: z.array(z.looseObject({ number: z.number().int().min(1).max(65535) })).nullish(),
+  executor_opts: z.looseObject({ docker: z.looseObject({ platform: z.string().optional(), user: z.string().optional() }).nullish() }).nullish(),
+});
+
+const service = image.extend({ variables: z.array(z.looseObject({ key: z.string().min(1), value: z.string() })).nullish() });
+
+const credential = z.looseObject({ type: z.string(), url: z.string(), username: z.string().optional(), password: z.string().optional() });
+
 const jobSchema = z.looseObject({
   id: z.number().int().positive(),
   token: z.string().min(1),
@@ -51,19 +72,20 @@ const jobSchema = z.looseObject({
   runner_info: z.looseObject({ timeout: z.number().int().positive().optional(), runner_session_url: z.string().nullish() }).optional(),
   variables: z.array(variable).default([]),
   steps: z.array(step).min(1, 'expected at least one step'),
-  // Passed through for completeness; this runner reports image/services/artifacts/cache as
-  // unsupported, so only their rough shape is checked.
-  image: z.looseObject({ name: z.string().optional() }).nullish(),
-  services: z.array(z.looseObject({ name: z.string().optional() })).nullish(),
+  image: image.nullish(),
+  services: z.array(service).nullish(),
   artifacts: z.array(z.looseObject({})).nullish(),
   cache: z.array(z.looseObject({})).nullish(),
-  credentials: z.array(z.looseObject({ type: z.string().optional(), url: z.string().optional() })).nullish(),
+  credentials: z.array(credential).nullish(),
   dependencies: z.array(z.looseObject({ id: z.number().optional(), name: z.string().optional() })).nullish(),
-  features: z.looseObject({}).nullish(),
+  features: z.looseObject({ failure_reasons: z.array(z.string()).optional() }).nullish(),
 });
 
 export type JobPayload = z.output<typeof jobSchema>;
 export type JobVariable = z.output<typeof variable>;
+export type JobImage = z.output<typeof image>;
+export type JobService = z.output<typeof service>;
+export type PullPolicy = 'always' | 'if-not-present' | 'never';
 
 export type ParsedJob = { ok: true; job: JobPayload } | { ok: false; error: string; jobId?: number; token?: string };
 

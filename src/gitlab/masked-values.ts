@@ -1,6 +1,6 @@
 // Which strings a job's trace must never show, and the bounds that keep masking cheap.
 //
-// - The job token, and every variable GitLab sends with `masked: true`, trimmed of surrounding
+// - The job token, registry passwords (`credentials`), and every variable GitLab sends with `masked: true`, trimmed of surrounding
 //   whitespace (as GitLab Runner does).
 // - Masked values shorter than 8 characters are not masked: GitLab refuses to mask such values
 //   (a masked variable must have 8 characters or more), so one can only arrive from a GitLab that
@@ -56,10 +56,12 @@ const name = (key: string) => (/^[A-Za-z0-9_]{1,100}$/.test(key) ? key : JSON.st
 const kib = (n: number) => `${Math.ceil(n / 1024).toLocaleString('en')} KiB`;
 
 /** What to mask in the job's trace (for MaskAutomaton), or why it cannot be masked safely (it must not run). */
-export function maskPlan(job: Pick<JobPayload, 'token' | 'variables'>): MaskPlan {
+export function maskPlan(job: Pick<JobPayload, 'token' | 'variables'> & Partial<Pick<JobPayload, 'credentials'>>): MaskPlan {
   const values = new Map<string, string>(); // value -> the first variable that holds it
   const ignored: string[] = [];
   if (job.token) values.set(job.token, 'the job token');
+  // Registry passwords reach the VM (docker pulls) and must not show in the trace either.
+  for (const c of job.credentials ?? []) if (c.password && c.password.length >= MIN_MASKED_LENGTH && !values.has(c.password)) values.set(c.password, 'a registry password');
   for (const v of job.variables ?? []) {
     if (!v.masked) continue;
     const value = v.value.trim();

@@ -1,13 +1,27 @@
-// The job script for a Linux VM, built from the payload: variables, git checkout at the job's
-// sha with the job token, the `script` step, then `after_script` (always). Its exit code is the
-// script step's. The first line prints at once: the manager times pick-up to first line by it.
+// The job script for a Linux or macOS VM, built from the payload, in gitlab-runner's order and
+// collapsible trace sections: (docker: prepare_executor: network, image pulls, services), git
+// checkout at the job's sha with the job token (get_sources), the `script` step (step_script),
+// then `after_script` (always, with CI_JOB_STATUS). Its exit code is the script step's. The first
+// line prints at once: the manager times pick-up to first line by it.
+//
+// Executors: `shell` runs each step in a bash subshell on the VM; `docker` runs each in a
+// container of the job's image on a per-job network beside its services, with the build
+// directory mounted at /builds. The VM's own shell does the git and bookkeeping steps (it is the
+// helper that gitlab-runner runs as a helper image), so the job image needs only a shell. The
+// docker CLI never runs with the job's variables in its environment (a job's DOCKER_HOST is for
+// the job's docker, not ours); they reach the build containers inside the step script, and
+// services through an env file.
+//
+// A failure that is not the script's writes its reason (image_pull_failure, runner_system_failure)
+// to `reason` in the job directory, which the attach reports with the exit status.
 //
 // The job's variables are set only inside the subshell of each step (git, script,
 // after_script), by the function rf_vars, never in the wrapper's own shell: a job variable such
 // as IFS, PATH, HOME, RF_TMP or rf_rc cannot change how the wrapper cleans up or which exit code
 // it returns. rf_vars gets the wrapper's values as positional parameters, which no variable can
 // overwrite.
-import type { JobPayload, JobVariable } from './job-payload.js';
+import { CONTAINER_BUILDS_DIR, JOB_LABEL, dockerPlan, type DockerImageRun, type DockerPlan } from './docker-plan.js';
+import type { JobPayload, JobVariable, PullPolicy } from './job-payload.js';
 import { variableValue } from './job-payload.js';
 
 /** Quote for bash: a single-quoted string with embedded single quotes spliced in. */
@@ -143,44 +157,255 @@ function gitSetup(job: JobPayload, vars: string): string[] {
 }
 
 /**
- * The function that sets the job's variables in a step's subshell: $1 the wrapper's temp dir,
- * $2 the builds dir, $3 the project dir. File variables first (their paths use $1 before any
- * job variable is set), CI_BUILDS_DIR and CI_PROJECT_DIR last (the runner's values win).
+ * The function that sets the job's variables in a step's subshell: $1 the directory of file
+ * variables, $2 the builds dir, $3 the project dir. File variables first, CI_BUILDS_DIR and
+ * CI_PROJECT_DIR last (the runner's values win).
  */
-function varsFunction(job: JobPayload): string[] {
-  const files: string[] = [];
-  const plain: string[] = [];
-  for (const [key, v] of jobVariables(job)) {
-    if (!SHELL_NAME.test(key)) continue; // not a shell name: cannot be exported
-    if (v.file) files.push(`export ${key}="$1/vars/${key}"`);
-    else plain.push(`export ${key}=${shq(v.value)}`);
-  }
-  return ['rf_vars() {', ...files, ...plain, 'export CI_BUILDS_DIR="$2" CI_PROJECT_DIR="$3"', '}'];
+function varsFunction(job: JobPayload, opts: ScriptOptions): string[] {
+  return ['rf_vars() {', ...exportLines(job, opts, '"$1"'), 'export CI_BUILDS_DIR="$2" CI_PROJECT_DIR="$3"', '}'];
 }
 
-export function buildBashScript(job: JobPayload, opts: { buildsDir?: string } = {}): string {
+/** `export` lines of the job's variables; file variables point into `fileDir` (shell syntax). */
+function exportLines(job: JobPayload, opts: ScriptOptions, fileDir: string): string[] {
+  const files: string[] = [];
+  const plain: string[] = [];
+  for (const [key, v] of scriptVariables(job, opts)) {
+    if (!SHELL_NAME.test(key)) continue; // not a shell name: cannot be exported
+    if (v.file) files.push(`export ${key}=${fileDir}/${key}`);
+    else plain.push(`export ${key}=${shq(v.value)}`);
+  }
+  return [...files, ...plain];
+}
+
+export interface ScriptOptions {
+  /** The builds root on the VM (shell syntax); default `$HOME/builds`. */
+  buildsDir?: string;
+  executor?: 'shell' | 'docker';
+  /** docker: the image of a job that names none. */
+  defaultImage?: string | null;
+  /** docker: pull policies of images that give none (default `always`, as gitlab-runner). */
+  pullPolicy?: PullPolicy[];
+  /** Runner-set variables (CI_RUNNER_VERSION, CI_RUNNER_SHORT_TOKEN, ...), before GitLab's. */
+  runnerVariables?: Record<string, string>;
+  /** PEM of the CA that GitLab's certificate chains to: the job gets it as CI_SERVER_TLS_CA_FILE. */
+  tlsCa?: string | null;
+}
+
+/** The job's variables with the runner's own first (GitLab's, later in the list, win) and CI_SERVER_TLS_CA_FILE. */
+function scriptVariables(job: JobPayload, opts: ScriptOptions): Map<string, { value: string; file: boolean }> {
+  const runner = Object.entries(opts.runnerVariables ?? {}).map(([key, value]) => ({ key, value }));
+  const tls = opts.tlsCa ? [{ key: 'CI_SERVER_TLS_CA_FILE', value: opts.tlsCa, file: true }] : [];
+  return expandVariables([{ key: 'CI', value: 'true' }, { key: 'GITLAB_CI', value: 'true' }, { key: 'CI_JOB_ID', value: String(job.id) }, ...runner, ...job.variables, ...tls]);
+}
+
+const section = (name: string, title: string) => `rf_ss ${name} ${shq(title)}`;
+
+/** bash helpers every script has: trace sections (GitLab's section_start/section_end markers) and the failure reason. */
+const HELPERS = [
+  `rf_ss() { printf '\\033[0Ksection_start:%s:%s\\r\\033[0K\\033[36;1m%s\\033[0;m\\n' "$(date +%s)" "$1" "$2"; }`,
+  `rf_se() { printf '\\033[0Ksection_end:%s:%s\\r\\033[0K\\n' "$(date +%s)" "$1"; }`,
+  // Run by the supervisor as ./script in its job directory: that is where the reason goes.
+  'rf_jobdir=; [ "$0" = ./script ] && rf_jobdir="$PWD"',
+  `rf_fail() { [ -n "$rf_jobdir" ] && printf '%s\\n' "$1" > "$rf_jobdir/reason"; return 0; }`,
+];
+
+/**
+ * docker helpers: rf_pull IMAGE POLICY... (as gitlab-runner: each policy in turn until one gives
+ * the image), rf_wait_svc CONTAINER NAME [PORT...] (up to 30 s for each TCP port, then a warning
+ * with the service's last log lines, as gitlab-runner's health check), rf_cleanup (every
+ * container and the network of the job; also on kill: see killCommand).
+ */
+function dockerHelpers(jobId: number, network: string): string[] {
+  return [
+    'rf_pull() {',
+    '  local img="$1" p out err=; shift',
+    '  for p in "$@"; do',
+    '    case "$p" in',
+    '      never|if-not-present)',
+    '        if id=$(docker image inspect -f "{{.Id}}" -- "$img" 2>/dev/null); then echo "Using locally found image $img ($id)"; return 0; fi',
+    '        [ "$p" = never ] && { err="image not present on the VM and pull policy is never"; continue; } ;;',
+    '    esac',
+    '    echo "Pulling docker image $img ..."',
+    '    if out=$(DOCKER_CONFIG="$RF_TMP/docker" docker pull -q -- "$img" 2>&1); then',
+    '      echo "Using docker image $(docker image inspect -f "{{.Id}}" -- "$img" 2>/dev/null) for $img"; return 0',
+    '    fi',
+    '    err=$(printf "%s" "$out" | tail -n 3 | tr "\\n" " ")',
+    '  done',
+    '  echo "ERROR: failed to pull image \\"$img\\" with specified policies [$*]: $err"',
+    '  return 1',
+    '}',
+    'rf_wait_svc() {',
+    '  local c="$1" name="$2" ip ports p end; shift 2; ports="$*"',
+    `  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}' "$c" 2>/dev/null | awk '{print $1}')`,
+    `  [ -n "$ports" ] || ports=$(docker inspect -f '{{range $p, $v := .Config.ExposedPorts}}{{$p}} {{end}}' "$c" 2>/dev/null | tr ' ' '\\n' | sed -n 's,/tcp$,,p')`,
+    '  [ -n "$ip" ] && [ -n "$ports" ] || return 0',
+    '  end=$((SECONDS + 30))',
+    '  for p in $ports; do',
+    '    until timeout 2 bash -c ": <> /dev/tcp/$ip/$p" 2>/dev/null; do',
+    `      if [ "$(docker inspect -f '{{.State.Running}}' "$c" 2>/dev/null)" != true ] || [ "$SECONDS" -ge "$end" ]; then`,
+    '        echo "*** WARNING: Service $name probably didn\'t start properly."',
+    '        echo "Health check error: nothing listens on $ip:$p (TCP)"',
+    '        echo "Service container logs:"; docker logs --tail 20 "$c" 2>&1 | sed "s/^/  /"',
+    '        return 0',
+    '      fi',
+    '      sleep 0.2',
+    '    done',
+    '  done',
+    '}',
+    'rf_cleanup() {',
+    `  docker ps -aq --filter label=${JOB_LABEL}=${jobId} 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1`,
+    `  docker network rm ${shq(network)} >/dev/null 2>&1`,
+    '  return 0',
+    '}',
+  ];
+}
+
+/** `docker create` arguments that run a container of `img` (entrypoint, user, platform); the command follows. */
+function imageArgs(img: DockerImageRun): { flags: string[]; before: string[] } {
+  const flags: string[] = [];
+  const before: string[] = [];
+  if (img.entrypoint) {
+    flags.push('--entrypoint', shq(img.entrypoint[0]!));
+    before.push(...img.entrypoint.slice(1).map(shq));
+  }
+  if (img.user) flags.push('--user', shq(img.user));
+  if (img.platform) flags.push('--platform', shq(img.platform));
+  return { flags, before };
+}
+
+/** gitlab-runner's shell detection: the first bash, else sh, of the image runs the step file ($0). */
+const DETECT_SHELL =
+  'for s in /usr/local/bin/bash /usr/bin/bash /bin/bash /usr/local/bin/sh /usr/bin/sh /bin/sh /busybox/sh; do [ -x "$s" ] && exec "$s" "$0"; done; echo "shell not found in the image" >&2; exit 1';
+
+/**
+ * A service's environment file: the job's variables and the service's own (plain names, one line
+ * each: the file format has no multi-line values, which are left out).
+ */
+function serviceEnv(job: JobPayload, opts: ScriptOptions, vars: { key: string; value: string }[]): string {
+  const all = new Map<string, string>();
+  for (const [k, v] of scriptVariables(job, opts)) if (!v.file) all.set(k, v.value);
+  for (const v of vars) all.set(v.key, v.value);
+  let out = '';
+  for (const [k, v] of all) if (SHELL_NAME.test(k) && !/[\n\r\0]/.test(v)) out += `${k}=${v}\n`;
+  return out;
+}
+
+/** prepare_executor: network, image, services; any failure ends the job with its reason. */
+function dockerPrepare(job: JobPayload, opts: ScriptOptions, plan: DockerPlan): string[] {
+  const out: string[] = [...dockerHelpers(job.id, plan.network), 'trap rf_cleanup EXIT'];
+  out.push(section('prepare_executor', 'Preparing the "docker" executor'), `echo ${shq(`Using Docker executor with image ${plan.image.name} ...`)}`);
+  if (plan.authConfig) out.push('(umask 0077; mkdir -p "$RF_TMP/docker" && printf \'%s\' ' + shq(plan.authConfig) + ' > "$RF_TMP/docker/config.json")');
+  else out.push('mkdir -p "$RF_TMP/docker"');
+  out.push(
+    `if ! err=$(docker network create --label ${JOB_LABEL}=${job.id} ${shq(plan.network)} 2>&1 >/dev/null); then`,
+    '  echo "ERROR: cannot create the job\'s Docker network (is Docker Engine running on the VM?): $err"; rf_fail runner_system_failure; exit 1',
+    'fi',
+  );
+  const pull = (img: DockerImageRun) => `rf_pull ${shq(img.name)} ${img.pullPolicy.map(shq).join(' ')} || { rf_fail image_pull_failure; exit 1; }`;
+  for (const [i, svc] of plan.services.entries()) {
+    out.push(`echo ${shq(`Starting service ${svc.name} ...`)}`, pull(svc));
+    out.push(`printf '%s' ${shq(serviceEnv(job, opts, svc.variables))} > "$RF_TMP/svc-${i}.env"`);
+    const { flags, before } = imageArgs(svc);
+    const args = [
+      'docker create --pull never', `--name ${svc.container}`, `--label ${JOB_LABEL}=${job.id}`, `--network ${shq(plan.network)}`,
+      ...svc.aliases.map((a) => `--network-alias ${shq(a)}`), `--env-file "$RF_TMP/svc-${i}.env"`, `-v "$rf_builds:${CONTAINER_BUILDS_DIR}"`,
+      ...flags, '--', shq(svc.name), ...before, ...(svc.command ?? []).map(shq),
+    ];
+    out.push(
+      `if ! err=$(${args.join(' ')} 2>&1 >/dev/null) || ! err=$(docker start ${svc.container} 2>&1 >/dev/null); then`,
+      `  echo ${shq(`ERROR: cannot start service ${svc.name}:`)} "$err"; rf_fail runner_system_failure; exit 1`,
+      'fi',
+    );
+  }
+  out.push(pull(plan.image));
+  for (const svc of plan.services) out.push(`rf_wait_svc ${svc.container} ${shq(svc.name)} ${svc.ports.join(' ')}`.trimEnd());
+  out.push('rf_se prepare_executor');
+  return out;
+}
+
+/**
+ * One step in a fresh container of the job image: the step file (variables, cd, the commands) is
+ * written under the build dir's `.tmp` (mode 0700) and run by the image's shell; the container's
+ * exit code is the step's. Creating the container failing is the runner's failure, not the script's.
+ */
+function dockerStep(job: JobPayload, opts: ScriptOptions, plan: DockerPlan, name: string, commands: string[], status?: string): string[] {
+  const cdir = `${CONTAINER_BUILDS_DIR}/${projectPath(job)}`;
+  const stepFile = `${cdir}.tmp/${name}.sh`;
+  const exports = [...exportLines(job, opts, shq(`${cdir}.tmp`)), `export CI_BUILDS_DIR=${shq(CONTAINER_BUILDS_DIR)} CI_PROJECT_DIR=${shq(cdir)}`, ''].join('\n');
+  const body = [
+    `cd ${shq(cdir)} || exit 1`,
+    'set -e',
+    '(set -o pipefail) 2>/dev/null && set -o pipefail',
+    commandLines(commands),
+    '',
+  ].join('\n');
+  const { flags, before } = imageArgs(plan.image);
+  const create = [
+    'docker create --pull never', `--name rf-${job.id}-${name.replace(/_/g, '-')}`, `--label ${JOB_LABEL}=${job.id}`, `--network ${shq(plan.network)}`,
+    `-v "$rf_builds:${CONTAINER_BUILDS_DIR}"`, `-w ${shq(cdir)}`, ...flags, '--', shq(plan.image.name), ...before, ...(plan.image.command ?? []).map(shq),
+    'sh', '-c', shq(DETECT_SHELL), shq(stepFile),
+  ];
+  return [
+    // CI_JOB_STATUS is the VM shell's to expand (it knows how the script step ended).
+    `(umask 0077; mkdir -p "$rf_dir.tmp"; { printf '%s' ${shq(exports)}; ${status ? `printf 'export CI_JOB_STATUS=%s\\n' "${status}"; ` : ''}printf '%s' ${shq(body)}; } > "$rf_dir.tmp/${name}.sh")`,
+    `if rf_cid=$(${create.join(' ')} 2>"$RF_TMP/create.err"); then`,
+    '  docker start -a "$rf_cid" </dev/null',
+    'else',
+    `  echo "ERROR: cannot create the ${name} container: $(tail -n 3 "$RF_TMP/create.err")"; rf_fail runner_system_failure; (exit 1)`,
+    'fi',
+  ];
+}
+
+export function buildBashScript(job: JobPayload, opts: ScriptOptions = {}): string {
+  const docker = opts.executor === 'docker';
   const out: string[] = [];
   // One stream, so the log keeps the order in which things happened.
   out.push('#!/usr/bin/env bash', '# generated by runner-fleet', 'exec 2>&1', 'echo "Running with runner-fleet on $(hostname)"');
+  out.push(...HELPERS);
   out.push('umask 0077', 'RF_TMP="$(mktemp -d "${TMPDIR:-/tmp}/runner-fleet.XXXXXX")" || exit 1', 'mkdir -p "$RF_TMP/vars"', 'umask 0022');
-  for (const [key, v] of jobVariables(job)) {
-    // A file variable holds a path; the value is the file's content (mode 0600).
-    if (v.file && SHELL_NAME.test(key)) out.push(`(umask 0077; printf '%s' ${shq(v.value)} > "$RF_TMP/vars/${key}")`);
-  }
   const buildsRoot = opts.buildsDir ?? '$HOME/builds';
   out.push(`rf_builds="${buildsRoot}"`, `rf_dir="${buildsRoot}/${projectPath(job)}"`);
-  out.push(...varsFunction(job));
-  const vars = 'rf_vars "$RF_TMP" "$rf_builds" "$rf_dir"';
+  // Whatever way the script ends: its temp files, file variables and (docker) containers go.
+  out.push(`rf_exit() { ${docker ? 'rf_cleanup; ' : ''}rm -rf "$RF_TMP" "$rf_dir.tmp"; }`, 'trap rf_exit EXIT');
+  // File variables: a path whose file holds the value (mode 0600). Docker jobs find them under the
+  // mounted build dir (`<project dir>.tmp`, as gitlab-runner keeps them); shell jobs in RF_TMP.
+  const fileDir = docker ? '"$rf_dir.tmp"' : '"$RF_TMP/vars"';
+  out.push(`mkdir -p ${fileDir} && chmod 0700 ${fileDir}`);
+  for (const [key, v] of scriptVariables(job, opts)) {
+    if (v.file && SHELL_NAME.test(key)) out.push(`(umask 0077; printf '%s' ${shq(v.value)} > ${fileDir}/${key})`);
+  }
+  out.push(...varsFunction(job, opts));
+  const vars = `rf_vars ${fileDir} "$rf_builds" "$rf_dir"`;
+  let plan: DockerPlan | null = null;
+  if (docker) {
+    const p = dockerPlan(job, { defaultImage: opts.defaultImage ?? null, pullPolicy: opts.pullPolicy ?? [] });
+    if (!p.ok) {
+      out.push(`echo ${shq(`ERROR: ${p.error}`)}`, 'rf_fail runner_system_failure', 'rm -rf "$RF_TMP" "$rf_dir.tmp"', 'exit 1', '');
+      return out.join('\n');
+    }
+    plan = p.plan;
+    out.push(...dockerPrepare(job, opts, plan));
+  }
+  out.push(section('prepare_script', 'Preparing environment'), 'echo "Running on $(hostname)..."', 'rf_se prepare_script');
   out.push('mkdir -p "$rf_dir" && cd "$rf_dir" || exit 1');
-  out.push(...gitSetup(job, vars));
+  out.push(section('get_sources', 'Getting source from Git repository'), ...gitSetup(job, vars), 'rf_se get_sources');
 
-  out.push('(', vars, 'set -eo pipefail', commandLines(stepScript(job, 'script')), ')', 'rf_rc="$?"');
+  const script = stepScript(job, 'script');
+  out.push(section('step_script', 'Executing "step_script" stage of the job script'));
+  if (plan) out.push(...dockerStep(job, opts, plan, 'step_script', script));
+  else out.push('(', vars, 'set -eo pipefail', commandLines(script), ')');
+  out.push('rf_rc="$?"', 'rf_se step_script');
   const after = stepScript(job, 'after_script');
   if (after.length) {
-    // Its own subshell from the project dir; not on the left of `||`, where bash would ignore
-    // `set -e` inside it. Its failure is reported but does not change the job's result.
-    out.push('echo "Running after_script"', 'cd "$rf_dir" 2>/dev/null', '(', vars, 'set -eo pipefail', commandLines(after), ')', '[ "$?" -eq 0 ] || echo "WARNING: after_script failed, but job will continue unaffected"');
+    // Its own subshell (or container) from the project dir; not on the left of `||`, where bash
+    // would ignore `set -e` inside it. Its failure is reported but does not change the job's result.
+    out.push('if [ "$rf_rc" -eq 0 ]; then rf_status=success; else rf_status=failed; fi');
+    out.push(section('after_script', 'Running after_script'), 'cd "$rf_dir" 2>/dev/null');
+    if (plan) out.push(...dockerStep(job, opts, plan, 'after_script', after, '$rf_status'));
+    else out.push('(', vars, 'export CI_JOB_STATUS="$rf_status"', 'set -eo pipefail', commandLines(after), ')');
+    out.push('[ "$?" -eq 0 ] || echo "WARNING: after_script failed, but job will continue unaffected"', 'rf_se after_script');
   }
-  out.push('rm -rf "$RF_TMP"', 'exit "$rf_rc"', '');
+  out.push(section('cleanup_file_variables', 'Cleaning up project directory and file based variables'), 'rm -rf "$RF_TMP" "$rf_dir.tmp"', 'rf_se cleanup_file_variables');
+  out.push('exit "$rf_rc"', '');
   return out.join('\n');
 }

@@ -9,13 +9,13 @@ import type { ClassConfig, ShardConfig } from '../config/types.js';
 import type { VmRow } from '../db/schema.js';
 import { connectSsh, type HostKeyMismatchError, type SshSession } from '../connect/ssh.js';
 import { isHostKeyRefusal, pinnedConnectInfo, refusalReason, reportHostKeyRefusal, type HostKeyUnpinnedError } from './host-key.js';
-import type { GitLabClient } from '../gitlab/client.js';
-import { killCommand, parseAttachEnd, startOrAttachCommand, type AttachEnd } from '../gitlab/detach.js';
+import { RUNNER_VERSION, type GitLabClient } from '../gitlab/client.js';
+import { killCommand, parseAttachEnd, startOrAttachCommand, type AttachEnd, type ScriptFailureReason } from '../gitlab/detach.js';
 import { namespaceIds, pipelineId, type JobPayload } from '../gitlab/job-payload.js';
 import { MaskAutomaton, Masker } from '../gitlab/mask.js';
 import { ignoredWarning, maskPlan } from '../gitlab/masked-values.js';
 import { buildPowerShellScript, powerShellCommand, powerShellStdin } from '../gitlab/powershell.js';
-import { buildBashScript } from '../gitlab/script.js';
+import { buildBashScript, type ScriptOptions } from '../gitlab/script.js';
 import { TraceUploader } from '../gitlab/trace.js';
 import { absentFrom, type ConnectInfo, type GuestOs, type Provider } from '../providers/provider.js';
 import { buildBillingEvent } from './billing.js';
@@ -40,6 +40,8 @@ export interface ExecutorDeps {
   unreachableMs?: number;
   /** Unacknowledged trace bytes held per job before reading from the VM pauses. */
   traceBufferBytes?: number;
+  /** PEM of `gitlab.tlsCaFile`: jobs get it as CI_SERVER_TLS_CA_FILE. */
+  tlsCa?: string | null;
 }
 
 export interface JobContext {
@@ -64,14 +66,14 @@ export interface ReattachContext extends Omit<JobContext, 'awaitVm'> {
 /** An attach offset past any job's output: the attach then only waits for the job's end. */
 const SKIP_OUTPUT = 2 ** 50;
 
-type EndCause = { kind: 'exit'; code: number | null; signal?: string } | { kind: 'canceled' } | { kind: 'timeout' } | { kind: 'system'; message: string } | { kind: 'unsupported'; message: string };
+type EndCause = { kind: 'exit'; code: number | null; signal?: string; reason?: ScriptFailureReason } | { kind: 'canceled' } | { kind: 'timeout' } | { kind: 'system'; message: string } | { kind: 'unsupported'; message: string };
 
 /** Windows: writes the script to the VM through stdin, then runs it in the session. */
-export function jobInvocation(os: GuestOs, job: JobPayload): { command: string; stdin: string } {
+export function jobInvocation(os: GuestOs, job: JobPayload, opts: ScriptOptions = {}): { command: string; stdin: string } {
   // Windows: powershell.exe (found on PATH, so the emulator's tests can put a shim there) runs a
   // bootstrap that takes the script from stdin; see powerShellCommand.
   if (os === 'windows') return { command: powerShellCommand(), stdin: powerShellStdin(buildPowerShellScript(job)) };
-  const stdin = buildBashScript(job);
+  const stdin = buildBashScript(job, opts);
   return { command: startOrAttachCommand(job.id, Buffer.byteLength(stdin), 0), stdin };
 }
 
@@ -90,7 +92,7 @@ export function guestOs(info: Pick<ConnectInfo, 'os'> | undefined, cls: ClassCon
 export function endCauseOf(end: AttachEnd): EndCause {
   switch (end.kind) {
     case 'status':
-      return { kind: 'exit', code: end.code };
+      return { kind: 'exit', code: end.code, ...(end.reason ? { reason: end.reason } : {}) };
     case 'killed':
       return end.reason === 'timeout' ? { kind: 'timeout' } : { kind: 'canceled' };
     case 'lost':
@@ -201,7 +203,7 @@ export class Executor {
       else this.observeStart(ctx, startedAt, log);
     };
     const watch = (first: SshSession | undefined, signal = abort.signal) =>
-      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: Buffer.from(buildBashScript(job)), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
+      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: Buffer.from(buildBashScript(job, this.scriptOptions(cls))), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
     try {
       if (cause) {
         detachedJob = resume !== null; // a running job is killed: its output cannot be masked
@@ -522,9 +524,30 @@ export class Executor {
     void this.d.store.markJobStarted(ctx.job.id, new Date(startedAt)).catch((err) => log.warn({ err }, 'could not record job start'));
   }
 
+  /** How the class runs a job's bash script (executor, default image, runner-set variables). */
+  private scriptOptions(cls: ClassConfig): ScriptOptions {
+    return {
+      executor: cls.executor ?? 'shell',
+      defaultImage: cls.defaultImage ?? null,
+      ...(cls.pullPolicy ? { pullPolicy: cls.pullPolicy } : {}),
+      runnerVariables: runnerVariables(cls),
+      tlsCa: this.d.tlsCa ?? null,
+    };
+  }
+
   private outcome(cause: EndCause, ctx: JobContext, trace: TraceUploader): Omit<JobOutcome, 'finishedAt' | 'traceBytes' | 'traceChecksum'> {
     switch (cause.kind) {
       case 'exit':
+        if (cause.reason === 'image_pull_failure') {
+          // GitLab knows the reason since 16.1; an older one is told script_failure, as gitlab-runner does.
+          const known = ctx.job.features?.failure_reasons?.includes('image_pull_failure');
+          trace.append('\nERROR: Job failed: a docker image of the job could not be pulled (see above)\n');
+          return { result: 'failed', exitCode: null, failureReason: known ? 'image_pull_failure' : 'script_failure' };
+        }
+        if (cause.reason === 'runner_system_failure') {
+          trace.append('\nERROR: Job failed (system failure): preparing the job on its VM failed (see above)\n');
+          return { result: 'failed', exitCode: null, failureReason: 'runner_system_failure' };
+        }
         if (cause.code === 0) {
           trace.append('\nJob succeeded\n');
           return { result: 'success', exitCode: 0, failureReason: null };
@@ -599,6 +622,27 @@ export function jobIdentity(job: JobPayload): { projectId: number | null; pipeli
     namespaceId,
     rootNamespaceId: rootNamespaceId ?? namespaceId,
   };
+}
+
+/**
+ * Variables gitlab-runner sets itself. GitLab sends the runner's CI_RUNNER_ID, CI_RUNNER_TAGS and
+ * CI_RUNNER_DESCRIPTION with the job (it knows the runner; with authentication tokens the runner
+ * does not know its tags); those come later in the list and win.
+ */
+export function runnerVariables(cls: ClassConfig): Record<string, string> {
+  const token = cls.runnerToken.replace(/^glrt-/, '');
+  return {
+    CI_RUNNER_VERSION: RUNNER_VERSION,
+    CI_RUNNER_REVISION: 'runner-fleet',
+    CI_RUNNER_EXECUTABLE_ARCH: `linux/${machineArch(cls)}`,
+    CI_RUNNER_SHORT_TOKEN: token.slice(0, 8),
+    CI_DISPOSABLE_ENVIRONMENT: 'true',
+  };
+}
+
+function machineArch(cls: ClassConfig): string {
+  const a = cls.machine['arch'] ?? cls.machine['architecture'];
+  return a === 'arm64' || a === 'aarch64' ? 'arm64' : 'amd64';
 }
 
 export function machineType(cls: ClassConfig): string | null {

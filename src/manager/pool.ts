@@ -57,6 +57,36 @@ export interface PoolDeps {
  */
 export const CREATE_BATCH_MAX = 100;
 
+/**
+ * Whether the VM's Docker Engine answers, asked until the boot deadline (it may start after sshd);
+ * true, or the last error.
+ */
+export async function dockerEngineReady(session: SshSession, deadlineMs: number, clock: Clock, signal: AbortSignal): Promise<true | string> {
+  let last = 'no answer';
+  while (!signal.aborted) {
+    const out: Buffer[] = [];
+    const ask = new AbortController();
+    const stop = () => ask.abort();
+    signal.addEventListener('abort', stop, { once: true });
+    const t = setTimeout(stop, 10_000);
+    try {
+      const r = await session.exec("docker version --format '{{.Server.Version}}'", { signal: ask.signal, onData: (c) => out.push(c) });
+      const text = Buffer.concat(out).toString().trim().slice(-300);
+      if (r.exitCode === 0 && text) return true;
+      last = text || `exit code ${r.exitCode}`;
+    } catch (err) {
+      last = (err as Error).message;
+      if (session.closed) return last;
+    } finally {
+      clearTimeout(t);
+      signal.removeEventListener('abort', stop);
+    }
+    if (clock.now() + 1000 > deadlineMs) return last;
+    await clock.sleep(1000, signal).catch(() => {});
+  }
+  return 'aborted';
+}
+
 export function vmName(shard: string, vmId: string): string {
   return `rf-${shard}-${vmId}`;
 }
@@ -622,6 +652,15 @@ export class Pool {
           return void (await this.failVm(row, err.message, refusalReason(err), err));
         }
         return void (await this.failVm(row, `not reachable over SSH: ${(err as Error).message}`, 'unreachable', err));
+      }
+      if (cls.executor === 'docker') {
+        // The image must provide Docker Engine: a VM without it would fail every job it gets.
+        const docker = await dockerEngineReady(session, deadlineMs, this.d.clock, this.abort.signal);
+        if (docker !== true) {
+          session.close();
+          if (this.stopped) return;
+          return void (await this.failVm(row, `Docker Engine not running on the VM (executor: docker): ${docker}`, 'docker'));
+        }
       }
       const readyAt = new Date(this.d.clock.now());
       let marked: boolean;

@@ -8,6 +8,7 @@
 // of its running jobs without ending them (the new active manager re-attaches), and waits as
 // standby again.
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import type { FastifyInstance } from 'fastify';
 import type { Kysely } from 'kysely';
@@ -113,6 +114,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
   const instance: ManagerInstance = { id: `runner-fleet-${randomBytes(6).toString('hex')}`, host: `${hostname()}/${process.pid}` };
   // Before anything opens: no key (outside demo) or an unreadable key file stops the start here.
   const keys = keySource(config.secrets, opts.demo === true);
+  const tlsCa = readTlsCa(config);
   const warnings = securityWarnings(config, opts.demo === true);
   for (const w of warnings) log.warn(w);
   const database = await openDatabase(config.database.url, { log, applicationName: instance.id, ...(config.database.poolSize ? { poolSize: config.database.poolSize } : {}) });
@@ -151,7 +153,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     }
 
     const activate = (lease: ShardLease) =>
-      activateShard({ opts, config, log, clock, db, store, metrics, gitlab, canRequest: () => lease.valid() && role === 'active' });
+      activateShard({ opts, config, log, clock, db, store, metrics, gitlab, tlsCa, canRequest: () => lease.valid() && role === 'active' });
 
     // The manager's life: standby until it takes the shard, active until it loses it, again.
     const life = (async () => {
@@ -277,13 +279,15 @@ interface ActivateDeps {
   store: Store;
   metrics: Metrics;
   gitlab: GitLabClient;
+  /** PEM of gitlab.tlsCaFile, for the jobs. */
+  tlsCa: string | null;
   /** False once the lease may have run out: intake asks GitLab for nothing then. */
   canRequest: () => boolean;
 }
 
 /** Build and start the acting parts, in a safe order: recovery before intake. */
 async function activateShard(d: ActivateDeps): Promise<Activation> {
-  const { opts, config, log, clock, db, store, metrics, gitlab } = d;
+  const { opts, config, log, clock, db, store, metrics, gitlab, tlsCa } = d;
   const cleanups: (() => Promise<unknown>)[] = [];
   const cleanup = async () => {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err) => log.warn({ err }, 'cleanup failed'));
@@ -300,7 +304,7 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
       ...(opts.tickMs ? { tickMs: opts.tickMs } : {}),
     });
     const reports = new JobReports({ store, gitlab, metrics, log: log.child({ component: 'reports' }), ...(opts.reportPollMs ? { pollMs: opts.reportPollMs, retryBaseMs: opts.reportPollMs } : {}) });
-    const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock, reports, ...(config.jobs ? { unreachableMs: config.jobs.unreachableTimeoutMs } : {}) });
+    const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock, reports, tlsCa, ...(config.jobs ? { unreachableMs: config.jobs.unreachableTimeoutMs } : {}) });
     const intake = new Intake({ config, store, pool, executor, gitlab, metrics, log, clock, demand, canRequest: d.canRequest });
     const reconciler = new Reconciler({ config, store, providers, gitlab, metrics, log, clock, executor });
     // Running jobs outlive a step-down: the next active manager re-attaches them.
@@ -363,4 +367,18 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     const t = setTimeout(resolve, ms);
     signal.addEventListener('abort', () => (clearTimeout(t), reject(signal.reason)), { once: true });
   });
+}
+
+/** `gitlab.tlsCaFile`, read once at start (a bad path stops the start, naming the field). */
+function readTlsCa(config: ShardConfig): string | null {
+  const path = config.gitlab.tlsCaFile;
+  if (!path) return null;
+  let pem: string;
+  try {
+    pem = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new Error(`gitlab.tlsCaFile: cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new Error(`gitlab.tlsCaFile: ${path} holds no PEM certificate`);
+  return pem;
 }

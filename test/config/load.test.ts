@@ -43,7 +43,7 @@ describe('loading a shard config', () => {
     expect(config.shard).toBe('demo-1');
     expect(config.database.url).toBe(`pglite:${join(FIXTURES, 'state/db')}`);
     expect(config.http).toEqual({ listen: { host: '127.0.0.1', port: 8080 }, adminToken: 'admin-token-123' });
-    expect(config.gitlab).toEqual({ url: 'http://127.0.0.1:9000', pollIntervalMs: 500, requestTimeoutMs: 120_000 });
+    expect(config.gitlab).toEqual({ url: 'http://127.0.0.1:9000', pollIntervalMs: 500, requestTimeoutMs: 120_000, tlsCaFile: null });
     expect(Object.keys(config.classes)).toEqual(['saas-linux-small-amd64', 'saas-linux-medium-amd64']);
     expect(config.classes['saas-linux-small-amd64']).toEqual({
       name: 'saas-linux-small-amd64',
@@ -55,6 +55,9 @@ describe('loading a shard config', () => {
       bootTimeoutMs: 45_000,
       machine: { vcpus: 2, memoryGb: 8 },
       requestConcurrency: 1,
+      executor: 'shell',
+      defaultImage: null,
+      pullPolicy: ['always'],
     });
     expect(config.classes['saas-linux-medium-amd64']).toMatchObject({
       runnerToken: 'medium-default-token',
@@ -196,6 +199,20 @@ describe('loading a shard config', () => {
     for (const [v, got] of [['0', '0'], ['101', '101'], ['2.5', '2.5'], ['many', '"many"']] as const) {
       expect(errorsOf(cls(`, requestConcurrency: ${v}`))).toEqual([`classes.a.requestConcurrency: expected integer from 1 to 100, got ${got}`]);
     }
+  });
+
+  it('reads classes.<name>.executor, defaultImage and pullPolicy; docker only on Linux classes', () => {
+    const head = 'shard: s\ngitlab: { url: "http://127.0.0.1:9" }\nproviders: { local: }\n';
+    const cls = (extra: string) => `${head}classes: { a: { runnerToken: t, provider: local, pool: { idle: 1, max: 4 }${extra} } }\n`;
+    const a = parseConfig(cls(', executor: docker, defaultImage: "alpine:3.20", pullPolicy: [if-not-present, always]'), { env: {} }).classes['a']!;
+    expect([a.executor, a.defaultImage, a.pullPolicy]).toEqual(['docker', 'alpine:3.20', ['if-not-present', 'always']]);
+    expect(parseConfig(cls(', pullPolicy: never'), { env: {} }).classes['a']!.pullPolicy).toEqual(['never']);
+    expect(errorsOf(cls(', executor: podman'))).toEqual(['classes.a.executor: expected shell or docker, got "podman"']);
+    expect(errorsOf(cls(', pullPolicy: [sometimes]'))).toEqual([expect.stringMatching(/^classes\.a\.pullPolicy(\[0\])?: expected /)]);
+    expect(errorsOf(cls(', defaultImage: "--privileged"'))).toEqual(['classes.a.defaultImage: expected image reference like alpine:3.20, got "--privileged"']);
+    expect(errorsOf(cls(', executor: docker, machine: { os: windows }'))).toEqual([
+      'classes.a.executor: expected "shell" (the docker executor runs on Linux classes; this class runs windows), got "docker"',
+    ]);
   });
 
   it('names line and column of a YAML syntax error', () => {

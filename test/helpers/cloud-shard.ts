@@ -26,6 +26,9 @@ export async function startCloudShard<C extends { url: string; connectOverride: 
   providerSettings: (cloud: C) => string;
   /** The shard's `isolation:` mapping (YAML flow). */
   isolation?: string;
+  /** More lines of the class (indented 4), e.g. `executor: docker`. */
+  classExtra?: string;
+  bootTimeout?: string;
 }): Promise<CloudShard<C>> {
   const dir = mkdtempSync(join(tmpdir(), `rf-${o.shard}-`));
   const cloud = await o.cloud(dir);
@@ -46,9 +49,9 @@ classes:
     runnerToken: "${o.token}"
     provider: ${o.provider}
     pool: ${o.pool}
-    bootTimeout: 30s
+    bootTimeout: ${o.bootTimeout ?? '30s'}
     machine: ${o.machine}
-providers:
+${o.classExtra ?? ''}providers:
   ${o.provider}: ${o.providerSettings(cloud)}
 dataDir: "${dir}"
 secrets: { key: "e2e-cloud-secret-key-0123456789abcdef" }

@@ -21,13 +21,17 @@ export async function startGceShard(o: {
   isolation?: string; firewalls?: Record<string, unknown>[];
   /** Runs before the shard starts (e.g. to set emulator faults). */
   beforeStart?: (gce: GceEmulator) => void;
+  /** Put first on every VM's PATH (programs the VM image has or lacks). */
+  extraPathDir?: string;
+  classExtra?: string;
+  bootTimeout?: string;
 }): Promise<GceShard> {
   const project = `${o.shard}-project`;
   const env = await startCloudShard({
     ...o,
     provider: 'gcp',
     cloud: async (dir) => {
-      const gce = await startGceEmulator({ dataDir: join(dir, 'gce'), bootDelayMs: o.bootDelayMs ?? 0 });
+      const gce = await startGceEmulator({ dataDir: join(dir, 'gce'), bootDelayMs: o.bootDelayMs ?? 0, ...(o.extraPathDir ? { extraPathDir: o.extraPathDir } : {}) });
       if (o.firewalls) gce.setFirewalls(project, o.firewalls);
       o.beforeStart?.(gce);
       return gce;

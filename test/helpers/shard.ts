@@ -4,7 +4,7 @@ export const TOKEN = 'e2e-runner-token';
 /** Outside `demo` a shard refuses to start without a secrets key: every test shard has this one. */
 export const TEST_SECRETS_KEY = 'e2e-secrets-passphrase-0123456789';
 
-export function shardYaml(o: { shard: string; gitlabUrl: string; dbUrl: string; dataDir: string; idle?: number; max?: number; jobTimeout?: string; requestConcurrency?: number }): string {
+export function shardYaml(o: { shard: string; gitlabUrl: string; dbUrl: string; dataDir: string; idle?: number; max?: number; jobTimeout?: string; requestConcurrency?: number; classExtra?: string }): string {
   return `
 shard: ${o.shard}
 database: { url: "${o.dbUrl}" }
@@ -18,7 +18,7 @@ classes:
     pool: { idle: ${o.idle ?? 2}, max: ${o.max ?? 6} }
     jobTimeout: ${o.jobTimeout ?? '1h'}
     bootTimeout: 30s
-${o.requestConcurrency ? `    requestConcurrency: ${o.requestConcurrency}\n` : ''}providers:
+${o.requestConcurrency ? `    requestConcurrency: ${o.requestConcurrency}\n` : ''}${o.classExtra ?? ''}providers:
   local: {}
 dataDir: "${o.dataDir}"
 secrets: { key: "${TEST_SECRETS_KEY}" }

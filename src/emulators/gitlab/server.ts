@@ -28,7 +28,24 @@ export interface EnqueueSpec {
   raw?: unknown;
   /** Serve this text as the body instead of the payload's JSON (truncated or broken JSON tests). */
   rawText?: (payload: Record<string, unknown>) => string;
+  /** `image:` and `services:` of the job, as GitLab sends them (docker executor). */
+  image?: Record<string, unknown> | null;
+  services?: Record<string, unknown>[];
+  /** Registry credentials sent with the job (`credentials`, type registry). */
+  credentials?: { type: string; url: string; username: string; password: string }[];
+  /** features.failure_reasons: what this GitLab understands (default: GitLab 17's list). */
+  failureReasons?: string[];
 }
+
+/** The failure reasons GitLab 17 lists in a job payload's features.failure_reasons. */
+export const GITLAB_FAILURE_REASONS = [
+  'unknown_failure', 'script_failure', 'api_failure', 'stuck_or_timeout_failure', 'runner_system_failure', 'missing_dependency_failure',
+  'runner_unsupported', 'stale_schedule', 'job_execution_timeout', 'archived_failure', 'unmet_prerequisites', 'scheduler_failure',
+  'data_integrity_failure', 'forward_deployment_failure', 'user_blocked', 'project_deleted', 'insufficient_bridge_permissions',
+  'downstream_bridge_project_not_found', 'invalid_bridge_trigger', 'upstream_bridge_project_not_found', 'insufficient_upstream_permissions',
+  'bridge_pipeline_is_child_pipeline', 'downstream_pipeline_creation_failed', 'secrets_provider_not_found', 'reached_max_descendant_pipelines_depth',
+  'ip_restriction_failure', 'reached_max_pipeline_hierarchy_size', 'reached_downstream_pipeline_trigger_rate_limit', 'image_pull_failure',
+];
 
 export interface EmuJob {
   id: number;
@@ -47,6 +64,8 @@ export interface EmuJob {
   finishedAt?: number;
   /** When the first trace byte arrived (benches: pick-up -> first output). */
   firstTraceAt?: number;
+  /** `info` of the job request that took the job (executor, features). */
+  runnerInfo?: { executor?: string; features?: Record<string, unknown> };
   updates: number;
 }
 
@@ -150,7 +169,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
   });
 
   async function answerJobRequest(req: FastifyRequest, reply: FastifyReply) {
-    const body = (req.body ?? {}) as { token?: string; last_update?: string };
+    const body = (req.body ?? {}) as { token?: string; last_update?: string; info?: EmuJob['runnerInfo'] };
     if (faults.requestStatus) return reply.code(faults.requestStatus).send({ message: 'injected fault' });
     if (!body.token || (opts.runnerTokens && !opts.runnerTokens.includes(body.token))) return reply.code(403).send({ message: '403 Forbidden' });
     if (!queueValues.has(body.token)) bumpQueue(body.token);
@@ -165,6 +184,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     const job = jobs.get(id)!;
     job.state = 'running';
     job.pickedAt = Date.now();
+    if (body.info) job.runnerInfo = body.info;
     const payload = payloads.get(id) as Record<string, unknown>;
     (payload['job_info'] as Record<string, unknown>)['time_in_queue_seconds'] = (job.pickedAt - job.enqueuedAt) / 1000;
     (payload['job_info'] as Record<string, unknown>)['queue_size'] = queue.length;
@@ -276,6 +296,9 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
       { key: 'CI_PROJECT_ROOT_NAMESPACE_ID', value: '3', public: true, masked: false },
       { key: 'CI_PIPELINE_ID', value: String(500 + Math.floor(id / 10)), public: true, masked: false },
       { key: 'CI_SERVER_URL', value: baseUrl, public: true, masked: false },
+      { key: 'CI_RUNNER_ID', value: '1', public: true, masked: false },
+      { key: 'CI_RUNNER_DESCRIPTION', value: 'runner-fleet emulator runner', public: true, masked: false },
+      { key: 'CI_RUNNER_TAGS', value: '["linux", "amd64"]', public: true, masked: false },
       ...(spec.git === false ? [{ key: 'GIT_STRATEGY', value: 'none', public: true, masked: false }] : []),
       ...(spec.variables ?? []).map((v) => ({ key: v.key, value: v.value, public: v.public ?? !v.masked, masked: v.masked ?? false, ...(v.file ? { file: true } : {}) })),
     ];
@@ -300,13 +323,13 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
         { name: 'script', script: spec.script, timeout, when: 'on_success', allow_failure: false },
         ...(spec.afterScript ? [{ name: 'after_script', script: spec.afterScript, timeout: 300, when: 'always', allow_failure: true }] : []),
       ],
-      image: null,
-      services: [],
+      image: spec.image ?? null,
+      services: spec.services ?? [],
       artifacts: null,
       cache: [],
-      credentials: [],
+      credentials: spec.credentials ?? [],
       dependencies: [],
-      features: { trace_sections: true },
+      features: { trace_sections: true, failure_reasons: spec.failureReasons ?? GITLAB_FAILURE_REASONS },
     };
   }
 

@@ -1,0 +1,147 @@
+// The docker executor end to end, through real parts: GitLab emulator -> manager -> local VM over
+// real SSH -> real Docker Engine: the job's image, services on a per-job network, pulls from a
+// real registry with and without the job's credentials, cancel removing every container.
+// Skips (with the reason) where Docker Engine does not run; .ci/run starts one.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { startGitLabEmulator, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
+import { createLogger } from '../../src/isolation/redact.js';
+import { startShard, type Shard } from '../../src/manager/shard.js';
+import '../../src/providers/builtin.js';
+import { freshDatabase, type TestDatabase } from '../helpers/database.js';
+import { dockerUnavailable, ensureTestImage, jobContainers, startTestRegistry, TEST_IMAGE, type TestRegistry } from '../helpers/docker.js';
+import { shardYaml, TOKEN, waitUntil } from '../helpers/shard.js';
+
+const why = dockerUnavailable();
+if (why) console.log(`docker executor tests skipped: ${why}`);
+
+// The busybox image answering HTTP on port 80 with a fixed body, as a service.
+const HTTP_SERVICE = ['sh', '-c', 'while true; do printf "HTTP/1.0 200 OK\\r\\n\\r\\nfrom-$SVC_WORD" | nc -l -p 80; done'];
+
+describe.skipIf(why !== null)('docker executor', () => {
+  let gitlab: GitLabEmulator;
+  let shard: Shard;
+  let db: TestDatabase;
+  let dataDir: string;
+  let registry: TestRegistry;
+  let privateImage: string;
+  const logLines: string[] = [];
+
+  beforeAll(async () => {
+    ensureTestImage();
+    registry = await startTestRegistry();
+    privateImage = registry.push(TEST_IMAGE, 'private/busybox:1');
+    dataDir = mkdtempSync(join(tmpdir(), 'rf-docker-'));
+    db = await freshDatabase(process.env['DATABASE_URL'] ? 'postgres' : 'pglite');
+    gitlab = await startGitLabEmulator({ traceUpdateIntervalS: 1 });
+    const classExtra = `    executor: docker\n    defaultImage: "${TEST_IMAGE}"\n    pullPolicy: [if-not-present]\n`;
+    const config = parseConfig(shardYaml({ shard: 'e2e-docker', gitlabUrl: gitlab.url, dbUrl: db.url, dataDir, idle: 2, max: 6, classExtra }));
+    shard = await startShard({ config, log: createLogger({ level: 'debug', destination: { write: (l: string) => void logLines.push(l) } }), tickMs: 100, defaultMetrics: false });
+  }, 120_000);
+
+  afterAll(async () => {
+    await shard?.drain({ timeoutMs: 20_000 });
+    await gitlab?.close();
+    await db?.drop();
+    await registry?.close();
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('offers image and services to GitLab and runs the job in its image beside a service reached by alias and derived name', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      name: 'docker-job',
+      image: { name: TEST_IMAGE, pull_policy: ['if-not-present'] },
+      services: [{ name: TEST_IMAGE, alias: 'web,www', command: HTTP_SERVICE, variables: [{ key: 'SVC_WORD', value: 'service' }], ports: [{ number: 80 }] }],
+      variables: [{ key: 'GREETING', value: "it's \"quoted\"" }, { key: 'MY_FILE', value: 'file-var-content', file: true }],
+      script: [
+        'echo "greeting=$GREETING project=$CI_PROJECT_DIR builds=$CI_BUILDS_DIR"',
+        'cat "$MY_FILE"; echo',
+        'test -f README.md && echo repo-in-container',
+        'wget -q -O - http://web/; echo',
+        'wget -q -O - http://rf-test-busybox/; echo',
+        'ls /usr/bin/git 2>/dev/null || echo no-git-in-image',
+        'echo "runner=$CI_RUNNER_VERSION id=$CI_RUNNER_ID"',
+      ],
+      afterScript: ['echo "after status=$CI_JOB_STATUS"'],
+    });
+    const final = await gitlab.waitForFinal(id, 60_000);
+    expect(final.state, final.trace).toBe('success');
+    expect(final.runnerInfo?.executor).toBe('docker');
+    expect(final.runnerInfo?.features).toMatchObject({ image: true, services: true, service_variables: true, trace_sections: true });
+    const t = final.trace;
+    expect(t).toContain(`Using Docker executor with image ${TEST_IMAGE}`);
+    expect(t).toContain(`greeting=it's "quoted" project=/builds/demo/project builds=/builds`);
+    expect(t).toContain('file-var-content');
+    expect(t).toContain('repo-in-container'); // git ran on the VM, into the mounted build dir
+    expect(t).toContain('no-git-in-image');
+    expect(t.match(/from-service/g)?.length).toBe(2); // by alias and by the name derived from the image
+    expect(t).toMatch(/runner=\d+\.\d+\.\d+ id=1/);
+    expect(t).toContain('after status=success');
+    for (const s of ['prepare_executor', 'get_sources', 'step_script', 'after_script', 'cleanup_file_variables']) {
+      expect(t).toMatch(new RegExp(`\\x1b\\[0Ksection_start:\\d+:${s}\\r\\x1b\\[0K`));
+      expect(t).toMatch(new RegExp(`\\x1b\\[0Ksection_end:\\d+:${s}\\r\\x1b\\[0K`));
+    }
+    await waitUntil(() => jobContainers(id).length === 0, 10_000, 'the job containers removed');
+  });
+
+  it('keeps the script exit code, and after_script sees CI_JOB_STATUS=failed', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, git: false, script: ['echo before', 'exit 7'], afterScript: ['echo "after status=$CI_JOB_STATUS"'] });
+    const final = await gitlab.waitForFinal(id, 60_000);
+    expect([final.state, final.failureReason, final.exitCode]).toEqual(['failed', 'script_failure', 7]);
+    expect(final.trace).toContain('after status=failed');
+  });
+
+  it('pulls a private image with the registry credentials of the job, never showing the password', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      git: false,
+      image: { name: privateImage, pull_policy: ['always'] },
+      credentials: [{ type: 'registry', url: registry.authed, username: registry.user, password: registry.password }],
+      script: ['echo pulled-and-ran'],
+    });
+    const final = await gitlab.waitForFinal(id, 60_000);
+    expect(final.state, final.trace).toBe('success');
+    expect(final.trace).toContain(`Pulling docker image ${privateImage}`);
+    expect(final.trace).toContain('pulled-and-ran');
+    expect(final.trace).not.toContain(registry.password);
+    expect(logLines.join('\n')).not.toContain(registry.password);
+  });
+
+  it('fails with image_pull_failure and a clear line when the pull is refused, the image is missing, or policy never finds none', async () => {
+    const cases = [
+      { image: { name: `${registry.authed}/private/other:1`, pull_policy: ['always'] }, line: /ERROR: failed to pull image ".*private\/other:1" with specified policies \[always\]: .*(no basic auth credentials|unauthorized|authentication required)/i },
+      { image: { name: `${registry.direct}/nothing/here:1` }, line: /ERROR: failed to pull image ".*nothing\/here:1" with specified policies \[if-not-present\]: .*(not found|manifest unknown)/i },
+      { image: { name: 'rf-test/absent:1', pull_policy: ['never'] }, line: /ERROR: failed to pull image "rf-test\/absent:1" with specified policies \[never\]: image not present on the VM and pull policy is never/ },
+    ];
+    const ids = cases.map((c) => gitlab.enqueue({ runnerToken: TOKEN, git: false, image: c.image, script: ['echo should-not-run'] }));
+    for (const [i, id] of ids.entries()) {
+      const final = await gitlab.waitForFinal(id, 60_000);
+      expect([final.state, final.failureReason], final.trace).toEqual(['failed', 'image_pull_failure']);
+      expect(final.trace).toMatch(cases[i]!.line);
+      expect(final.trace).not.toMatch(/^should-not-run$/m);
+      expect(final.trace).toContain('ERROR: Job failed: a docker image of the job could not be pulled');
+    }
+    // A GitLab older than 16.1 does not know image_pull_failure: told script_failure, as gitlab-runner does.
+    const old = gitlab.enqueue({ runnerToken: TOKEN, git: false, image: { name: 'rf-test/absent:1', pull_policy: ['never'] }, script: ['true'], failureReasons: ['script_failure', 'runner_system_failure'] });
+    expect((await gitlab.waitForFinal(old, 60_000)).failureReason).toBe('script_failure');
+  });
+
+  it('cancel stops every container of the job, services included', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      git: false,
+      services: [{ name: TEST_IMAGE, alias: 'sleeper', command: ['sleep', '600'] }],
+      script: ['echo started-long', 'sleep 600'],
+    });
+    await gitlab.waitFor(id, (j) => j.trace.includes('started-long'), 60_000);
+    expect(jobContainers(id).length).toBe(2); // the build container and the service
+    gitlab.cancel(id);
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect(final.state).toBe('canceled');
+    await waitUntil(() => jobContainers(id).length === 0, 15_000, 'the canceled job containers removed');
+  });
+});
