@@ -116,6 +116,13 @@ function crossFieldErrors(input: unknown): string[] {
   if (isRecord(providers)) {
     for (const [name, raw] of Object.entries(providers)) errors.push(...(providerValidators(name)?.config?.(raw) ?? []));
   }
+  const cache = input['cache'];
+  if (isRecord(cache) && cache['type'] === 'gcs' && (cache['credentialsFile'] === undefined || cache['credentialsFile'] === null)) {
+    errors.push('cache.credentialsFile: expected the path of a service account key file (gcs signs the cache URLs with it), got nothing');
+  }
+  if (isRecord(cache) && (cache['accessKeyId'] == null) !== (cache['secretAccessKey'] == null)) {
+    errors.push('cache.secretAccessKey: expected accessKeyId and secretAccessKey together, or neither (the SDK\'s default chain)');
+  }
   const secrets = input['secrets'];
   if (isRecord(secrets) && secrets['key'] != null && secrets['keyFile'] != null) {
     errors.push('secrets.keyFile: expected either secrets.key or secrets.keyFile, not both');
@@ -180,6 +187,20 @@ function toShardConfig(raw: RawShardConfig, baseDir: string): ShardConfig {
     secrets: { key: raw.secrets.key, keyFile: raw.secrets.keyFile === null ? null : resolve(baseDir, raw.secrets.keyFile) },
     billing: { token: raw.billing.token, webhooks: raw.billing.webhooks.map((w) => ({ url: w.url, secret: w.secret, batchSize: w.batchSize, deadLetterAfterMs: w.deadLetterAfter })) },
     isolation: { managerRanges: raw.isolation.managerRanges, audit: raw.isolation.audit, auditIntervalMs: raw.isolation.auditInterval },
+    cache: raw.cache
+      ? {
+          type: raw.cache.type,
+          bucket: raw.cache.bucket,
+          prefix: raw.cache.prefix.replace(/^\/+|\/+$/g, ''),
+          credentialsFile: raw.cache.credentialsFile === null ? null : resolve(baseDir, raw.cache.credentialsFile),
+          region: raw.cache.region,
+          accessKeyId: raw.cache.accessKeyId,
+          secretAccessKey: raw.cache.secretAccessKey,
+          endpoint: raw.cache.endpoint,
+          forcePathStyle: raw.cache.forcePathStyle,
+          urlSlackMs: raw.cache.urlSlack,
+        }
+      : null,
     log: { level: raw.log.level },
   };
 }

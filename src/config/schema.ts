@@ -247,6 +247,27 @@ export const shardSchema = z.strictObject(
         { error: 'mapping' },
       )
       .default({ managerRanges: [], audit: 'warn', auditInterval: 600_000 }),
+    cache: z
+      .strictObject(
+        {
+          type: z.enum(['gcs', 's3'], { error: 'gcs or s3' }),
+          bucket: stringMatching(/^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$/, 'bucket name of 3-222 characters [a-z0-9._-]'),
+          prefix: z.string({ error: 'object name prefix' }).regex(/^[A-Za-z0-9._/-]{0,200}$/, { error: 'object name prefix of [A-Za-z0-9._/-]' }).default(''),
+          // gcs: a service account key file (JSON with client_email and private_key) signs the URLs.
+          credentialsFile: nonEmpty('non-empty path of a service account key file').nullable().default(null),
+          // s3: region and keys (else the SDK's default chain); endpoint for S3-compatible stores.
+          region: nonEmpty('region like us-east-1').default('us-east-1'),
+          accessKeyId: nonEmpty('access key id').nullable().default(null),
+          secretAccessKey: nonEmpty('secret access key').nullable().default(null),
+          endpoint: httpUrl.nullable().default(null),
+          forcePathStyle: z.boolean({ error: 'true or false' }).default(false),
+          // How long a job's signed URLs stay valid beyond its timeout.
+          urlSlack: duration(60_000, 24 * HOUR).default(HOUR),
+        },
+        { error: 'mapping with type, bucket and prefix' },
+      )
+      .nullable()
+      .default(null),
     log: z
       .strictObject({ level: z.enum(LOG_LEVELS, { error: `one of ${LOG_LEVELS.join(', ')}` }).default('info') }, { error: 'mapping' })
       .default({ level: 'info' }),

@@ -90,6 +90,8 @@ export interface ShardConfig {
   secrets: { key: string | null; keyFile?: string | null };
   billing: BillingConfig;
   isolation: IsolationConfig;
+  /** The distributed cache (one bucket per shard); null: jobs' `cache:` is not offered. */
+  cache?: CacheConfig | null;
   log: { level: string };
 }
 
@@ -99,6 +101,23 @@ export interface IsolationConfig {
   /** Audit the runner networks' ingress rules: log findings (warn), refuse to start on any (enforce), or not at all. */
   audit: (typeof AUDIT_MODES)[number];
   auditIntervalMs: number;
+}
+
+export interface CacheConfig {
+  type: 'gcs' | 's3';
+  bucket: string;
+  /** Object names start with it: `<prefix>/project/<id>/<key>`. */
+  prefix: string;
+  /** gcs: service account key file (absolute) whose key signs the URLs. */
+  credentialsFile: string | null;
+  /** s3: region, keys (null: the SDK's default chain), an S3-compatible endpoint. */
+  region: string;
+  accessKeyId: string | null;
+  secretAccessKey: string | null;
+  endpoint: string | null;
+  forcePathStyle: boolean;
+  /** Signed URLs live the job's timeout plus this. */
+  urlSlackMs: number;
 }
 
 export interface WebhookSink {

@@ -104,9 +104,29 @@ const FEATURES = {
 
 export type RunnerExecutor = 'shell' | 'docker';
 
+/** What a class's job script can do, which decides the features offered to GitLab. */
+export interface RunnerKind {
+  executor: RunnerExecutor;
+  /** Windows jobs run the PowerShell script, which has no artifact steps yet. */
+  windows?: boolean;
+  /** The shard has a distributed cache (bash scripts restore and save `cache:`). */
+  cache?: boolean;
+}
+
+const CACHE_FEATURES = { cache: true, fallback_cache_keys: true };
+
+/** The bash script (Linux, macOS) collects, uploads and downloads artifacts on the VM. */
+const BASH_FEATURES = {
+  ...FEATURES,
+  artifacts: true,
+  upload_multiple_artifacts: true,
+  upload_raw_artifacts: true,
+  artifacts_exclude: true,
+};
+
 /** A docker class also runs `image:` and `services:` (with their variables, aliases and executor_opts). */
 const DOCKER_FEATURES = {
-  ...FEATURES,
+  ...BASH_FEATURES,
   image: true,
   services: true,
   service_variables: true,
@@ -159,7 +179,8 @@ export class GitLabClient {
     this.base = o.url.replace(/\/+$/, '');
   }
 
-  private info(executor: RunnerExecutor = 'shell') {
+  private info(kind: RunnerKind = { executor: 'shell' }) {
+    const executor = kind.executor;
     return {
       name: this.o.runnerName ?? 'runner-fleet',
       version: this.o.version ?? RUNNER_VERSION,
@@ -168,7 +189,7 @@ export class GitLabClient {
       architecture: arch() === 'x64' ? 'amd64' : arch(),
       executor: executor === 'docker' ? 'docker' : 'custom',
       shell: 'bash',
-      features: executor === 'docker' ? DOCKER_FEATURES : FEATURES,
+      features: kind.windows ? FEATURES : { ...(executor === 'docker' ? DOCKER_FEATURES : BASH_FEATURES), ...(kind.cache ? CACHE_FEATURES : {}) },
     };
   }
 
@@ -217,10 +238,10 @@ export class GitLabClient {
     );
   }
 
-  /** Ask for a job; `executor` decides the features offered (a docker class takes `image:` and `services:`). */
-  async requestJob(runnerToken: string, signal?: AbortSignal, executor: RunnerExecutor = 'shell'): Promise<RequestJobResult> {
+  /** Ask for a job; `kind` decides the features offered (a docker class takes `image:` and `services:`). */
+  async requestJob(runnerToken: string, signal?: AbortSignal, kind: RunnerKind = { executor: 'shell' }): Promise<RequestJobResult> {
     const key = runnerToken; // kept in memory only
-    const body = JSON.stringify({ token: runnerToken, system_id: this.o.systemId, info: this.info(executor), last_update: this.lastUpdate.get(key) ?? '' });
+    const body = JSON.stringify({ token: runnerToken, system_id: this.o.systemId, info: this.info(kind), last_update: this.lastUpdate.get(key) ?? '' });
     const res = await this.call('job request', '/api/v4/jobs/request', { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal });
     const lu = res.headers.get('x-gitlab-last-update');
     if (lu) this.lastUpdate.set(key, lu);

@@ -118,7 +118,7 @@ export function killCommand(jobId: number, reason: 'canceled' | 'timeout'): stri
 }
 
 /** Failure reasons a job script may report beside its exit code (anything else is ignored). */
-export const SCRIPT_FAILURE_REASONS = ['image_pull_failure', 'runner_system_failure'] as const;
+export const SCRIPT_FAILURE_REASONS = ['image_pull_failure', 'runner_system_failure', 'upload_failure', 'download_failure'] as const;
 export type ScriptFailureReason = (typeof SCRIPT_FAILURE_REASONS)[number];
 const isScriptFailureReason = (s: string | undefined): s is ScriptFailureReason => (SCRIPT_FAILURE_REASONS as readonly string[]).includes(s ?? '');
 

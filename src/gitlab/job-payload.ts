@@ -38,6 +38,36 @@ const image = z.looseObject({
 
 const service = image.extend({ variables: z.array(z.looseObject({ key: z.string().min(1), value: z.string() })).nullish() });
 
+/** An `artifacts` entry (GitLab sends reports as entries of their own type and format). */
+const artifact = z.looseObject({
+  name: z.string().nullish(),
+  untracked: z.boolean().nullish(),
+  paths: z.array(z.string()).nullish(),
+  exclude: z.array(z.string()).nullish(),
+  when: z.enum(['on_success', 'on_failure', 'always']).nullish(),
+  artifact_type: z.string().nullish(),
+  artifact_format: z.string().nullish(),
+  expire_in: z.string().nullish(),
+});
+
+/** A `cache` entry: GitLab has computed the key (files-based keys, the protected-ref suffix). */
+const cacheEntry = z.looseObject({
+  key: z.string().nullish(),
+  untracked: z.boolean().nullish(),
+  policy: z.enum(['pull', 'push', 'pull-push']).nullish(),
+  paths: z.array(z.string()).nullish(),
+  when: z.enum(['on_success', 'on_failure', 'always']).nullish(),
+  fallback_keys: z.array(z.string()).nullish(),
+});
+
+/** A job whose artifacts this one needs: GitLab sends its token and, when it has one, its artifacts file. */
+const dependency = z.looseObject({
+  id: z.number().int().positive(),
+  name: z.string().optional(),
+  token: z.string().optional(),
+  artifacts_file: z.looseObject({ filename: z.string().optional(), size: z.number().optional() }).nullish(),
+});
+
 const credential = z.looseObject({ type: z.string(), url: z.string(), username: z.string().optional(), password: z.string().optional() });
 
 const jobSchema = z.looseObject({
@@ -74,10 +104,10 @@ const jobSchema = z.looseObject({
   steps: z.array(step).min(1, 'expected at least one step'),
   image: image.nullish(),
   services: z.array(service).nullish(),
-  artifacts: z.array(z.looseObject({})).nullish(),
-  cache: z.array(z.looseObject({})).nullish(),
+  artifacts: z.array(artifact).nullish(),
+  cache: z.array(cacheEntry).nullish(),
   credentials: z.array(credential).nullish(),
-  dependencies: z.array(z.looseObject({ id: z.number().optional(), name: z.string().optional() })).nullish(),
+  dependencies: z.array(dependency).nullish(),
   features: z.looseObject({ failure_reasons: z.array(z.string()).optional() }).nullish(),
 });
 

@@ -56,12 +56,13 @@ const name = (key: string) => (/^[A-Za-z0-9_]{1,100}$/.test(key) ? key : JSON.st
 const kib = (n: number) => `${Math.ceil(n / 1024).toLocaleString('en')} KiB`;
 
 /** What to mask in the job's trace (for MaskAutomaton), or why it cannot be masked safely (it must not run). */
-export function maskPlan(job: Pick<JobPayload, 'token' | 'variables'> & Partial<Pick<JobPayload, 'credentials'>>): MaskPlan {
+export function maskPlan(job: Pick<JobPayload, 'token' | 'variables'> & Partial<Pick<JobPayload, 'credentials' | 'dependencies'>>): MaskPlan {
   const values = new Map<string, string>(); // value -> the first variable that holds it
   const ignored: string[] = [];
   if (job.token) values.set(job.token, 'the job token');
   // Registry passwords reach the VM (docker pulls) and must not show in the trace either.
   for (const c of job.credentials ?? []) if (c.password && c.password.length >= MIN_MASKED_LENGTH && !values.has(c.password)) values.set(c.password, 'a registry password');
+  for (const d of job.dependencies ?? []) if (d.token && d.token.length >= MIN_MASKED_LENGTH && !values.has(d.token)) values.set(d.token, 'a dependency token');
   for (const v of job.variables ?? []) {
     if (!v.masked) continue;
     const value = v.value.trim();

@@ -20,14 +20,14 @@
 // as IFS, PATH, HOME, RF_TMP or rf_rc cannot change how the wrapper cleans up or which exit code
 // it returns. rf_vars gets the wrapper's values as positional parameters, which no variable can
 // overwrite.
+import { ARTIFACT_HELPERS, artifactEntries, dependencies, uploadEntryScript, type ArtifactEntry } from './artifacts.js';
+import { CACHE_HELPERS, restoreScript, saveScript, type SignedCacheEntry } from './cache-script.js';
 import { CONTAINER_BUILDS_DIR, JOB_LABEL, dockerPlan, type DockerImageRun, type DockerPlan } from './docker-plan.js';
 import type { JobPayload, JobVariable, PullPolicy } from './job-payload.js';
 import { variableValue } from './job-payload.js';
+import { shq } from './script-quote.js';
 
-/** Quote for bash: a single-quoted string with embedded single quotes spliced in. */
-export function shq(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
+export { shq };
 
 /** A name a shell can export (others are skipped). */
 export const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -189,6 +189,10 @@ export interface ScriptOptions {
   runnerVariables?: Record<string, string>;
   /** PEM of the CA that GitLab's certificate chains to: the job gets it as CI_SERVER_TLS_CA_FILE. */
   tlsCa?: string | null;
+  /** GitLab's URL as the VM reaches it (artifact transfers); default the job's CI_SERVER_URL. */
+  gitlabUrl?: string;
+  /** The job's cache entries with URLs signed for it (null: the shard has no cache). */
+  cache?: { entries: SignedCacheEntry[]; warnings: string[] } | null;
 }
 
 /** The job's variables with the runner's own first (GitLab's, later in the list, win) and CI_SERVER_TLS_CA_FILE. */
@@ -356,6 +360,29 @@ function dockerStep(job: JobPayload, opts: ScriptOptions, plan: DockerPlan, name
   ];
 }
 
+/**
+ * What artifact transfers need: GitLab's API base, the job's token as a header file (never an
+ * argument: `ps` would show it), the CA, the helpers, and the VM tools they use.
+ */
+function transferSetup(job: JobPayload, opts: ScriptOptions, entries: ArtifactEntry[], deps: unknown[], cache: boolean): string[] {
+  const tools = new Set(['curl', 'sort', 'find', 'grep', 'sed']);
+  if (deps.length || cache) tools.add('unzip');
+  if (cache) tools.add('zip');
+  for (const e of entries) tools.add(e.format === 'zip' ? 'zip' : e.format === 'gzip' ? 'gzip' : 'cp');
+  const out = [
+    `rf_api=${shq(`${(opts.gitlabUrl ?? variableValue(job, 'CI_SERVER_URL') ?? '').replace(/\/+$/, '')}/api/v4`)} rf_job_id=${job.id}`,
+    `(umask 0077; printf 'JOB-TOKEN: %s\\n' ${shq(job.token)} > "$RF_TMP/job-token.hdr")`,
+    'rf_cacert=',
+  ];
+  if (opts.tlsCa) out.push(`printf '%s' ${shq(opts.tlsCa)} > "$RF_TMP/ca.pem"`, 'rf_cacert="--cacert $RF_TMP/ca.pem"');
+  out.push(
+    `for rf_t in ${[...tools].join(' ')}; do command -v "$rf_t" >/dev/null 2>&1 || { echo "ERROR: the VM image lacks $rf_t, which artifact transfers need"; rf_fail runner_system_failure; exit 1; }; done`,
+    ...ARTIFACT_HELPERS,
+    ...(cache ? CACHE_HELPERS : []),
+  );
+  return out;
+}
+
 export function buildBashScript(job: JobPayload, opts: ScriptOptions = {}): string {
   const docker = opts.executor === 'docker';
   const out: string[] = [];
@@ -389,6 +416,21 @@ export function buildBashScript(job: JobPayload, opts: ScriptOptions = {}): stri
   out.push(section('prepare_script', 'Preparing environment'), 'echo "Running on $(hostname)..."', 'rf_se prepare_script');
   out.push('mkdir -p "$rf_dir" && cd "$rf_dir" || exit 1');
   out.push(section('get_sources', 'Getting source from Git repository'), ...gitSetup(job, vars), 'rf_se get_sources');
+  const artifacts = artifactEntries(job);
+  const deps = dependencies(job);
+  for (const w of artifacts.warnings) out.push(`echo ${shq(`WARNING: ${w}`)}`);
+  const cache = opts.cache?.entries ?? [];
+  for (const w of opts.cache?.warnings ?? []) out.push(`echo ${shq(`WARNING: ${w}`)}`);
+  if (artifacts.entries.length || deps.length || cache.length) out.push(...transferSetup(job, opts, artifacts.entries, deps, cache.length > 0));
+  if (cache.some((c) => c.restore.length)) out.push(section('restore_cache', 'Restoring cache'), ...restoreScript(cache), 'rf_se restore_cache');
+  if (deps.length) {
+    out.push(section('download_artifacts', 'Downloading artifacts'));
+    for (const [i, d] of deps.entries()) {
+      out.push(`(umask 0077; printf 'JOB-TOKEN: %s\\n' ${shq(d.token)} > "$RF_TMP/dep-${i}.hdr")`);
+      out.push(`rf_download ${d.id} ${shq(d.name)} "$RF_TMP/dep-${i}.hdr" || { rf_fail download_failure; exit 1; }`);
+    }
+    out.push('rf_se download_artifacts');
+  }
 
   const script = stepScript(job, 'script');
   out.push(section('step_script', 'Executing "step_script" stage of the job script'));
@@ -404,6 +446,29 @@ export function buildBashScript(job: JobPayload, opts: ScriptOptions = {}): stri
     if (plan) out.push(...dockerStep(job, opts, plan, 'after_script', after, '$rf_status'));
     else out.push('(', vars, 'export CI_JOB_STATUS="$rf_status"', 'set -eo pipefail', commandLines(after), ')');
     out.push('[ "$?" -eq 0 ] || echo "WARNING: after_script failed, but job will continue unaffected"', 'rf_se after_script');
+  }
+  const saving = (w: 'on_success' | 'on_failure') => cache.map((e, i) => ({ e, i })).filter(({ e }) => e.save && (e.when === w || e.when === 'always'));
+  if (saving('on_success').length || saving('on_failure').length) {
+    out.push('if [ "$rf_rc" -eq 0 ]; then');
+    out.push(...(saving('on_success').length ? [section('archive_cache', 'Saving cache for successful job'), ...saveScript(saving('on_success')), 'rf_se archive_cache'] : ['  :']));
+    out.push('else');
+    out.push(...(saving('on_failure').length ? [section('archive_cache_on_failure', 'Saving cache for failed job'), ...saveScript(saving('on_failure')), 'rf_se archive_cache_on_failure'] : ['  :']));
+    out.push('fi');
+  }
+  if (artifacts.entries.length) {
+    const on = (w: 'on_success' | 'on_failure') => artifacts.entries.map((e, i) => [e, i] as const).filter(([e]) => e.when === w || e.when === 'always');
+    const success = on('on_success');
+    const failure = on('on_failure');
+    out.push('rf_art_failed=');
+    out.push('if [ "$rf_rc" -eq 0 ]; then');
+    if (success.length) out.push(section('upload_artifacts_on_success', 'Uploading artifacts for successful job'), ...success.flatMap(([e, i]) => uploadEntryScript(e, i)), 'rf_se upload_artifacts_on_success');
+    else out.push('  :');
+    out.push('else');
+    if (failure.length) out.push(section('upload_artifacts_on_failure', 'Uploading artifacts for failed job'), ...failure.flatMap(([e, i]) => uploadEntryScript(e, i)), 'rf_se upload_artifacts_on_failure');
+    else out.push('  :');
+    out.push('fi');
+    // A job that passed but could not hand in its artifacts failed; a failed one keeps its own code.
+    out.push('if [ -n "$rf_art_failed" ] && [ "$rf_rc" -eq 0 ]; then rf_fail upload_failure; rf_rc=1; fi');
   }
   out.push(section('cleanup_file_variables', 'Cleaning up project directory and file based variables'), 'rm -rf "$RF_TMP" "$rf_dir.tmp"', 'rf_se cleanup_file_variables');
   out.push('exit "$rf_rc"', '');

@@ -16,6 +16,9 @@ import { MaskAutomaton, Masker } from '../gitlab/mask.js';
 import { ignoredWarning, maskPlan } from '../gitlab/masked-values.js';
 import { buildPowerShellScript, powerShellCommand, powerShellStdin } from '../gitlab/powershell.js';
 import { buildBashScript, type ScriptOptions } from '../gitlab/script.js';
+import type { SignedCacheEntry } from '../gitlab/cache-script.js';
+import { cachePlan } from '../cache/plan.js';
+import type { CacheSigner } from '../cache/signer.js';
 import { TraceUploader } from '../gitlab/trace.js';
 import { absentFrom, type ConnectInfo, type GuestOs, type Provider } from '../providers/provider.js';
 import { buildBillingEvent } from './billing.js';
@@ -42,6 +45,8 @@ export interface ExecutorDeps {
   traceBufferBytes?: number;
   /** PEM of `gitlab.tlsCaFile`: jobs get it as CI_SERVER_TLS_CA_FILE. */
   tlsCa?: string | null;
+  /** Signs the distributed cache's URLs (`cache:` in the shard config); null without one. */
+  cache?: CacheSigner | null;
 }
 
 export interface JobContext {
@@ -202,8 +207,11 @@ export class Executor {
       if (resume) void this.d.store.markJobStarted(job.id, new Date(startedAt)).catch(() => {});
       else this.observeStart(ctx, startedAt, log);
     };
-    const watch = (first: SshSession | undefined, signal = abort.signal) =>
-      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: Buffer.from(buildBashScript(job, this.scriptOptions(cls))), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
+    // Built once per run (cache URLs are signed for it); a job already claimed on its VM ignores it.
+    let script: Promise<Buffer> | null = null;
+    const scriptBytes = () => (script ??= this.scriptOptions(cls, job, ctx.timeoutSeconds).then((o) => Buffer.from(buildBashScript(job, o))));
+    const watch = async (first: SshSession | undefined, signal = abort.signal) =>
+      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: await scriptBytes(), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
     try {
       if (cause) {
         detachedJob = resume !== null; // a running job is killed: its output cannot be masked
@@ -524,15 +532,34 @@ export class Executor {
     void this.d.store.markJobStarted(ctx.job.id, new Date(startedAt)).catch((err) => log.warn({ err }, 'could not record job start'));
   }
 
-  /** How the class runs a job's bash script (executor, default image, runner-set variables). */
-  private scriptOptions(cls: ClassConfig): ScriptOptions {
+  /** How the class runs a job's bash script (executor, default image, runner-set variables, signed cache URLs). */
+  private async scriptOptions(cls: ClassConfig, job: JobPayload, timeoutSeconds: number): Promise<ScriptOptions> {
     return {
+      cache: await this.signCache(job, timeoutSeconds),
       executor: cls.executor ?? 'shell',
       defaultImage: cls.defaultImage ?? null,
       ...(cls.pullPolicy ? { pullPolicy: cls.pullPolicy } : {}),
       runnerVariables: runnerVariables(cls),
       tlsCa: this.d.tlsCa ?? null,
+      gitlabUrl: this.d.config.gitlab.url,
     };
+  }
+
+  /** The job's cache entries with URLs signed to outlive its timeout; null without a shard cache. */
+  private async signCache(job: JobPayload, timeoutSeconds: number): Promise<ScriptOptions['cache']> {
+    const signer = this.d.cache;
+    const cfg = this.d.config.cache;
+    if (!signer || !cfg || !job.cache?.length) return null;
+    const plan = cachePlan(job, cfg.prefix);
+    const ttl = timeoutSeconds + cfg.urlSlackMs / 1000;
+    const entries: SignedCacheEntry[] = await Promise.all(
+      plan.entries.map(async (e) => ({
+        ...e,
+        restore: await Promise.all(e.restore.map(async (r) => ({ key: r.key, url: await signer.read(r.object, ttl) }))),
+        save: e.save ? { key: e.save.key, url: await signer.write(e.save.object, ttl), where: signer.where(e.save.object) } : null,
+      })),
+    );
+    return { entries, warnings: plan.warnings };
   }
 
   private outcome(cause: EndCause, ctx: JobContext, trace: TraceUploader): Omit<JobOutcome, 'finishedAt' | 'traceBytes' | 'traceChecksum'> {
@@ -543,6 +570,10 @@ export class Executor {
           const known = ctx.job.features?.failure_reasons?.includes('image_pull_failure');
           trace.append('\nERROR: Job failed: a docker image of the job could not be pulled (see above)\n');
           return { result: 'failed', exitCode: null, failureReason: known ? 'image_pull_failure' : 'script_failure' };
+        }
+        if (cause.reason === 'upload_failure' || cause.reason === 'download_failure') {
+          trace.append(`\nERROR: Job failed: ${cause.reason === 'upload_failure' ? 'uploading its artifacts' : 'downloading the artifacts of a job it depends on'} failed (see above)\n`);
+          return { result: 'failed', exitCode: null, failureReason: 'script_failure' };
         }
         if (cause.reason === 'runner_system_failure') {
           trace.append('\nERROR: Job failed (system failure): preparing the job on its VM failed (see above)\n');

@@ -198,7 +198,7 @@ export class Intake {
     const gauge = this.d.metrics.intakeRequestsInFlight;
     gauge.inc({ class: cls.name });
     try {
-      return await this.d.gitlab.requestJob(cls.runnerToken, this.abort.signal, cls.executor ?? 'shell');
+      return await this.d.gitlab.requestJob(cls.runnerToken, this.abort.signal, { executor: cls.executor ?? 'shell', windows: cls.machine['os'] === 'windows', cache: !!this.d.config.cache });
     } finally {
       gauge.dec({ class: cls.name });
     }

@@ -21,6 +21,7 @@ import { Fence, FencedError } from '../db/fence.js';
 import type { Database } from '../db/schema.js';
 import { acquireShardLock, readLease, type ManagerInstance, type ShardLease } from '../db/lock.js';
 import { migrateToLatest } from '../db/migrate.js';
+import { createCacheSigner, type CacheSigner } from '../cache/signer.js';
 import { GitLabClient } from '../gitlab/client.js';
 import { startIsolationAudits } from './isolation-audit.js';
 import { providerFactory, registeredProviders, supportsStandby, type ConnectOverride, type Provider } from '../providers/provider.js';
@@ -115,6 +116,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
   // Before anything opens: no key (outside demo) or an unreadable key file stops the start here.
   const keys = keySource(config.secrets, opts.demo === true);
   const tlsCa = readTlsCa(config);
+  const cacheSigner = config.cache ? await createCacheSigner(config.cache) : null;
   const warnings = securityWarnings(config, opts.demo === true);
   for (const w of warnings) log.warn(w);
   const database = await openDatabase(config.database.url, { log, applicationName: instance.id, ...(config.database.poolSize ? { poolSize: config.database.poolSize } : {}) });
@@ -153,7 +155,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     }
 
     const activate = (lease: ShardLease) =>
-      activateShard({ opts, config, log, clock, db, store, metrics, gitlab, tlsCa, canRequest: () => lease.valid() && role === 'active' });
+      activateShard({ opts, config, log, clock, db, store, metrics, gitlab, tlsCa, cacheSigner, canRequest: () => lease.valid() && role === 'active' });
 
     // The manager's life: standby until it takes the shard, active until it loses it, again.
     const life = (async () => {
@@ -281,13 +283,14 @@ interface ActivateDeps {
   gitlab: GitLabClient;
   /** PEM of gitlab.tlsCaFile, for the jobs. */
   tlsCa: string | null;
+  cacheSigner: CacheSigner | null;
   /** False once the lease may have run out: intake asks GitLab for nothing then. */
   canRequest: () => boolean;
 }
 
 /** Build and start the acting parts, in a safe order: recovery before intake. */
 async function activateShard(d: ActivateDeps): Promise<Activation> {
-  const { opts, config, log, clock, db, store, metrics, gitlab, tlsCa } = d;
+  const { opts, config, log, clock, db, store, metrics, gitlab, tlsCa, cacheSigner } = d;
   const cleanups: (() => Promise<unknown>)[] = [];
   const cleanup = async () => {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err) => log.warn({ err }, 'cleanup failed'));
@@ -304,7 +307,7 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
       ...(opts.tickMs ? { tickMs: opts.tickMs } : {}),
     });
     const reports = new JobReports({ store, gitlab, metrics, log: log.child({ component: 'reports' }), ...(opts.reportPollMs ? { pollMs: opts.reportPollMs, retryBaseMs: opts.reportPollMs } : {}) });
-    const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock, reports, tlsCa, ...(config.jobs ? { unreachableMs: config.jobs.unreachableTimeoutMs } : {}) });
+    const executor = new Executor({ config, store, pool, providers, gitlab, metrics, log, clock, reports, tlsCa, cache: cacheSigner, ...(config.jobs ? { unreachableMs: config.jobs.unreachableTimeoutMs } : {}) });
     const intake = new Intake({ config, store, pool, executor, gitlab, metrics, log, clock, demand, canRequest: d.canRequest });
     const reconciler = new Reconciler({ config, store, providers, gitlab, metrics, log, clock, executor });
     // Running jobs outlive a step-down: the next active manager re-attaches them.

@@ -130,6 +130,23 @@ describe.skipIf(why !== null)('docker executor', () => {
     expect((await gitlab.waitForFinal(old, 60_000)).failureReason).toBe('script_failure');
   });
 
+  it('passes artifacts from a build job in its image to a test job in its image (files written by the container)', async () => {
+    const build = gitlab.enqueue({
+      runnerToken: TOKEN,
+      name: 'docker-build',
+      git: false,
+      script: ['mkdir -p out && echo "built in $(cat /etc/passwd | head -c 4)" > out/result.txt'],
+      artifacts: [{ paths: ['out/'], artifact_type: 'archive', artifact_format: 'zip' }],
+    });
+    const b = await gitlab.waitForFinal(build, 60_000);
+    expect(b.state, b.trace).toBe('success');
+    expect(b.artifacts.map((a) => a.filename)).toEqual(['artifacts.zip']);
+    const test = gitlab.enqueue({ runnerToken: TOKEN, name: 'docker-test', git: false, dependencies: [build], script: ['cat out/result.txt'] });
+    const t = await gitlab.waitForFinal(test, 60_000);
+    expect(t.state, t.trace).toBe('success');
+    expect(t.trace).toMatch(/^built in root$/m);
+  });
+
   it('cancel stops every container of the job, services included', async () => {
     const id = gitlab.enqueue({
       runnerToken: TOKEN,

@@ -35,6 +35,24 @@ export interface EnqueueSpec {
   credentials?: { type: string; url: string; username: string; password: string }[];
   /** features.failure_reasons: what this GitLab understands (default: GitLab 17's list). */
   failureReasons?: string[];
+  /** `artifacts` entries of the job, as GitLab sends them. */
+  artifacts?: Record<string, unknown>[];
+  /** Jobs whose artifacts this one needs (`dependencies`), filled in when the job is handed out. */
+  dependencies?: number[];
+  /** `cache` entries (GitLab computes the keys, with the -protected / -non_protected suffix). */
+  cache?: Record<string, unknown>[];
+  /** The pipeline's ref is protected (CI_COMMIT_REF_PROTECTED). */
+  protectedRef?: boolean;
+}
+
+/** An artifact a job uploaded, as the emulator keeps it. */
+export interface EmuArtifact {
+  artifactType: string;
+  artifactFormat: string;
+  expireIn: string | null;
+  filename: string;
+  size: number;
+  data: Buffer;
 }
 
 /** The failure reasons GitLab 17 lists in a job payload's features.failure_reasons. */
@@ -64,6 +82,7 @@ export interface EmuJob {
   finishedAt?: number;
   /** When the first trace byte arrived (benches: pick-up -> first output). */
   firstTraceAt?: number;
+  artifacts: EmuArtifact[];
   /** `info` of the job request that took the job (executor, features). */
   runnerInfo?: { executor?: string; features?: Record<string, unknown> };
   updates: number;
@@ -87,6 +106,12 @@ export interface EmulatorFaults {
   traceTruncateOnce?: number;
   /** Hold every /jobs/request this long before answering (a loaded GitLab), so overlap is visible. */
   requestDelayMs?: number;
+  /** Answer this many artifact uploads with `status` (e.g. 502) before taking one. */
+  artifactUploadFailures?: { status: number; times: number };
+  /** A lower artifact size limit than the emulator's own while set (413 above it). */
+  artifactMaxBytes?: number;
+  /** Answer this many artifact downloads with `status` before serving one. */
+  artifactDownloadFailures?: { status: number; times: number };
 }
 
 export interface GitLabEmulator {
@@ -122,7 +147,11 @@ type JobRecord = Omit<EmuJob, 'trace'> & { traceBuf: Buffer };
 
 const FINAL: EmuJobState[] = ['success', 'failed', 'canceled'];
 
-export async function startGitLabEmulator(opts: { host?: string; port?: number; traceUpdateIntervalS?: number; log?: Logger; runnerTokens?: string[] } = {}): Promise<GitLabEmulator> {
+export async function startGitLabEmulator(opts: {
+  host?: string; port?: number; traceUpdateIntervalS?: number; log?: Logger; runnerTokens?: string[];
+  /** Largest artifact accepted (GitLab's max_artifacts_size; default 100 MiB); larger ones get 413. */
+  maxArtifactBytes?: number;
+} = {}): Promise<GitLabEmulator> {
   const host = opts.host ?? '127.0.0.1';
   const interval = String(opts.traceUpdateIntervalS ?? 3);
   const repo = createDemoRepo();
@@ -185,6 +214,14 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     job.state = 'running';
     job.pickedAt = Date.now();
     if (body.info) job.runnerInfo = body.info;
+    const wanted = specs.get(id)?.dependencies ?? [];
+    // GitLab sends each dependency with the token of the job being handed out (the dependency's
+    // own token ended with it), and its artifacts file when it has one.
+    (payloads.get(id) as Record<string, unknown>)['dependencies'] = wanted.map((depId) => {
+      const dep = jobs.get(depId);
+      const archive = dep?.artifacts.find((a) => a.artifactType === 'archive');
+      return { id: depId, name: specs.get(depId)?.name ?? `job-${depId}`, token: job.token, ...(archive ? { artifacts_file: { filename: archive.filename, size: archive.size } } : {}) };
+    });
     const payload = payloads.get(id) as Record<string, unknown>;
     (payload['job_info'] as Record<string, unknown>)['time_in_queue_seconds'] = (job.pickedAt - job.enqueuedAt) / 1000;
     (payload['job_info'] as Record<string, unknown>)['queue_size'] = queue.length;
@@ -256,6 +293,49 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
     return reply.code(200).header('Job-Status', job.state).send();
   });
 
+  // Artifacts: multipart `file` with artifact_type, artifact_format, expire_in (form fields or
+  // query), JOB-TOKEN of the running job; 413 above the size limit, as GitLab.
+  const maxArtifact = opts.maxArtifactBytes ?? 100 * 1024 * 1024;
+  app.post<{ Params: { id: string }; Querystring: Record<string, string> }>('/api/v4/jobs/:id/artifacts', { bodyLimit: maxArtifact + 1024 * 1024 }, async (req, reply) => {
+    const job = authJob(req, reply);
+    if (!job) return reply;
+    if (job.state !== 'running' && job.state !== 'canceling') return reply.code(403).send({ message: '403 Forbidden - Job is not running' });
+    const fail = faults.artifactUploadFailures;
+    if (fail && fail.times > 0) {
+      fail.times--;
+      return reply.code(fail.status).send({ message: 'injected fault' });
+    }
+    const ct = String(req.headers['content-type'] ?? '');
+    if (!ct.startsWith('multipart/form-data') || !Buffer.isBuffer(req.body)) return reply.code(400).send({ message: '400 Bad request - file is missing' });
+    const form = await new Response(req.body, { headers: { 'content-type': ct } }).formData().catch(() => null);
+    const file = form?.get('file');
+    if (!form || !file || typeof file === 'string') return reply.code(400).send({ message: '400 Bad request - file is missing' });
+    const field = (k: string) => (form.get(k) as string | null) ?? req.query[k] ?? null;
+    const data = Buffer.from(await file.arrayBuffer());
+    if (data.length > Math.min(maxArtifact, faults.artifactMaxBytes ?? Infinity)) return reply.code(413).send({ message: '413 Request Entity Too Large' });
+    const artifactType = field('artifact_type') ?? 'archive';
+    const artifactFormat = field('artifact_format') ?? 'zip';
+    job.artifacts = job.artifacts.filter((a) => a.artifactType !== artifactType);
+    job.artifacts.push({ artifactType, artifactFormat, expireIn: field('expire_in'), filename: file.name, size: data.length, data });
+    return reply.code(201).send({ id: job.id, artifacts_file: { filename: file.name, size: data.length } });
+  });
+
+  // Download: the token is a running job's that depends on :id (GitLab's authenticate_job_via_dependent_job!).
+  app.get<{ Params: { id: string } }>('/api/v4/jobs/:id/artifacts', async (req, reply) => {
+    const id = Number(req.params.id);
+    const token = jobToken(req);
+    const asker = [...jobs.values()].find((j) => j.token === token && (j.state === 'running' || j.state === 'canceling'));
+    if (!asker || !(specs.get(asker.id)?.dependencies ?? []).includes(id)) return reply.code(403).send({ message: '403 Forbidden' });
+    const fail = faults.artifactDownloadFailures;
+    if (fail && fail.times > 0) {
+      fail.times--;
+      return reply.code(fail.status).send({ message: 'injected fault' });
+    }
+    const archive = jobs.get(id)?.artifacts.find((a) => a.artifactType === 'archive');
+    if (!archive) return reply.code(404).send({ message: '404 Not Found' });
+    return reply.code(200).header('content-type', 'application/zip').header('content-disposition', `attachment; filename="${archive.filename}"`).send(archive.data);
+  });
+
   // Smart HTTP git: the job token of a running job is the password, as on GitLab.
   app.route({
     method: ['GET', 'POST'],
@@ -296,6 +376,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
       { key: 'CI_PROJECT_ROOT_NAMESPACE_ID', value: '3', public: true, masked: false },
       { key: 'CI_PIPELINE_ID', value: String(500 + Math.floor(id / 10)), public: true, masked: false },
       { key: 'CI_SERVER_URL', value: baseUrl, public: true, masked: false },
+      { key: 'CI_COMMIT_REF_PROTECTED', value: spec.protectedRef ? 'true' : 'false', public: true, masked: false },
       { key: 'CI_RUNNER_ID', value: '1', public: true, masked: false },
       { key: 'CI_RUNNER_DESCRIPTION', value: 'runner-fleet emulator runner', public: true, masked: false },
       { key: 'CI_RUNNER_TAGS', value: '["linux", "amd64"]', public: true, masked: false },
@@ -325,8 +406,8 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
       ],
       image: spec.image ?? null,
       services: spec.services ?? [],
-      artifacts: null,
-      cache: [],
+      artifacts: spec.artifacts ?? null,
+      cache: spec.cache ?? [],
       credentials: spec.credentials ?? [],
       dependencies: [],
       features: { trace_sections: true, failure_reasons: spec.failureReasons ?? GITLAB_FAILURE_REASONS },
@@ -355,7 +436,7 @@ export async function startGitLabEmulator(opts: { host?: string; port?: number; 
       const id = typeof rawId === 'number' && Number.isInteger(rawId) && !jobs.has(rawId) ? rawId : nextId++;
       nextId = Math.max(nextId, id + 1);
       const token = typeof raw['token'] === 'string' && raw['token'] ? raw['token'] : `glcbt-${randomBytes(12).toString('hex')}`;
-      jobs.set(id, { id, runnerToken: spec.runnerToken, token, state: 'pending', traceBuf: Buffer.alloc(0), enqueuedAt: Date.now(), updates: 0 });
+      jobs.set(id, { id, runnerToken: spec.runnerToken, token, state: 'pending', traceBuf: Buffer.alloc(0), enqueuedAt: Date.now(), updates: 0, artifacts: [] });
       specs.set(id, spec);
       payloads.set(id, payloadFor(id, token, spec));
       const q = queues.get(spec.runnerToken) ?? [];
