@@ -87,6 +87,9 @@ export type GitPlan = { warning?: string } & (
       refspecs: string[];
       /** `git clean` flags (each `-[A-Za-z]+`); null = GIT_CLEAN_FLAGS none. */
       cleanFlags: string[] | null;
+      /** GIT_SUBMODULE_STRATEGY; GIT_SUBMODULE_DEPTH (0 = full). */
+      submodules: 'none' | 'normal' | 'recursive';
+      submoduleDepth: number;
     }
 );
 
@@ -105,6 +108,9 @@ export function gitPlan(job: JobPayload): GitPlan {
   const bad = refspecs.find((r) => r.startsWith('-') || r === '');
   if (bad !== undefined) return { ...warn, kind: 'invalid', error: `the refspec ${JSON.stringify(bad.slice(0, 100))} is not valid` };
   const clean = variableValue(job, 'GIT_CLEAN_FLAGS') ?? '-ffdx';
+  const sub = variableValue(job, 'GIT_SUBMODULE_STRATEGY') ?? 'none';
+  const subDepth = variableValue(job, 'GIT_SUBMODULE_DEPTH') ?? '0';
+  if (!['none', 'normal', 'recursive'].includes(sub)) Object.assign(warn, { warning: `WARNING: unknown GIT_SUBMODULE_STRATEGY ${sub.slice(0, 40)}, using none` });
   const flags = clean.split(/\s+/).filter((f) => /^-[A-Za-z]+$/.test(f));
   return {
     ...warn,
@@ -116,6 +122,8 @@ export function gitPlan(job: JobPayload): GitPlan {
     depth,
     refspecs,
     cleanFlags: clean === 'none' ? null : flags.length ? flags : ['-ffdx'],
+    submodules: sub === 'normal' || sub === 'recursive' ? sub : 'none',
+    submoduleDepth: /^\d+$/.test(subDepth) ? Number(subDepth) : 0,
   };
 }
 
@@ -150,10 +158,34 @@ function gitSetup(job: JobPayload, vars: string): string[] {
     `  echo ${shq(`Checking out ${plan.sha.slice(0, 8)} as detached HEAD (ref is ${plan.ref})...`)}`,
     `  git -c advice.detachedHead=false checkout -f -q ${shq(plan.sha)} --`,
     plan.cleanFlags === null ? '  true' : `  git clean -q ${plan.cleanFlags.join(' ')}`,
+    ...submoduleLines(plan),
     ')',
     '[ "$?" -eq 0 ] || { echo "ERROR: git fetch/checkout failed"; exit 1; }',
   );
   return out;
+}
+
+/**
+ * GIT_SUBMODULE_STRATEGY normal/recursive: sync and update the submodules. URLs on GitLab's own
+ * host get the job token (git's insteadOf, as gitlab-runner does); relative ones resolve
+ * against the remote, token included.
+ */
+function submoduleLines(plan: Extract<GitPlan, { kind: 'fetch' }>): string[] {
+  if (plan.submodules === 'none') return [];
+  const rec = plan.submodules === 'recursive' ? ' --recursive' : '';
+  let insteadOf = '';
+  try {
+    const u = new URL(plan.repoUrl);
+    if (u.username) insteadOf = `-c ${shq(`url.${u.protocol}//${u.username}:${u.password}@${u.host}/.insteadOf`)}=${shq(`${u.protocol}//${u.host}/`)} `;
+  } catch {
+    // Not a URL (scp-like ssh syntax): no rewrite.
+  }
+  return [
+    `  echo ${shq(`Updating/initializing submodules${rec ? ' recursively' : ''}${plan.submoduleDepth ? ` with git depth set to ${plan.submoduleDepth}` : ''}...`)}`,
+    `  git submodule sync -q${rec}`,
+    `  git ${insteadOf}submodule update -q --init${rec}${plan.submoduleDepth ? ` --depth ${plan.submoduleDepth}` : ''}`,
+    `  git submodule foreach -q${rec} 'git clean -q -ffdx'`,
+  ];
 }
 
 /**

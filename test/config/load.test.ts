@@ -215,6 +215,19 @@ describe('loading a shard config', () => {
     ]);
   });
 
+  it('reads cache: gcs needs a key file, s3 keys come in pairs, errors name the field', () => {
+    const head = 'shard: s\ngitlab: { url: "http://127.0.0.1:9" }\nproviders: { local: }\nclasses: { a: { runnerToken: t, provider: local, pool: { idle: 1, max: 4 } } }\n';
+    expect(parseConfig(head, { env: {} }).cache).toBeNull();
+    const gcs = parseConfig(`${head}cache: { type: gcs, bucket: rf-cache, prefix: /shard-a/, credentialsFile: sa.json }\n`, { env: {}, baseDir: '/etc/rf' }).cache!;
+    expect([gcs.type, gcs.bucket, gcs.prefix, gcs.credentialsFile, gcs.urlSlackMs]).toEqual(['gcs', 'rf-cache', 'shard-a', '/etc/rf/sa.json', 3_600_000]);
+    const s3 = parseConfig(`${head}cache: { type: s3, bucket: rf-cache, region: eu-west-1, accessKeyId: AK, secretAccessKey: SK, endpoint: "http://127.0.0.1:9000", forcePathStyle: true }\n`, { env: {} }).cache!;
+    expect([s3.region, s3.endpoint, s3.forcePathStyle]).toEqual(['eu-west-1', 'http://127.0.0.1:9000', true]);
+    expect(errorsOf(`${head}cache: { type: azure, bucket: b0b }\n`)).toEqual(['cache.type: expected gcs or s3, got "azure"']);
+    expect(errorsOf(`${head}cache: { type: gcs, bucket: rf-cache }\n`)).toEqual(['cache.credentialsFile: expected the path of a service account key file (gcs signs the cache URLs with it), got nothing']);
+    expect(errorsOf(`${head}cache: { type: s3, bucket: rf-cache, accessKeyId: AK }\n`)).toEqual([expect.stringMatching(/^cache\.secretAccessKey: expected accessKeyId and secretAccessKey together/)]);
+    expect(errorsOf(`${head}cache: { type: s3, bucket: "Bad_Bucket" }\n`)).toEqual([expect.stringMatching(/^cache\.bucket: expected bucket name/)]);
+  });
+
   it('names line and column of a YAML syntax error', () => {
     expect(errorsOf({ file: 'invalid-yaml.yaml' })).toEqual(['yaml: line 4, column 1: All mapping items must start at the same column']);
     expect(errorsOf('shard: a\nshard: b\n')).toEqual(['yaml: line 2, column 1: Map keys must be unique']);

@@ -161,4 +161,12 @@ describe.skipIf(why !== null)('docker executor', () => {
     expect(final.state).toBe('canceled');
     await waitUntil(() => jobContainers(id).length === 0, 15_000, 'the canceled job containers removed');
   });
+
+  it('a timeout stops the containers too', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, git: false, timeoutS: 4, script: ['echo started-timed', 'sleep 600'] });
+    await gitlab.waitFor(id, (j) => j.trace.includes('started-timed'), 60_000);
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect([final.state, final.failureReason]).toEqual(['failed', 'job_execution_timeout']);
+    await waitUntil(() => jobContainers(id).length === 0, 15_000, 'the timed-out job containers removed');
+  });
 });

@@ -146,6 +146,17 @@ describe('buildBashScript', () => {
     expect(r.out).toContain('with git depth set to 1');
   });
 
+  it('fetches submodules with GIT_SUBMODULE_STRATEGY (the token reaches them), and leaves them out without it', async () => {
+    for (const strategy of ['normal', 'recursive', null]) {
+      rmSync(join(home, 'builds'), { recursive: true, force: true });
+      const job = await take({ submodule: true, script: ['cat lib/lib.txt 2>/dev/null || echo no-submodule'], variables: strategy ? [{ key: 'GIT_SUBMODULE_STRATEGY', value: strategy }] : [] });
+      const r = await bash(buildBashScript(job));
+      expect(r.code, r.out).toBe(0);
+      expect(r.out).toMatch(strategy ? /^from the submodule$/m : /^no-submodule$/m);
+      expect(r.out).not.toContain(job.token);
+    }
+  });
+
   it('skips git with GIT_STRATEGY=none', async () => {
     const job = await take({ script: ['test -d .git && echo has-git || echo no-git'], git: false });
     rmSync(join(home, 'builds'), { recursive: true, force: true });

@@ -11,6 +11,10 @@ export interface DemoRepo {
   path: string;
   sha: string;
   ref: string;
+  /** A commit on `with-submodule` whose `lib` is a submodule (`../lib.git`, the same server). */
+  submoduleSha: string;
+  /** Path of the submodule's repository under the server. */
+  libPath: string;
   close(): void;
 }
 
@@ -30,8 +34,29 @@ export function createDemoRepo(): DemoRepo {
   git(work, 'push', '-q', bare, 'HEAD:refs/heads/main');
   git(bare, 'symbolic-ref', 'HEAD', 'refs/heads/main');
   const sha = git(work, 'rev-parse', 'HEAD');
+  // A submodule repository beside it, and a branch that uses it (the gitlink written directly:
+  // no clone of it needed here).
+  const lib = join(root, 'demo', 'lib.git');
+  const libWork = join(root, 'lib-work');
+  mkdirSync(libWork);
+  git(root, 'init', '-q', '--bare', lib);
+  git(libWork, 'init', '-q');
+  writeFileSync(join(libWork, 'lib.txt'), 'from the submodule\n');
+  git(libWork, 'add', '.');
+  git(libWork, 'commit', '-q', '-m', 'lib');
+  git(libWork, 'push', '-q', lib, 'HEAD:refs/heads/main');
+  git(lib, 'symbolic-ref', 'HEAD', 'refs/heads/main');
+  const libSha = git(libWork, 'rev-parse', 'HEAD');
+  git(work, 'checkout', '-q', '-b', 'with-submodule');
+  writeFileSync(join(work, '.gitmodules'), '[submodule "lib"]\n\tpath = lib\n\turl = ../lib.git\n');
+  git(work, 'add', '.gitmodules');
+  git(work, 'update-index', '--add', '--cacheinfo', `160000,${libSha},lib`);
+  git(work, 'commit', '-q', '-m', 'use lib as a submodule');
+  git(work, 'push', '-q', bare, 'HEAD:refs/heads/with-submodule');
+  const submoduleSha = git(work, 'rev-parse', 'HEAD');
   rmSync(work, { recursive: true, force: true });
-  return { root, path: '/demo/project.git', sha, ref: 'main', close: () => rmSync(root, { recursive: true, force: true }) };
+  rmSync(libWork, { recursive: true, force: true });
+  return { root, path: '/demo/project.git', sha, ref: 'main', submoduleSha, libPath: '/demo/lib.git', close: () => rmSync(root, { recursive: true, force: true }) };
 }
 
 export interface CgiResult {

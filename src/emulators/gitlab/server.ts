@@ -43,6 +43,8 @@ export interface EnqueueSpec {
   cache?: Record<string, unknown>[];
   /** The pipeline's ref is protected (CI_COMMIT_REF_PROTECTED). */
   protectedRef?: boolean;
+  /** Check out the branch whose `lib` is a git submodule (on the same server). */
+  submodule?: boolean;
 }
 
 /** An artifact a job uploaded, as the emulator keeps it. */
@@ -337,9 +339,9 @@ export async function startGitLabEmulator(opts: {
   });
 
   // Smart HTTP git: the job token of a running job is the password, as on GitLab.
-  app.route({
+  for (const url of [`${repo.path}/*`, `${repo.libPath}/*`]) app.route({
     method: ['GET', 'POST'],
-    url: `${repo.path}/*`,
+    url,
     handler: async (req, reply) => {
       const auth = /^Basic (.+)$/.exec(String(req.headers.authorization ?? ''));
       const [user, pass] = auth ? Buffer.from(auth[1]!, 'base64').toString().split(':') : [];
@@ -391,11 +393,11 @@ export async function startGitLabEmulator(opts: {
       git_info: {
         repo_type: 'project',
         repo_url: `${origin.protocol}//gitlab-ci-token:${token}@${origin.host}${repo.path}`,
-        ref: repo.ref,
-        sha: repo.sha,
+        ref: spec.submodule ? 'with-submodule' : repo.ref,
+        sha: spec.submodule ? repo.submoduleSha : repo.sha,
         before_sha: '0000000000000000000000000000000000000000',
         ref_type: 'branch',
-        refspecs: [`+refs/heads/${repo.ref}:refs/remotes/origin/${repo.ref}`],
+        refspecs: [`+refs/heads/${spec.submodule ? 'with-submodule' : repo.ref}:refs/remotes/origin/${spec.submodule ? 'with-submodule' : repo.ref}`],
         depth: 20,
       },
       runner_info: { timeout, runner_session_url: null },
