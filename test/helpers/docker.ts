@@ -1,52 +1,16 @@
-// Real Docker Engine for the docker-executor tests: whether one answers here, a tiny test image
-// (`docker import` of a busybox rootfs: no registry is reachable), and a local registry (Debian's
-// docker-registry) behind a Basic-auth proxy, to test pulls with and without credentials.
+// Real Docker Engine for the docker-executor tests: whether one answers here, the busybox test
+// image (src/emulators/docker-image.ts), and a local registry (Debian's docker-registry) behind a
+// Basic-auth proxy, to test pulls with and without credentials.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, copyFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-export const TEST_IMAGE = 'rf-test/busybox:1';
+export { dockerUnavailable, ensureBusyboxImage as ensureTestImage, BUSYBOX_IMAGE as TEST_IMAGE } from '../../src/emulators/docker-image.js';
 
-const BUSYBOX = ['/usr/bin/busybox', '/bin/busybox'].find((p) => existsSync(p));
-
-function docker(args: string[], input?: Buffer): string {
-  return execFileSync('docker', args, { encoding: 'utf8', timeout: 120_000, ...(input ? { input } : {}), stdio: ['pipe', 'pipe', 'pipe'] });
-}
-
-/** Why the docker tests cannot run here, or null when Docker Engine answers and busybox exists. */
-export function dockerUnavailable(): string | null {
-  try {
-    const v = docker(['version', '--format', '{{.Server.Version}}']).trim();
-    if (!v) return 'docker answered without a server version';
-  } catch (err) {
-    return `Docker Engine does not answer (${((err as { stderr?: string }).stderr ?? (err as Error).message).trim().split('\n').pop()}); start it with "dockerd --iptables=false"`;
-  }
-  if (!BUSYBOX) return 'no static busybox to build the test image from (apt-get install busybox-static)';
-  return null;
-}
-
-/** Build the test image from busybox unless it exists: sh, wget, nc, sleep... and nothing else. */
-export function ensureTestImage(name = TEST_IMAGE): void {
-  try {
-    docker(['image', 'inspect', name]);
-    return;
-  } catch {
-    // Not built yet.
-  }
-  const root = mkdtempSync(join(tmpdir(), 'rf-img-'));
-  try {
-    for (const d of ['bin', 'tmp', 'etc', 'root']) mkdirSync(join(root, d));
-    copyFileSync(BUSYBOX!, join(root, 'bin/busybox'));
-    const applets = execFileSync(BUSYBOX!, ['--list'], { encoding: 'utf8' }).split('\n').filter((a) => a && a !== 'busybox');
-    for (const a of applets) symlinkSync('busybox', join(root, 'bin', a));
-    writeFileSync(join(root, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-    const tar = execFileSync('tar', ['-C', root, '-c', '.'], { maxBuffer: 64 * 1024 * 1024 });
-    docker(['import', '--change', 'ENV PATH=/bin', '-', name], tar);
-  } finally {
-    rmSync(root, { recursive: true, force: true });
-  }
+function docker(args: string[]): string {
+  return execFileSync('docker', args, { encoding: 'utf8', timeout: 120_000, stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
 /** The containers a job left on this Docker Engine (by the runner-fleet.job label). */
