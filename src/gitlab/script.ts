@@ -151,6 +151,8 @@ function gitSetup(job: JobPayload, vars: string): string[] {
     '(',
     `  ${vars}`,
     '  set -e',
+    // gitlab.tlsCaFile: git trusts GitLab's CA as the job's tools do.
+    '  [ -z "${CI_SERVER_TLS_CA_FILE:-}" ] || export GIT_SSL_CAINFO="$CI_SERVER_TLS_CA_FILE"',
     '  git -c init.defaultBranch=main init -q .',
     '  git remote remove origin 2>/dev/null || true',
     `  git remote add -- origin ${shq(plan.repoUrl)}`,
