@@ -112,6 +112,21 @@ describe('GitLabClient', () => {
   });
 });
 
+describe('features offered to GitLab', () => {
+  it("claim exactly what the class's job script does: docker adds image and services, a cache adds cache, Windows claims no artifacts", async () => {
+    const offered = async (kind: Parameters<GitLabClient['requestJob']>[2]) => {
+      const id = gitlab.enqueue({ runnerToken: 'good-token', script: ['true'], git: false });
+      expect((await client.requestJob('good-token', undefined, kind)).kind).toBe('job');
+      const info = gitlab.job(id).runnerInfo!;
+      return { executor: info.executor, ...(info.features as Record<string, boolean>) };
+    };
+    const shell = await offered({ executor: 'shell' });
+    expect(shell).toMatchObject({ executor: 'custom', artifacts: true, upload_multiple_artifacts: true, upload_raw_artifacts: true, artifacts_exclude: true, image: false, services: false, cache: false, fallback_cache_keys: false, trace_sections: true });
+    expect(await offered({ executor: 'docker', cache: true })).toMatchObject({ executor: 'docker', image: true, services: true, service_variables: true, service_multiple_aliases: true, image_executor_opts: true, cache: true, fallback_cache_keys: true });
+    expect(await offered({ executor: 'shell', windows: true, cache: true })).toMatchObject({ artifacts: false, upload_multiple_artifacts: false, cache: false, image: false });
+  });
+});
+
 describe('GitLabClient against the emulator, more', () => {
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
