@@ -248,7 +248,12 @@ export class Executor {
           connecting = connectSsh(info, { timeoutMs: 15_000, signal: abort.signal });
           connecting.catch(() => {}); // awaited below; not unhandled while the row is written
         }
-        if (os === 'windows') {
+        const unsupported = os === 'windows' ? windowsUnsupported(job) : null;
+        if (unsupported) {
+          session?.close();
+          connecting?.then((s) => s.close(), () => {});
+          cause = { kind: 'unsupported', message: unsupported };
+        } else if (os === 'windows') {
           // `assigned` already guards the VM (recovery treats both alike): record `running`
           // alongside the start instead of before it, off the start-latency path.
           marked = this.d.store.transition(vm.id, 'assigned', 'running', {}, `job ${job.id}`).catch((err) => log.warn({ err }, 'could not record running'));
@@ -674,6 +679,17 @@ export function runnerVariables(cls: ClassConfig): Record<string, string> {
 function machineArch(cls: ClassConfig): string {
   const a = cls.machine['arch'] ?? cls.machine['architecture'];
   return a === 'arm64' || a === 'aarch64' ? 'arm64' : 'amd64';
+}
+
+/**
+ * What a Windows job asks that its PowerShell script cannot do yet: artifacts and dependencies'
+ * artifacts (claimed to GitLab only by bash classes). Refused, naming it, rather than run with
+ * its artifacts silently dropped.
+ */
+export function windowsUnsupported(job: JobPayload): string | null {
+  if (job.artifacts?.length) return 'artifacts are not supported on Windows classes yet (the job declares artifacts:)';
+  if (job.dependencies?.some((d) => d.artifacts_file)) return "artifacts are not supported on Windows classes yet (the job needs a dependency's artifacts)";
+  return null;
 }
 
 export function machineType(cls: ClassConfig): string | null {

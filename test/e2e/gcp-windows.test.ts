@@ -177,4 +177,14 @@ describe('a Windows job on the gcp provider (GCE emulator)', () => {
     expect(script).not.toContain('& git');
     await expectCleanedUp(id);
   });
+
+  it('refuses a job with artifacts (runner_unsupported, naming why) instead of dropping them, and sends the VM nothing', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, git: false, script: ['Write-Output never'], artifacts: [{ paths: ['out/'], artifact_type: 'archive', artifact_format: 'zip' }] });
+    const final = await gitlab.waitForFinal(id, 30_000);
+    expect([final.state, final.failureReason]).toEqual(['failed', 'runner_unsupported']);
+    expect(final.trace).toContain('ERROR: Job failed: artifacts are not supported on Windows classes yet (the job declares artifacts:)');
+    expect(final.runnerInfo?.features).toMatchObject({ artifacts: false });
+    expect(() => received(id)).toThrow(/no job script received/);
+    await expectCleanedUp(id);
+  });
 });
