@@ -29,6 +29,24 @@ export interface SimulateOptions {
   startMs?: number;
   /** Sample pool size every this many seconds for the report's `timeline` (0 = none). */
   timelineS?: number;
+  /**
+   * The week before (arrival seconds from its start, 7 days before `startMs`): what the predictive
+   * model learns from. Absent: the trace itself stands for last week (a policy judged on the
+   * traffic it learned).
+   */
+  history?: TraceJob[];
+  /** false: no provider stop/start, so no standby tier (whatever the provider). */
+  standby?: boolean;
+  /** Boot (and resume) times of a class scaled by this at second t: a zone that slows down. */
+  bootScale?: Record<string, (tS: number) => number>;
+  /** An hour counts in `worstHourLateShare` with at least this many jobs of the class (default 20). */
+  hourMinJobs?: number;
+  /**
+   * Figures count only from this second (jobs arriving from it; VM-seconds and calls from it):
+   * the jobs before it warm the pool up, as a live pool is warm when a day begins. Hours are
+   * counted from it too.
+   */
+  measureFromS?: number;
 }
 
 export interface Figures {
@@ -43,6 +61,16 @@ export interface Figures {
   cloudCalls: { create: number; delete: number; stop: number; start: number; list: number };
   /** Jobs still waiting when the trace's last job could have finished (a class that never gets a VM). */
   jobsNotStarted: number;
+  /** Share of jobs that started later than their class's `pool.target` (the predictive promise). */
+  lateShare: number;
+  /** The largest such share in any hour (by arrival) with at least `hourMinJobs` jobs of a class. */
+  worstHourLateShare: number;
+  /** Share of created VMs that never ran a job (made, idled, deleted or left at the end). */
+  neverUsedShare: number;
+  /** Cloud calls (create, delete, stop, start, list) per job. */
+  callsPerJob: number;
+  /** boot + hot idle + 0.1 x standby VM-seconds (a stopped VM pays its disk) over the oracle's. */
+  overheadVsOracle: number;
 }
 
 export interface SimReport extends Figures {
@@ -135,7 +163,14 @@ interface Cls {
   hotS: number;
   standbyS: number;
   latencies: number[];
+  /** Arrival second of each job in `latencies` (same order). */
+  arrivals: number[];
+  targetS: number;
   calls: Figures['cloudCalls'];
+  /** The calls made before `measureFromS` (subtracted from the figures). */
+  callsBefore: Figures['cloudCalls'] | null;
+  /** Jobs that started on a VM from `measureFromS` on (each ran on its own VM). */
+  startedMeasured: number;
   polling: boolean;
 }
 
@@ -146,30 +181,35 @@ export function simulate(o: SimulateOptions): SimReport {
   const classes: Cls[] = Object.values(o.config.classes).map((cfg) => {
     const bt = o.boot?.[cfg.name] ?? defaultBoot(cfg);
     const policy = o.policy ?? cfg.pool.policy;
-    const standbyCapable = STOP_START.has(cfg.provider);
+    const standbyCapable = STOP_START.has(cfg.provider) && o.standby !== false;
     const resumeFraction = o.resumeFraction ?? priorResumeFraction(cfg.pool);
     const model =
       policy === 'predictive'
         ? new DemandModel({ targetMs: cfg.pool.targetMs, bound: cfg.pool.bound, max: cfg.pool.max, idleBudget: cfg.pool.idleBudget, standbyCapable, boot: { medianS: bt.medianS, p95S: bt.p95S }, resumeFraction })
         : null;
+    const scale = o.bootScale?.[cfg.name];
+    const bootDraw = logNormal(random, bt.medianS, bt.p95S);
+    const resumeDraw = logNormal(random, bt.medianS * resumeFraction, bt.p95S * resumeFraction);
     return {
       name: cfg.name, cfg, policy, standbyCapable, bootMedianS: bt.medianS,
-      boot: logNormal(random, bt.medianS, bt.p95S),
-      resume: logNormal(random, bt.medianS * resumeFraction, bt.p95S * resumeFraction),
+      boot: scale ? () => bootDraw() * scale(now) : bootDraw,
+      resume: scale ? () => resumeDraw() * scale(now) : resumeDraw,
       model, pollS: o.config.gitlab.pollIntervalMs / 1000,
       queue: [], queueHead: 0, hot: new Map(), standby: [], standbySince: [], pendingHot: 0, pendingStandby: 0, bootingStandby: 0, resuming: 0, busy: 0, coldBooting: 0,
-      last: 0, busyS: 0, bootS: 0, hotS: 0, standbyS: 0, latencies: [], calls: { create: 0, delete: 0, stop: 0, start: 0, list: 0 }, polling: false,
+      last: 0, busyS: 0, bootS: 0, hotS: 0, standbyS: 0, latencies: [], arrivals: [], targetS: cfg.pool.targetMs / 1000, calls: { create: 0, delete: 0, stop: 0, start: 0, list: 0 }, callsBefore: null, startedMeasured: 0, polling: false,
     };
   });
   const byName = new Map(classes.map((c, i) => [c.name, i]));
   const jobs = o.jobs;
-  // The predictive model's history: the trace's own weekly profile, as if last week had the same
-  // traffic (the live manager learns it from weeks of its job history).
+  // The predictive model's history: last week's arrivals (`history`), or the trace's own weekly
+  // profile as if last week had the same traffic (the live manager learns it from its job history).
   const span = jobs.reduce((m, j) => Math.max(m, j.arrivalS), 0);
+  const past = o.history ?? jobs;
+  const pastSpan = o.history ? 7 * 86_400 : span;
   for (const c of classes) {
     if (!c.model) continue;
-    const arrivals = jobs.filter((j) => j.className === c.name).map((j) => startMs - 7 * 86_400_000 + j.arrivalS * 1000);
-    c.model.learnHistory(arrivals, startMs - 7 * 86_400_000, startMs - 7 * 86_400_000 + Math.max(span * 1000, 1));
+    const arrivals = past.filter((j) => j.className === c.name).map((j) => startMs - 7 * 86_400_000 + j.arrivalS * 1000);
+    c.model.learnHistory(arrivals, startMs - 7 * 86_400_000, startMs - 7 * 86_400_000 + Math.max(pastSpan * 1000, 1));
   }
 
   const horizon = span + jobs.reduce((m, j) => Math.max(m, j.durationS), 0) + 6 * 3600;
@@ -178,13 +218,18 @@ export function simulate(o: SimulateOptions): SimReport {
   heap.push({ t: 0, k: 'tick' });
   let vmIds = 0;
   let started = 0;
+  // Read by the boot-time draws (bootScale), so declared before the first draw.
   let now = 0;
   const timeline: NonNullable<SimReport['timeline']> = [];
   let nextSample = 0;
 
+  const from = o.measureFromS ?? 0;
   const integrate = (c: Cls) => {
-    const dt = now - c.last;
-    if (dt <= 0) return;
+    const dt = now - Math.max(c.last, from);
+    if (dt <= 0) {
+      c.last = Math.max(c.last, now);
+      return;
+    }
     c.busyS += dt * c.busy;
     c.bootS += dt * (c.pendingHot + c.bootingStandby + c.resuming + c.coldBooting);
     c.hotS += dt * c.hot.size;
@@ -204,8 +249,10 @@ export function simulate(o: SimulateOptions): SimReport {
   const waiting = (c: Cls) => c.queue.length - c.queueHead;
   const windows = new Map<number, number[]>();
   const record = (c: Cls, job: number) => {
+    if (jobs[job]!.arrivalS < from) return;
     const l = now - jobs[job]!.arrivalS;
     c.latencies.push(l);
+    c.arrivals.push(jobs[job]!.arrivalS - from);
     if (o.timelineS) {
       const w = Math.floor(jobs[job]!.arrivalS / o.timelineS);
       const list = windows.get(w) ?? [];
@@ -214,6 +261,7 @@ export function simulate(o: SimulateOptions): SimReport {
     }
   };
   const startJob = (c: Cls, job: number) => {
+    if (now >= from) c.startedMeasured++;
     c.busy++;
     record(c, job);
     started++;
@@ -315,6 +363,7 @@ export function simulate(o: SimulateOptions): SimReport {
     // Ticks stop once every job has started, or at the horizon (a class that never gets a VM).
     if (e.k === 'tick' && e.t > lastArrival && (started === jobs.length || e.t > horizon)) continue;
     now = e.t;
+    if (now >= from) for (const k of classes) k.callsBefore ??= { ...k.calls };
     if (o.timelineS && now >= nextSample) {
       for (const c of classes) integrate(c);
       timeline.push({
@@ -371,6 +420,7 @@ export function simulate(o: SimulateOptions): SimReport {
         c.standbySince.push(now);
         break;
       case 'coldReady':
+        if (now >= from) c.startedMeasured++;
         c.coldBooting--;
         c.model?.observeBoot(e.bootS);
         c.busy++;
@@ -391,6 +441,7 @@ export function simulate(o: SimulateOptions): SimReport {
     const lat = cs.flatMap((c) => c.latencies).sort((a, b) => a - b);
     const q = (p: number) => (lat.length ? round(lat[Math.min(lat.length - 1, Math.ceil(p * lat.length) - 1)]!) : 0);
     const sum = (f: (c: Cls) => number) => round(cs.reduce((a, c) => a + f(c), 0));
+    const calls = (c: Cls, k: keyof Figures['cloudCalls']) => c.calls[k] - (c.callsBefore?.[k] ?? 0);
     return {
       jobs: jobCount,
       startedWithin120s: jobCount ? round(lat.filter((l) => l <= 120).length / jobCount, 6) : 1,
@@ -401,13 +452,47 @@ export function simulate(o: SimulateOptions): SimReport {
       standbyVmSeconds: sum((c) => c.standbyS),
       oracleOverheadVmSeconds: round(oracle),
       cloudCalls: {
-        create: sum((c) => c.calls.create), delete: sum((c) => c.calls.delete), stop: sum((c) => c.calls.stop),
-        start: sum((c) => c.calls.start), list: sum((c) => c.calls.list),
+        create: sum((c) => calls(c, 'create')), delete: sum((c) => calls(c, 'delete')), stop: sum((c) => calls(c, 'stop')),
+        start: sum((c) => calls(c, 'start')), list: sum((c) => calls(c, 'list')),
       },
       jobsNotStarted: jobCount - lat.length,
+      ...promise(cs, jobCount, oracle),
     };
   };
-  const jobsOf = (c: Cls) => jobs.filter((j) => j.className === c.name).length;
+  /** The promise (late share, whole run and worst hour), never-used VMs, calls per job, overhead. */
+  const promise = (cs: Cls[], jobCount: number, oracle: number) => {
+    let late = 0;
+    let worst = 0;
+    for (const c of cs) {
+      const hours = new Map<number, [number, number]>();
+      for (let i = 0; i < c.latencies.length; i++) {
+        const h = Math.floor(c.arrivals[i]! / 3600);
+        const cell = hours.get(h) ?? [0, 0];
+        cell[0]++;
+        if (c.latencies[i]! > c.targetS) {
+          cell[1]++;
+          late++;
+        }
+        hours.set(h, cell);
+      }
+      for (const [n, l] of hours.values()) if (n >= (o.hourMinJobs ?? 20)) worst = Math.max(worst, l / n);
+    }
+    late += jobCount - cs.reduce((a, c) => a + c.latencies.length, 0); // never started: late
+    const measured = (c: Cls, k: keyof Figures['cloudCalls']) => c.calls[k] - (c.callsBefore?.[k] ?? 0);
+    const creates = cs.reduce((a, c) => a + measured(c, 'create'), 0);
+    const startedHere = cs.reduce((a, c) => a + c.startedMeasured, 0);
+    const calls = cs.reduce((a, c) => a + measured(c, 'create') + measured(c, 'delete') + measured(c, 'stop') + measured(c, 'start') + measured(c, 'list'), 0);
+    const overhead = cs.reduce((a, c) => a + c.bootS + c.hotS + 0.1 * c.standbyS, 0);
+    return {
+      lateShare: jobCount ? round(late / jobCount, 6) : 0,
+      worstHourLateShare: round(worst, 6),
+      // Each job runs on its own VM, made for it or taken warm: the other creates ran nothing.
+      neverUsedShare: creates ? round(Math.max(0, creates - startedHere) / creates, 6) : 0,
+      callsPerJob: jobCount ? round(calls / jobCount, 3) : 0,
+      overheadVsOracle: oracle ? round(overhead / oracle, 3) : 0,
+    };
+  };
+  const jobsOf = (c: Cls) => jobs.filter((j) => j.className === c.name && j.arrivalS >= from).length;
   const byClass = Object.fromEntries(classes.map((c) => [c.name, figures([c], jobsOf(c), jobsOf(c) * c.bootMedianS)]));
   const report: SimReport = {
     ...figures(classes, jobs.length, classes.reduce((a, c) => a + jobsOf(c) * c.bootMedianS, 0)),
