@@ -36,7 +36,8 @@ function cheapestStatic(base: SimulateOptions, name: string, jobs: TraceJob[], p
   let hi = 1;
   let fig = run(0);
   if (fig.startLatency.p90 <= p90) return { idle: 0, fig };
-  while ((fig = run(hi)).startLatency.p90 > p90 && hi < 4096) hi *= 2;
+  while ((fig = run(hi)).startLatency.p90 > p90 && hi < 1024) hi *= 2;
+  if (fig.startLatency.p90 > p90) return { idle: Infinity, fig };
   let lo = Math.floor(hi / 2);
   let best = { idle: hi, fig };
   while (lo + 1 < hi) {
@@ -101,7 +102,7 @@ export function corpusTable(rows: CorpusRow[]): string {
     const kept = p.lateShare <= r.bound && p.worstHourLateShare <= r.bound;
     const goal = r.standby ? 2.0 : 2.5;
     out.push(
-      `| ${r.trace} | ${r.standby ? 'yes' : 'no'} | ${r.cls} | ${p.jobs} | ${pct(p.lateShare)} / ${pct(p.worstHourLateShare)} | ${kept ? 'yes' : '**no**'} | ${p.startLatency.p90.toFixed(1)} s | ${p.overheadVsOracle.toFixed(2)}x${p.overheadVsOracle > goal ? ' (over)' : ''} | ${pct(p.neverUsedShare)} | ${p.callsPerJob.toFixed(2)} | ${r.staticIdle}: ${r.staticFig.overheadVsOracle.toFixed(2)}x |`,
+      `| ${r.trace} | ${r.standby ? 'yes' : 'no'} | ${r.cls} | ${p.jobs} | ${pct(p.lateShare)} / ${pct(p.worstHourLateShare)} | ${kept ? 'yes' : '**no**'} | ${p.startLatency.p90.toFixed(1)} s | ${p.overheadVsOracle.toFixed(2)}x${p.overheadVsOracle > goal ? ' (over)' : ''} | ${pct(p.neverUsedShare)} | ${p.callsPerJob.toFixed(2)} | ${Number.isFinite(r.staticIdle) ? `${r.staticIdle}: ${r.staticFig.overheadVsOracle.toFixed(2)}x` : `none up to 1024 (${r.staticFig.startLatency.p90.toFixed(1)} s at 1024)`} |`,
     );
   }
   const kept = rows.filter((r) => r.predictive.lateShare <= r.bound && r.predictive.worstHourLateShare <= r.bound).length;

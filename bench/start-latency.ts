@@ -12,8 +12,16 @@ import { parseConfig } from '../src/config/load.js';
 import type { ShardConfig } from '../src/config/types.js';
 import { simulate, type SimReport } from '../src/sim/simulator.js';
 import { generateTrace } from './trace-gen.js';
+import { corpusTable, evaluateCorpus } from './policy-corpus.js';
 
-const { values } = parseArgs({ options: { jobs: { type: 'string', default: '100000' }, seed: { type: 'string', default: '7' }, png: { type: 'string', default: 'docs/start-latency.png' } } });
+const { values } = parseArgs({
+  options: {
+    jobs: { type: 'string', default: '100000' }, seed: { type: 'string', default: '7' }, png: { type: 'string', default: 'docs/start-latency.png' },
+    // The policy corpus (bench/policy-corpus.ts): traces the policy did not learn from.
+    'corpus-per-day': { type: 'string', default: '60000' }, 'no-corpus': { type: 'boolean', default: false },
+    readme: { type: 'string', default: 'README.md' },
+  },
+});
 const here = import.meta.dirname;
 const base = parseConfig(readFileSync(resolve(here, 'sim-shard.yaml'), 'utf8'), { baseDir: here });
 const jobs = generateTrace({ jobs: Number(values.jobs), days: 1, seed: Number(values.seed) });
@@ -130,3 +138,20 @@ const png = new Resvg(svg, { fitTo: { mode: 'width', value: W }, font: { loadSys
 mkdirSync(dirname(resolve(values.png)), { recursive: true });
 writeFileSync(resolve(values.png), png);
 console.log(`\nplot: ${values.png}`);
+
+// ---- the policy corpus: unseen traces, per class, beside the cheapest static setting -----------
+if (!values['no-corpus']) {
+  const started2 = performance.now();
+  const table = corpusTable(evaluateCorpus({ perDay: Number(values['corpus-per-day']) }));
+  console.log(`\npolicy corpus (${((performance.now() - started2) / 1000).toFixed(0)} s):\n`);
+  console.log(table);
+  // Into the README, between its markers.
+  const readme = resolve(values.readme);
+  const text = readFileSync(readme, 'utf8');
+  const start = '<!-- policy-corpus:start -->';
+  const end = '<!-- policy-corpus:end -->';
+  if (text.includes(start) && text.includes(end)) {
+    writeFileSync(readme, `${text.slice(0, text.indexOf(start) + start.length)}\n${table}\n${text.slice(text.indexOf(end))}`);
+    console.log(`\ntable written into ${values.readme}`);
+  }
+}

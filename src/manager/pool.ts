@@ -518,7 +518,7 @@ export class Pool {
   private targets(cls: ClassConfig, counts: ClassCounts, now: number): { targets: TierTargets; idleTimeMs: number } {
     const s = staticSettings(cls.pool, now);
     const model = this.d.demand?.get(cls.name);
-    if (cls.pool.policy === 'predictive' && model) return { targets: model.targets(now, counts), idleTimeMs: s.idleTimeMs };
+    if (cls.pool.policy === 'predictive' && model) return { targets: model.targets(now, counts), idleTimeMs: model.idleTimeMs(s.idleTimeMs) };
     return { targets: staticTargets(s, counts.busy), idleTimeMs: s.idleTimeMs };
   }
 

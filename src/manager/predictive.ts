@@ -1,16 +1,18 @@
 // The predictive policy's model of one class (pure: fed observations and `now`, no I/O). It learns
-// the arrival rate by time of week (5-minute slots, averaged over the weeks of history), follows
-// the last minutes' rate, reads GitLab's queue hints, learns boot and resume times (log-normal,
-// exponentially weighted, per zone: boot-time.ts), and sizes the hot and standby tiers so that a job waits longer than
-// the class's target with probability at most `bound`, at the least idle cost:
+// the arrival rate by time of week (5-minute slots, averaged over the weeks of history, smoothed
+// over +-10 minutes), follows the last minutes' rate, reads GitLab's queue hints, learns boot and
+// resume times (log-normal, exponentially weighted, per zone: boot-time.ts) and the distribution
+// of pipeline fan-outs, and sizes the hot and standby tiers so that the share of jobs starting
+// later than the class's target stays within `bound`, at the least idle cost:
 //   - a job that finds a hot VM starts at once; one that finds only standby waits a resume; one
 //     that finds neither waits a boot; a resume or boot is late (over the target) with the
 //     probability its learnt log-normal gives;
-//   - arrivals in a lead time L are modelled as pipelines: batches of the observed mean size B
-//     arriving as a Poisson process, so N(L) = B x Poisson(lambda L / B);
-//   - hot + standby cover N(boot p95) and hot covers N(resume p95), each at the quantile that
-//     keeps P(none free) x P(late) within `bound`; a class whose boot is rarely late holds
-//     nothing, and a provider without stop/start holds everything hot.
+//   - job-weighted, as the promise is: a pipeline of b jobs arriving to s free VMs makes b - s of
+//     them wait, so the tiers are base stocks for compound-Poisson demand (batches of the learnt
+//     size distribution) over the random time a used VM takes to be replaced (baseStock);
+//   - hot + standby cover the demand over a boot and hot the demand over a resume; a class whose
+//     boot is rarely late holds nothing, and a provider without stop/start holds everything hot;
+//   - a surplus warm VM without a standby tier to go to is kept at least a boot (rent or buy).
 
 import type { ClassConfig } from '../config/types.js';
 import type { ClassCounts, TierTargets } from './autoscaler.js';
@@ -39,6 +41,16 @@ export function priorResumeFraction(pool: Pick<ClassConfig['pool'], 'standbyMode
 }
 
 const SLOT_MS = 5 * 60_000;
+const SMOOTH_SLOTS = 2;
+/**
+ * The per-tier job share is planned at half the promise: the tiers are sized one by one (hot for
+ * a resume, hot + standby for a boot), but a job that misses the hot tier can also find the
+ * standby tier empty, and the two misses come together in bursts. Calibrated on the corpus's
+ * weekday trace (bench/policy-corpus.ts), judged on its other traces.
+ */
+const SHARE_MARGIN = 0.5;
+/** hot + standby with a standby tier: planned deeper still, as standby costs a tenth of hot (same calibration). */
+const STANDBY_MARGIN = 0.2;
 const WEEK_MS = 7 * 24 * 3600_000;
 const SLOTS = WEEK_MS / SLOT_MS;
 const RECENT_MS = 10 * 60_000;
@@ -63,6 +75,11 @@ export class DemandModel {
   private readonly recent: number[] = [];
   private recentHead = 0;
   private queued = 0;
+  /** How many jobs arrive together (pipeline fan-out), learned over history and since. */
+  readonly batches = new BatchSizes();
+  /** cover() answers by input bucket: the batch-size distribution changes slowly. */
+  private readonly covers = new Map<string, number>();
+  private coversVersion = -1;
   readonly bootTime: ZonedTime;
   readonly resumeTime: ZonedTime;
 
@@ -75,10 +92,16 @@ export class DemandModel {
     return Math.floor((((t - EPOCH_MONDAY) % WEEK_MS) + WEEK_MS) % WEEK_MS / SLOT_MS);
   }
 
-  /** Past arrivals (ms): their rate per slot of the week becomes the seasonal forecast. */
+  /** Past arrivals (ms): their rate per slot of the week becomes the seasonal forecast, their fan-outs the batch sizes. */
   learnHistory(arrivals: Iterable<number>, fromMs: number, toMs: number): void {
     const counts = new Float64Array(SLOTS);
-    for (const t of arrivals) if (t >= fromMs && t < toMs) counts[DemandModel.slotOf(t)]!++;
+    const inRange: number[] = [];
+    for (const t of arrivals) if (t >= fromMs && t < toMs) {
+      counts[DemandModel.slotOf(t)]!++;
+      inRange.push(t);
+    }
+    inRange.sort((a, b) => a - b);
+    this.batches.learn(inRange);
     // How many times each slot occurred in [from, to): the average is per occurrence.
     for (let s = 0; s < SLOTS; s++) {
       const first = fromMs + ((((s - DemandModel.slotOf(fromMs)) % SLOTS) + SLOTS) % SLOTS) * SLOT_MS;
@@ -92,6 +115,7 @@ export class DemandModel {
 
   observeArrival(t: number): void {
     this.recent.push(t);
+    this.batches.observe(t);
   }
 
   /** A VM booted in `seconds` (in `zone`, where the provider has zones). */
@@ -120,7 +144,15 @@ export class DemandModel {
   rate(now: number, leadMs: number): number {
     this.trimRecent(now);
     let seasonal = 0;
-    for (let t = now; t <= now + leadMs + SLOT_MS; t += SLOT_MS) seasonal = Math.max(seasonal, this.weekly[DemandModel.slotOf(t)]! / (SLOT_MS / 1000));
+    // One week's 5-minute slots are noisy (a few pipelines each): the mean of +-10 minutes, so
+    // the max over the lead window does not chase that noise.
+    const at = (t: number) => {
+      let sum = 0;
+      for (let i = -SMOOTH_SLOTS; i <= SMOOTH_SLOTS; i++) sum += this.weekly[DemandModel.slotOf(t + i * SLOT_MS)]!;
+      return sum / (2 * SMOOTH_SLOTS + 1);
+    };
+    // Looking as far ahead again as the smoothing reaches: a sharp rise is not flattened late.
+    for (let t = now; t <= now + leadMs + (1 + SMOOTH_SLOTS) * SLOT_MS; t += SLOT_MS) seasonal = Math.max(seasonal, at(t) / (SLOT_MS / 1000));
     // The last 10 minutes, not the last one: a one-minute rate chases single pipelines (their
     // fan-out is in batchSize) and made the pool create and retire ~0.8 VMs per job in the sim.
     const n = this.recent.length - this.recentHead;
@@ -144,27 +176,60 @@ export class DemandModel {
   }
 
   /**
-   * VMs to hold so that the arrivals within `leadMs` find one, except with probability
-   * `bound / pLate`: a job that finds none waits a resume or boot, late with probability pLate,
-   * so the chance of a late start stays within `bound`.
+   * VMs to hold so that, of the jobs arriving while a used VM is replaced (`leadMs`), at most a
+   * share `bound / pLate` finds none: a job that finds none waits a resume or boot, late with
+   * probability pLate, so the share of late jobs stays within `bound`. Job-weighted, as the promise
+   * is: a pipeline of b jobs arriving to s free VMs makes b - s of its jobs wait, so the
+   * batch-size distribution (not only its mean) and the demand of the last `leadMs` (compound
+   * Poisson, base-stock replenishment) decide it.
    */
-  private cover(now: number, leadMs: number, pLate: number): number {
-    const q = 1 - this.o.bound / Math.max(pLate, 1e-9);
-    if (q <= 0) return 0;
-    const lambda = this.rate(now, leadMs);
-    const b = this.batchSize(now);
-    return Math.ceil(b * poissonQuantile((lambda * leadMs) / 1000 / b, q));
+  private cover(now: number, lead: ZonedTime, pLate: number, margin = SHARE_MARGIN): number {
+    const share = (margin * this.o.bound) / Math.max(pLate, 1e-9);
+    if (share >= 1) return 0;
+    const pmf = this.batches.pmf();
+    const meanB = this.batches.mean();
+    // The replacement takes a random time: the demand in it is a mixture over its quantiles.
+    const sigma = Math.log(Math.max(lead.p95, lead.median * 1.01) / lead.median) / 1.645;
+    const rate = this.rate(now, lead.p95 * 1000);
+    const ms = LEAD_Z.map((z) => (rate * lead.median * Math.exp(sigma * z)) / meanB);
+    if (this.batches.version !== this.coversVersion) {
+      this.covers.clear();
+      this.coversVersion = this.batches.version;
+    }
+    // Buckets of about 2% in the batch count and 0.1% in the share: the answer barely moves within one.
+    const bucket = (m: number) => (m <= 0 ? -1e9 : Math.round(Math.log(m) * 50));
+    const key = `${ms.map(bucket).join(',')}:${Math.round(share * 1000)}`;
+    let k = this.covers.get(key);
+    if (k === undefined) {
+      k = baseStock(ms.map((m) => (m <= 0 ? 0 : Math.exp(bucket(m) / 50))), pmf, meanB, share);
+      if (this.covers.size > 4096) this.covers.clear();
+      this.covers.set(key, k);
+    }
+    return k;
+  }
+
+  /**
+   * How long a surplus warm VM is kept before it goes: at least the configured idle time, and at
+   * least a boot (the rent-or-buy rule: deleting a VM that is needed again within a boot costs more
+   * than keeping it; the cost of waiting that long is at most twice the best choice in hindsight).
+   * With a standby tier the surplus is stopped, not deleted, and the configured time applies.
+   */
+  idleTimeMs(configuredMs: number): number {
+    if (this.o.standbyCapable) return configuredMs;
+    return Math.max(configuredMs, this.bootTime.median * 1000);
   }
 
   targets(now: number, counts: ClassCounts): TierTargets {
     const target = this.o.targetMs / 1000;
     // Hot + standby cover the arrivals while a cold VM boots; with stop/start, hot covers those
     // while a standby VM resumes (standby then refills hot in time).
-    const coverBoot = this.cover(now, this.bootTime.p95 * 1000, this.bootTime.exceeds(target));
+    // With a standby tier, hot + standby is planned deeper (standby costs a tenth of hot): a job
+    // that misses hot then finds a VM to resume rather than waiting a boot.
+    const coverBoot = this.cover(now, this.bootTime, this.bootTime.exceeds(target), this.o.standbyCapable ? STANDBY_MARGIN : SHARE_MARGIN);
     let hot = coverBoot;
     let standby = 0;
     if (this.o.standbyCapable) {
-      hot = Math.min(coverBoot, this.cover(now, this.resumeTime.p95 * 1000, this.resumeTime.exceeds(target)));
+      hot = Math.min(coverBoot, this.cover(now, this.resumeTime, this.resumeTime.exceeds(target)));
       standby = coverBoot - hot;
     }
     hot += this.queued;
@@ -179,6 +244,138 @@ export class DemandModel {
     return { hot, standby };
   }
 }
+
+/**
+ * Batch sizes (jobs arriving within 250 ms of a batch's first: one pipeline's fan-out) as a
+ * distribution, from history and observed arrivals; weights halve as they pile up, so it follows
+ * a changing mix. Sizes above MAX_BATCH count as MAX_BATCH.
+ */
+export class BatchSizes {
+  static readonly MAX_BATCH = 200;
+  private readonly w = new Float64Array(BatchSizes.MAX_BATCH + 1);
+  private total = 0;
+  private open: { start: number; n: number } | null = null;
+  /** Changes when the distribution moves enough to matter (every 64 batches). */
+  version = 0;
+  private sinceVersion = 0;
+
+  learn(sortedArrivals: number[]): void {
+    let start = -Infinity;
+    let n = 0;
+    for (const t of sortedArrivals) {
+      if (t - start > 250) {
+        if (n) this.add(n);
+        start = t;
+        n = 0;
+      }
+      n++;
+    }
+    if (n) this.add(n);
+    this.version++;
+  }
+
+  observe(t: number): void {
+    if (this.open && t - this.open.start <= 250) {
+      this.open.n++;
+      return;
+    }
+    if (this.open) this.add(this.open.n);
+    this.open = { start: t, n: 1 };
+  }
+
+  private add(n: number): void {
+    this.w[Math.min(n, BatchSizes.MAX_BATCH)]! += 1;
+    this.total++;
+    if (this.total > 20_000) {
+      for (let i = 0; i < this.w.length; i++) this.w[i]! /= 2;
+      this.total /= 2;
+    }
+    if (++this.sinceVersion >= 64) {
+      this.sinceVersion = 0;
+      this.version++;
+    }
+  }
+
+  /** P(batch = b) for b = 0..MAX_BATCH (b = 0 has none); single jobs until something is seen. */
+  pmf(): Float64Array {
+    const out = new Float64Array(BatchSizes.MAX_BATCH + 1);
+    if (this.total <= 0) {
+      out[1] = 1;
+      return out;
+    }
+    for (let i = 1; i < out.length; i++) out[i] = this.w[i]! / this.total;
+    return out;
+  }
+
+  mean(): number {
+    if (this.total <= 0) return 1;
+    let m = 0;
+    for (let i = 1; i < this.w.length; i++) m += i * this.w[i]!;
+    return Math.max(1, m / this.total);
+  }
+}
+
+/**
+ * Base stock for compound-Poisson demand: the fewest VMs k such that, with `ms` batches expected
+ * in the replacement lead time (one per lead-time quantile, equally likely) and batch sizes
+ * distributed as `pmf` (mean `meanB`), the share of
+ * jobs that find no free VM is at most `share`. A job batch of size b arriving when the demand D
+ * of the last lead time left s = max(0, k - D) VMs makes (b - s)+ of its jobs wait, so
+ * late(k) = P(D >= k) + E[ sum over d < k of g(d) h(k - d) ] / E[B], h(s) = E[(B - s)+];
+ * D's distribution g by Panjer's recursion. Large demand uses a normal approximation.
+ */
+export function baseStock(ms: number[], pmf: Float64Array, meanB: number, share: number): number {
+  const live = ms.filter((m) => m > 0);
+  if (!live.length) return 0;
+  const maxB = pmf.length - 1;
+  let eB2 = 0;
+  for (let b = 1; b <= maxB; b++) eB2 += b * b * pmf[b]!;
+  const mMax = Math.max(...live);
+  const meanD = mMax * meanB;
+  const sdD = Math.sqrt(mMax * eB2);
+  if (meanD > 3000) return Math.ceil(meanD + probit(1 - share) * sdD + meanB);
+  const n = Math.ceil(meanD + 12 * sdD + maxB);
+  // g(d) = P(D = d), averaged over the lead-time quantiles (m each); per m by Panjer's
+  // recursion: g(0) = e^-m; g(d) = (m / d) * sum_j j f(j) g(d - j).
+  const g = new Float64Array(n + 1);
+  const one = new Float64Array(n + 1);
+  // Only the sizes that occur (a few dozen of MAX_BATCH): Panjer's inner sum runs over them.
+  const sizes: number[] = [];
+  for (let j = 1; j <= maxB; j++) if (pmf[j]! > 1e-9) sizes.push(j);
+  const weights = sizes.map((j) => j * pmf[j]!);
+  for (const m of ms) {
+    one.fill(0);
+    one[0] = Math.exp(-Math.max(m, 0));
+    if (m > 0) {
+      for (let d = 1; d <= n; d++) {
+        let acc = 0;
+        for (let i = 0; i < sizes.length && sizes[i]! <= d; i++) acc += weights[i]! * one[d - sizes[i]!]!;
+        one[d] = (m / d) * acc;
+      }
+    }
+    for (let d = 0; d <= n; d++) g[d]! += one[d]! / ms.length;
+  }
+  // h(s) = E[(B - s)+] for s = 0..maxB.
+  const h = new Float64Array(maxB + 2);
+  for (let s0 = 0; s0 <= maxB; s0++) {
+    let acc = 0;
+    for (let b = s0 + 1; b <= maxB; b++) acc += (b - s0) * pmf[b]!;
+    h[s0] = acc;
+  }
+  let below = 0; // P(D < k)
+  for (let k = 0; k <= n; k++) {
+    // Jobs late: all of a batch when D >= k, else the part of it above the k - D left.
+    let partial = 0;
+    for (let d = Math.max(0, k - maxB); d < k; d++) partial += g[d]! * h[k - d]!;
+    const late = 1 - below + partial / meanB;
+    if (late <= share) return k;
+    below += g[k]!;
+  }
+  return n;
+}
+
+/** Standard normal quantiles of the 10th, 30th, 50th, 70th and 90th percentiles: the lead-time mixture's points. */
+const LEAD_Z = [-1.2816, -0.5244, 0, 0.5244, 1.2816];
 
 /** Smallest k with P(Poisson(m) <= k) >= p. */
 export function poissonQuantile(m: number, p: number): number {
@@ -211,3 +408,4 @@ export function probit(p: number): number {
   const s = r * r;
   return ((((((a[0]! * s + a[1]!) * s + a[2]!) * s + a[3]!) * s + a[4]!) * s + a[5]!) * r) / (((((b[0]! * s + b[1]!) * s + b[2]!) * s + b[3]!) * s + b[4]!) * s + 1);
 }
+

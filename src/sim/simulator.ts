@@ -65,6 +65,8 @@ export interface Figures {
   lateShare: number;
   /** The largest such share in any hour (by arrival) with at least `hourMinJobs` jobs of a class. */
   worstHourLateShare: number;
+  /** Per hour (by arrival, from the measured start): [jobs, late jobs]. */
+  lateByHour: [number, number][];
   /** Share of created VMs that never ran a job (made, idled, deleted or left at the end). */
   neverUsedShare: number;
   /** Cloud calls (create, delete, stop, start, list) per job. */
@@ -304,7 +306,7 @@ export function simulate(o: SimulateOptions): SimReport {
 
   const targetsOf = (c: Cls): { targets: TierTargets; idleTimeMs: number } => {
     const s = staticSettings(c.cfg.pool, startMs + now * 1000);
-    if (c.model) return { targets: c.model.targets(startMs + now * 1000, counts(c)), idleTimeMs: s.idleTimeMs };
+    if (c.model) return { targets: c.model.targets(startMs + now * 1000, counts(c)), idleTimeMs: c.model.idleTimeMs(s.idleTimeMs) };
     return { targets: staticTargets(s, c.busy + c.coldBooting), idleTimeMs: s.idleTimeMs };
   };
 
@@ -463,6 +465,7 @@ export function simulate(o: SimulateOptions): SimReport {
   const promise = (cs: Cls[], jobCount: number, oracle: number) => {
     let late = 0;
     let worst = 0;
+    const byHour: [number, number][] = [];
     for (const c of cs) {
       const hours = new Map<number, [number, number]>();
       for (let i = 0; i < c.latencies.length; i++) {
@@ -475,7 +478,12 @@ export function simulate(o: SimulateOptions): SimReport {
         }
         hours.set(h, cell);
       }
-      for (const [n, l] of hours.values()) if (n >= (o.hourMinJobs ?? 20)) worst = Math.max(worst, l / n);
+      for (const [h, [n, l]] of hours) {
+        if (n >= (o.hourMinJobs ?? 20)) worst = Math.max(worst, l / n);
+        const cell = (byHour[h] ??= [0, 0]);
+        cell[0] += n;
+        cell[1] += l;
+      }
     }
     late += jobCount - cs.reduce((a, c) => a + c.latencies.length, 0); // never started: late
     const measured = (c: Cls, k: keyof Figures['cloudCalls']) => c.calls[k] - (c.callsBefore?.[k] ?? 0);
@@ -486,6 +494,7 @@ export function simulate(o: SimulateOptions): SimReport {
     return {
       lateShare: jobCount ? round(late / jobCount, 6) : 0,
       worstHourLateShare: round(worst, 6),
+      lateByHour: Array.from(byHour, (c) => c ?? [0, 0]),
       // Each job runs on its own VM, made for it or taken warm: the other creates ran nothing.
       neverUsedShare: creates ? round(Math.max(0, creates - startedHere) / creates, 6) : 0,
       callsPerJob: jobCount ? round(calls / jobCount, 3) : 0,
