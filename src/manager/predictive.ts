@@ -1,9 +1,10 @@
 // The predictive policy's model of one class (pure: fed observations and `now`, no I/O). It learns
 // the arrival rate by time of week (5-minute slots, averaged over the weeks of history, smoothed
-// over +-10 minutes), follows the last minutes' rate, reads GitLab's queue hints, learns boot and
-// resume times (log-normal, exponentially weighted, per zone: boot-time.ts) and the distribution
-// of pipeline fan-outs, and sizes the hot and standby tiers so that the share of jobs starting
-// later than the class's target stays within `bound`, at the least idle cost:
+// over +-10 minutes, never below a quarter of the mean), follows the last minutes' rate, reads
+// GitLab's queue hints, learns boot and resume times (log-normal, exponentially weighted, per
+// zone: boot-time.ts) and the distribution of pipeline fan-outs, and sizes the hot and standby
+// tiers so that the share of jobs starting later than the class's target stays within `bound`,
+// at the least idle cost:
 //   - a job that finds a hot VM starts at once; one that finds only standby waits a resume; one
 //     that finds neither waits a boot; a resume or boot is late (over the target) with the
 //     probability its learnt log-normal gives;
@@ -42,6 +43,8 @@ export function priorResumeFraction(pool: Pick<ClassConfig['pool'], 'standbyMode
 
 const SLOT_MS = 5 * 60_000;
 const SMOOTH_SLOTS = 2;
+/** The forecast never goes below this share of the class's mean rate over its history. */
+const RATE_FLOOR = 0.25;
 /**
  * The per-tier job share is planned at half the promise: the tiers are sized one by one (hot for
  * a resume, hot + standby for a boot), but a job that misses the hot tier can also find the
@@ -75,6 +78,8 @@ export class DemandModel {
   private readonly recent: number[] = [];
   private recentHead = 0;
   private queued = 0;
+  /** Jobs per second over the learnt history (the floor of the forecast). */
+  private meanRate = 0;
   /** How many jobs arrive together (pipeline fan-out), learned over history and since. */
   readonly batches = new BatchSizes();
   /** cover() answers by input bucket: the batch-size distribution changes slowly. */
@@ -102,6 +107,7 @@ export class DemandModel {
     }
     inRange.sort((a, b) => a - b);
     this.batches.learn(inRange);
+    if (toMs > fromMs) this.meanRate = Math.max(this.meanRate, inRange.length / ((toMs - fromMs) / 1000));
     // How many times each slot occurred in [from, to): the average is per occurrence.
     for (let s = 0; s < SLOTS; s++) {
       const first = fromMs + ((((s - DemandModel.slotOf(fromMs)) % SLOTS) + SLOTS) % SLOTS) * SLOT_MS;
@@ -156,7 +162,9 @@ export class DemandModel {
     // The last 10 minutes, not the last one: a one-minute rate chases single pipelines (their
     // fan-out is in batchSize) and made the pool create and retire ~0.8 VMs per job in the sim.
     const n = this.recent.length - this.recentHead;
-    return Math.max(seasonal, n / (RECENT_MS / 1000));
+    // A quiet slot of one week's history is no promise of none: a class that had jobs keeps a
+    // floor of its mean rate (a few jobs an hour still find a VM at 3 a.m.).
+    return Math.max(seasonal, n / (RECENT_MS / 1000), RATE_FLOOR * this.meanRate);
   }
 
   /** Mean jobs per arrival instant in the last minutes (pipeline fan-out), at least 1. */
