@@ -18,8 +18,9 @@ import { shardYaml, TOKEN, waitUntil } from '../helpers/shard.js';
 const why = dockerUnavailable();
 if (why) console.log(`docker executor tests skipped: ${why}`);
 
-// The busybox image answering HTTP on port 80 with a fixed body, as a service.
-const HTTP_SERVICE = ['sh', '-c', 'while true; do printf "HTTP/1.0 200 OK\\r\\n\\r\\nfrom-$SVC_WORD" | nc -l -p 80; done'];
+// The busybox image answering HTTP on port 80 with a fixed body, as a service (busybox httpd: it
+// serves connections one after another, where an `nc -l` loop refuses one between two listens).
+const HTTP_SERVICE = ['sh', '-c', 'mkdir -p /www && echo "from-$SVC_WORD" > /www/index.html && exec httpd -f -p 80 -h /www'];
 
 describe.skipIf(why !== null)('docker executor', () => {
   let gitlab: GitLabEmulator;
