@@ -9,7 +9,8 @@ export const BUSYBOX_IMAGE = 'rf-test/busybox:1';
 
 const busybox = () => ['/usr/bin/busybox', '/bin/busybox'].find((p) => existsSync(p));
 
-function docker(args: string[], input?: Buffer): string {
+/** The docker CLI, bounded (2 min), its output as text. */
+export function docker(args: string[], input?: Buffer): string {
   return execFileSync('docker', args, { encoding: 'utf8', timeout: 120_000, ...(input ? { input } : {}), stdio: ['pipe', 'pipe', 'pipe'] });
 }
 

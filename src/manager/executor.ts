@@ -262,6 +262,8 @@ export class Executor {
           const result = await session.exec(command, { stdin, signal: abort.signal, onData: (chunk) => (onOutput(), trace.write(chunk)) });
           if (!cause) cause = { kind: 'exit', code: result.exitCode, ...(result.signal ? { signal: result.signal } : {}) };
         } else {
+          // The script (cache URLs signed for it) is made while the row is written and the VM reached.
+          scriptBytes().catch(() => {}); // awaited in watch()
           // Written before the job starts (a manager that takes over needs it to re-attach), with
           // the VM's `running` in the same commit.
           await this.d.store.saveJobAttach(job.id, { payload: JSON.stringify(job), tracePrefix: prefix, os, vmId: vm.id });

@@ -194,7 +194,6 @@ export class DemandModel {
   private cover(now: number, lead: ZonedTime, pLate: number, margin = SHARE_MARGIN): number {
     const share = (margin * this.o.bound) / Math.max(pLate, 1e-9);
     if (share >= 1) return 0;
-    const pmf = this.batches.pmf();
     const meanB = this.batches.mean();
     // The replacement takes a random time: the demand in it is a mixture over its quantiles.
     const sigma = Math.log(Math.max(lead.p95, lead.median * 1.01) / lead.median) / 1.645;
@@ -209,7 +208,7 @@ export class DemandModel {
     const key = `${ms.map(bucket).join(',')}:${Math.round(share * 1000)}`;
     let k = this.covers.get(key);
     if (k === undefined) {
-      k = baseStock(ms.map((m) => (m <= 0 ? 0 : Math.exp(bucket(m) / 50))), pmf, meanB, share);
+      k = baseStock(ms.map((m) => (m <= 0 ? 0 : Math.exp(bucket(m) / 50))), this.batches.pmf(), meanB, share);
       if (this.covers.size > 4096) this.covers.clear();
       this.covers.set(key, k);
     }

@@ -226,6 +226,8 @@ export function simulate(o: SimulateOptions): SimReport {
   let nextSample = 0;
 
   const from = o.measureFromS ?? 0;
+  /** Set at the first event from `from` on, when the calls made so far are put aside. */
+  let measuring = false;
   const integrate = (c: Cls) => {
     const dt = now - Math.max(c.last, from);
     if (dt <= 0) {
@@ -365,7 +367,10 @@ export function simulate(o: SimulateOptions): SimReport {
     // Ticks stop once every job has started, or at the horizon (a class that never gets a VM).
     if (e.k === 'tick' && e.t > lastArrival && (started === jobs.length || e.t > horizon)) continue;
     now = e.t;
-    if (now >= from) for (const k of classes) k.callsBefore ??= { ...k.calls };
+    if (!measuring && now >= from) {
+      measuring = true;
+      for (const k of classes) k.callsBefore = { ...k.calls };
+    }
     if (o.timelineS && now >= nextSample) {
       for (const c of classes) integrate(c);
       timeline.push({

@@ -125,4 +125,16 @@ describe('artifacts and dependencies', () => {
     expect(entries).toContain('crash.log');
     expect(entries).not.toContain('README.md'); // tracked by git: not untracked
   });
+
+  it('fails a job whose dependency\'s artifacts GitLab refuses, before its script, with the line saying so', async () => {
+    const build = gitlab.enqueue({ runnerToken: TOKEN, name: 'refused-build', git: false, script: BUILD, artifacts: [{ paths: ['top.txt'], artifact_type: 'archive', artifact_format: 'zip' }] });
+    expect((await gitlab.waitForFinal(build, 60_000)).state).toBe('success');
+    gitlab.faults.artifactDownloadFailures = { status: 404, times: 1 }; // not retried: GitLab has none
+    const id = gitlab.enqueue({ runnerToken: TOKEN, git: false, dependencies: [build], script: ['echo should-not-run'] });
+    const final = await gitlab.waitForFinal(id, 60_000);
+    expect([final.state, final.failureReason]).toEqual(['failed', 'script_failure']);
+    expect(final.trace).toContain(`ERROR: Downloading artifacts for refused-build (${build}) from coordinator... 404`);
+    expect(final.trace).toContain('ERROR: Job failed: downloading the artifacts of a job it depends on failed');
+    expect(final.trace).not.toMatch(/^should-not-run$/m);
+  });
 });

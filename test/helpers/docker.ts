@@ -1,17 +1,14 @@
 // Real Docker Engine for the docker-executor tests: whether one answers here, the busybox test
 // image (src/emulators/docker-image.ts), and a local registry (Debian's docker-registry) behind a
 // Basic-auth proxy, to test pulls with and without credentials.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, request, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { docker } from '../../src/emulators/docker-image.js';
 
 export { dockerUnavailable, ensureBusyboxImage as ensureTestImage, BUSYBOX_IMAGE as TEST_IMAGE } from '../../src/emulators/docker-image.js';
-
-function docker(args: string[]): string {
-  return execFileSync('docker', args, { encoding: 'utf8', timeout: 120_000, stdio: ['pipe', 'pipe', 'pipe'] });
-}
 
 /** The containers a job left on this Docker Engine (by the runner-fleet.job label). */
 export function jobContainers(jobId: number): string[] {

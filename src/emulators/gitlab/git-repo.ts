@@ -20,43 +20,37 @@ export interface DemoRepo {
 
 export function createDemoRepo(): DemoRepo {
   const root = mkdtempSync(join(tmpdir(), 'rf-gitlab-emu-'));
-  const bare = join(root, 'demo', 'project.git');
-  const work = join(root, 'work');
-  mkdirSync(work, { recursive: true });
   const git = (cwd: string, ...args: string[]) =>
     execFileSync('git', ['-c', 'user.name=runner-fleet', '-c', 'user.email=demo@runner-fleet.invalid', '-c', 'init.defaultBranch=main', ...args], { cwd, encoding: 'utf8' }).trim();
-  git(root, 'init', '-q', '--bare', bare);
-  git(work, 'init', '-q');
-  writeFileSync(join(work, 'README.md'), '# demo project\n\nServed by the runner-fleet GitLab emulator.\n');
-  writeFileSync(join(work, 'test.sh'), '#!/bin/sh\necho "tests pass"\n');
-  git(work, 'add', '.');
-  git(work, 'commit', '-q', '-m', 'demo project');
-  git(work, 'push', '-q', bare, 'HEAD:refs/heads/main');
-  git(bare, 'symbolic-ref', 'HEAD', 'refs/heads/main');
-  const sha = git(work, 'rev-parse', 'HEAD');
+  /** A bare repository `demo/<name>.git` whose main holds one commit of `files`; its work tree stays for more. */
+  const repository = (name: string, files: Record<string, string>, message: string) => {
+    const bare = join(root, 'demo', `${name}.git`);
+    const work = join(root, `${name}-work`);
+    mkdirSync(work, { recursive: true });
+    git(root, 'init', '-q', '--bare', bare);
+    git(work, 'init', '-q');
+    for (const [file, text] of Object.entries(files)) writeFileSync(join(work, file), text);
+    git(work, 'add', '.');
+    git(work, 'commit', '-q', '-m', message);
+    git(work, 'push', '-q', bare, 'HEAD:refs/heads/main');
+    git(bare, 'symbolic-ref', 'HEAD', 'refs/heads/main');
+    return { bare, work, sha: git(work, 'rev-parse', 'HEAD') };
+  };
+  const project = repository('project', { 'README.md': '# demo project\n\nServed by the runner-fleet GitLab emulator.\n', 'test.sh': '#!/bin/sh\necho "tests pass"\n' }, 'demo project');
   // A submodule repository beside it, and a branch that uses it (the gitlink written directly:
   // no clone of it needed here).
-  const lib = join(root, 'demo', 'lib.git');
-  const libWork = join(root, 'lib-work');
-  mkdirSync(libWork);
-  git(root, 'init', '-q', '--bare', lib);
-  git(libWork, 'init', '-q');
-  writeFileSync(join(libWork, 'lib.txt'), 'from the submodule\n');
-  git(libWork, 'add', '.');
-  git(libWork, 'commit', '-q', '-m', 'lib');
-  git(libWork, 'push', '-q', lib, 'HEAD:refs/heads/main');
-  git(lib, 'symbolic-ref', 'HEAD', 'refs/heads/main');
-  const libSha = git(libWork, 'rev-parse', 'HEAD');
+  const lib = repository('lib', { 'lib.txt': 'from the submodule\n' }, 'lib');
+  const work = project.work;
   git(work, 'checkout', '-q', '-b', 'with-submodule');
   writeFileSync(join(work, '.gitmodules'), '[submodule "lib"]\n\tpath = lib\n\turl = ../lib.git\n');
   git(work, 'add', '.gitmodules');
-  git(work, 'update-index', '--add', '--cacheinfo', `160000,${libSha},lib`);
+  git(work, 'update-index', '--add', '--cacheinfo', `160000,${lib.sha},lib`);
   git(work, 'commit', '-q', '-m', 'use lib as a submodule');
-  git(work, 'push', '-q', bare, 'HEAD:refs/heads/with-submodule');
+  git(work, 'push', '-q', project.bare, 'HEAD:refs/heads/with-submodule');
   const submoduleSha = git(work, 'rev-parse', 'HEAD');
-  rmSync(work, { recursive: true, force: true });
-  rmSync(libWork, { recursive: true, force: true });
-  return { root, path: '/demo/project.git', sha, ref: 'main', submoduleSha, libPath: '/demo/lib.git', close: () => rmSync(root, { recursive: true, force: true }) };
+  rmSync(project.work, { recursive: true, force: true });
+  rmSync(lib.work, { recursive: true, force: true });
+  return { root, path: '/demo/project.git', sha: project.sha, ref: 'main', submoduleSha, libPath: '/demo/lib.git', close: () => rmSync(root, { recursive: true, force: true }) };
 }
 
 export interface CgiResult {
