@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { sql } from 'kysely';
 import { openDatabase } from '../src/db/connect.js';
-import { startGceEmulator, type GceEmulator } from '../src/emulators/gce/server.js';
+import { startGceEmulator, type GceEmulator } from '../emulators/gce/server.js';
 import { startGitLabEmulator, type GitLabEmulator } from '../src/emulators/gitlab/server.js';
 import { createLogger } from '../src/isolation/redact.js';
 import { rng } from '../src/sim/random.js';

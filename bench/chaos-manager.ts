@@ -1,9 +1,9 @@
 // One manager of the chaos harness: `runner-fleet start` with the GCE emulator's sandbox ports as
 // its connect override, a test tool's option the production entry point never sets.
 // Usage: node --import tsx bench/chaos-manager.ts <config.yaml> <gce emulator data dir>
-import { untilSignal } from '../src/cli.js';
+import { untilSignal } from '../src/cli/signals.js';
 import { loadConfigFile } from '../src/config/load.js';
-import { gceConnectOverride } from '../src/emulators/connect-override.js';
+import { gceConnectOverride } from '../emulators/connect-override.js';
 import { createLogger } from '../src/isolation/redact.js';
 import { startShard } from '../src/manager/shard.js';
 

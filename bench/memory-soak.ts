@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseConfig } from '../src/config/load.js';
-import { startGceEmulator } from '../src/emulators/gce/server.js';
+import { startGceEmulator } from '../emulators/gce/server.js';
 import { startGitLabEmulator } from '../src/emulators/gitlab/server.js';
 import { createLogger } from '../src/isolation/redact.js';
 import { startShard } from '../src/manager/shard.js';

@@ -5,13 +5,13 @@
 // from /proc/<pid>. Beside it, a bare ssh2 client in its own process does the same execs against
 // the same kind of peers: the physical limit of this machine.
 //   npm run bench:scale -- [--jobs 200] [--warm N] [--burst 200] [--run-s 60] [--request-concurrency 16] [--json] [--profile]
-//   (--dist <dir>: an already compiled dist/ instead of building one; --db <postgres admin URL>)
+//   (--dist <dir>: an already compiled .bench-dist/ (tsconfig.bench.json) instead of building one; --db <postgres admin URL>)
 // Phases: idle RSS with 2 warm VMs (PGlite in memory as the demo, PGlite on disk as the default,
 // PostgreSQL); warm-up of W VMs on PostgreSQL; a burst of B jobs released at once; the rest
 // released; all N running (a line every 5 s) while /metrics is scraped every 200 ms; the baseline.
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { freePort } from './free-port.js';
 import { setPriority, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -21,7 +21,7 @@ import pg from 'pg';
 import { startGitLabEmulator, type GitLabEmulator } from '../src/emulators/gitlab/server.js';
 import { histogramBuckets, markdownTable, parseStatTicks, quantileBetween, parseStatus, summarize, topSelfTime, type FigureRow, type Summary } from './scale-stats.js';
 
-type GceModule = typeof import('../src/emulators/gce/server.js');
+type GceModule = typeof import('../emulators/gce/server.js');
 type LocalModule = typeof import('../src/providers/local/provider.js');
 type KeysModule = typeof import('../src/isolation/keys.js');
 
@@ -97,11 +97,14 @@ const MiB = (kib: number) => kib / 1024;
 const FINAL = new Set(['success', 'failed', 'canceled']);
 
 // ---- compiled code: the manager and the sandboxes run as in production, without tsx ----------
-// dist/ of this checkout (`npm run build`), so the compiled code resolves node_modules.
-const dist = values.dist ? resolve(values.dist) : join(root, 'dist');
+// src/ and the (test-only) emulators compiled together into .bench-dist/ of this checkout, so
+// the compiled code resolves node_modules; the manager's modules are under src/ there.
+const dist = values.dist ? resolve(values.dist) : join(root, '.bench-dist');
 if (!values.dist) {
-  say('compiling src/ to dist/ (npm run build)');
-  execFileSync(join(root, 'node_modules/.bin/tsc'), ['-p', join(root, 'tsconfig.json')], { stdio: 'inherit' });
+  say('compiling src/ and emulators/ to .bench-dist/ (tsconfig.bench.json)');
+  execFileSync(join(root, 'node_modules/.bin/tsc'), ['-p', join(root, 'tsconfig.bench.json')], { stdio: 'inherit' });
+  // The migrations are found two levels above src/db/, as from dist/db/ in production.
+  if (!existsSync(join(dist, 'sql'))) symlinkSync(join(root, 'sql'), join(dist, 'sql'));
 }
 const load = <T>(m: string): Promise<T> => import(pathToFileURL(join(dist, m)).href) as Promise<T>;
 const { startGceEmulator } = await load<GceModule>('emulators/gce/server.js');
@@ -452,8 +455,8 @@ function summarizeProfile(dir: string) {
 }
 
 async function baseline(n: number) {
-  const { LocalProvider } = await load<LocalModule>('providers/local/provider.js');
-  const { generateVmKeyPair } = await load<KeysModule>('isolation/keys.js');
+  const { LocalProvider } = await load<LocalModule>('src/providers/local/provider.js');
+  const { generateVmKeyPair } = await load<KeysModule>('src/isolation/keys.js');
   const { pino } = await import('pino');
   const dir = join(work, 'baseline');
   mkdirSync(dir, { recursive: true });

@@ -1,4 +1,4 @@
 // Process entry point (bin/runner-fleet.js runs the compiled form).
-import { runCli } from './cli.js';
+import { runCli } from './cli/index.js';
 
 await runCli();

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/server.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../emulators/ec2/server.js';
 import { startGitLabEmulator, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { startShard, type Shard } from '../../src/manager/shard.js';

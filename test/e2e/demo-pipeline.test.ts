@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { demoConfigYaml } from '../../src/demo.js';
+import { demoConfigYaml } from '../../src/cli/demo.js';
 import { startBucketEmulator, type BucketEmulator } from '../../src/emulators/buckets/server.js';
 import { BUSYBOX_IMAGE, dockerUnavailable, ensureBusyboxImage } from '../../src/emulators/docker-image.js';
 import { pipelineJobs } from '../../src/emulators/gitlab/demo-jobs.js';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
-import { startGceEmulator, type GceEmulator } from '../../src/emulators/gce/server.js';
+import { startGceEmulator, type GceEmulator } from '../../emulators/gce/server.js';
 import { startGitLabEmulator, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { startShard, type Shard } from '../../src/manager/shard.js';

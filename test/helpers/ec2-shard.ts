@@ -1,6 +1,6 @@
 // A shard with one aws class against the EC2 emulator and the GitLab emulator (end-to-end tests).
 import { join } from 'node:path';
-import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/server.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../emulators/ec2/server.js';
 import type { GitLabEmulator } from '../../src/emulators/gitlab/server.js';
 import type { Shard } from '../../src/manager/shard.js';
 import { LABEL_VM } from '../../src/providers/provider.js';

@@ -1,6 +1,6 @@
 // A shard with one gcp class against the GCE emulator and the GitLab emulator (end-to-end tests).
 import { join } from 'node:path';
-import { startGceEmulator, type GceEmulator } from '../../src/emulators/gce/server.js';
+import { startGceEmulator, type GceEmulator } from '../../emulators/gce/server.js';
 import type { GitLabEmulator } from '../../src/emulators/gitlab/server.js';
 import type { Shard } from '../../src/manager/shard.js';
 import { LABEL_VM } from '../../src/providers/provider.js';

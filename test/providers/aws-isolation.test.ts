@@ -2,7 +2,7 @@
 // DescribeSecurityGroups for every class's groups; each class is audited against its own groups'
 // inbound rules, where a rule referencing one of the VMs' groups is VM-to-VM traffic.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/server.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../emulators/ec2/server.js';
 import { parseCidr } from '../../src/isolation/cidr.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { parseAwsConfig } from '../../src/providers/aws/config.js';

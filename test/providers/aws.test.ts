@@ -2,7 +2,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { connectSsh } from '../../src/connect/ssh.js';
-import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/server.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../emulators/ec2/server.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { parseAwsConfig } from '../../src/providers/aws/config.js';
 import { AwsProvider } from '../../src/providers/aws/provider.js';

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startGceEmulator, type GceEmulator } from '../../src/emulators/gce/server.js';
+import { startGceEmulator, type GceEmulator } from '../../emulators/gce/server.js';
 import { parseCidr } from '../../src/isolation/cidr.js';
 import { createLogger } from '../../src/isolation/redact.js';
 import { parseGcpConfig } from '../../src/providers/gcp/config.js';

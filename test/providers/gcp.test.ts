@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startGceEmulator, type GceEmulator } from '../../src/emulators/gce/server.js';
+import { startGceEmulator, type GceEmulator } from '../../emulators/gce/server.js';
 import { parseGcpConfig } from '../../src/providers/gcp/config.js';
 import '../../src/providers/gcp/index.js';
 import { GcpProvider } from '../../src/providers/gcp/provider.js';

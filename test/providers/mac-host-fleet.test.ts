@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase } from '../../src/db/connect.js';
 import { migrateToLatest } from '../../src/db/migrate.js';
-import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/server.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../emulators/ec2/server.js';
 import { generateVmKeyPair } from '../../src/isolation/keys.js';
 import { DbResourceStore } from '../../src/manager/resource-store.js';
 import { parseMacMachine } from '../../src/providers/mac/config.js';

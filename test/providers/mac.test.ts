@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connectSsh } from '../../src/connect/ssh.js';
 import { openDatabase } from '../../src/db/connect.js';
 import { migrateToLatest } from '../../src/db/migrate.js';
-import { startEc2Emulator, type Ec2Emulator } from '../../src/emulators/ec2/server.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../emulators/ec2/server.js';
 import { decryptSecret, deriveKey, encryptSecret } from '../../src/isolation/keys.js';
 import { keysInUserData } from '../../src/providers/aws/run-input.js';
 import { DbResourceStore } from '../../src/manager/resource-store.js';

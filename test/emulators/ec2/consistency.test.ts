@@ -3,7 +3,7 @@
 // mutation done although its answer was an error) so the providers can be tested against it.
 import { DescribeInstancesCommand, EC2Client, RunInstancesCommand } from '@aws-sdk/client-ec2';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startEc2Emulator, type Ec2Emulator } from '../../../src/emulators/ec2/server.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../../emulators/ec2/server.js';
 
 describe('EC2 emulator: eventual consistency and chaos', () => {
   let emu: Ec2Emulator;

@@ -2,7 +2,7 @@
 // the mac provider is built on (one instance per host, scrubbing, the 24-hour minimum).
 import { AllocateHostsCommand, DescribeHostsCommand, EC2Client, ReleaseHostsCommand, RunInstancesCommand, TerminateInstancesCommand } from '@aws-sdk/client-ec2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startEc2Emulator, type Ec2Emulator } from '../../../src/emulators/ec2/server.js';
+import { startEc2Emulator, type Ec2Emulator } from '../../../emulators/ec2/server.js';
 
 const H = 3600_000;
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { FilterError, matchFilter, parseFilter } from '../../../src/emulators/gce/filter.js';
+import { FilterError, matchFilter, parseFilter } from '../../../emulators/gce/filter.js';
 
 const vm = { name: 'ci-a-1', status: 'RUNNING', labels: { 'runner-fleet-shard': 's1', team: 'ci' } };
 const m = (f: string) => matchFilter(parseFilter(f), vm);

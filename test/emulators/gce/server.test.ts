@@ -7,7 +7,7 @@ import { InstancesClient, ZoneOperationsClient, type protos } from '@google-clou
 import { PassThroughClient } from 'google-auth-library';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { connectSsh } from '../../../src/connect/ssh.js';
-import { startGceEmulator, type GceEmulator } from '../../../src/emulators/gce/server.js';
+import { startGceEmulator, type GceEmulator } from '../../../emulators/gce/server.js';
 import { generateVmKeyPair } from '../../../src/isolation/keys.js';
 import { windowsKeyEntry } from '../../../src/providers/gcp/windows.js';
 

@@ -14,11 +14,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Fastify from 'fastify';
 import { pino, type Logger } from 'pino';
-import { generateVmKeyPair } from '../../isolation/keys.js';
-import { hostKeysInUserData, keysInUserData } from '../../providers/aws/run-input.js';
+import { generateVmKeyPair } from '../../src/isolation/keys.js';
+import { hostKeysInUserData, keysInUserData } from '../../src/providers/aws/run-input.js';
 import { ec2ConnectOverride } from '../connect-override.js';
-import type { ConnectOverride } from '../../providers/provider.js';
-import { LocalProvider } from '../../providers/local/provider.js';
+import type { ConnectOverride } from '../../src/providers/provider.js';
+import { LocalProvider } from '../../src/providers/local/provider.js';
 
 
 export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances' | 'AllocateHosts' | 'DescribeHosts' | 'ReleaseHosts' | 'DescribeSecurityGroups';

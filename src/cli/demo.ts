@@ -5,14 +5,14 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { parseConfig } from './config/load.js';
-import { startDemoFeed } from './emulators/gitlab/demo-jobs.js';
-import { startGitLabEmulator } from './emulators/gitlab/server.js';
-import { startBucketEmulator } from './emulators/buckets/server.js';
-import { BUSYBOX_IMAGE, dockerUnavailable, ensureBusyboxImage } from './emulators/docker-image.js';
-import { createLogger } from './isolation/redact.js';
-import { startShard } from './manager/shard.js';
-import { untilSignal } from './cli.js';
+import { parseConfig } from '../config/load.js';
+import { startDemoFeed } from '../emulators/gitlab/demo-jobs.js';
+import { startGitLabEmulator } from '../emulators/gitlab/server.js';
+import { startBucketEmulator } from '../emulators/buckets/server.js';
+import { BUSYBOX_IMAGE, dockerUnavailable, ensureBusyboxImage } from '../emulators/docker-image.js';
+import { createLogger } from '../isolation/redact.js';
+import { startShard } from '../manager/shard.js';
+import { untilSignal } from './signals.js';
 
 export function demoConfigYaml(o: { gitlabUrl: string; listen: string; dataDir: string; bootDelay: string; bucketUrl?: string; docker?: boolean }): string {
   return `

@@ -3,8 +3,8 @@
 // connectOverride; the manager never learns the port from cloud data (metadata, tags), which
 // anyone allowed to write those could point elsewhere.
 import { join } from 'node:path';
-import { files, readJson, type SandboxState } from '../providers/local/layout.js';
-import type { ConnectEndpoint, ConnectOverride } from '../providers/provider.js';
+import { files, readJson, type SandboxState } from '../src/providers/local/layout.js';
+import type { ConnectEndpoint, ConnectOverride } from '../src/providers/provider.js';
 
 /** The listening sandbox among `names` under `root` whose address is `internalIp`. */
 function sandboxEndpoint(root: string, names: string[], internalIp: string): ConnectEndpoint | undefined {

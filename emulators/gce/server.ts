@@ -9,12 +9,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { pino, type Logger } from 'pino';
-import { generateVmKeyPair } from '../../isolation/keys.js';
-import { LocalProvider } from '../../providers/local/provider.js';
-import { loopbackAddress } from '../../providers/local/layout.js';
+import { generateVmKeyPair } from '../../src/isolation/keys.js';
+import { LocalProvider } from '../../src/providers/local/provider.js';
+import { loopbackAddress } from '../../src/providers/local/layout.js';
 import { gceConnectOverride } from '../connect-override.js';
-import { HOST_KEY_ITEM } from '../../providers/gcp/insert-body.js';
-import type { ConnectOverride } from '../../providers/provider.js';
+import { HOST_KEY_ITEM } from '../../src/providers/gcp/insert-body.js';
+import type { ConnectOverride } from '../../src/providers/provider.js';
 import { FilterError, matchFilter, parseFilter } from './filter.js';
 
 /** The only user a sandbox accepts (the local provider's USERNAME). */

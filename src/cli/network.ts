@@ -1,8 +1,8 @@
 // `runner-fleet network check|allocate`: the shard network plan over a CIDR registry file.
 import { appendFileSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { CidrError, formatCidr, isPrivate, notPrivate, parseCidr } from './isolation/cidr.js';
-import { RegistryError, allocate, describeConflict, findConflicts, parseRegistry, registryLine, type RegistryRow } from './isolation/network-plan.js';
+import { CidrError, formatCidr, isPrivate, notPrivate, parseCidr } from '../isolation/cidr.js';
+import { RegistryError, allocate, describeConflict, findConflicts, parseRegistry, registryLine, type RegistryRow } from '../isolation/network-plan.js';
 
 type Usage = (message: string) => Error;
 
