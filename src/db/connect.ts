@@ -1,6 +1,6 @@
 // One driver path for both databases: kysely's PostgresDialect over a `pg` pool, pointed at a
 // PostgreSQL server, or at an in-process PGlite served on a loopback port by pglite-socket.
-// (kysely-pglite interleaves concurrent transactions on PGlite's single session: STACK.md.)
+// (kysely-pglite interleaves concurrent transactions on PGlite's single session: docs/architecture.md "Database".)
 import { existsSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';

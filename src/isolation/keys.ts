@@ -1,4 +1,4 @@
-// Per-VM ephemeral SSH keys and encryption of secrets at rest (DESIGN.md "Isolation").
+// Per-VM ephemeral SSH keys and encryption of secrets at rest (docs/architecture.md "Isolation").
 import { createCipheriv, createDecipheriv, createHash, generateKeyPairSync, randomBytes, scryptSync } from 'node:crypto';
 
 export interface VmKeyPair {

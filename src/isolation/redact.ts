@@ -1,5 +1,5 @@
 // Logging with secrets removed at the source: tokens, keys and passwords never reach a log line,
-// whatever object a caller happens to log (DESIGN.md "Isolation": private keys never logged).
+// whatever object a caller happens to log (docs/security.md: private keys never logged).
 // scrubUrls is the one function that takes credentials, paths and query strings out of URLs in
 // error text: the logger applies it to every `err`, and error text stored in the database goes
 // through it too.

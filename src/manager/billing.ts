@@ -1,4 +1,4 @@
-// Compute-minute events (DESIGN.md: minutes = duration / 60 x cost factor). The pure part
+// Compute-minute events (docs/billing.md: minutes = duration / 60 x cost factor). The pure part
 // builds the event; `writeBillingEvent` inserts it inside the transaction that closes the job.
 import { createHash } from 'node:crypto';
 import type { Insertable, Transaction } from 'kysely';

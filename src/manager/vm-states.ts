@@ -1,4 +1,4 @@
-// The VM state machine as one table (DESIGN.md "VM states"). Every transition is checked here
+// The VM state machine as one table (docs/architecture.md "VM states"). Every transition is checked here
 // and recorded in vm_events by the store.
 
 export const VM_STATES = [

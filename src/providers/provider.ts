@@ -1,4 +1,4 @@
-// The provider plugin contract (DESIGN.md "Provider plugin interface").
+// The provider plugin contract (docs/architecture.md "Provider contract").
 // A provider knows its cloud and nothing else: no pools, no jobs, no GitLab.
 // Every method is safe to retry: creation is keyed by the VM's deterministic
 // name, deletion of a VM that is already gone succeeds.

@@ -1,4 +1,4 @@
-// What every provider must do (STYLE.md: one contract suite, run by each provider's test file).
+// What every provider must do (docs/architecture.md "Provider contract": one suite, run by each provider's test file).
 import { randomBytes } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { connectSsh, waitForSsh } from '../../src/connect/ssh.js';

@@ -1,5 +1,5 @@
 // The RunInstances request for one VM or a batch of one class in one subnet (pure). Isolation
-// rules from DESIGN.md live here: no public IP, no instance profile, IMDSv2 only with hop limit
+// rules (docs/architecture.md "Isolation") live here: no public IP, no instance profile, IMDSv2 only with hop limit
 // 1, terminate on shutdown, and each VM accepts only its own key.
 import { shq } from '../../gitlab/script.js';
 import { createHash } from 'node:crypto';

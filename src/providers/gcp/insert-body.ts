@@ -1,4 +1,4 @@
-// The GCE Instance resource for one VM (pure). Isolation rules from DESIGN.md live here:
+// The GCE Instance resource for one VM (pure). Isolation rules (docs/architecture.md "Isolation") live here:
 // no external IP, no service account, the VM's own key only, a cloud-side maximum run duration.
 import type { protos } from '@google-cloud/compute';
 import { LABEL_VM, type VmSpec } from '../provider.js';
