@@ -10,8 +10,9 @@ import { loadOrExplain } from './args.js';
 type Usage = (message: string) => Error;
 
 export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', args: string[], usage: Usage): Promise<number> {
-  const { values } = parseArgs({
+  const { values, tokens } = parseArgs({
     args,
+    tokens: true,
     options: {
       registry: { type: 'string' }, environment: { type: 'string' }, network: { type: 'string' },
       within: { type: 'string', default: '10.0.0.0/8' }, prefix: { type: 'string', default: '21' }, write: { type: 'boolean', default: false },
@@ -21,10 +22,10 @@ export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', ar
   });
   // Flags of one subcommand are mistakes on another: say so rather than ignore them.
   const own: Record<typeof sub, string[]> = { check: [], allocate: ['environment', 'network', 'within', 'prefix', 'write'], terraform: ['config', 'environment', 'network', 'out'] };
-  const given = args.filter((a) => a.startsWith('--')).map((a) => a.slice(2).split('=')[0]!);
-  for (const flag of given) if (flag !== 'registry' && !own[sub].includes(flag)) throw usage(`--${flag}: not an option of network ${sub}`);
+  for (const t of tokens) if (t.kind === 'option' && t.name !== 'registry' && !own[sub].includes(t.name)) throw usage(`--${t.name}: not an option of network ${sub}`);
   if (!values.registry) throw usage('--registry FILE is required');
   if (sub === 'terraform' && !values.config) throw usage('--config FILE is required');
+  if (sub === 'terraform' && (values.environment === undefined) !== (values.network === undefined)) throw usage('--environment and --network name a registry row together: give both or neither');
   const path = values.registry;
   let text: string;
   try {
@@ -50,7 +51,7 @@ export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', ar
     process.stdout.write(`${path}: ok (${rows.length} subnets, no overlaps)\n`);
     return 0;
   }
-  if (sub === 'terraform') return terraform(path, rows, values, usage);
+  if (sub === 'terraform') return terraform(path, rows, values);
 
   const name = (flag: string, v: string | undefined) => {
     if (!v) throw usage(`--${flag} is required`);
@@ -90,8 +91,7 @@ export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', ar
 }
 
 /** Terraform JSON of the shard's runner network, to stdout or --out FILE. */
-function terraform(registry: string, rows: RegistryRow[], values: { config?: string; environment?: string; network?: string; out?: string }, usage: Usage): number {
-  if ((values.environment === undefined) !== (values.network === undefined)) throw usage('--environment and --network name a registry row together: give both or neither');
+function terraform(registry: string, rows: RegistryRow[], values: { config?: string; environment?: string; network?: string; out?: string }): number {
   const config = loadOrExplain(values.config!);
   if (!config) return 1;
   let doc;
