@@ -112,8 +112,8 @@ function gcpNetwork(out: Tf, input: TerraformInput, classes: string[], key: Regi
   const cidr = errors.length > before ? null : lookUp(input.rows, key, from, errors);
   if (!cidr || !gcp.subnetwork) return;
 
-  const network = lastSegment(gcp.network ?? 'default');
-  const base = { project: gcp.project, network };
+  // A network named by path may be a Shared VPC's: its subnets and rules live in its host project.
+  const base = { project: /projects\/([^/]+)\//.exec(gcp.network ?? '')?.[1] ?? gcp.project, network: lastSegment(gcp.network ?? 'default') };
   const tags = unique(machines.flatMap(({ m }) => m.networkTags));
   out.require('google', { source: 'hashicorp/google', version: '>= 5.0' });
   out.resource('google_compute_subnetwork', 'gcp_runners', { ...base, name: lastSegment(gcp.subnetwork), region: [...regions][0], ip_cidr_range: cidr, description: `runner-fleet shard ${config.shard}: job VMs (registry: ${key.environment} ${key.network})` });

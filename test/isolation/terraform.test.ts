@@ -146,6 +146,12 @@ describe('network terraform: gcp', () => {
     expect(auditGce(config, [...noDeny, ...DEFAULT_RULES]).map((f) => f.rule)).toEqual(['default-allow-internal', 'default-allow-ssh']);
   });
 
+  it('a Shared VPC network named by path: the subnet and rules go to its host project', () => {
+    const shared = parseConfig(gcpYaml().replace('network: runners,', 'network: projects/host-proj/global/networks/runners,'));
+    const d = terraformFor({ config: shared, rows: REGISTRY });
+    expect([...resources(d, 'google_compute_subnetwork'), ...resources(d, 'google_compute_firewall')].map(([, r]) => [r['project'], r['network']])).toEqual(Array(5).fill(['host-proj', 'runners']));
+  });
+
   it('a Windows class reached over WinRM gets 5985-5986 from the manager too, aimed at its tags only', () => {
     const winrm = parseConfig(gcpYaml());
     winrm.classes['windows']!.machine['windowsAccess'] = 'password';
