@@ -287,6 +287,9 @@ describe('network terraform through the emulators and the manager\'s audit', () 
       expect(await audit()).toEqual({ findings: new Map([['gcp', []]]), failed: [] });
       // The same rule twice is refused, as GCE does.
       await expect(firewalls.insert({ project: 'tf-proj', firewallResource: gceFirewalls(terraformFor({ config, rows: REGISTRY }))[0]! })).rejects.toThrow(/already exists/);
+      // Bodies GCE refuses are refused here too, naming the field.
+      await expect(firewalls.insert({ project: 'tf-proj', firewallResource: { name: 'Bad_Name', allowed: [{ IPProtocol: 'tcp' }] } })).rejects.toThrow(/resource\.name/);
+      await expect(firewalls.insert({ project: 'tf-proj', firewallResource: { name: 'both', allowed: [{ IPProtocol: 'tcp' }], denied: [{ IPProtocol: 'udp' }] } })).rejects.toThrow(/exactly one of 'allowed' or 'denied'/);
       // An allow between job VMs outranking the generated denies is found.
       await firewalls.insert({ project: 'tf-proj', firewallResource: { name: 'mesh', network: 'global/networks/runners', priority: 50, sourceTags: ['runner-vm'], targetTags: ['runner-vm'], allowed: [{ IPProtocol: 'all' }] } });
       expect((await audit()).findings.get('gcp')!.map((f) => [f.kind, f.rule, f.classes])).toEqual([['vm-to-vm', 'mesh', ['linux']]]);
