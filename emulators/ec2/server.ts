@@ -2,7 +2,7 @@
 // `Action=...`, lists as `X.1`, XML answers, EC2's error XML) for the instance actions the aws
 // provider uses (RunInstances with ClientToken and MinCount/MaxCount, DescribeInstances with
 // filters and paging, TerminateInstances, CreateTags, Stop/StartInstances, DescribeSecurityGroups
-// for the isolation audit), fault injection
+// for the isolation audit, CreateSecurityGroup and AuthorizeSecurityGroupIngress), fault injection
 // (capacity per subnet, RequestLimitExceeded, InstanceLimitExceeded, hung calls), Dedicated Hosts
 // (AllocateHosts, DescribeHosts, ReleaseHosts; one instance per host; Mac hosts scrub after their
 // instance leaves and cannot be released before 24 h, on an injectable clock), and instances
@@ -21,13 +21,15 @@ import type { ConnectOverride } from '../../src/providers/provider.js';
 import { LocalProvider } from '../../src/providers/local/provider.js';
 
 
-export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances' | 'AllocateHosts' | 'DescribeHosts' | 'ReleaseHosts' | 'DescribeSecurityGroups';
-const ACTIONS: Ec2Action[] = ['RunInstances', 'DescribeInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances', 'AllocateHosts', 'DescribeHosts', 'ReleaseHosts', 'DescribeSecurityGroups'];
+export type Ec2Action = 'RunInstances' | 'DescribeInstances' | 'TerminateInstances' | 'CreateTags' | 'StopInstances' | 'StartInstances' | 'AllocateHosts' | 'DescribeHosts' | 'ReleaseHosts' | 'DescribeSecurityGroups'
+  | 'CreateSecurityGroup' | 'AuthorizeSecurityGroupIngress';
+const ACTIONS: Ec2Action[] = ['RunInstances', 'DescribeInstances', 'TerminateInstances', 'CreateTags', 'StopInstances', 'StartInstances', 'AllocateHosts', 'DescribeHosts', 'ReleaseHosts', 'DescribeSecurityGroups', 'CreateSecurityGroup', 'AuthorizeSecurityGroupIngress'];
 
 /** A security group's inbound rules, as DescribeSecurityGroups answers them. */
 export interface EmulatedSecurityGroup {
   groupId: string;
   groupName?: string;
+  vpcId?: string;
   ingress: { protocol: string; fromPort?: number; toPort?: number; cidrs?: string[]; ipv6Cidrs?: string[]; groups?: string[] }[];
 }
 
@@ -458,8 +460,44 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
             + `<groups>${(r.groups ?? []).map((g) => `<item><userId>000000000000</userId><groupId>${esc(g)}</groupId></item>`).join('')}</groups>`
             + `<ipRanges>${(r.cidrs ?? []).map((c) => `<item><cidrIp>${esc(c)}</cidrIp></item>`).join('')}</ipRanges>`
             + `<ipv6Ranges>${(r.ipv6Cidrs ?? []).map((c) => `<item><cidrIpv6>${esc(c)}</cidrIpv6></item>`).join('')}</ipv6Ranges><prefixListIds/></item>`;
-          const items = shown.map((g) => `<item><ownerId>000000000000</ownerId><groupId>${esc(g.groupId)}</groupId><groupName>${esc(g.groupName ?? g.groupId)}</groupName><groupDescription>emulated</groupDescription><vpcId>vpc-0emulator</vpcId><ipPermissions>${g.ingress.map(perm).join('')}</ipPermissions><ipPermissionsEgress/></item>`);
+          const items = shown.map((g) => `<item><ownerId>000000000000</ownerId><groupId>${esc(g.groupId)}</groupId><groupName>${esc(g.groupName ?? g.groupId)}</groupName><groupDescription>emulated</groupDescription><vpcId>${esc(g.vpcId ?? 'vpc-0emulator')}</vpcId><ipPermissions>${g.ingress.map(perm).join('')}</ipPermissions><ipPermissionsEgress/></item>`);
           return answer(`<securityGroupInfo>${items.join('')}</securityGroupInfo>`);
+        }
+        case 'CreateSecurityGroup': {
+          const name = p['GroupName'];
+          const vpcId = p['VpcId'] ?? 'vpc-0emulator';
+          if (!name) throw new Ec2Error('MissingParameter', 'The request must contain the parameter GroupName');
+          if (!p['GroupDescription']) throw new Ec2Error('MissingParameter', 'The request must contain the parameter GroupDescription');
+          if (/^sg-/i.test(name)) throw new Ec2Error('InvalidParameterValue', `Group names may not be in the format sg-*: ${name}`);
+          if ([...securityGroups.values()].some((g) => g.groupName === name && (g.vpcId ?? 'vpc-0emulator') === vpcId)) throw new Ec2Error('InvalidGroup.Duplicate', `The security group '${name}' already exists for VPC '${vpcId}'`);
+          const groupId = `sg-${hex(17)}`;
+          securityGroups.set(groupId, { groupId, groupName: name, vpcId, ingress: [] });
+          return answer(`<return>true</return><groupId>${groupId}</groupId>`);
+        }
+        case 'AuthorizeSecurityGroupIngress': {
+          const g = securityGroups.get(p['GroupId'] ?? '');
+          if (!g) throw new Ec2Error('InvalidGroup.NotFound', `The security group '${p['GroupId'] ?? ''}' does not exist`);
+          const added: EmulatedSecurityGroup['ingress'] = [];
+          for (let i = 1; p[`IpPermissions.${i}.IpProtocol`] !== undefined; i++) {
+            const at = `IpPermissions.${i}`;
+            const field = (sub: string, key: string) => { const out: string[] = []; for (let j = 1; p[`${at}.${sub}.${j}.${key}`] !== undefined; j++) out.push(p[`${at}.${sub}.${j}.${key}`]!); return out; };
+            const protocol = p[`${at}.IpProtocol`]!;
+            const ported = protocol !== '-1' && p[`${at}.FromPort`] !== undefined;
+            const rule = {
+              protocol,
+              ...(ported ? { fromPort: Number(p[`${at}.FromPort`]), toPort: Number(p[`${at}.ToPort`] ?? p[`${at}.FromPort`]) } : {}),
+              cidrs: field('IpRanges', 'CidrIp'), ipv6Cidrs: field('Ipv6Ranges', 'CidrIpv6'),
+              // The Query API names a permission's UserIdGroupPairs `Groups`.
+              groups: field('Groups', 'GroupId'),
+            };
+            for (const id of rule.groups) if (!securityGroups.has(id)) throw new Ec2Error('InvalidGroup.NotFound', `The security group '${id}' does not exist`);
+            if (rule.cidrs.length + rule.ipv6Cidrs.length + rule.groups.length === 0) throw new Ec2Error('InvalidParameterValue', 'The request must contain a source: an IP range or a security group');
+            if ([...g.ingress, ...added].some((r) => JSON.stringify(r) === JSON.stringify(rule))) throw new Ec2Error('InvalidPermission.Duplicate', `the specified rule "peer: ${[...rule.cidrs, ...rule.groups].join(', ')}, ${protocol.toUpperCase()}" already exists`);
+            added.push(rule);
+          }
+          if (added.length === 0) throw new Ec2Error('MissingParameter', 'The request must contain the parameter IpPermissions');
+          g.ingress.push(...added);
+          return answer('<return>true</return>');
         }
         case 'CreateTags': {
           const ids = list(p, 'ResourceId');

@@ -1,6 +1,7 @@
 // A Compute Engine v1 REST emulator: the wire format the real InstancesClient/ZoneOperationsClient
 // send in REST fallback mode (instances insert/bulkInsert/get/list/aggregatedList/delete/
-// setMetadata/setLabels/stop/start/suspend/resume/getSerialPortOutput, zoneOperations get/wait), GCE's error
+// setMetadata/setLabels/stop/start/suspend/resume/getSerialPortOutput, zoneOperations get/wait,
+// firewalls list/insert with their global operations), GCE's error
 // JSON, fault injection (stockouts, 429s, quota, hung calls), and instances that are real SSH
 // sandboxes (the local provider's) on their own loopback address. Used by tests, demo, benches.
 import { constants as cryptoConstants, createHash, createPublicKey, publicEncrypt, randomBytes, randomInt } from 'node:crypto';
@@ -37,9 +38,11 @@ export type GceCall =
   | 'resume'
   | 'serialPort'
   | 'guestAttributes'
-  | 'firewallsList';
+  | 'firewallsList'
+  | 'firewallsInsert'
+  | 'globalOperationsGet';
 
-const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'guestAttributes', 'firewallsList'];
+const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'guestAttributes', 'firewallsList', 'firewallsInsert', 'globalOperationsGet'];
 
 export interface GceFaults {
   /** Inserts into these zones finish DONE with a ZONE_RESOURCE_POOL_EXHAUSTED operation error. */
@@ -295,25 +298,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       if (inst) serialAppend(inst, port, text);
     },
     setFirewalls: (project, rules) => {
-      firewalls.set(
-        project,
-        rules.map((r, i) => {
-          const network = String(r['network'] ?? 'global/networks/default');
-          return {
-            kind: 'compute#firewall',
-            id: String(nextId++),
-            creationTimestamp: now(),
-            priority: 1000,
-            direction: 'INGRESS',
-            disabled: false,
-            logConfig: { enable: false },
-            ...r,
-            name: String(r['name'] ?? `rule-${i}`),
-            network: network.startsWith('http') ? network : `${base}/compute/v1/${network.startsWith('projects/') ? network : `projects/${project}/${network}`}`,
-            selfLink: `${base}/compute/v1/projects/${project}/global/firewalls/${String(r['name'] ?? `rule-${i}`)}`,
-          };
-        }),
-      );
+      firewalls.set(project, rules.map((r, i) => firewallResource(project, r, i)));
     },
     hungCalls: () => hungFaults.size,
     releaseHung: () => {
@@ -356,6 +341,45 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     inst.serial.set(port, (inst.serial.get(port) ?? '') + text);
   }
   const notFound = (what: string) => new HttpError(404, 'notFound', `The resource '${what}' was not found`);
+
+  /** A firewall as the API returns it: defaults filled in, the network as a full URL. */
+  function firewallResource(project: string, r: Json, i: number): Json {
+    const network = String(r['network'] ?? 'global/networks/default');
+    const name = String(r['name'] ?? `rule-${i}`);
+    return {
+      kind: 'compute#firewall',
+      id: String(nextId++),
+      creationTimestamp: now(),
+      priority: 1000,
+      direction: 'INGRESS',
+      disabled: false,
+      logConfig: { enable: false },
+      ...r,
+      name,
+      network: network.startsWith('http') ? network : `${base}/compute/v1/${network.startsWith('projects/') ? network : `projects/${project}/${network}`}`,
+      selfLink: `${base}/compute/v1/projects/${project}/global/firewalls/${name}`,
+    };
+  }
+
+  /** The checks firewalls.insert makes on its body (compute/docs/reference/rest/v1/firewalls/insert). */
+  function validateFirewall(project: string, body: Json): void {
+    const name = body['name'];
+    const bad = (field: string, why: string) => new HttpError(400, 'invalid', `Invalid value for field 'resource.${field}': '${JSON.stringify(body[field] ?? null)}'. ${why}`);
+    if (typeof name !== 'string' || !/^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/.test(name)) throw bad('name', 'Must be a match of regex \'(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)\'');
+    if ((firewalls.get(project) ?? []).some((f) => f['name'] === name)) throw new HttpError(409, 'alreadyExists', `The resource 'projects/${project}/global/firewalls/${name}' already exists`);
+    const direction = body['direction'] ?? 'INGRESS';
+    if (direction !== 'INGRESS' && direction !== 'EGRESS') throw bad('direction', 'Must be INGRESS or EGRESS.');
+    const priority = body['priority'] ?? 1000;
+    if (!Number.isInteger(priority) || (priority as number) < 0 || (priority as number) > 65535) throw bad('priority', 'Must be between 0 and 65535.');
+    const has = (k: string) => Array.isArray(body[k]) && (body[k] as unknown[]).length > 0;
+    if (has('allowed') === has('denied')) throw new HttpError(400, 'invalid', `Invalid value for field 'resource': exactly one of 'allowed' or 'denied' must be set.`);
+    if (direction === 'EGRESS' && (has('sourceRanges') || has('sourceTags') || has('sourceServiceAccounts'))) throw bad('sourceRanges', 'Source ranges, tags and service accounts apply to INGRESS rules only.');
+    if (direction === 'INGRESS' && has('destinationRanges')) throw bad('destinationRanges', 'Destination ranges apply to EGRESS rules only.');
+    for (const e of [...((body['allowed'] ?? []) as Json[]), ...((body['denied'] ?? []) as Json[])]) {
+      if (typeof e['IPProtocol'] !== 'string') throw bad('allowed', 'Every entry needs an IPProtocol.');
+      if (e['ports'] !== undefined && !['tcp', 'udp', 'sctp'].includes(String(e['IPProtocol']))) throw bad('allowed', 'Ports apply to tcp, udp and sctp only.');
+    }
+  }
 
   // ---- operations ----
   function newOp(project: string, zone: string, type: string, targetLink: string, targetId: string | undefined, reqId: string | undefined): Op {
@@ -951,6 +975,33 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
       selfLink: `${base}/compute/v1/projects/${project}/global/firewalls`,
     };
   });
+
+  // A firewall takes effect at once here: its (global) operation is DONE when the insert answers.
+  const globalOps = new Map<string, Json>(); // `${project}/${opName}`
+  app.post('/compute/v1/projects/:project/global/firewalls', { config: { call: 'firewallsInsert' } }, async (req: Req) => {
+    const { project } = req.params;
+    const body = (req.body ?? {}) as Json;
+    validateFirewall(project, body);
+    const fw = firewallResource(project, body, 0);
+    firewalls.set(project, [...(firewalls.get(project) ?? []), fw]);
+    const name = `operation-${Date.now()}-${randomBytes(6).toString('hex')}`;
+    const t = now();
+    const op: Json = {
+      kind: 'compute#operation', id: String(nextId++), name, operationType: 'insert', targetLink: fw['selfLink'], targetId: fw['id'],
+      status: 'DONE', progress: 100, user: 'emulator@runner-fleet.invalid', insertTime: t, startTime: t, endTime: t,
+      selfLink: `${base}/compute/v1/projects/${project}/global/operations/${name}`,
+    };
+    globalOps.set(`${project}/${name}`, op);
+    return op;
+  });
+  const globalOpOr404 = async (req: Req) => {
+    const { project, op } = req.params;
+    const found = globalOps.get(`${project}/${op}`);
+    if (!found) throw notFound(`projects/${project}/global/operations/${op}`);
+    return found;
+  };
+  app.get('/compute/v1/projects/:project/global/operations/:op', { config: { call: 'globalOperationsGet' } }, globalOpOr404);
+  app.post('/compute/v1/projects/:project/global/operations/:op/wait', { config: { call: 'globalOperationsGet' } }, globalOpOr404);
 
   app.get(`${Z}/instances`, { config: { call: 'list' } }, async (req: Req) => {
     const { project, zone } = req.params;

@@ -1,5 +1,6 @@
 // The command line: dispatch to one module per command (each loaded only when run), and the
-// usage text. Commands: start, demo, migrate, config check, simulate, billing export, network.
+// usage text. Commands: start, demo, migrate, config check, simulate, billing export, network
+// check|allocate|terraform.
 import { UsageError } from './args.js';
 
 const USAGE = `runner-fleet: a fresh VM for every GitLab CI job
@@ -22,6 +23,11 @@ Usage:
                        [--within 10.0.0.0/8] [--prefix 21] [--write]
                                               the subnet CIDR of a shard network: its registered one, else
                                               the lowest free block (--write appends it to the registry)
+  runner-fleet network terraform --config SHARD.yaml --registry CIDRS.csv
+                       [--environment ENV --network NET] [--out FILE]
+                                              Terraform JSON of the shard's runner network: its subnet from
+                                              the registry, and firewall rules (gcp) or security groups (aws,
+                                              mac) letting only the manager in
 `;
 
 export async function main(argv: string[]): Promise<number> {
@@ -46,7 +52,7 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`unknown billing subcommand ${JSON.stringify(rest[0] ?? '')}\n\n${USAGE}`);
       return 2;
     case 'network':
-      if (rest[0] === 'check' || rest[0] === 'allocate') {
+      if (rest[0] === 'check' || rest[0] === 'allocate' || rest[0] === 'terraform') {
         const { networkCommand } = await import('./network.js');
         return networkCommand(rest[0], rest.slice(1), (m) => new UsageError(m));
       }

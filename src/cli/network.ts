@@ -1,21 +1,31 @@
-// `runner-fleet network check|allocate`: the shard network plan over a CIDR registry file.
-import { appendFileSync, readFileSync } from 'node:fs';
+// `runner-fleet network check|allocate|terraform`: the shard network plan over a CIDR registry
+// file, and the Terraform of a shard's runner network.
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { CidrError, formatCidr, isPrivate, notPrivate, parseCidr } from '../isolation/cidr.js';
 import { RegistryError, allocate, describeConflict, findConflicts, parseRegistry, registryLine, type RegistryRow } from '../isolation/network-plan.js';
+import { TerraformError, terraformFor } from '../isolation/terraform.js';
+import { loadOrExplain } from './args.js';
 
 type Usage = (message: string) => Error;
 
-export async function networkCommand(sub: 'check' | 'allocate', args: string[], usage: Usage): Promise<number> {
-  const { values } = parseArgs({
+export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', args: string[], usage: Usage): Promise<number> {
+  const { values, tokens } = parseArgs({
     args,
+    tokens: true,
     options: {
       registry: { type: 'string' }, environment: { type: 'string' }, network: { type: 'string' },
       within: { type: 'string', default: '10.0.0.0/8' }, prefix: { type: 'string', default: '21' }, write: { type: 'boolean', default: false },
+      config: { type: 'string', short: 'c' }, out: { type: 'string' },
     },
     strict: true,
   });
+  // Flags of one subcommand are mistakes on another: say so rather than ignore them.
+  const own: Record<typeof sub, string[]> = { check: [], allocate: ['environment', 'network', 'within', 'prefix', 'write'], terraform: ['config', 'environment', 'network', 'out'] };
+  for (const t of tokens) if (t.kind === 'option' && t.name !== 'registry' && !own[sub].includes(t.name)) throw usage(`--${t.name}: not an option of network ${sub}`);
   if (!values.registry) throw usage('--registry FILE is required');
+  if (sub === 'terraform' && !values.config) throw usage('--config FILE is required');
+  if (sub === 'terraform' && (values.environment === undefined) !== (values.network === undefined)) throw usage('--environment and --network name a registry row together: give both or neither');
   const path = values.registry;
   let text: string;
   try {
@@ -41,6 +51,7 @@ export async function networkCommand(sub: 'check' | 'allocate', args: string[], 
     process.stdout.write(`${path}: ok (${rows.length} subnets, no overlaps)\n`);
     return 0;
   }
+  if (sub === 'terraform') return terraform(path, rows, values);
 
   const name = (flag: string, v: string | undefined) => {
     if (!v) throw usage(`--${flag} is required`);
@@ -76,5 +87,26 @@ export async function networkCommand(sub: 'check' | 'allocate', args: string[], 
   } else {
     process.stderr.write(`free: ${formatCidr(got.row.cidr)} (not written; add --write to append it to ${path})\n`);
   }
+  return 0;
+}
+
+/** Terraform JSON of the shard's runner network, to stdout or --out FILE. */
+function terraform(registry: string, rows: RegistryRow[], values: { config?: string; environment?: string; network?: string; out?: string }): number {
+  const config = loadOrExplain(values.config!);
+  if (!config) return 1;
+  let doc;
+  try {
+    doc = terraformFor({ config, rows, ...(values.environment !== undefined ? { key: { environment: values.environment, network: values.network! } } : {}) });
+  } catch (err) {
+    if (!(err instanceof TerraformError)) throw err;
+    const where = (e: string) => (e.startsWith('registry: ') ? `${registry}: ${e.slice('registry: '.length).replace('--registry FILE', `--registry ${registry}`)}` : e);
+    process.stderr.write(`${values.config}: no runner network to write\n${err.errors.map((e) => `  ${where(e)}`).join('\n')}\n`);
+    return 1;
+  }
+  const text = `${JSON.stringify(doc, null, 2)}\n`;
+  if (values.out) {
+    writeFileSync(values.out, text);
+    process.stderr.write(`wrote ${values.out}\n`);
+  } else process.stdout.write(text);
   return 0;
 }
