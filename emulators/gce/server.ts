@@ -39,6 +39,14 @@ export type GceCall =
   | 'guestAttributes'
   | 'firewallsList';
 
+// Each route's config names its Compute call (counts, injected faults). Declared because a typed
+// FastifyContextConfig (@fastify/swagger's, in the same program) refuses unknown keys.
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    call?: GceCall;
+  }
+}
+
 const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'guestAttributes', 'firewallsList'];
 
 export interface GceFaults {
