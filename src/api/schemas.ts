@@ -14,7 +14,12 @@ function errorReply(description: string) {
 }
 
 export const badRequest = errorReply('Bad input: an invalid, unknown or repeated parameter, named in `error`.');
-export const unauthorized = errorReply('Missing or wrong bearer token (with a `WWW-Authenticate: Bearer` challenge).');
+export const unauthorized = {
+  ...errorReply('Missing or wrong bearer token.'),
+  headers: {
+    'WWW-Authenticate': { type: 'string', pattern: '^Bearer realm=', description: 'The challenge: `Bearer realm="runner-fleet"`, with `error="invalid_token"` for a wrong token.' },
+  },
+} as const;
 export const forbidden = errorReply('This API is disabled: no token is configured for it.');
 export const serverError = errorReply('Internal error, e.g. the database failed. The details are logged, never sent.');
 

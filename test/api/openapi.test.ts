@@ -31,7 +31,7 @@ interface Operation {
   description?: string;
   security?: Record<string, string[]>[];
   parameters?: { in: string; name: string; required?: boolean }[];
-  responses: Record<string, { description?: string; content?: Record<string, { schema?: unknown }> }>;
+  responses: Record<string, { description?: string; headers?: Record<string, { schema: object }>; content?: Record<string, { schema?: unknown }> }>;
 }
 interface Document {
   openapi: string;
@@ -167,6 +167,11 @@ describe.each(databaseKinds())('OpenAPI description on %s', (kind) => {
     const ref = `openapi.json#/${jsonPointer('paths', openapiPath(path), method.toLowerCase(), 'responses', String(res.status), 'content', mediaType, 'schema')}`;
     const validate: ValidateFunction = ajv.getSchema(ref) ?? ajv.compile({ $ref: ref });
     expect(validate(body), `${label}: body does not match its schema: ${ajv.errorsText(validate.errors)}; body ${text.slice(0, 300)}`).toBe(true);
+    for (const [name, header] of Object.entries(response!.headers ?? {})) {
+      const value = res.headers.get(name);
+      expect(value, `${label}: header ${name} missing`).not.toBeNull();
+      expect(ajv.validate(header.schema, value), `${label}: header ${name}: ${ajv.errorsText()}`).toBe(true);
+    }
     seen.add(`${method} ${openapiPath(path)} ${res.status}`);
     return { status: res.status, body };
   }
