@@ -42,6 +42,14 @@ export type GceCall =
   | 'firewallsInsert'
   | 'globalOperationsGet';
 
+// Each route's config names its Compute call (counts, injected faults). Declared because a typed
+// FastifyContextConfig (@fastify/swagger's, in the same program) refuses unknown keys.
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    call?: GceCall;
+  }
+}
+
 const CALLS: GceCall[] = ['insert', 'bulkInsert', 'get', 'list', 'aggregatedList', 'delete', 'operationsGet', 'operationsWait', 'setMetadata', 'setLabels', 'stop', 'start', 'suspend', 'resume', 'serialPort', 'guestAttributes', 'firewallsList', 'firewallsInsert', 'globalOperationsGet'];
 
 export interface GceFaults {

@@ -5,6 +5,7 @@ import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { VM_STATES } from '../manager/vm-states.js';
 import { requireAdmin } from './auth.js';
+import { ADMIN_AUTH, badRequest, forbidden, serverError, unauthorized } from './schemas.js';
 
 export interface AdminOptions {
   db: Kysely<Database>;
@@ -32,27 +33,40 @@ const time = { type: 'string', format: 'date-time' } as const;
 const ntime = { type: ['string', 'null'], format: 'date-time' } as const;
 const nint = { type: ['integer', 'null'] } as const;
 const nnum = { type: ['number', 'null'] } as const;
+/** bigint columns travel as decimal strings (JSON numbers lose precision past 2^53). */
+const bigid = { type: 'string', pattern: '^[0-9]+$' } as const;
+const nbigid = { type: ['string', 'null'], pattern: '^[0-9]+$' } as const;
 
+// Every column is always present (null when unset): `required` lists them all.
 const vmSchema = {
   type: 'object',
+  required: [...VM_COLUMNS],
   properties: {
-    id: str, class: str, provider: str, name: str, state: str, cloud_id: nstr, zone: nstr, internal_ip: nstr,
-    job_id: nstr, failure: nstr, created_at: time, ready_at: ntime, updated_at: time,
+    id: str, class: str, provider: str, name: { ...str, description: 'Name in the cloud.' },
+    state: { type: 'string', enum: [...VM_STATES] }, cloud_id: { ...nstr, description: "The provider's id, once created." },
+    zone: nstr, internal_ip: nstr, job_id: { ...nbigid, description: 'GitLab job id while assigned.' },
+    failure: { ...nstr, description: 'Why the VM failed.' }, created_at: time, ready_at: ntime, updated_at: time,
   },
 } as const;
 
 const jobSchema = {
   type: 'object',
+  required: [...JOB_COLUMNS],
   properties: {
-    id: str, class: str, vm_id: nstr, state: str, project_id: nstr, pipeline_id: nstr, namespace_id: nstr,
-    root_namespace_id: nstr, queued_seconds: nnum, timeout_seconds: { type: 'integer' }, picked_at: time,
-    started_at: ntime, finished_at: ntime, result: nstr, exit_code: nint, failure_reason: nstr, trace_bytes: str,
+    id: { ...bigid, description: 'GitLab job id.' }, class: str, vm_id: nstr, state: str, project_id: nbigid, pipeline_id: nbigid,
+    namespace_id: nbigid, root_namespace_id: nbigid, queued_seconds: { ...nnum, description: 'Time in GitLab\'s queue before pickup.' },
+    timeout_seconds: { type: 'integer' }, picked_at: time, started_at: ntime, finished_at: ntime,
+    result: { ...nstr, description: '`success`, `failed`, `canceled` once finished.' }, exit_code: nint,
+    failure_reason: { ...nstr, description: "GitLab's failure reason when failed." }, trace_bytes: { ...bigid, description: 'Log bytes sent.' },
     reported_at: ntime,
   },
 } as const;
 
-const limit = { type: 'integer', minimum: 1, maximum: 1000, default: 100 } as const;
-const name = { type: 'string', pattern: '^[a-z0-9][a-z0-9-]*$', maxLength: 100 } as const;
+const limit = { type: 'integer', minimum: 1, maximum: 1000, default: 100, description: 'At most this many, newest first.' } as const;
+const name = { type: 'string', pattern: '^[a-z0-9][a-z0-9-]*$', maxLength: 100, description: 'Only this runner class.' } as const;
+
+/** Statuses every admin route may send besides its 200. */
+const adminErrors = { 400: badRequest, 401: unauthorized, 403: forbidden, 500: serverError } as const;
 
 interface VmQuery { state?: string; class?: string; limit: number }
 interface JobQuery { state?: string; class?: string; limit: number }
@@ -62,12 +76,18 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions): Pro
 
   app.get<{ Querystring: VmQuery }>('/v1/vms', {
     schema: {
+      tags: ['admin'], summary: "The shard's VMs",
+      description: 'VMs of this shard, newest first. Key material is never returned.',
+      security: ADMIN_AUTH,
       querystring: {
         type: 'object',
-        properties: { state: { type: 'string', enum: [...VM_STATES, 'live'] }, class: name, limit },
+        properties: {
+          state: { type: 'string', enum: [...VM_STATES, 'live'], description: 'Only VMs in this state; `live`: every state but `deleted`.' },
+          class: name, limit,
+        },
         additionalProperties: false,
       },
-      response: { 200: { type: 'object', properties: { vms: { type: 'array', items: vmSchema } } } },
+      response: { 200: { description: 'The VMs.', type: 'object', required: ['vms'], properties: { vms: { type: 'array', items: vmSchema } } }, ...adminErrors },
     },
   }, async (req) => {
     const { state, limit: n } = req.query;
@@ -81,12 +101,15 @@ export async function adminRoutes(app: FastifyInstance, opts: AdminOptions): Pro
 
   app.get<{ Querystring: JobQuery }>('/v1/jobs', {
     schema: {
+      tags: ['admin'], summary: "The shard's jobs",
+      description: 'Jobs of this shard, latest picked first. Job tokens are never returned.',
+      security: ADMIN_AUTH,
       querystring: {
         type: 'object',
-        properties: { state: { type: 'string', pattern: '^[a-z_]+$', maxLength: 40 }, class: name, limit },
+        properties: { state: { type: 'string', pattern: '^[a-z_]+$', maxLength: 40, description: 'Only jobs in this state, e.g. `running`, `finished`.' }, class: name, limit },
         additionalProperties: false,
       },
-      response: { 200: { type: 'object', properties: { jobs: { type: 'array', items: jobSchema } } } },
+      response: { 200: { description: 'The jobs.', type: 'object', required: ['jobs'], properties: { jobs: { type: 'array', items: jobSchema } } }, ...adminErrors },
     },
   }, async (req) => {
     const { state, limit: n } = req.query;

@@ -1,5 +1,5 @@
 // The shard's HTTP API: fastify with one plugin per concern, each with its own schemas.
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type RouteOptions } from 'fastify';
 import type { Kysely } from 'kysely';
 import type { Logger } from 'pino';
 import type { Database } from '../db/schema.js';
@@ -9,6 +9,7 @@ import { adminRoutes } from './admin.js';
 import { billingRoutes } from './billing.js';
 import { healthRoutes } from './health.js';
 import { metricsRoutes } from './metrics.js';
+import { registerOpenApi } from './openapi.js';
 import { statusRoutes } from './status.js';
 
 export interface ApiDeps {
@@ -24,6 +25,8 @@ export interface ApiDeps {
   ready?: () => Promise<import('./health.js').Readiness>;
   /** Unsafe settings in force, listed in the /readyz body. */
   warnings?: readonly string[];
+  /** Sees every route as it is registered (the OpenAPI test checks each one is documented). */
+  onRoute?: (route: RouteOptions) => void;
 }
 
 /** Request lines at debug, not info: probes and scrapes would otherwise flood the log. */
@@ -64,6 +67,9 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   });
   app.setNotFoundHandler((req, reply) => reply.code(404).send({ error: `no route ${req.method} ${req.url.split('?')[0]}` }));
 
+  if (deps.onRoute) app.addHook('onRoute', deps.onRoute);
+  // First: it documents only the routes registered after it.
+  await registerOpenApi(app as unknown as FastifyInstance);
   await app.register(healthRoutes, { db: deps.db, adminToken: deps.adminToken, ...(deps.ready ? { ready: deps.ready } : {}), ...(deps.warnings ? { warnings: deps.warnings } : {}) });
   await app.register(metricsRoutes, { metrics: deps.metrics });
   await app.register(statusRoutes, { db: deps.db, shard: deps.shard });

@@ -4,6 +4,7 @@ import { sql, type Kysely } from 'kysely';
 import type { FastifyInstance } from 'fastify';
 import type { Database } from '../db/schema.js';
 import { bearerMatches } from './auth.js';
+import { ADMIN_AUTH } from './schemas.js';
 
 /** true = ready; otherwise why not: a reason, or a status of its own (`standby`) with its reason. */
 export type Readiness = boolean | string | { status: string; reason: string };
@@ -19,18 +20,42 @@ export interface HealthOptions {
   warnings?: readonly string[];
 }
 
-const statusSchema = {
-  type: 'object',
-  properties: { status: { type: 'string' }, reason: { type: 'string' }, warnings: { type: 'array', items: { type: 'string' } } },
-  required: ['status'],
+const statusProperties = {
+  status: { type: 'string', description: '`ok`/`ready`, or why not: `unavailable`, `standby`.' },
+  reason: { type: 'string', description: 'Why not ready; the error text itself only with the admin token.' },
+  warnings: { type: 'array', items: { type: 'string' }, description: 'Unsafe settings the manager runs with.' },
 } as const;
+
+function statusSchema(description: string, status: readonly string[]) {
+  return {
+    description, type: 'object', required: ['status'],
+    properties: { ...statusProperties, status: { ...statusProperties.status, enum: status } },
+  } as const;
+}
 
 export async function healthRoutes(app: FastifyInstance, opts: HealthOptions): Promise<void> {
   const timeoutMs = opts.checkTimeoutMs ?? 2000;
 
-  app.get('/healthz', { schema: { response: { 200: statusSchema } } }, async () => ({ status: 'ok' }));
+  app.get('/healthz', {
+    schema: {
+      tags: ['health'], summary: 'Liveness', description: 'The process serves HTTP. Checks nothing else, so a database outage does not restart it.',
+      response: { 200: statusSchema('Alive.', ['ok']) },
+    },
+  }, async () => ({ status: 'ok' }));
 
-  app.get('/readyz', { schema: { response: { 200: statusSchema, 503: statusSchema } } }, async (req, reply) => {
+  app.get('/readyz', {
+    schema: {
+      tags: ['health'], summary: 'Readiness',
+      description: 'Ready when the database answers and the manager is active (holds the shard lock). '
+        + 'The admin token is optional: with it, a failed check gives its error text.',
+      // {} first: no token is needed; the admin token only adds detail.
+      security: [{}, ...ADMIN_AUTH],
+      response: {
+        200: statusSchema('Ready to work.', ['ready']),
+        503: { ...statusSchema('Not ready: `standby` (another manager holds the shard) or `unavailable`, with the reason.', ['unavailable', 'standby']), required: ['status', 'reason'] },
+      },
+    },
+  }, async (req, reply) => {
     const not = await notReady(opts, timeoutMs);
     const warnings = opts.warnings?.length ? { warnings: [...opts.warnings] } : {};
     if (not === null) return { status: 'ready', ...warnings };

@@ -3,9 +3,16 @@
 import type { FastifyInstance } from 'fastify';
 import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.js';
+import { serverError, textReply } from './schemas.js';
 
 export async function statusRoutes(app: FastifyInstance, opts: { db: Kysely<Database>; shard: string }): Promise<void> {
-  app.get('/', async (_req, reply) => {
+  app.get('/', {
+    schema: {
+      tags: ['health'], summary: 'Status at a glance',
+      description: 'Plain text for a human: VM counts by class and state, the latest jobs. No token: nothing secret, nothing per VM.',
+      response: { 200: textReply('The status text.'), 500: serverError },
+    },
+  }, async (_req, reply) => {
     const counts = await opts.db
       .selectFrom('vms')
       .select(['class', 'state', (eb) => eb.fn.countAll<string>().as('n')])
