@@ -133,6 +133,8 @@ function problems(ms: Manifest[]): string[] {
     const keyFile = cfg.secrets.keyFile;
     const keyMount = keyFile ? mounts.find((m) => volumes.get(m['name'])?.['secret'] && keyFile.startsWith(m['mountPath'] + '/')) : undefined;
     need(keyMount, 'ConfigMap: secrets.keyFile must be a file of a mounted Secret');
+    const mode = keyMount ? (volumes.get(keyMount['name'])?.['secret'].defaultMode as number | undefined) : undefined;
+    need(mode !== undefined && (mode & 0o007) === 0, `Deployment: the secrets key volume must not be world-readable (defaultMode ${mode?.toString(8)})`);
   }
 
   // The Secret template: placeholders only, and every key the Deployment reads.
@@ -272,6 +274,7 @@ describe('a broken copy fails', () => {
     ['a token variable the Deployment does not set', 'ConfigMap', (d: Obj) => void (d['data']['shard.yaml'] = d['data']['shard.yaml'].replace('${TOKEN_WINDOWS_MEDIUM}', '${TOKEN_WINDOWS_LARGE}')), 'TOKEN_WINDOWS_LARGE is not set'],
     ['the manager listening on loopback only', 'ConfigMap', (d: Obj) => void (d['data']['shard.yaml'] = d['data']['shard.yaml'].replace('"0.0.0.0:8080"', '"127.0.0.1:8080"')), 'http.listen must be 0.0.0.0:8080'],
     ['a bad pool size in the shard config', 'ConfigMap', (d: Obj) => void (d['data']['shard.yaml'] = d['data']['shard.yaml'].replace('idle: 8,', 'idle: eight,')), 'classes.saas-linux-small-amd64.pool.idle'],
+    ['a world-readable secrets key', 'Deployment', (d: Obj) => void (d['spec'].template.spec.volumes.find((v: Obj) => v['secret'])!.secret.defaultMode = 0o644), 'world-readable'],
     ['a real value in the Secret template', 'Secret', (d: Obj) => void (d['stringData']['admin-token'] = 's3cr3t-admin-token'), 'admin-token must be the placeholder'],
     ['no egress to PostgreSQL', 'NetworkPolicy', (d: Obj) => void (d['spec'].egress = d['spec'].egress.filter((r: Obj) => !r['ports'].some((x: Obj) => x['port'] === 5432))), 'PostgreSQL'],
     ['ingress open to the world', 'NetworkPolicy', (d: Obj) => void d['spec'].ingress.push({ ports: [{ protocol: 'TCP', port: 8080 }] }), 'name its sources'],
