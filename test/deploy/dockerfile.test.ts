@@ -144,7 +144,10 @@ describe('the runtime stage files run on their own', () => {
     const deps = stages(dockerfile).find((s) => s.steps.some((x) => x.op === 'RUN' && /npm ci\b.*--omit=dev/.test(x.args)))!;
     const install = deps.steps.find((x) => x.op === 'RUN' && /npm ci\b.*--omit=dev/.test(x.args))!.args.split('&&')[0]!.trim().split(/\s+/);
     for (const f of ['package.json', 'package-lock.json']) cpSync(join(root, f), join(dir, f));
-    const env = { PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? dir, npm_config_update_notifier: 'false' };
+    // Only the npm cache's location passes through: under `npm test`, npm_config_local_prefix
+    // names the checkout, and npm ci would then replace its node_modules.
+    const cache = process.env['npm_config_cache'] ? { npm_config_cache: process.env['npm_config_cache'] } : {};
+    const env = { ...cache, PATH: process.env['PATH'] ?? '', HOME: process.env['HOME'] ?? dir, npm_config_update_notifier: 'false' };
     const npm = spawnSync(install[0]!, [...install.slice(1), '--offline'], { cwd: dir, env, encoding: 'utf8', timeout: 240_000 });
     expect(npm.status, `${install.join(' ')} --offline (needs the npm cache of a previous npm ci):\n${npm.stderr}`).toBe(0);
     rmSync(join(dir, 'package-lock.json'));
