@@ -1,4 +1,4 @@
-// GET /metrics: every metric is documented in README, labels stay bounded (no per-job or per-VM
+// GET /metrics: every metric is documented in docs/operations.md, labels stay bounded (no per-job or per-VM
 // series: those grow with every job and never go away), and the event-loop lag histogram sees a
 // blocked loop.
 import { readFileSync } from 'node:fs';
@@ -8,13 +8,13 @@ import { describe, expect, it } from 'vitest';
 import { metricsRoutes } from '../../src/api/metrics.js';
 import { createMetrics } from '../../src/manager/metrics.js';
 
-const readme = readFileSync(resolve(import.meta.dirname, '../../README.md'), 'utf8');
+const readme = readFileSync(resolve(import.meta.dirname, '../../docs/operations.md'), 'utf8');
 const documented = new Set([...readme.matchAll(/^\| `(runner_fleet_[a-z0-9_]+)` \|/gm)].map((m) => m[1]!));
 /** Label names whose values come from config or a closed set, never from jobs or VMs. */
 const BOUNDED_LABELS = new Set(['class', 'state', 'result', 'reason', 'outcome', 'provider', 'operation', 'zone', 'sink', 'kind']);
 
 describe('GET /metrics', () => {
-  it('serves exactly the metrics README documents', async () => {
+  it('serves exactly the metrics docs/operations.md documents', async () => {
     const metrics = createMetrics({ shard: 's', defaultMetrics: false });
     const names = (await metrics.registry.getMetricsAsJSON()).map((m) => m.name).sort();
     expect(names).toEqual([...documented].sort());
