@@ -53,9 +53,25 @@ describe('classTiers', () => {
     expect(t.free.map((r) => r.id)).toEqual([b.id]);
   });
 
+  it('counts a ready VM with a task in flight as busy, and a stopped one being stopped as on its way to standby', () => {
+    const ready = vm('ready');
+    const stopping = vm('stopped');
+    const t = classTiers([ready, stopping], 0, marks({ busy: [ready.id, stopping.id] }));
+    expect(t.counts).toEqual({ ...zero, busy: 1, pendingStandby: 1 });
+    expect(t.standby).toEqual([]);
+  });
+
   it('counts a booting VM that was ready before as resuming, not pending', () => {
     const t = classTiers([vm('booting', { ready_at: T0 }), vm('booting')], 0, marks());
     expect(t.counts).toEqual({ ...zero, pending: 1, resuming: 1 });
+  });
+
+  it('counts VMs made for standby, booting or up, as pending standby and not warm', () => {
+    const booting = vm('creating');
+    const up = vm('ready');
+    const t = classTiers([booting, up], 0, marks({ toStandby: [booting.id, up.id] }));
+    expect(t.counts).toEqual({ ...zero, pendingStandby: 2 });
+    expect(t.warm).toEqual([]);
   });
 
   it('adds the cold-start VMs as busy, and orders standby longest-stopped first', () => {

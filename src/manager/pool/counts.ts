@@ -67,12 +67,15 @@ export function classTiers(rows: VmRow[], forJob: number, marks: TierMarks): Cla
   const standby = rows.filter((r) => r.state === 'stopped' && !busy.has(r.id)).sort((a, b) => a.updated_at.getTime() - b.updated_at.getTime());
   const pendingRows = rows.filter(pending);
   // A booting VM that was ready before is a resume from standby.
-  const resuming = pendingRows.filter((r) => r.state === 'booting' && r.ready_at !== null).length;
+  const isResume = (r: VmRow) => r.state === 'booting' && r.ready_at !== null;
+  const resuming = pendingRows.filter(isResume).length;
   // Made for standby and still booting, or being stopped right now (its stop call in flight).
   const pendingStandby =
     rows.filter((r) => toStandby.has(r.id) && (pending(r) || r.state === 'ready')).length + rows.filter((r) => r.state === 'stopped' && busy.has(r.id)).length;
   const counts: ClassCounts = {
-    pending: pendingRows.length - resuming - pendingStandby,
+    // On their way to hot: neither resumes nor made for standby. (Subtracting pendingStandby,
+    // which also holds VMs up or stopping, took those from the VMs still booting.)
+    pending: pendingRows.filter((r) => !isResume(r) && !toStandby.has(r.id)).length,
     ready: warm.length,
     busy: count(['assigned', 'running']) + rows.filter((r) => r.state === 'ready' && busy.has(r.id) && !toStandby.has(r.id)).length + forJob,
     leaving: count(['deleting', 'failed']),
