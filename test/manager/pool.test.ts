@@ -9,9 +9,24 @@ import { realClock } from '../../src/manager/clock.js';
 import { createMetrics } from '../../src/manager/metrics.js';
 import { Pool } from '../../src/manager/pool.js';
 import { Store } from '../../src/manager/store.js';
-import { ProviderError } from '../../src/providers/provider.js';
+import { ProviderError, type VmRef } from '../../src/providers/provider.js';
 import { waitUntil } from '../helpers/shard.js';
 import { MemoryCloud, config, fakeSession } from './pool-fixtures.js';
+
+/** A memory cloud with a standby tier whose stop calls end when the test says. */
+class StandbyCloud extends MemoryCloud {
+  override readonly capabilities = { ...new MemoryCloud().capabilities, stopStart: true };
+  constructor(private readonly held: (done: () => void) => void) {
+    super();
+  }
+  async stop(refs: VmRef[]) {
+    await new Promise<void>((done) => this.held(done));
+    for (const r of refs) this.vms.get(r.name)!.state = 'stopped';
+  }
+  async start(refs: VmRef[]) {
+    for (const r of refs) this.vms.get(r.name)!.state = 'running';
+  }
+}
 
 describe('Pool', () => {
   let close: () => Promise<void>;
@@ -105,6 +120,23 @@ describe('Pool', () => {
     await waitUntil(async () => (await states()).length === 0, 15_000, 'the VM deleted after a retry');
     expect(cloud.deletes).toBe(2);
     expect(cloud.vms.size).toBe(0);
+  });
+
+  it('counts a VM being stopped into standby once: no VM beyond max while its stop call runs', async () => {
+    const stops: (() => void)[] = [];
+    cloud = new StandbyCloud((done) => stops.push(done));
+    const cfg = config({ idle: 1, max: 2 });
+    cfg.classes['small']!.pool.standby = 1;
+    start(cfg);
+    try {
+      await waitUntil(() => stops.length === 1, 5000, 'the standby VM being stopped');
+      await new Promise((r) => setTimeout(r, 300)); // ~15 ticks with the stop call in flight
+      expect(cloud.creates).toBe(2); // one hot, one for standby: max 2
+    } finally {
+      for (const done of stops) done(); // else stopping the pool waits for the call
+    }
+    await waitUntil(async () => (await states()).join() === 'ready,stopped', 5000, 'one hot and one standby VM');
+    expect(cloud.creates).toBe(2);
   });
 
   it('claims cold-start room atomically: claims between two ticks never pass max', async () => {
