@@ -5,13 +5,13 @@
 // Content-Security-Policy admits exactly this script and style (by hash) and same-origin fetches.
 import { createHash } from 'node:crypto';
 import type { ClassStatus, StatusSummary } from './status-data.js';
-import { SLO_SECONDS } from './status-data.js';
+import { SLO_OBJECTIVE, SLO_SECONDS } from './status-data.js';
 
 const STYLE = `
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5rem; color: #1d232a; background: #fafbfc; }
 h1 { font-size: 1.3rem; margin: 0 0 .3rem; } h2 { font-size: 1.05rem; margin: 1.6rem 0 .5rem; }
-table { border-collapse: collapse; background: #fff; } th, td { padding: .3rem .6rem; border: 1px solid #d5dae0; text-align: right; }
-th { background: #eef1f4; font-weight: 600; } td:first-child, th:first-child, td.text { text-align: left; }
+table { border-collapse: collapse; background: #fff; } th, td { padding: .3rem .6rem; border: 1px solid #d5dae0; text-align: left; }
+th { background: #eef1f4; font-weight: 600; } th[colspan] { text-align: center; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .role { display: inline-block; padding: .1rem .5rem; border-radius: .6rem; font-weight: 600; }
 .role-active { background: #d8f5de; color: #14532d; } .role-standby, .role-unknown { background: #fdf1cf; color: #713f12; } .role-stopped { background: #fde2e2; color: #7f1d1d; }
 .muted { color: #5b6672; } .bad { color: #b42318; font-weight: 600; } .good { color: #14532d; }
@@ -44,7 +44,7 @@ const SCRIPT = `
     t.appendChild(tr);
     rows.forEach(function (r) {
       var row = el('tr');
-      r.forEach(function (c) { row.appendChild(el('td', c.v, c.text ? 'text' : '')).setAttribute('data-field', c.f); });
+      r.forEach(function (c) { row.appendChild(el('td', c.v, c.num ? 'num' : '')).setAttribute('data-field', c.f); });
       t.appendChild(row);
     });
     return t;
@@ -54,16 +54,16 @@ const SCRIPT = `
     body.replaceChildren();
     body.appendChild(el('h3', 'VMs (' + d.vms.length + ')'));
     body.appendChild(d.vms.length ? table('vms', ['VM', 'class', 'state', 'zone', 'age', 'job'], d.vms.map(function (v) {
-      return [{ f: 'name', v: v.name, text: 1 }, { f: 'class', v: v.class, text: 1 }, { f: 'state', v: v.state, text: 1 }, { f: 'zone', v: v.zone || '-', text: 1 }, { f: 'age', v: age(v.age_seconds) }, { f: 'job', v: v.job_id || '-' }];
+      return [{ f: 'name', v: v.name }, { f: 'class', v: v.class }, { f: 'state', v: v.state }, { f: 'zone', v: v.zone || '-' }, { f: 'age', v: age(v.age_seconds), num: 1 }, { f: 'job', v: v.job_id || '-', num: 1 }];
     })) : el('p', 'No live VMs.', 'muted'));
     body.appendChild(el('h3', 'Recent failures (24 h)'));
     body.appendChild(d.failures.length ? table('failures', ['when', 'what', 'class', 'reason'], d.failures.map(function (f) {
-      return [{ f: 'at', v: new Date(f.at).toISOString().replace('T', ' ').slice(0, 19), text: 1 }, { f: 'what', v: f.what + ' ' + f.id, text: 1 }, { f: 'class', v: f.class, text: 1 }, { f: 'reason', v: f.reason, text: 1 }];
+      return [{ f: 'at', v: new Date(f.at).toISOString().replace('T', ' ').slice(0, 19) + ' UTC' }, { f: 'what', v: f.what + ' ' + f.id }, { f: 'class', v: f.class }, { f: 'reason', v: f.reason }];
     })) : el('p', 'No failures in the last 24 hours.', 'muted'));
     body.appendChild(el('h3', 'Isolation audit findings'));
     var iso = d.isolation;
     body.appendChild(iso.findings.length ? table('findings', ['provider', 'kind', 'classes', 'finding'], iso.findings.map(function (f) {
-      return [{ f: 'provider', v: f.provider, text: 1 }, { f: 'kind', v: f.kind, text: 1 }, { f: 'classes', v: f.classes.join(', '), text: 1 }, { f: 'message', v: f.message, text: 1 }];
+      return [{ f: 'provider', v: f.provider }, { f: 'kind', v: f.kind }, { f: 'classes', v: f.classes.join(', ') }, { f: 'message', v: f.message }];
     })) : el('p', 'No findings.', 'muted'));
     iso.failed.forEach(function (m) { body.appendChild(el('p', 'Audit could not run: ' + m, 'bad')); });
     body.hidden = false;
@@ -182,21 +182,21 @@ ${isolation(s)}
 }
 
 function classRow(c: ClassStatus): string {
-  const cell = (field: string, v: string | number, cls = '') => `<td data-field="${field}"${cls ? ` class="${cls}"` : ''}>${esc(String(v))}</td>`;
+  const cell = (field: string, v: string | number, cls = 'num') => `<td data-field="${field}"${cls ? ` class="${cls}"` : ''}>${esc(String(v))}</td>`;
   const l = c.startLatency;
   const secs = (n: number | null) => (n === null ? '–' : `${n} s`);
   const slo = l.withinSlo === null ? '–' : `${(l.withinSlo * 100).toFixed(1)}%`;
-  return `<tr data-class="${esc(c.name)}" data-pool-from="${c.poolFrom}">${cell('class', c.name + (c.poolFrom === 'database' ? ' *' : ''))}`
+  return `<tr data-class="${esc(c.name)}" data-pool-from="${c.poolFrom}">${cell('class', c.name + (c.poolFrom === 'database' ? ' *' : ''), '')}`
     + cell('hot', c.pool.hot) + cell('standby', c.pool.standby) + cell('booting', c.pool.booting) + cell('busy', c.pool.busy) + cell('leaving', c.pool.leaving)
     + cell('running', c.jobs.running) + cell('waiting', c.jobs.waiting)
     + cell('started', l.jobs) + cell('p50', secs(l.p50)) + cell('p90', secs(l.p90))
-    + cell('within-slo', slo, l.withinSlo === null ? '' : l.withinSlo >= 0.9 ? 'good' : 'bad') + '</tr>';
+    + cell('within-slo', slo, l.withinSlo === null ? 'num' : l.withinSlo >= SLO_OBJECTIVE ? 'num good' : 'num bad') + '</tr>';
 }
 
 function isolation(s: StatusSummary): string {
   const i = s.isolation;
   if (i.mode === 'off') return '<p id="isolation" data-findings="0" class="muted">Off (isolation.audit: off).</p>';
-  if (!i.lastRunAt) return `<p id="isolation" data-findings="0" class="muted">Mode ${esc(i.mode)}; no audit has run here (none of this shard's providers audits, isolation.managerRanges is empty, or this manager has not been active).</p>`;
+  if (!i.lastRunAt) return `<p id="isolation" data-findings="0" class="muted">Mode ${esc(i.mode)}; no audit has run here (this shard's providers have no firewall to audit, isolation.managerRanges is empty, or this manager has not been active).</p>`;
   const kinds = Object.entries(i.byKind).filter(([, n]) => n > 0).map(([k, n]) => `${esc(k)} ${n}`).join(', ');
   const found = i.findings ? `<span class="bad">${i.findings} finding${i.findings === 1 ? '' : 's'}</span> (${kinds})` : '<span class="good">no findings</span>';
   const failed = i.failedProviders ? `; <span class="bad">${i.failedProviders} provider${i.failedProviders === 1 ? '' : 's'} could not be audited</span>` : '';

@@ -85,7 +85,7 @@ describe.each(databaseKinds())('HTTP API on %s', (kind) => {
     expect(html.body).toContain('runner-fleet · shard shard-a');
     // No status source here (a bare API): the role is unknown and the tiers come from the VM rows.
     expect(html.body).toContain('data-role="unknown"');
-    expect(html.body).toMatch(/<tr data-class="small" data-pool-from="database">.*<td data-field="hot">1<\/td>.*<td data-field="busy">1<\/td>/);
+    expect(html.body).toMatch(/<tr data-class="small" data-pool-from="database">.*<td data-field="hot" class="num">1<\/td>.*<td data-field="busy" class="num">1<\/td>/);
     for (const res of [html, await app.inject({ method: 'GET', url: '/', headers: { accept: 'text/plain' } })]) {
       expect(res.body).not.toContain('SECRET');
       expect(res.body).not.toContain('rf-vm-');
