@@ -12,6 +12,8 @@ import type { NewJob, NewVm } from '../../src/db/schema.js';
 import { AuditRecord } from '../../src/manager/isolation-audit.js';
 import { createMetrics } from '../../src/manager/metrics.js';
 import { databaseKinds, freshDatabase, type TestDatabase } from '../helpers/database.js';
+import { startGceShard } from '../helpers/gce-shard.js';
+import { waitUntil } from '../helpers/shard.js';
 
 const TOKEN = 'status-admin-token';
 const SHARD = 'shard-c';
@@ -158,5 +160,44 @@ describe.each(databaseKinds())('status API on %s', (kind) => {
     const res = await app.inject({ method: 'GET', url });
     expect(res.statusCode).toBe(400);
     expect(res.json()).toEqual({ error });
+  });
+});
+
+describe('status of a live shard on gcp (GCE emulator)', () => {
+  it("shows the running shard's role, its pool's tiers and its isolation audit's findings", async () => {
+    const allowManager = { name: 'allow-manager-ssh', network: 'global/networks/default', sourceRanges: ['10.0.0.5/32'], targetTags: ['runner-vm'], allowed: [{ IPProtocol: 'tcp', ports: ['22'] }] };
+    const mesh = { name: 'mesh', network: 'global/networks/default', sourceTags: ['runner-vm'], targetTags: ['runner-vm'], allowed: [{ IPProtocol: 'icmp' }] };
+    const env = await startGceShard({
+      shard: 'status-gce', className: 'linux-gce', token: 'status-gce-token', pool: '{ idle: 1, max: 2 }', adminToken: TOKEN,
+      isolation: '{ managerRanges: ["10.0.0.5/32"], audit: warn }', firewalls: [allowManager, mesh],
+    });
+    try {
+      const url = env.shard.url!;
+      const get = async (path: string, headers: Record<string, string> = {}) => {
+        const res = await fetch(`${url}${path}`, { headers });
+        return { status: res.status, text: await res.text() };
+      };
+      let summary!: { role: string; classes: { name: string; pool: Record<string, number> }[]; isolation: Record<string, unknown> };
+      await waitUntil(async () => {
+        summary = JSON.parse((await get('/v1/status')).text) as typeof summary;
+        return summary.classes[0]?.pool['hot'] === 1;
+      }, 30_000, 'one warm VM');
+      expect(summary.role).toBe('active');
+      expect(summary.classes).toEqual([expect.objectContaining({ name: 'linux-gce', poolFrom: 'pool', pool: { hot: 1, standby: 0, booting: 0, busy: 0, leaving: 0 } })]);
+      expect(summary.isolation).toMatchObject({ mode: 'warn', findings: 1, byKind: { 'vm-to-vm': 1, 'others-can-reach': 0, 'manager-cannot-reach': 0 }, failedProviders: 0 });
+      expect(Date.now() - Date.parse(summary.isolation['lastRunAt'] as string)).toBeLessThan(60_000);
+
+      const page = await get('/');
+      expect(page.text).toContain('data-role="active"');
+      expect(page.text).toContain('1 finding</span> (vm-to-vm 1)');
+      expect(page.text).not.toContain('mesh');
+
+      expect((await get('/v1/status/detail')).status).toBe(401);
+      const detail = JSON.parse((await get('/v1/status/detail', { authorization: `Bearer ${TOKEN}` })).text) as { vms: { class: string; state: string; zone: string }[]; isolation: unknown };
+      expect(detail.vms).toEqual([expect.objectContaining({ class: 'linux-gce', state: 'ready', zone: 'us-central1-a' })]);
+      expect(detail.isolation).toEqual({ findings: [expect.objectContaining({ provider: 'gcp', kind: 'vm-to-vm', rule: 'mesh', classes: ['linux-gce'] })], failed: [] });
+    } finally {
+      await env.close();
+    }
   });
 });

@@ -17,6 +17,8 @@ import { shardYaml, TOKEN, waitUntil } from '../helpers/shard.js';
 
 const CHROMIUM = process.env['CHROMIUM_PATH'] ?? '/usr/bin/chromium';
 const haveChromium = existsSync(CHROMIUM);
+const why = `no browser at ${CHROMIUM} (apt-get install chromium, or set CHROMIUM_PATH)`;
+if (!haveChromium) console.log(`status page browser tests skipped: ${why}`);
 const ADMIN = 'test-admin'; // shardYaml's http.adminToken
 const CLASS = 'saas-linux-small-amd64';
 const SLOW = 'slow-class';
@@ -24,7 +26,7 @@ const SLOW = 'slow-class';
 interface ClassJson { name: string; poolFrom: string; pool: Record<string, number>; jobs: { running: number; waiting: number }; startLatency: { jobs: number; p50: number | null; p90: number | null; withinSlo: number | null } }
 interface JobJson { id: string; class: string; state: string; queued_seconds: number | null; picked_at: string; started_at: string | null; failure_reason: string | null; result: string | null }
 
-describe.skipIf(!haveChromium)(`status page in headless Chromium${haveChromium ? '' : ` (skipped: no browser at ${CHROMIUM}; apt-get install chromium, or set CHROMIUM_PATH)`}`, () => {
+describe.skipIf(!haveChromium)(`status page in headless Chromium${haveChromium ? '' : ` (skipped: ${why})`}`, () => {
   let gitlab: GitLabEmulator;
   let shard: Shard;
   let db: TestDatabase;
