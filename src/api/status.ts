@@ -111,7 +111,7 @@ export async function statusRoutes(app: FastifyInstance, opts: StatusOptions): P
     },
   }, async (req, reply) => {
     const s = await summary();
-    void reply.header('Cache-Control', 'no-store');
+    reply.header('Cache-Control', 'no-store');
     if (wantsText(req)) return reply.type('text/plain; charset=utf-8').send(renderText(s));
     return reply
       .type('text/html; charset=utf-8')
