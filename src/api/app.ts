@@ -11,6 +11,7 @@ import { healthRoutes } from './health.js';
 import { metricsRoutes } from './metrics.js';
 import { registerOpenApi } from './openapi.js';
 import { statusRoutes } from './status.js';
+import type { StatusSource } from './status-source.js';
 
 export interface ApiDeps {
   db: Kysely<Database>;
@@ -27,6 +28,8 @@ export interface ApiDeps {
   warnings?: readonly string[];
   /** Sees every route as it is registered (the OpenAPI test checks each one is documented). */
   onRoute?: (route: RouteOptions) => void;
+  /** The running shard's role, pool tiers and isolation audit, for the status page (absent: role unknown, pools from the database). */
+  status?: StatusSource;
 }
 
 /** Request lines at debug, not info: probes and scrapes would otherwise flood the log. */
@@ -72,7 +75,7 @@ export async function buildApi(deps: ApiDeps): Promise<FastifyInstance> {
   await registerOpenApi(app as unknown as FastifyInstance);
   await app.register(healthRoutes, { db: deps.db, adminToken: deps.adminToken, ...(deps.ready ? { ready: deps.ready } : {}), ...(deps.warnings ? { warnings: deps.warnings } : {}) });
   await app.register(metricsRoutes, { metrics: deps.metrics });
-  await app.register(statusRoutes, { db: deps.db, shard: deps.shard });
+  await app.register(statusRoutes, { db: deps.db, shard: deps.shard, adminToken: deps.adminToken, ...(deps.status ? { source: deps.status } : {}) });
   await app.register(adminRoutes, { db: deps.db, shard: deps.shard, adminToken: deps.adminToken });
   await app.register(billingRoutes, { db: deps.db, shard: deps.shard, token: deps.billingToken ?? null });
   return app as unknown as FastifyInstance;

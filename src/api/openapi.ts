@@ -29,6 +29,7 @@ export async function registerOpenApi(app: FastifyInstance): Promise<void> {
         { name: 'metrics', description: 'Prometheus scrape endpoint.' },
         { name: 'admin', description: "The shard's VMs and jobs, behind the admin token (`http.adminToken`)." },
         { name: 'billing', description: 'Compute-minute events, behind the billing token (`billing.token`).' },
+        { name: 'status', description: 'The status page\'s data: aggregates (public) and per-VM detail (admin token).' },
         { name: 'docs', description: 'This description.' },
       ],
       components: {

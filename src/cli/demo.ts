@@ -86,8 +86,8 @@ export async function runDemo(args: string[]): Promise<number> {
     pipeline: noDocker ? { runnerToken: 'demo-small-token', image: null } : { runnerToken: 'demo-docker-token', image: BUSYBOX_IMAGE },
   });
   log.info(
-    { metrics: `${shard.url}/metrics`, vms: `${shard.url}/v1/vms`, jobs: `${shard.url}/v1/jobs` },
-    `demo running: Prometheus metrics and the admin API are served here (admin API: Authorization: Bearer ${config.http.adminToken === 'demo-admin-token' ? 'demo-admin-token' : '<RUNNER_FLEET_ADMIN_TOKEN>'}); Ctrl-C drains and exits`,
+    { status: `${shard.url}/`, metrics: `${shard.url}/metrics`, vms: `${shard.url}/v1/vms`, jobs: `${shard.url}/v1/jobs` },
+    `demo running: the status page, Prometheus metrics and the admin API are served here (admin API: Authorization: Bearer ${config.http.adminToken === 'demo-admin-token' ? 'demo-admin-token' : '<RUNNER_FLEET_ADMIN_TOKEN>'}); Ctrl-C drains and exits`,
   );
   const code = await untilSignal(shard, log, async () => {
     feed.stop();

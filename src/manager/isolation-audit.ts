@@ -19,6 +19,37 @@ export interface AuditDeps {
   providers: ReadonlyMap<string, Provider>;
   metrics: Metrics;
   log: Logger;
+  /** Keeps the last audit's answer for the status page. */
+  record?: AuditRecord;
+}
+
+/** One finding with the provider whose network it is in. */
+export interface ProviderFinding extends ClassFinding {
+  provider: string;
+}
+
+/** The last audit as the status page shows it; `at` null: none has run (yet, or ever: `off`). */
+export interface AuditSnapshot {
+  at: Date | null;
+  findings: ProviderFinding[];
+  /** Providers whose audit could not run, with the reason. */
+  failed: string[];
+}
+
+/**
+ * The last audit's answer, kept across activations: the status page reads it between audits,
+ * and a standby shows what it found while it was active (or nothing, having never run one).
+ */
+export class AuditRecord {
+  private last: AuditSnapshot = { at: null, findings: [], failed: [] };
+
+  record(at: Date, findings: ReadonlyMap<string, ClassFinding[]>, failed: string[]): void {
+    this.last = { at, findings: [...findings].flatMap(([provider, fs]) => fs.map((f) => ({ ...f, provider }))), failed: [...failed] };
+  }
+
+  snapshot(): AuditSnapshot {
+    return this.last;
+  }
 }
 
 /** One audit of every provider that can audit; a provider whose audit fails is logged and left out of the answer. */
@@ -42,6 +73,7 @@ export async function auditIsolation(d: AuditDeps): Promise<{ findings: Map<stri
     for (const f of findings) d.log.warn({ provider: name, kind: f.kind, rule: f.rule, classes: f.classes }, `isolation: ${f.message}`);
     if (findings.length === 0) d.log.info({ provider: name }, 'isolation audit: only the manager reaches the job VMs');
   }
+  d.record?.record(new Date(), out, failed);
   return { findings: out, failed };
 }
 

@@ -23,7 +23,8 @@ import { acquireShardLock, readLease, type ManagerInstance, type ShardLease } fr
 import { migrateToLatest } from '../db/migrate.js';
 import { createCacheSigner, type CacheSigner } from '../cache/signer.js';
 import { GitLabClient } from '../gitlab/client.js';
-import { startIsolationAudits } from './isolation-audit.js';
+import { AuditRecord, startIsolationAudits } from './isolation-audit.js';
+import { tiersOfCounts, type StatusSource } from '../api/status-source.js';
 import { providerFactory, registeredProviders, supportsStandby, type ConnectOverride, type Provider } from '../providers/provider.js';
 import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
@@ -138,10 +139,22 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     const first: { fail: ((err: unknown) => void) | null } = { fail: null };
     let heldLease: ShardLease | null = null;
 
+    // Kept across activations: a standby shows the audit it ran while it was active.
+    const audits = new AuditRecord();
+    const status: StatusSource = {
+      role: () => role,
+      classes: () => Object.values(config.classes).map((c) => c.name),
+      pool: (name) => {
+        const counts = role === 'active' ? current?.pool.classCounts(name) : undefined;
+        return counts ? tiersOfCounts(counts) : null;
+      },
+      isolation: () => ({ mode: config.isolation.audit, last: audits.snapshot() }),
+    };
+
     let url: string | null = null;
     if (opts.http !== false) {
       api = await buildApi({
-        db, shard: config.shard, adminToken: config.http.adminToken, billingToken: config.billing.token, metrics, log, warnings,
+        db, shard: config.shard, adminToken: config.http.adminToken, billingToken: config.billing.token, metrics, log, warnings, status,
         ready: async () => {
           if (role === 'active') return true;
           if (role === 'stopped') return 'stopped: this manager is shutting down';
@@ -155,7 +168,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     }
 
     const activate = (lease: ShardLease) =>
-      activateShard({ opts, config, log, clock, db, store, metrics, gitlab, tlsCa, cacheSigner, canRequest: () => lease.valid() && role === 'active' });
+      activateShard({ opts, config, log, clock, db, store, metrics, gitlab, tlsCa, cacheSigner, audits, canRequest: () => lease.valid() && role === 'active' });
 
     // The manager's life: standby until it takes the shard, active until it loses it, again.
     const life = (async () => {
@@ -284,13 +297,15 @@ interface ActivateDeps {
   /** PEM of gitlab.tlsCaFile, for the jobs. */
   tlsCa: string | null;
   cacheSigner: CacheSigner | null;
+  /** Where the isolation audits keep their last answer (the status page). */
+  audits: AuditRecord;
   /** False once the lease may have run out: intake asks GitLab for nothing then. */
   canRequest: () => boolean;
 }
 
 /** Build and start the acting parts, in a safe order: recovery before intake. */
 async function activateShard(d: ActivateDeps): Promise<Activation> {
-  const { opts, config, log, clock, db, store, metrics, gitlab, tlsCa, cacheSigner } = d;
+  const { opts, config, log, clock, db, store, metrics, gitlab, tlsCa, cacheSigner, audits } = d;
   const cleanups: (() => Promise<unknown>)[] = [];
   const cleanup = async () => {
     for (const c of cleanups.splice(0).reverse()) await c().catch((err) => log.warn({ err }, 'cleanup failed'));
@@ -298,7 +313,7 @@ async function activateShard(d: ActivateDeps): Promise<Activation> {
   try {
     const providers = await createProviders(config, log, metrics, db, store, opts.connectOverride);
     cleanups.push(async () => Promise.all([...providers.values()].map((p) => p.close())));
-    const stopAudits = await startIsolationAudits({ config, providers, metrics, log });
+    const stopAudits = await startIsolationAudits({ config, providers, metrics, log, record: audits });
     cleanups.push(async () => stopAudits());
     const demand = await loadDemandModels(db, config, clock.now(), (cls) => supportsStandby(providers.get(cls.provider)));
     const pool = new Pool({

@@ -78,13 +78,22 @@ describe.each(databaseKinds())('HTTP API on %s', (kind) => {
     expect(res.body).toContain('runner_fleet_job_start_latency_seconds_bucket{le="120",shard="shard-a",class="small"} 1');
   });
 
-  it('serves a plain-text status page without secrets', async () => {
-    const res = await app.inject({ method: 'GET', url: '/' });
-    expect(res.statusCode).toBe(200);
-    expect(res.body).toContain('runner-fleet shard shard-a');
-    expect(res.body).toMatch(/small {2}ready=1 running=1/);
-    expect(res.body).toContain('#6  small  finished (success)');
-    expect(res.body).not.toContain('SECRET');
+  it('serves the status page as HTML, and as plain text to clients that ask for it, without secrets or per-job detail', async () => {
+    const html = await app.inject({ method: 'GET', url: '/', headers: { accept: 'text/html,*/*;q=0.8' } });
+    expect(html.statusCode).toBe(200);
+    expect(html.headers['content-type']).toBe('text/html; charset=utf-8');
+    expect(html.body).toContain('runner-fleet · shard shard-a');
+    // No status source here (a bare API): the role is unknown and the tiers come from the VM rows.
+    expect(html.body).toContain('data-role="unknown"');
+    expect(html.body).toMatch(/<tr data-class="small" data-pool-from="database">.*<td data-field="hot" class="num">1<\/td>.*<td data-field="busy" class="num">1<\/td>/);
+    for (const res of [html, await app.inject({ method: 'GET', url: '/', headers: { accept: 'text/plain' } })]) {
+      expect(res.body).not.toContain('SECRET');
+      expect(res.body).not.toContain('rf-vm-');
+    }
+    const text = await app.inject({ method: 'GET', url: '/', headers: { accept: 'text/plain' } });
+    expect(text.headers['content-type']).toBe('text/plain; charset=utf-8');
+    expect(text.body).toContain('runner-fleet shard shard-a: this manager is unknown');
+    expect(text.body).toMatch(/^small {2}pool \(from the database\) hot=1 standby=0 booting=0 busy=1 leaving=0 {2}jobs running=0 waiting=1 {2}none started in the last hour$/m);
   });
 
   describe('admin routes', () => {

@@ -29,6 +29,8 @@ export async function startCloudShard<C extends { url: string; connectOverride: 
   /** More lines of the class (indented 4), e.g. `executor: docker`. */
   classExtra?: string;
   bootTimeout?: string;
+  /** Serve the HTTP API on a loopback port with this admin token (default: no HTTP). */
+  adminToken?: string;
 }): Promise<CloudShard<C>> {
   const dir = mkdtempSync(join(tmpdir(), `rf-${o.shard}-`));
   const cloud = await o.cloud(dir);
@@ -43,6 +45,7 @@ export async function startCloudShard<C extends { url: string; connectOverride: 
     const config = parseConfig(`
 shard: ${o.shard}
 database: { url: "pglite:memory" }
+${o.adminToken ? `http: { listen: "127.0.0.1:0", adminToken: "${o.adminToken}" }` : ''}
 gitlab: { url: "${gitlab.url}", pollInterval: 200ms, requestTimeout: 5s }
 classes:
   ${o.className}:
@@ -58,7 +61,7 @@ secrets: { key: "e2e-cloud-secret-key-0123456789abcdef" }
 log: { level: warn }
 ${o.isolation ? `isolation: ${o.isolation}` : ''}
 `);
-    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: false, connectOverride: cloud.connectOverride });
+    shard = await startShard({ config, log: createLogger({ level: 'warn' }), tickMs: 100, defaultMetrics: false, http: o.adminToken !== undefined, connectOverride: cloud.connectOverride });
   } catch (err) {
     await release();
     throw err;

@@ -25,6 +25,7 @@ export async function startGceShard(o: {
   extraPathDir?: string;
   classExtra?: string;
   bootTimeout?: string;
+  adminToken?: string;
 }): Promise<GceShard> {
   const project = `${o.shard}-project`;
   const env = await startCloudShard({
