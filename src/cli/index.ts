@@ -6,7 +6,10 @@ import { UsageError } from './args.js';
 const USAGE = `runner-fleet: a fresh VM for every GitLab CI job
 
 Usage:
-  runner-fleet start --config SHARD.yaml      run one shard's manager
+  runner-fleet start --config SHARD.yaml [--handover]
+                                              run one shard's manager; SIGTERM drains it (with
+                                              --handover: leaves running jobs and warm VMs to the
+                                              standby and exits at once)
   runner-fleet demo [--listen HOST:PORT]      GitLab emulator + sample jobs + a manager on PGlite
   runner-fleet migrate --config SHARD.yaml    apply database migrations and exit
   runner-fleet config check --config SHARD.yaml

@@ -1,12 +1,15 @@
-// `runner-fleet start`: one shard's manager until a signal drains it.
+// `runner-fleet start [--handover]`: one shard's manager until a signal drains it (or hands it over).
+import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/types.js';
 import { createLogger } from '../isolation/redact.js';
 import { startShard, type Shard } from '../manager/shard.js';
-import { configArg, loadOrExplain } from './args.js';
+import { UsageError, loadOrExplain } from './args.js';
 import { untilSignal } from './signals.js';
 
 export async function start(args: string[]): Promise<number> {
-  const path = configArg(args);
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, handover: { type: 'boolean', default: false } }, strict: true });
+  if (!values.config) throw new UsageError('--config FILE is required');
+  const path = values.config;
   const config = loadOrExplain(path);
   if (!config) return 1;
   const log = createLogger({ level: config.log.level, shard: config.shard });
@@ -20,5 +23,5 @@ export async function start(args: string[]): Promise<number> {
     process.stderr.write(`${path}: cannot start\n${err.errors.map((e) => `  ${e}`).join('\n')}\n`);
     return 1;
   }
-  return untilSignal(shard, log);
+  return untilSignal(shard, log, undefined, values.handover ? 'handover' : 'drain');
 }

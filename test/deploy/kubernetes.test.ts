@@ -84,7 +84,8 @@ function problems(ms: Manifest[]): string[] {
   // Active and standby through the shard lock: two replicas of the same command.
   need(dep['spec'].replicas === 2, `Deployment: replicas must be 2 (active + standby), got ${dep['spec'].replicas}`);
   need(matches(dep['spec'].selector?.matchLabels, podLabels), 'Deployment: selector must match the pod labels');
-  need(JSON.stringify(c['args']) === JSON.stringify(['start', '--config', '/etc/runner-fleet/shard.yaml']), 'Deployment: args must be start --config /etc/runner-fleet/shard.yaml');
+  // --handover: a pod's SIGTERM hands the shard over in seconds instead of draining for hours.
+  need(JSON.stringify(c['args']) === JSON.stringify(['start', '--config', '/etc/runner-fleet/shard.yaml', '--handover']), 'Deployment: args must be start --config /etc/runner-fleet/shard.yaml --handover');
   // One pod of two is Ready: a rollout must not wait for a second Ready pod.
   const ru = dep['spec'].strategy?.rollingUpdate as Obj | undefined;
   need(dep['spec'].strategy?.type === 'Recreate' || ru?.maxUnavailable === '100%' || ru?.maxUnavailable >= 2, 'Deployment: strategy must not wait for both pods to be Ready (the standby never is)');
