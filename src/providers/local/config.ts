@@ -1,4 +1,7 @@
 // providers.local config: validated here, with errors naming the offending field.
+import { z } from 'zod';
+import { numeric } from '../../config/schema.js';
+import { durationMs, fields, parseOrThrow, type FieldError } from '../shared/config-fields.js';
 
 export interface LocalProviderConfig {
   /** How long a sandbox waits before it listens: makes booting and warm pools visible. */
@@ -45,24 +48,30 @@ export function parseDurationMs(value: unknown, field: string): number {
   throw new Error(`${field} must be a duration like "500ms", "2s" or "1m", got ${JSON.stringify(value)}`);
 }
 
+const DELAY = 'a duration like "500ms", "2s" or "1m"';
+const MS = 'a non-negative number of milliseconds';
+
+const providerSchema = fields(
+  {
+    bootDelayMs: z.preprocess(numeric, z.number({ error: MS }).min(0, { error: MS }).finite({ error: MS })).optional(),
+    bootDelay: durationMs(DELAY).optional(),
+    dir: z.string({ error: 'a non-empty path' }).min(1, { error: 'a non-empty path' }).optional(),
+  },
+  'a mapping with bootDelay and dir',
+);
+
+/** bootDelayMs (a number of milliseconds) and bootDelay (a duration) say the same thing. */
+function crossProvider(raw: Record<string, unknown>): FieldError[] {
+  const errors: FieldError[] = [];
+  if (raw['bootDelayMs'] !== undefined && raw['bootDelay'] !== undefined) errors.push({ path: ['bootDelay'], message: 'bootDelay and bootDelayMs are exclusive: give one' });
+  return errors;
+}
+
+/** Validates `providers.local` (empty means all defaults); throws one Error listing every problem. */
 export function parseLocalConfig(raw: unknown): LocalProviderConfig {
-  const path = 'providers.local';
   if (raw === undefined || raw === null) return { bootDelayMs: 0 };
-  if (typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${path} must be an object`);
-  const cfg = raw as Record<string, unknown>;
-  const known = new Set(['bootDelayMs', 'bootDelay', 'dir']);
-  for (const k of Object.keys(cfg)) if (!known.has(k)) throw new Error(`${path}.${k} is not a known field (known: ${[...known].join(', ')})`);
-  if (cfg['bootDelayMs'] !== undefined && cfg['bootDelay'] !== undefined) throw new Error(`${path}.bootDelay and ${path}.bootDelayMs are exclusive: give one`);
-  let bootDelayMs = 0;
-  if (cfg['bootDelayMs'] !== undefined) {
-    if (typeof cfg['bootDelayMs'] !== 'number') throw new Error(`${path}.bootDelayMs must be a number of milliseconds`);
-    bootDelayMs = parseDurationMs(cfg['bootDelayMs'], `${path}.bootDelayMs`);
-  } else if (cfg['bootDelay'] !== undefined) {
-    bootDelayMs = parseDurationMs(cfg['bootDelay'], `${path}.bootDelay`);
-  }
-  const dir = cfg['dir'];
-  if (dir !== undefined && (typeof dir !== 'string' || dir === '')) throw new Error(`${path}.dir must be a non-empty path`);
-  return { bootDelayMs, ...(dir ? { dir } : {}) };
+  const v = parseOrThrow(providerSchema, raw, ['providers', 'local'], crossProvider);
+  return { bootDelayMs: v.bootDelayMs ?? v.bootDelay ?? 0, ...(v.dir ? { dir: v.dir } : {}) };
 }
 
 /** A class's `machine.bootDelayMs` (or `machine.bootDelay`) overrides the provider default. */
