@@ -65,6 +65,9 @@ export class NestedVms {
 
   async create(spec: VmSpec, machine: MacMachine): Promise<CreatedVm> {
     const { hosts, shell } = this.deps;
+    // A provider that has not listed every host yet (just restarted, before its first tick) may
+    // be asked again for a VM an earlier create made: find it before placing it a second time.
+    if (!this.hostOf(spec)) await this.refreshUnlisted(spec.className);
     const host = this.hostOf(spec) ?? this.pick(spec.className);
     if (!host) throw new ProviderError('stockout', `no free macOS VM slot on the ${spec.className} hosts (${hosts.records.filter((h) => h.data.className === spec.className && usable(h)).length} usable, at ${VMS_PER_HOST} VMs each)`, { provider: 'mac', operation: 'create' });
     hosts.placing.set(spec.name, host.id);
@@ -95,6 +98,12 @@ export class NestedVms {
     this.cloneStarted.set(spec.name, { at: started, className: spec.className });
     this.deps.log.info({ vm: spec.vmId, host: host.id, hostId: host.data.hostId }, 'nested macOS VM started');
     return { vmId: spec.vmId, cloudId: `${host.id}/${spec.name}`, zone: host.data.zone };
+  }
+
+  /** Lists the class's usable hosts this provider has not listed yet (one `tart list` each, once). */
+  private async refreshUnlisted(className: string): Promise<void> {
+    const unlisted = this.deps.hosts.records.filter((h) => h.data.className === className && usable(h) && !this.nested.has(h.id));
+    await Promise.all(unlisted.map((h) => this.refresh(h).catch((err) => this.deps.log.warn({ host: h.id, err: (err as Error).message }, 'listing the VMs of a mac host failed'))));
   }
 
   private pick(className: string): HostRecord | undefined {
