@@ -243,6 +243,19 @@ export function providerContract(name: string, setup: (shard: string) => Promise
       await until(s, 'running');
     });
 
+    it('stops or starts a VM that does not exist as notFound or nothing, and makes none', async (ctx) => {
+      if (!provider.capabilities.stopStart) return ctx.skip(`${name} does not declare capabilities.stopStart`);
+      const ghost = spec().spec;
+      for (const op of [provider.stop!, provider.start!]) {
+        const err = await op.call(provider, [ref(ghost)]).then(() => undefined, (e: unknown) => e);
+        if (err !== undefined) {
+          expect(err).toBeInstanceOf(ProviderError);
+          expect((err as ProviderError).kind).toBe('notFound');
+        }
+      }
+      expect((await provider.describe([ref(ghost)])).vms).toEqual([]);
+    });
+
     it('suspends and resumes a VM where it declares capabilities.suspend', async (ctx) => {
       if (!provider.capabilities.suspend) return ctx.skip(`${name} does not declare capabilities.suspend`);
       const { spec: s } = spec();
