@@ -3,6 +3,8 @@ import { z } from 'zod';
 import { numeric } from '../../config/schema.js';
 import { durationMs, fields, parseOrThrow, type FieldError } from '../shared/config-fields.js';
 
+export { machineBootDelayMs, parseDurationMs } from './boot-delay.js';
+
 export interface LocalProviderConfig {
   /** How long a sandbox waits before it listens: makes booting and warm pools visible. */
   bootDelayMs: number;
@@ -33,21 +35,6 @@ export interface LocalProviderConfig {
   sshPort?: number;
 }
 
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-
-/** `"500ms"`, `"2s"`, `"1.5m"`, `"1h"`, or a plain number of milliseconds. */
-export function parseDurationMs(value: unknown, field: string): number {
-  if (typeof value === 'number') {
-    if (!Number.isFinite(value) || value < 0) throw new Error(`${field} must be a non-negative number of milliseconds, got ${value}`);
-    return value;
-  }
-  if (typeof value === 'string') {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(value);
-    if (m) return Math.round(Number(m[1]) * UNITS[m[2] ?? 'ms']!);
-  }
-  throw new Error(`${field} must be a duration like "500ms", "2s" or "1m", got ${JSON.stringify(value)}`);
-}
-
 const DELAY = 'a duration like "500ms", "2s" or "1m"';
 const MS = 'a non-negative number of milliseconds';
 
@@ -72,11 +59,4 @@ export function parseLocalConfig(raw: unknown): LocalProviderConfig {
   if (raw === undefined || raw === null) return { bootDelayMs: 0 };
   const v = parseOrThrow(providerSchema, raw, ['providers', 'local'], crossProvider);
   return { bootDelayMs: v.bootDelayMs ?? v.bootDelay ?? 0, ...(v.dir ? { dir: v.dir } : {}) };
-}
-
-/** A class's `machine.bootDelayMs` (or `machine.bootDelay`) overrides the provider default. */
-export function machineBootDelayMs(machine: Record<string, unknown>, fallback: number): number {
-  if (machine['bootDelayMs'] !== undefined) return parseDurationMs(machine['bootDelayMs'], 'machine.bootDelayMs');
-  if (machine['bootDelay'] !== undefined) return parseDurationMs(machine['bootDelay'], 'machine.bootDelay');
-  return fallback;
 }
