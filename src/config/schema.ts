@@ -12,7 +12,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 const HOUR = 3_600_000;
 
 /** Numbers may arrive as strings from ${VAR} expansion ("2"); anything else stays as written. */
-const numeric = (v: unknown) => (typeof v === 'string' && /^\s*-?\d+(\.\d+)?\s*$/.test(v) ? Number(v) : v);
+export const numeric = (v: unknown) => (typeof v === 'string' && /^\s*-?\d+(\.\d+)?\s*$/.test(v) ? Number(v) : v);
 
 function intAtLeast(min: number) {
   const what = `integer >= ${min}`;

@@ -7,7 +7,7 @@ import { createLogger } from '../../src/isolation/redact.js';
 import { parseAwsConfig } from '../../src/providers/aws/config.js';
 import { AwsProvider } from '../../src/providers/aws/provider.js';
 import { TAG_HOST_RECORD } from '../../src/providers/aws/run-input.js';
-import { LABEL_SHARD, LABEL_VM } from '../../src/providers/provider.js';
+import { LABEL_SHARD, LABEL_VM, type VmSpec } from '../../src/providers/provider.js';
 import { providerContract } from './contract.js';
 import { makeSpec, waitRunning } from './local-fixture.js';
 
@@ -37,8 +37,24 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
 
 providerContract('aws', async () => {
   const fx = await fixture();
-  // A Mac host's instance in a shard with mac classes: the shard's tag, the host record's, no VM tag.
-  return { provider: fx.provider, machine, cleanup: fx.cleanup, foreignLabels: { [TAG_HOST_RECORD]: 'host-record-1' } };
+  const { faults } = fx.emu;
+  const fault = (on: () => void, off: () => void) => (spec: VmSpec) => (on(), { spec, restore: off });
+  return {
+    provider: fx.provider, machine, cleanup: fx.cleanup,
+    // A Mac host's instance in a shard with mac classes: the shard's tag, the host record's, no VM tag.
+    foreignLabels: { [TAG_HOST_RECORD]: 'host-record-1' },
+    restart: async () => new AwsProvider(fx.provider.cfg, { shard: fx.shard, dataDir: '/nonexistent', log: createLogger({ level: 'silent' }), connectOverride: fx.emu.connectOverride }),
+    loseAnswers() {
+      Object.assign(faults, { errorAfterRate: 1, lostShare: 1 });
+      return () => Object.assign(faults, { errorAfterRate: 0, lostShare: 0 });
+    },
+    failures: {
+      transient: fault(() => (faults.errorRate = 1), () => (faults.errorRate = 0)),
+      stockout: fault(() => machine.subnets.forEach((s) => faults.noCapacitySubnets.add(s)), () => faults.noCapacitySubnets.clear()),
+      quota: fault(() => (faults.instanceLimitExceeded = true), () => (faults.instanceLimitExceeded = false)),
+    },
+    badSpec: (spec) => ({ ...spec, machine: { ...machine, imageId: 'not-an-ami' } }),
+  };
 });
 
 describe('aws provider against the EC2 emulator', () => {

@@ -222,6 +222,15 @@ describe('gcp config', () => {
     expect(validateGcpMachine('c', { ...linux, sizeGb: 3 })).toEqual([expect.stringMatching(/machine\.sizeGb: not a known field/)]);
     expect(validateGcpMachine('c', { ...linux, image: 'projects/windows-cloud/global/images/windows-server-2022-dc-v20250101', os: 'windows' })).toEqual([]);
   });
+
+  it('reports every problem at once, in the order of the fields, unknown fields first', () => {
+    expect(validateGcpMachine('c', { ...linux, machineType: 't2a-standard-2', zones: ['us-central1-a', 'mars'], diskSizeGb: 5, colour: 'red' })).toEqual([
+      'classes.c.machine.colour: not a known field (known: machineType, image, imageArch, diskSizeGb, diskType, zones, networkTags, labels, gpu, os, windowsAccess, username)',
+      'classes.c.machine.imageArch: machine type t2a-standard-2 is arm64: expected imageArch: arm64 and an arm64 image, got "x86_64 (default)"',
+      'classes.c.machine.diskSizeGb: expected an integer 10..65536, got 5',
+      'classes.c.machine.zones[1]: expected a zone like us-central1-a, got "mars"',
+    ]);
+  });
 });
 
 describe('gcp helpers', () => {

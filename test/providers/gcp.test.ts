@@ -9,7 +9,7 @@ import { parseGcpConfig } from '../../src/providers/gcp/config.js';
 import '../../src/providers/gcp/index.js';
 import { GcpProvider } from '../../src/providers/gcp/provider.js';
 import { createLogger } from '../../src/isolation/redact.js';
-import { LABEL_SHARD, LABEL_VM, providerFactory } from '../../src/providers/provider.js';
+import { LABEL_SHARD, LABEL_VM, providerFactory, type VmSpec } from '../../src/providers/provider.js';
 import { connectSsh } from '../../src/connect/ssh.js';
 import { providerContract } from './contract.js';
 import { makeSpec, waitRunning } from './local-fixture.js';
@@ -51,12 +51,25 @@ async function fixture(config: Record<string, unknown> = {}): Promise<Fixture> {
 
 providerContract('gcp', async () => {
   const fx = await fixture();
+  const { faults } = fx.emu;
+  const fault = (on: () => void, off: () => void) => (spec: VmSpec) => (on(), { spec, restore: off });
   return {
     provider: fx.provider, machine, cleanup: fx.cleanup,
     partial(zone) {
-      fx.emu.faults.unreachableZones.set(zone, Infinity);
-      return () => fx.emu.faults.unreachableZones.delete(zone);
+      faults.unreachableZones.set(zone, Infinity);
+      return () => faults.unreachableZones.delete(zone);
     },
+    restart: async () => new GcpProvider(fx.provider.cfg, { shard: fx.shard, dataDir: '/nonexistent', log: createLogger({ level: 'silent' }), connectOverride: fx.emu.connectOverride }),
+    loseAnswers() {
+      Object.assign(faults, { errorAfterRate: 1, lostShare: 1 });
+      return () => Object.assign(faults, { errorAfterRate: 0, lostShare: 0 });
+    },
+    failures: {
+      transient: fault(() => (faults.errorRate = 1), () => (faults.errorRate = 0)),
+      stockout: fault(() => ZONES.forEach((z) => faults.stockoutZones.add(z)), () => faults.stockoutZones.clear()),
+      quota: fault(() => (faults.quotaExceeded = true), () => (faults.quotaExceeded = false)),
+    },
+    badSpec: (spec) => ({ ...spec, machine: { ...machine, zones: ['atlantis'] } }),
   };
 });
 

@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { connectSsh, waitForSsh } from '../../src/connect/ssh.js';
 import { generateVmKeyPair } from '../../src/isolation/keys.js';
+import { createLogger } from '../../src/isolation/redact.js';
 import { parseLocalConfig } from '../../src/providers/local/config.js';
+import { LocalProvider } from '../../src/providers/local/provider.js';
 import '../../src/providers/local/index.js';
 import { loopbackAddress, isAlive } from '../../src/providers/local/layout.js';
 import { providerFactory } from '../../src/providers/provider.js';
@@ -13,7 +15,12 @@ import { localFixture, makeSpec, waitRunning, type LocalFixture } from './local-
 
 providerContract('local', async () => {
   const fx = localFixture();
-  return { provider: fx.provider, cleanup: fx.cleanup };
+  return {
+    provider: fx.provider,
+    cleanup: fx.cleanup,
+    restart: async () => new LocalProvider(parseLocalConfig({}), { shard: fx.shard, dataDir: fx.dataDir, log: createLogger({ level: 'silent' }) }),
+    badSpec: (spec) => ({ ...spec, machine: { bootDelay: 'soon' } }),
+  };
 });
 
 const deadline = () => Date.now() + 15_000;

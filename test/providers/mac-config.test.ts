@@ -25,7 +25,7 @@ describe('mac config', () => {
       expect.stringMatching(/^classes\.m1\.machine\.vm\.colour: not a known field/),
       expect.stringMatching(/^classes\.m1\.machine\.vm\.image: expected a Tart image/),
     ]);
-    expect(validateMacMachine('m1', { ...machine, subnets: ['subnet-0aaa1111'] })).toEqual([expect.stringMatching(/^classes\.m1\.machine\.subnets: expected a non-empty list of \{ id/)]);
+    expect(validateMacMachine('m1', { ...machine, subnets: ['subnet-0aaa1111'] })).toEqual([expect.stringMatching(/^classes\.m1\.machine\.subnets\[0\]: expected \{ id: subnet-\.\.\., zone: us-east-1a \}, got "subnet-0aaa1111"$/)]);
     expect(() => parseMacConfig({ region: 'nowhere' })).toThrow(/^providers\.mac\.region: expected an AWS region/);
     expect(() => parseMacConfig({ region: 'us-east-1', hostLaunchTimeout: 'soon' })).toThrow(/providers\.mac\.hostLaunchTimeout/);
   });

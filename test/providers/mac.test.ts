@@ -88,7 +88,7 @@ describe('mac provider (EC2 emulator, Tart double on the host)', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'rf-mac-'));
     const tart = installTartDouble(dir, ['macos-sequoia-xcode']);
-    emu = await startEc2Emulator({ dataDir: join(dir, 'ec2'), sandboxPathDir: tart.bin, scrubMs: 1_500 });
+    emu = await startEc2Emulator({ dataDir: join(dir, 'ec2'), sandboxPathDir: tart.bin, scrubMs: 4_000 });
     const database = await openDatabase('pglite:memory', { log: pino({ level: 'silent' }) });
     await migrateToLatest(database.db, pino({ level: 'silent' }));
     closeDb = database.close;

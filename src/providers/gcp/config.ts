@@ -1,5 +1,6 @@
 // providers.gcp and classes.X.machine (gcp classes): validated here, every error naming its field.
-import { duration, isRecord, parseCallSettings, show } from '../shared/config-fields.js';
+import { z } from 'zod';
+import { callFields, callSettings, check, durationMs, endpointUrl, fields, intIn, isRecord, matching, parseOrThrow, show, type FieldError } from '../shared/config-fields.js';
 
 export interface GcpProviderConfig {
   project: string;
@@ -51,68 +52,44 @@ export interface GcpMachine {
   username: string;
 }
 
-const PROVIDER_KEYS = ['project', 'credentials', 'endpoint', 'network', 'subnetwork', 'requestsPerSecond', 'callTimeout', 'zoneCooldown', 'retries', 'retryBase', 'operationTimeout', 'pollInterval', 'bulkInsertMin'];
+const nonEmpty = z.string({ error: 'a non-empty string' }).trim().min(1, { error: 'a non-empty string' });
+
+const providerSchema = fields(
+  {
+    project: nonEmpty.pipe(matching(/^[a-z][a-z0-9-:.]{4,62}$/, 'a project id like my-project-123')),
+    credentials: nonEmpty.optional(),
+    endpoint: endpointUrl('a URL like http://127.0.0.1:8085 or https://compute.example.internal', true).optional(),
+    network: nonEmpty.optional(),
+    subnetwork: nonEmpty.optional(),
+    ...callFields({ requestsPerSecond: 20 }),
+    zoneCooldown: durationMs().default(600_000),
+    operationTimeout: durationMs().default(600_000),
+    bulkInsertMin: intIn(2, Number.MAX_SAFE_INTEGER, 'an integer >= 2').default(8),
+  },
+  'an object with at least project',
+);
 
 /** Validates `providers.gcp`; throws one Error listing every problem. */
 export function parseGcpConfig(raw: unknown): GcpProviderConfig {
-  const p = 'providers.gcp';
-  const errors: string[] = [];
-  if (!isRecord(raw)) throw new Error(`${p}: expected an object with at least project, got ${show(raw)}`);
-  for (const k of Object.keys(raw)) if (!PROVIDER_KEYS.includes(k)) errors.push(`${p}.${k}: not a known field (known: ${PROVIDER_KEYS.join(', ')})`);
-  const str = (k: string, required = false): string | undefined => {
-    const v = raw[k];
-    if (v === undefined && !required) return undefined;
-    if (typeof v !== 'string' || v.trim() === '') {
-      errors.push(`${p}.${k}: expected a non-empty string, got ${show(v)}`);
-      return undefined;
-    }
-    return v.trim();
-  };
-  const project = str('project', true);
-  if (project !== undefined && !/^[a-z][a-z0-9-:.]{4,62}$/.test(project)) errors.push(`${p}.project: expected a project id like my-project-123, got ${show(project)}`);
-  const credentials = str('credentials');
-  const endpoint = str('endpoint');
-  if (endpoint !== undefined) {
-    let url: URL | undefined;
-    try {
-      url = new URL(endpoint);
-    } catch {
-      /* reported below */
-    }
-    if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || (url.pathname !== '/' && url.pathname !== '')) {
-      errors.push(`${p}.endpoint: expected a URL like http://127.0.0.1:8085 or https://compute.example.internal, got ${show(endpoint)}`);
-    }
-  }
-  const network = str('network');
-  const subnetwork = str('subnetwork');
-  const call = parseCallSettings(raw, p, errors, { requestsPerSecond: 20 });
-  const zoneCooldownMs = duration(raw['zoneCooldown'], `${p}.zoneCooldown`, 600_000, errors);
-  const operationTimeoutMs = duration(raw['operationTimeout'], `${p}.operationTimeout`, 600_000, errors);
-  let bulkInsertMin = 8;
-  if (raw['bulkInsertMin'] !== undefined) {
-    const v = raw['bulkInsertMin'];
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 2) errors.push(`${p}.bulkInsertMin: expected an integer >= 2, got ${show(v)}`);
-    else bulkInsertMin = v;
-  }
-  if (errors.length > 0) throw new Error(errors.join('\n'));
+  const v = parseOrThrow(providerSchema, raw, ['providers', 'gcp']);
   return {
-    project: project!,
-    ...(credentials ? { credentials } : {}),
-    ...(endpoint ? { endpoint: endpoint.replace(/\/+$/, '') } : {}),
-    ...(network ? { network } : {}),
-    ...(subnetwork ? { subnetwork } : {}),
-    ...call,
-    zoneCooldownMs,
-    operationTimeoutMs,
-    bulkInsertMin,
+    project: v.project,
+    ...(v.credentials ? { credentials: v.credentials } : {}),
+    ...(v.endpoint ? { endpoint: v.endpoint } : {}),
+    ...(v.network ? { network: v.network } : {}),
+    ...(v.subnetwork ? { subnetwork: v.subnetwork } : {}),
+    ...callSettings(v),
+    zoneCooldownMs: v.zoneCooldown,
+    operationTimeoutMs: v.operationTimeout,
+    bulkInsertMin: v.bulkInsertMin,
   };
 }
 
-const MACHINE_KEYS = ['machineType', 'image', 'imageArch', 'diskSizeGb', 'diskType', 'zones', 'networkTags', 'labels', 'gpu', 'os', 'windowsAccess', 'username'];
 const ZONE = /^[a-z]+-[a-z]+\d+-[a-z]$/;
 const LABEL_KEY = /^[a-z][a-z0-9_-]{0,62}$/;
 const LABEL_VALUE = /^[a-z0-9_-]{0,63}$/;
 const IMAGE = /^(https:\/\/[^/]+\/compute\/v1\/)?projects\/[a-z][a-z0-9-.:]*\/global\/images\/(family\/)?[a-z][a-z0-9-]*$/;
+const USER = /^[a-z_][a-z0-9_-]{0,31}$/;
 
 /** Arm machine series on Compute Engine: Tau T2A, Axion C4A and N4A. */
 export function isArmMachineType(machineType: string): boolean {
@@ -122,6 +99,72 @@ export function isArmMachineType(machineType: string): boolean {
 /** Machine series that only take Hyperdisk boot disks. */
 function hyperdiskOnly(machineType: string): boolean {
   return /^(c4|c4a|c4d|n4|n4a|x4|m4)-/.test(machineType);
+}
+
+const ZONES = 'a non-empty list of zones in preference order';
+const TAGS = 'a list of network tags (lowercase letters, digits, dashes)';
+const GPU_COUNT = '1, 2, 4 or 8';
+const LOGIN = 'a login name (lowercase, not root)';
+
+const machineSchema = fields(
+  {
+    machineType: matching(/^[a-z][a-z0-9-]*$/, 'a machine type like n2d-standard-4'),
+    image: matching(IMAGE, 'projects/P/global/images/family/F or projects/P/global/images/NAME'),
+    imageArch: z.enum(['x86_64', 'arm64'], { error: 'x86_64 or arm64' }).default('x86_64'),
+    diskSizeGb: intIn(10, 65_536).default(50),
+    // Default by machine series (hyperdisk-only series), filled in below.
+    diskType: matching(/^(pd|hyperdisk)-[a-z-]+$/, 'a disk type like pd-balanced, pd-ssd or hyperdisk-balanced').optional(),
+    zones: z.array(matching(ZONE, 'a zone like us-central1-a'), { error: ZONES }).min(1, { error: ZONES }),
+    networkTags: z.array(matching(/^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/, TAGS), { error: TAGS }).default([]),
+    labels: z
+      .record(z.string(), matching(LABEL_VALUE, 'a label value of lowercase letters, digits, _ and - (at most 63)'), { error: 'a mapping of label keys to values' })
+      .default({}),
+    gpu: fields(
+      {
+        type: matching(/^nvidia-[a-z0-9-]+$/, 'an accelerator type like nvidia-tesla-t4'),
+        count: intIn(1, 8, GPU_COUNT).refine((n) => [1, 2, 4, 8].includes(n), { error: GPU_COUNT }).default(1),
+      },
+      '{ type, count } like { type: nvidia-tesla-t4, count: 1 }',
+    ).optional(),
+    os: z.enum(['linux', 'windows'], { error: 'linux or windows' }).default('linux'),
+    windowsAccess: z.enum(['ssh', 'password'], { error: 'ssh or password' }).default('ssh'),
+    username: matching(USER, LOGIN).refine((u) => u !== 'root', { error: LOGIN }).default('runner'),
+  },
+  'a machine profile (machineType, image, zones...)',
+);
+
+/** Rules across a profile's fields, each checked once the fields it reads are well-formed. */
+function crossMachine(raw: Record<string, unknown>): FieldError[] {
+  const errors: FieldError[] = [];
+  const machineType = typeof raw['machineType'] === 'string' ? raw['machineType'] : undefined;
+  const imageArch = raw['imageArch'] ?? 'x86_64';
+  if (machineType && (imageArch === 'x86_64' || imageArch === 'arm64')) {
+    const arm = isArmMachineType(machineType);
+    if (arm && imageArch !== 'arm64') errors.push({ path: ['imageArch'], message: `machine type ${machineType} is arm64: expected imageArch: arm64 and an arm64 image, got ${show(raw['imageArch'] ?? 'x86_64 (default)')}` });
+    if (!arm && imageArch === 'arm64') errors.push({ path: ['imageArch'], message: `machine type ${machineType} is x86_64: expected imageArch: x86_64 (or an arm machine type such as t2a-/c4a-), got "arm64"` });
+  }
+  const diskType = raw['diskType'];
+  if (machineType && hyperdiskOnly(machineType) && typeof diskType === 'string' && diskType.startsWith('pd-')) {
+    errors.push({ path: ['diskType'], message: `machine type ${machineType} needs a Hyperdisk boot disk (e.g. hyperdisk-balanced), got ${show(diskType)}` });
+  }
+  const zones = raw['zones'];
+  if (Array.isArray(zones) && new Set(zones).size !== zones.length) errors.push({ path: ['zones'], message: `expected distinct zones, got ${show(zones)}` });
+  const labels = raw['labels'];
+  if (isRecord(labels)) {
+    for (const k of Object.keys(labels)) {
+      if (!LABEL_KEY.test(k)) errors.push({ path: ['labels', k], message: 'expected a label key of lowercase letters, digits, _ and - (starting with a letter, at most 63)' });
+      else if (k.startsWith('runner-fleet-')) errors.push({ path: ['labels', k], message: 'runner-fleet-* labels are set by runner-fleet itself' });
+    }
+  }
+  if (raw['gpu'] !== undefined && machineType && !/^n1-/.test(machineType)) {
+    errors.push({ path: ['gpu'], message: `attached GPUs need an N1 machine type (A2/G2/A3 types bundle theirs), got machineType ${machineType}` });
+  }
+  const os = raw['os'] ?? 'linux';
+  if (os === 'windows' && imageArch === 'arm64') errors.push({ path: ['os'], message: 'Windows Server images on Compute Engine are x86_64 only, but imageArch is arm64' });
+  if (raw['windowsAccess'] !== undefined && os !== 'windows' && (raw['windowsAccess'] === 'ssh' || raw['windowsAccess'] === 'password')) {
+    errors.push({ path: ['windowsAccess'], message: 'only applies to os: windows' });
+  }
+  return errors;
 }
 
 /** Errors (each naming `classes.<class>.machine.<field>`) in a gcp class's machine profile; [] when valid. */
@@ -137,87 +180,23 @@ export function parseGcpMachine(className: string, machine: unknown): GcpMachine
 }
 
 function checkMachine(className: string, raw: unknown): { errors: string[]; value?: GcpMachine } {
-  const p = `classes.${className}.machine`;
-  const errors: string[] = [];
-  if (!isRecord(raw)) return { errors: [`${p}: expected a machine profile (machineType, image, zones...), got ${show(raw)}`] };
-  for (const k of Object.keys(raw)) if (!MACHINE_KEYS.includes(k)) errors.push(`${p}.${k}: not a known field (known: ${MACHINE_KEYS.join(', ')})`);
-
-  const machineType = raw['machineType'];
-  if (typeof machineType !== 'string' || !/^[a-z][a-z0-9-]*$/.test(machineType)) errors.push(`${p}.machineType: expected a machine type like n2d-standard-4, got ${show(machineType)}`);
-  const image = raw['image'];
-  if (typeof image !== 'string' || !IMAGE.test(image)) {
-    errors.push(`${p}.image: expected projects/P/global/images/family/F or projects/P/global/images/NAME, got ${show(image)}`);
-  }
-  const imageArch = raw['imageArch'] ?? 'x86_64';
-  if (imageArch !== 'x86_64' && imageArch !== 'arm64') errors.push(`${p}.imageArch: expected x86_64 or arm64, got ${show(imageArch)}`);
-  else if (typeof machineType === 'string') {
-    const arm = isArmMachineType(machineType);
-    if (arm && imageArch !== 'arm64') errors.push(`${p}.imageArch: machine type ${machineType} is arm64: expected imageArch: arm64 and an arm64 image, got ${show(raw['imageArch'] ?? 'x86_64 (default)')}`);
-    if (!arm && imageArch === 'arm64') errors.push(`${p}.imageArch: machine type ${machineType} is x86_64: expected imageArch: x86_64 (or an arm machine type such as t2a-/c4a-), got "arm64"`);
-  }
-  const diskSizeGb = raw['diskSizeGb'] ?? 50;
-  if (typeof diskSizeGb !== 'number' || !Number.isInteger(diskSizeGb) || diskSizeGb < 10 || diskSizeGb > 65_536) errors.push(`${p}.diskSizeGb: expected an integer 10..65536, got ${show(diskSizeGb)}`);
-  const defaultDisk = typeof machineType === 'string' && hyperdiskOnly(machineType) ? 'hyperdisk-balanced' : 'pd-balanced';
-  const diskType = raw['diskType'] ?? defaultDisk;
-  if (typeof diskType !== 'string' || !/^(pd|hyperdisk)-[a-z-]+$/.test(diskType)) errors.push(`${p}.diskType: expected a disk type like pd-balanced, pd-ssd or hyperdisk-balanced, got ${show(diskType)}`);
-  else if (typeof machineType === 'string' && hyperdiskOnly(machineType) && diskType.startsWith('pd-')) errors.push(`${p}.diskType: machine type ${machineType} needs a Hyperdisk boot disk (e.g. hyperdisk-balanced), got ${show(diskType)}`);
-
-  const zones = raw['zones'];
-  if (!Array.isArray(zones) || zones.length === 0) errors.push(`${p}.zones: expected a non-empty list of zones in preference order, got ${show(zones)}`);
-  else {
-    zones.forEach((z, i) => {
-      if (typeof z !== 'string' || !ZONE.test(z)) errors.push(`${p}.zones[${i}]: expected a zone like us-central1-a, got ${show(z)}`);
-    });
-    if (new Set(zones).size !== zones.length) errors.push(`${p}.zones: expected distinct zones, got ${show(zones)}`);
-  }
-  const networkTags = raw['networkTags'] ?? [];
-  if (!Array.isArray(networkTags) || networkTags.some((t) => typeof t !== 'string' || !/^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/.test(t))) {
-    errors.push(`${p}.networkTags: expected a list of network tags (lowercase letters, digits, dashes), got ${show(networkTags)}`);
-  }
-  const labels = raw['labels'] ?? {};
-  if (!isRecord(labels)) errors.push(`${p}.labels: expected a mapping of label keys to values, got ${show(labels)}`);
-  else {
-    for (const [k, v] of Object.entries(labels)) {
-      if (!LABEL_KEY.test(k)) errors.push(`${p}.labels.${k}: expected a label key of lowercase letters, digits, _ and - (starting with a letter, at most 63)`);
-      else if (k.startsWith('runner-fleet-')) errors.push(`${p}.labels.${k}: runner-fleet-* labels are set by runner-fleet itself`);
-      if (typeof v !== 'string' || !LABEL_VALUE.test(v)) errors.push(`${p}.labels.${k}: expected a label value of lowercase letters, digits, _ and - (at most 63), got ${show(v)}`);
-    }
-  }
-  let gpu: GcpMachine['gpu'];
-  if (raw['gpu'] !== undefined) {
-    const g = raw['gpu'];
-    if (!isRecord(g) || typeof g['type'] !== 'string' || !/^nvidia-[a-z0-9-]+$/.test(g['type'])) errors.push(`${p}.gpu.type: expected an accelerator type like nvidia-tesla-t4, got ${show(isRecord(g) ? g['type'] : g)}`);
-    const count = isRecord(g) ? (g['count'] ?? 1) : 1;
-    if (![1, 2, 4, 8].includes(count as number)) errors.push(`${p}.gpu.count: expected 1, 2, 4 or 8, got ${show(count)}`);
-    if (isRecord(g)) for (const k of Object.keys(g)) if (k !== 'type' && k !== 'count') errors.push(`${p}.gpu.${k}: not a known field (known: type, count)`);
-    if (isRecord(g) && typeof g['type'] === 'string') gpu = { type: g['type'], count: count as number };
-    if (typeof machineType === 'string' && !/^n1-/.test(machineType)) errors.push(`${p}.gpu: attached GPUs need an N1 machine type (A2/G2/A3 types bundle theirs), got machineType ${machineType}`);
-  }
-  const os = raw['os'] ?? 'linux';
-  if (os !== 'linux' && os !== 'windows') errors.push(`${p}.os: expected linux or windows, got ${show(os)}`);
-  if (os === 'windows' && imageArch === 'arm64') errors.push(`${p}.os: Windows Server images on Compute Engine are x86_64 only, but imageArch is arm64`);
-  const windowsAccess = raw['windowsAccess'] ?? 'ssh';
-  if (windowsAccess !== 'ssh' && windowsAccess !== 'password') errors.push(`${p}.windowsAccess: expected ssh or password, got ${show(windowsAccess)}`);
-  else if (raw['windowsAccess'] !== undefined && os !== 'windows') errors.push(`${p}.windowsAccess: only applies to os: windows`);
-  const username = raw['username'] ?? 'runner';
-  if (typeof username !== 'string' || !/^[a-z_][a-z0-9_-]{0,31}$/.test(username) || username === 'root') errors.push(`${p}.username: expected a login name (lowercase, not root), got ${show(username)}`);
-
-  if (errors.length > 0) return { errors };
+  const { errors, value: v } = check(machineSchema, raw, ['classes', className, 'machine'], crossMachine);
+  if (!v) return { errors };
   return {
     errors,
     value: {
-      machineType: machineType as string,
-      image: image as string,
-      imageArch: imageArch as ImageArch,
-      diskSizeGb: diskSizeGb as number,
-      diskType: diskType as string,
-      zones: zones as string[],
-      networkTags: networkTags as string[],
-      labels: labels as Record<string, string>,
-      ...(gpu ? { gpu } : {}),
-      os: os as GcpMachine['os'],
-      windowsAccess: windowsAccess as GcpMachine['windowsAccess'],
-      username: username as string,
+      machineType: v.machineType,
+      image: v.image,
+      imageArch: v.imageArch,
+      diskSizeGb: v.diskSizeGb,
+      diskType: v.diskType ?? (hyperdiskOnly(v.machineType) ? 'hyperdisk-balanced' : 'pd-balanced'),
+      zones: v.zones,
+      networkTags: v.networkTags,
+      labels: v.labels,
+      ...(v.gpu ? { gpu: { type: v.gpu.type, count: v.gpu.count } } : {}),
+      os: v.os,
+      windowsAccess: v.windowsAccess,
+      username: v.username,
     },
   };
 }

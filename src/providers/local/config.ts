@@ -1,4 +1,9 @@
 // providers.local config: validated here, with errors naming the offending field.
+import { z } from 'zod';
+import { numeric } from '../../config/schema.js';
+import { durationMs, fields, parseOrThrow, type FieldError } from '../shared/config-fields.js';
+
+export { machineBootDelayMs, parseDurationMs } from './boot-delay.js';
 
 export interface LocalProviderConfig {
   /** How long a sandbox waits before it listens: makes booting and warm pools visible. */
@@ -30,44 +35,28 @@ export interface LocalProviderConfig {
   sshPort?: number;
 }
 
-const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DELAY = 'a duration like "500ms", "2s" or "1m"';
+const MS = 'a non-negative number of milliseconds';
 
-/** `"500ms"`, `"2s"`, `"1.5m"`, `"1h"`, or a plain number of milliseconds. */
-export function parseDurationMs(value: unknown, field: string): number {
-  if (typeof value === 'number') {
-    if (!Number.isFinite(value) || value < 0) throw new Error(`${field} must be a non-negative number of milliseconds, got ${value}`);
-    return value;
-  }
-  if (typeof value === 'string') {
-    const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/.exec(value);
-    if (m) return Math.round(Number(m[1]) * UNITS[m[2] ?? 'ms']!);
-  }
-  throw new Error(`${field} must be a duration like "500ms", "2s" or "1m", got ${JSON.stringify(value)}`);
+const providerSchema = fields(
+  {
+    bootDelayMs: z.preprocess(numeric, z.number({ error: MS }).min(0, { error: MS }).finite({ error: MS })).optional(),
+    bootDelay: durationMs(DELAY).optional(),
+    dir: z.string({ error: 'a non-empty path' }).min(1, { error: 'a non-empty path' }).optional(),
+  },
+  'a mapping with bootDelay and dir',
+);
+
+/** bootDelayMs (a number of milliseconds) and bootDelay (a duration) say the same thing. */
+function crossProvider(raw: Record<string, unknown>): FieldError[] {
+  const errors: FieldError[] = [];
+  if (raw['bootDelayMs'] !== undefined && raw['bootDelay'] !== undefined) errors.push({ path: ['bootDelay'], message: 'bootDelay and bootDelayMs are exclusive: give one' });
+  return errors;
 }
 
+/** Validates `providers.local` (empty means all defaults); throws one Error listing every problem. */
 export function parseLocalConfig(raw: unknown): LocalProviderConfig {
-  const path = 'providers.local';
   if (raw === undefined || raw === null) return { bootDelayMs: 0 };
-  if (typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${path} must be an object`);
-  const cfg = raw as Record<string, unknown>;
-  const known = new Set(['bootDelayMs', 'bootDelay', 'dir']);
-  for (const k of Object.keys(cfg)) if (!known.has(k)) throw new Error(`${path}.${k} is not a known field (known: ${[...known].join(', ')})`);
-  if (cfg['bootDelayMs'] !== undefined && cfg['bootDelay'] !== undefined) throw new Error(`${path}.bootDelay and ${path}.bootDelayMs are exclusive: give one`);
-  let bootDelayMs = 0;
-  if (cfg['bootDelayMs'] !== undefined) {
-    if (typeof cfg['bootDelayMs'] !== 'number') throw new Error(`${path}.bootDelayMs must be a number of milliseconds`);
-    bootDelayMs = parseDurationMs(cfg['bootDelayMs'], `${path}.bootDelayMs`);
-  } else if (cfg['bootDelay'] !== undefined) {
-    bootDelayMs = parseDurationMs(cfg['bootDelay'], `${path}.bootDelay`);
-  }
-  const dir = cfg['dir'];
-  if (dir !== undefined && (typeof dir !== 'string' || dir === '')) throw new Error(`${path}.dir must be a non-empty path`);
-  return { bootDelayMs, ...(dir ? { dir } : {}) };
-}
-
-/** A class's `machine.bootDelayMs` (or `machine.bootDelay`) overrides the provider default. */
-export function machineBootDelayMs(machine: Record<string, unknown>, fallback: number): number {
-  if (machine['bootDelayMs'] !== undefined) return parseDurationMs(machine['bootDelayMs'], 'machine.bootDelayMs');
-  if (machine['bootDelay'] !== undefined) return parseDurationMs(machine['bootDelay'], 'machine.bootDelay');
-  return fallback;
+  const v = parseOrThrow(providerSchema, raw, ['providers', 'local'], crossProvider);
+  return { bootDelayMs: v.bootDelayMs ?? v.bootDelay ?? 0, ...(v.dir ? { dir: v.dir } : {}) };
 }

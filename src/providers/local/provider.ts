@@ -24,7 +24,8 @@ import {
   type VmRef,
   type VmSpec,
 } from '../provider.js';
-import { machineBootDelayMs, type LocalProviderConfig } from './config.js';
+import { machineBootDelayMs } from './boot-delay.js';
+import type { LocalProviderConfig } from './config.js';
 import { USERNAME, files, isAlive, loopbackAddress, readJson, writeJsonAtomic, type SandboxSpec, type SandboxState } from './layout.js';
 
 /** A sandbox with a spec but no pid this long after creation was abandoned mid-create. */
