@@ -63,8 +63,9 @@ export interface Ec2Faults {
   noHostCapacityZones: Set<string>;
   /**
    * Eventual consistency, as EC2 documents it: for this long after its launch an instance is
-   * missing from filtered DescribeInstances lists, and DescribeInstances by its id answers
-   * InvalidInstanceID.NotFound (which does not mean the instance does not exist).
+   * missing from filtered DescribeInstances lists, and DescribeInstances by its id (and Terminate,
+   * Stop, StartInstances naming it) answers InvalidInstanceID.NotFound (which does not mean the
+   * instance does not exist).
    */
   listLagMs: number;
   /** Chaos (0..1): share of calls answered RequestLimitExceeded or Unavailable (503) before they act. */
@@ -325,7 +326,9 @@ export async function startEc2Emulator(opts: Ec2EmulatorOptions = {}): Promise<E
   }
 
   async function setState(ids: string[], to: 'terminate' | 'stop' | 'start'): Promise<string> {
-    for (const id of ids) if (!instances.has(id) || !visible(instances.get(id)!)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
+    // Eventual consistency reaches every action that names a just-launched instance, not only
+    // DescribeInstances: a terminate right after the launch may be told it does not exist.
+    for (const id of ids) if (!instances.has(id) || !visible(instances.get(id)!) || lagging(instances.get(id)!)) throw new Ec2Error('InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
     const items: string[] = [];
     for (const id of ids) {
       const i = instances.get(id)!;

@@ -163,6 +163,21 @@ describe('aws provider against the EC2 emulator', () => {
     expect(fx.emu.instances()).toHaveLength(1); // the retry carried the same ClientToken
   });
 
+  it('retries a terminate that EC2 answers NotFound right after the launch (eventual consistency), never reading it as gone', async () => {
+    const fx = await setup();
+    fx.emu.faults.listLagMs = 1500;
+    const { spec } = makeSpec(fx.shard, machine);
+    const [created] = await fx.provider.createMany([spec]);
+    if (!created?.ok) throw new Error('create failed');
+    const ref = { vmId: spec.vmId, name: spec.name, cloudId: created.vm.cloudId };
+    await expect(fx.provider.delete([ref])).rejects.toMatchObject({ kind: 'retryable' });
+    expect(fx.emu.instances().find((i) => i.id === ref.cloudId)?.state).not.toBe('terminated');
+    await new Promise((r) => setTimeout(r, 1600));
+    await fx.provider.delete([ref]);
+    expect(fx.emu.instances().find((i) => i.id === ref.cloudId)?.state).toBe('terminated');
+    expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0 });
+  });
+
   it('describes the whole shard with one DescribeInstances and terminates what it is told', async () => {
     const fx = await setup();
     const specs = [makeSpec(fx.shard, machine).spec, makeSpec(fx.shard, machine).spec];

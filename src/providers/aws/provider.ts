@@ -85,7 +85,17 @@ const tagsOf = (i: Instance): Record<string, string> => Object.fromEntries((i.Ta
 interface Seen {
   username: string;
   zone?: string;
+  /** When its RunInstances answered (ms): EC2's eventual consistency counts from the launch. */
+  launchedAt: number;
 }
+
+/**
+ * EC2 is eventually consistent: for a while after RunInstances, calls naming the new instance may
+ * answer InvalidInstanceID.NotFound, which then does not mean it does not exist. AWS documents
+ * "typically seconds, up to several minutes"; a NotFound on terminate within this window is
+ * retried, not read as gone (that would leak a running instance until a sweep found it).
+ */
+const CONSISTENCY_WINDOW_MS = 5 * 60_000;
 
 export interface AwsStats {
   calls: Record<string, number>;
@@ -213,7 +223,7 @@ export class AwsProvider implements Provider {
           return { ok: false, vmId: spec.vmId, error: new ProviderError('retryable', `aws RunInstances: no instance with launch index ${index} in the answer`, { provider: 'aws' }) };
         }
         const zone = inst.Placement?.AvailabilityZone;
-        this.seen.set(spec.name, { username: machine.username, ...(zone ? { zone } : {}) });
+        this.seen.set(spec.name, { username: machine.username, ...(zone ? { zone } : {}), launchedAt: this.now() });
         this.shardOf.set(spec.name, spec.labels[LABEL_SHARD] ?? spec.shard);
         if (group.length > 1) {
           try {
@@ -319,14 +329,28 @@ export class AwsProvider implements Provider {
   async delete(refs: VmRef[]): Promise<void> {
     if (refs.length === 0) return;
     const ids = await this.idsOf(refs);
+    const nameOf = new Map(refs.filter((r) => r.cloudId).map((r) => [r.cloudId!, r.name]));
+    const terminate = (chunk: string[]) => this.call('TerminateInstances', undefined, (abortSignal) => this.client.send(new TerminateInstancesCommand({ InstanceIds: chunk }), { abortSignal }));
     for (let i = 0; i < ids.length; i += 500) {
       const chunk = ids.slice(i, i + 500);
       try {
-        await this.call('TerminateInstances', undefined, (abortSignal) => this.client.send(new TerminateInstancesCommand({ InstanceIds: chunk }), { abortSignal }));
+        await terminate(chunk);
       } catch (err) {
         if (!(err instanceof ProviderError) || err.kind !== 'notFound') throw err;
         // One unknown id fails the whole request: terminate the rest one by one.
-        if (chunk.length > 1) for (const id of chunk) await this.delete([{ vmId: id, name: id, cloudId: id }]);
+        for (const id of chunk) {
+          try {
+            if (chunk.length > 1) await terminate([id]);
+            else throw err;
+          } catch (one) {
+            if (!(one instanceof ProviderError) || one.kind !== 'notFound') throw one;
+            const launchedAt = this.seen.get(nameOf.get(id) ?? '')?.launchedAt;
+            if (launchedAt !== undefined && this.now() - launchedAt < CONSISTENCY_WINDOW_MS) {
+              throw new ProviderError('retryable', `aws TerminateInstances: ${id} is not found yet ${Math.round((this.now() - launchedAt) / 1000)} s after its launch (EC2 eventual consistency); retry`, { provider: 'aws', operation: 'delete', cause: one });
+            }
+            // Long gone (terminated instances drop out of EC2's answers after about an hour).
+          }
+        }
       }
     }
     // Gone (or going): per-VM maps stay bounded by the VMs that exist.
