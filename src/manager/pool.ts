@@ -100,7 +100,9 @@ export class Pool {
   /** Reserve a warm VM of the class for a job request; null when none is free. */
   reserve(className: string): VmRow | null {
     if (this.growth.isFrozen(className)) return null;
-    const vm = pickWarm(this.rows, className, this.scaler.marks);
+    // The tick's rows can be a tick old: a VM bound (and released) since is no longer ready in the
+    // view, which follows every committed write; two requests must never get one VM.
+    const vm = pickWarm(this.rows, className, this.scaler.marks, (id) => this.view.isReady(id));
     if (!vm) return null;
     this.reservations.hold(vm.id);
     return vm;

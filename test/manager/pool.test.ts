@@ -77,6 +77,20 @@ describe('Pool', () => {
     expect((await states()).join()).toBe('assigned,assigned,ready'); // max 3: no fourth VM
   });
 
+  it('never hands out a VM bound since its last tick: a released VM that is no longer ready is not reserved again', async () => {
+    const p = start(config({ idle: 4, max: 10 }));
+    await waitUntil(async () => (await states()).join() === 'ready,ready,ready,ready', 15_000, 'four warm VMs');
+    for (let i = 0; i < 3; i++) {
+      const a = p.reserve('small')!;
+      await store.transition(a.id, 'ready', 'assigned');
+      p.release(a.id);
+      // At once, as a second request slot would: the tick's rows may still say `a` is ready.
+      const b = p.reserve('small');
+      expect(b?.id).not.toBe(a.id);
+      if (b) p.release(b.id);
+    }
+  });
+
   it('records every transition of a VM in vm_events', async () => {
     start(config({ idle: 1, max: 1 }));
     await waitUntil(async () => (await states()).join() === 'ready', 5000, 'a warm VM');

@@ -87,8 +87,8 @@ export function classTiers(rows: VmRow[], forJob: number, marks: TierMarks): Cla
 }
 
 /** The warm VM a job request may take: ready, unbound, not made for standby, not reserved, no task in flight. */
-export function pickWarm(rows: VmRow[], className: string, marks: TierMarks): VmRow | undefined {
-  return rows.find((r) => r.class === className && r.state === 'ready' && r.job_id === null && !marks.toStandby.has(r.id) && !marks.reserved.has(r.id) && !marks.busy.has(r.id));
+export function pickWarm(rows: VmRow[], className: string, marks: TierMarks, stillReady: (id: string) => boolean = () => true): VmRow | undefined {
+  return rows.find((r) => r.class === className && r.state === 'ready' && r.job_id === null && !marks.toStandby.has(r.id) && !marks.reserved.has(r.id) && !marks.busy.has(r.id) && stillReady(r.id));
 }
 
 /** Ids of the VMs that are warm (ready) in the database. */

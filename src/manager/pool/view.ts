@@ -62,6 +62,12 @@ export class ShardView {
     }
   }
 
+  /** Whether the VM's last committed row is ready and free: a tick's copies lag the writes since. */
+  isReady(id: string): boolean {
+    const r = this.view.get(id);
+    return r !== undefined && r.state === 'ready' && r.job_id === null;
+  }
+
   /** Copies of the live rows: a tick marks its rows (state, updated_at) ahead of the writes it then makes. */
   copies(): VmRow[] {
     return [...this.view.values()].map((r) => ({ ...r }));
