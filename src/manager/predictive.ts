@@ -160,27 +160,11 @@ export class DemandModel {
     // Looking as far ahead again as the smoothing reaches: a sharp rise is not flattened late.
     for (let t = now; t <= now + leadMs + (1 + SMOOTH_SLOTS) * SLOT_MS; t += SLOT_MS) seasonal = Math.max(seasonal, at(t) / (SLOT_MS / 1000));
     // The last 10 minutes, not the last one: a one-minute rate chases single pipelines (their
-    // fan-out is in batchSize) and made the pool create and retire ~0.8 VMs per job in the sim.
+    // fan-out is in BatchSizes) and made the pool create and retire ~0.8 VMs per job in the sim.
     const n = this.recent.length - this.recentHead;
     // A quiet slot of one week's history is no promise of none: a class that had jobs keeps a
     // floor of its mean rate (a few jobs an hour still find a VM at 3 a.m.).
     return Math.max(seasonal, n / (RECENT_MS / 1000), RATE_FLOOR * this.meanRate);
-  }
-
-  /** Mean jobs per arrival instant in the last minutes (pipeline fan-out), at least 1. */
-  batchSize(now: number): number {
-    this.trimRecent(now);
-    // Jobs created within 250 ms of an instant's first are one fan-out.
-    let instants = 0;
-    let start = -Infinity;
-    for (let i = this.recentHead; i < this.recent.length; i++) {
-      if (this.recent[i]! - start > 250) {
-        instants++;
-        start = this.recent[i]!;
-      }
-    }
-    const n = this.recent.length - this.recentHead;
-    return instants > 0 ? Math.max(1, n / instants) : 1;
   }
 
   /**

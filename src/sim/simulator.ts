@@ -444,11 +444,12 @@ export function simulate(o: SimulateOptions): SimReport {
   }
   for (const c of classes) integrate(c);
 
+  /** Calls of a kind made from `measureFromS` on. */
+  const measuredCalls = (c: Cls, k: keyof Figures['cloudCalls']) => c.calls[k] - (c.callsBefore?.[k] ?? 0);
   const figures = (cs: Cls[], jobCount: number, oracle: number): Figures => {
     const lat = cs.flatMap((c) => c.latencies).sort((a, b) => a - b);
     const q = (p: number) => (lat.length ? round(lat[Math.min(lat.length - 1, Math.ceil(p * lat.length) - 1)]!) : 0);
     const sum = (f: (c: Cls) => number) => round(cs.reduce((a, c) => a + f(c), 0));
-    const calls = (c: Cls, k: keyof Figures['cloudCalls']) => c.calls[k] - (c.callsBefore?.[k] ?? 0);
     return {
       jobs: jobCount,
       startedWithin120s: jobCount ? round(lat.filter((l) => l <= 120).length / jobCount, 6) : 1,
@@ -459,8 +460,8 @@ export function simulate(o: SimulateOptions): SimReport {
       standbyVmSeconds: sum((c) => c.standbyS),
       oracleOverheadVmSeconds: round(oracle),
       cloudCalls: {
-        create: sum((c) => calls(c, 'create')), delete: sum((c) => calls(c, 'delete')), stop: sum((c) => calls(c, 'stop')),
-        start: sum((c) => calls(c, 'start')), list: sum((c) => calls(c, 'list')),
+        create: sum((c) => measuredCalls(c, 'create')), delete: sum((c) => measuredCalls(c, 'delete')), stop: sum((c) => measuredCalls(c, 'stop')),
+        start: sum((c) => measuredCalls(c, 'start')), list: sum((c) => measuredCalls(c, 'list')),
       },
       jobsNotStarted: jobCount - lat.length,
       ...promise(cs, jobCount, oracle),
@@ -491,10 +492,9 @@ export function simulate(o: SimulateOptions): SimReport {
       }
     }
     late += jobCount - cs.reduce((a, c) => a + c.latencies.length, 0); // never started: late
-    const measured = (c: Cls, k: keyof Figures['cloudCalls']) => c.calls[k] - (c.callsBefore?.[k] ?? 0);
-    const creates = cs.reduce((a, c) => a + measured(c, 'create'), 0);
+    const creates = cs.reduce((a, c) => a + measuredCalls(c, 'create'), 0);
     const startedHere = cs.reduce((a, c) => a + c.startedMeasured, 0);
-    const calls = cs.reduce((a, c) => a + measured(c, 'create') + measured(c, 'delete') + measured(c, 'stop') + measured(c, 'start') + measured(c, 'list'), 0);
+    const calls = cs.reduce((a, c) => a + measuredCalls(c, 'create') + measuredCalls(c, 'delete') + measuredCalls(c, 'stop') + measuredCalls(c, 'start') + measuredCalls(c, 'list'), 0);
     const overhead = cs.reduce((a, c) => a + c.bootS + c.hotS + 0.1 * c.standbyS, 0);
     return {
       lateShare: jobCount ? round(late / jobCount, 6) : 0,
@@ -506,10 +506,14 @@ export function simulate(o: SimulateOptions): SimReport {
       overheadVsOracle: oracle ? round(overhead / oracle, 3) : 0,
     };
   };
-  const jobsOf = (c: Cls) => jobs.filter((j) => j.className === c.name && j.arrivalS >= from).length;
+  // Jobs measured per class (from measureFromS on), counted in one pass.
+  const measuredJobs = new Map<string, number>();
+  for (const j of jobs) if (j.arrivalS >= from) measuredJobs.set(j.className, (measuredJobs.get(j.className) ?? 0) + 1);
+  const jobsOf = (c: Cls) => measuredJobs.get(c.name) ?? 0;
   const byClass = Object.fromEntries(classes.map((c) => [c.name, figures([c], jobsOf(c), jobsOf(c) * c.bootMedianS)]));
   const report: SimReport = {
-    ...figures(classes, jobs.length, classes.reduce((a, c) => a + jobsOf(c) * c.bootMedianS, 0)),
+    // The jobs measured (from measureFromS on): warm-up jobs are neither counted nor late.
+    ...figures(classes, classes.reduce((a, c) => a + jobsOf(c), 0), classes.reduce((a, c) => a + jobsOf(c) * c.bootMedianS, 0)),
     byClass,
   };
   if (o.timelineS) {

@@ -42,7 +42,7 @@ describe('predictive policy', () => {
     for (let i = 0; i < 5; i++) for (let j = 0; j < 40; j++) m.observeArrival(now - (5 - i) * 60_000 + j); // 5 pipelines of 40 in 5 min
     const quiet = model();
     for (let i = 0; i < 200; i++) quiet.observeArrival(now - 300_000 + i * 1500); // same count, spread out
-    expect(m.batchSize(now)).toBeCloseTo(40, 0);
+    expect(m.batches.mean()).toBeCloseTo(40, 0);
     expect(m.targets(now, counts).hot).toBeGreaterThan(quiet.targets(now, counts).hot);
     expect(m.targets(now, counts).hot).toBeGreaterThanOrEqual(40); // a whole pipeline at least
     const before = m.targets(now, counts).hot;
