@@ -5,7 +5,7 @@ import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { VM_STATES } from '../manager/vm-states.js';
 import { requireAdmin } from './auth.js';
-import { ADMIN_AUTH, badRequest, forbidden, serverError, unauthorized } from './schemas.js';
+import { ADMIN_AUTH, badRequest, forbidden, nint, nnum, nstr, ntime, serverError, str, time, unauthorized } from './schemas.js';
 
 export interface AdminOptions {
   db: Kysely<Database>;
@@ -27,12 +27,6 @@ const JOB_COLUMNS = [
 /** States that still hold (or may hold) a cloud VM. */
 const LIVE_STATES = VM_STATES.filter((s) => s !== 'deleted');
 
-const str = { type: 'string' } as const;
-const nstr = { type: ['string', 'null'] } as const;
-const time = { type: 'string', format: 'date-time' } as const;
-const ntime = { type: ['string', 'null'], format: 'date-time' } as const;
-const nint = { type: ['integer', 'null'] } as const;
-const nnum = { type: ['number', 'null'] } as const;
 /** bigint columns travel as decimal strings (JSON numbers lose precision past 2^53). */
 const bigid = { type: 'string', pattern: '^[0-9]+$' } as const;
 const nbigid = { type: ['string', 'null'], pattern: '^[0-9]+$' } as const;

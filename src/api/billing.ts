@@ -7,34 +7,33 @@ import type { Database } from '../db/schema.js';
 import { BILLING_EVENT_TYPE } from '../manager/billing.js';
 import { BillingCursorError, decodeCursor, DEFAULT_PAGE, encodeCursor, FEED_START, MAX_PAGE, readFeed } from '../manager/billing-feed.js';
 import { requireBearer } from './auth.js';
-import { badRequest, BILLING_AUTH, forbidden, serverError, unauthorized } from './schemas.js';
+import type { BillingEvent } from '../manager/billing.js';
+import { badRequest, BILLING_AUTH, forbidden, nint, serverError, unauthorized } from './schemas.js';
 
-const nint = { type: ['integer', 'null'] } as const;
+/** Every field of a BillingEvent, no other: a field added to the event and not here fails the build (the serializer would drop it). */
+const eventProperties = {
+  id: { type: 'string', format: 'uuid', description: 'Stable per shard and job: the same on every delivery; dedupe on it.' },
+  type: { type: 'string', enum: [BILLING_EVENT_TYPE] },
+  shard: { type: 'string' },
+  jobId: { type: 'integer' },
+  pipelineId: nint, projectId: nint, namespaceId: nint, rootNamespaceId: nint,
+  runnerClass: { type: 'string' },
+  costFactor: { type: 'number', description: "The class's price multiplier." },
+  provider: { type: 'string' },
+  machineType: { type: ['string', 'null'] },
+  startedAt: { type: 'string', format: 'date-time' },
+  finishedAt: { type: 'string', format: 'date-time' },
+  durationSeconds: { type: 'number', minimum: 0 },
+  computeMinutes: { type: 'string', pattern: '^[0-9]+\\.[0-9]{6}$', description: 'durationSeconds / 60 x costFactor, 6 decimals, rounded half up.' },
+  outcome: { type: 'string', enum: ['success', 'failed', 'canceled'] },
+  billable: { type: 'boolean', description: 'false when the job failed through our fault (runner_system_failure).' },
+} as const satisfies Record<keyof BillingEvent, unknown>;
 
 /** One compute-minutes event (src/manager/billing.ts builds it; the feed serves it verbatim). */
 const eventSchema = {
   type: 'object',
-  required: [
-    'id', 'type', 'shard', 'jobId', 'pipelineId', 'projectId', 'namespaceId', 'rootNamespaceId', 'runnerClass', 'costFactor',
-    'provider', 'machineType', 'startedAt', 'finishedAt', 'durationSeconds', 'computeMinutes', 'outcome', 'billable',
-  ],
-  properties: {
-    id: { type: 'string', format: 'uuid', description: 'Stable per shard and job: the same on every delivery; dedupe on it.' },
-    type: { type: 'string', enum: [BILLING_EVENT_TYPE] },
-    shard: { type: 'string' },
-    jobId: { type: 'integer' },
-    pipelineId: nint, projectId: nint, namespaceId: nint, rootNamespaceId: nint,
-    runnerClass: { type: 'string' },
-    costFactor: { type: 'number', description: "The class's price multiplier." },
-    provider: { type: 'string' },
-    machineType: { type: ['string', 'null'] },
-    startedAt: { type: 'string', format: 'date-time' },
-    finishedAt: { type: 'string', format: 'date-time' },
-    durationSeconds: { type: 'number', minimum: 0 },
-    computeMinutes: { type: 'string', pattern: '^[0-9]+\\.[0-9]{6}$', description: 'durationSeconds / 60 x costFactor, 6 decimals, rounded half up.' },
-    outcome: { type: 'string', enum: ['success', 'failed', 'canceled'] },
-    billable: { type: 'boolean', description: 'false when the job failed through our fault (runner_system_failure).' },
-  },
+  required: Object.keys(eventProperties),
+  properties: eventProperties,
 } as const;
 
 export interface BillingApiOptions {

@@ -31,3 +31,13 @@ export const BILLING_AUTH = [{ billingToken: [] }] as const;
 export function textReply(description: string) {
   return { description, content: { 'text/plain': { schema: { type: 'string' } } } } as const;
 }
+
+/** JSON schema building blocks of the response bodies. */
+export const str = { type: 'string' } as const;
+export const nstr = { type: ['string', 'null'] } as const;
+export const time = { type: 'string', format: 'date-time' } as const;
+export const ntime = { type: ['string', 'null'], format: 'date-time' } as const;
+export const nint = { type: ['integer', 'null'] } as const;
+export const nnum = { type: ['number', 'null'] } as const;
+/** A count: an integer >= 0. */
+export const count = { type: 'integer', minimum: 0 } as const;

@@ -4,7 +4,6 @@
 import { sql, type Kysely } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { FINDING_KINDS, type FindingKind } from '../isolation/firewall-audit.js';
-import { LIVE_STATES } from '../manager/vm-states.js';
 import { tiersOfStates, type ManagerRole, type PoolTiers, type StatusSource } from './status-source.js';
 
 /** The start-latency SLO: a job's first line within 120 s of entering GitLab's queue (deploy/prometheus/slo-rules.yml). */
@@ -98,7 +97,7 @@ export async function statusDetail(db: Kysely<Database>, shard: string, source: 
   const since = new Date(now.getTime() - FAILURE_WINDOW_MS);
   const [vms, vmFailures, jobFailures] = await Promise.all([
     db.selectFrom('vms').select(['id', 'name', 'class', 'state', 'zone', 'job_id', 'created_at'])
-      .where('shard', '=', shard).where('state', 'in', LIVE_STATES).orderBy('created_at', 'desc').orderBy('id').limit(MAX_VMS).execute(),
+      .where('shard', '=', shard).where('state', '<>', 'deleted').orderBy('created_at', 'desc').orderBy('id').limit(MAX_VMS).execute(),
     db.selectFrom('vms').select(['id', 'class', 'failure', 'updated_at'])
       .where('shard', '=', shard).where('failure', 'is not', null).where('updated_at', '>=', since).orderBy('updated_at', 'desc').limit(MAX_FAILURES).execute(),
     // A script's own failure is the job author's business, not the fleet's: left out.

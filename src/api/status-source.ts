@@ -3,6 +3,7 @@
 // Read-only and typed, so the API never reaches into the manager's parts (shard.ts fills it).
 import type { AuditSnapshot } from '../manager/isolation-audit.js';
 import type { ClassCounts } from '../manager/autoscaler.js';
+import type { VmState } from '../manager/vm-states.js';
 
 export type ManagerRole = 'active' | 'standby' | 'stopped';
 
@@ -43,12 +44,13 @@ export function tiersOfCounts(c: ClassCounts): PoolTiers {
 /** The same tiers from VM rows' states, for a manager without a pool (standby): stopping and resuming VMs read as standby and booting. */
 export function tiersOfStates(counts: Iterable<{ state: string; n: number }>): PoolTiers {
   const t: PoolTiers = { hot: 0, standby: 0, booting: 0, busy: 0, leaving: 0 };
-  const tier: Record<string, keyof PoolTiers> = {
+  // Every live state is named: a new VmState fails the build here instead of going uncounted.
+  const tier: Record<Exclude<VmState, 'deleted'>, keyof PoolTiers> = {
     ready: 'hot', stopped: 'standby', requested: 'booting', creating: 'booting', booting: 'booting',
     assigned: 'busy', running: 'busy', deleting: 'leaving', failed: 'leaving',
   };
   for (const { state, n } of counts) {
-    const k = tier[state];
+    const k = tier[state as Exclude<VmState, 'deleted'>];
     if (k) t[k] += n;
   }
   return t;

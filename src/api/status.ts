@@ -6,7 +6,7 @@ import type { Kysely } from 'kysely';
 import type { Database } from '../db/schema.js';
 import { FINDING_KINDS } from '../isolation/firewall-audit.js';
 import { requireAdmin } from './auth.js';
-import { ADMIN_AUTH, badRequest, forbidden, serverError, unauthorized } from './schemas.js';
+import { ADMIN_AUTH, badRequest, count, forbidden, nnum, serverError, str, time, unauthorized } from './schemas.js';
 import { statusDetail, statusSummary, SLO_SECONDS, type StatusSummary } from './status-data.js';
 import { renderStatusPage, STATUS_PAGE_CSP } from './status-page.js';
 import type { StatusSource } from './status-source.js';
@@ -18,15 +18,11 @@ export interface StatusOptions {
   source?: StatusSource;
 }
 
-const int = { type: 'integer', minimum: 0 } as const;
-const nnum = { type: ['number', 'null'] } as const;
-const str = { type: 'string' } as const;
-const time = { type: 'string', format: 'date-time' } as const;
 const noQuery = { type: 'object', properties: {}, additionalProperties: false } as const;
 
 const tiersSchema = {
   type: 'object', required: ['hot', 'standby', 'booting', 'busy', 'leaving'],
-  properties: { hot: int, standby: int, booting: int, busy: int, leaving: int },
+  properties: { hot: count, standby: count, booting: count, busy: count, leaving: count },
 } as const;
 
 const summarySchema = {
@@ -44,10 +40,10 @@ const summarySchema = {
           name: str,
           poolFrom: { type: 'string', enum: ['pool', 'database'] },
           pool: tiersSchema,
-          jobs: { type: 'object', required: ['running', 'waiting'], properties: { running: int, waiting: int } },
+          jobs: { type: 'object', required: ['running', 'waiting'], properties: { running: count, waiting: count } },
           startLatency: {
             type: 'object', required: ['jobs', 'p50', 'p90', 'withinSlo'],
-            properties: { jobs: int, p50: nnum, p90: nnum, withinSlo: nnum },
+            properties: { jobs: count, p50: nnum, p90: nnum, withinSlo: nnum },
           },
         },
       },
@@ -57,9 +53,9 @@ const summarySchema = {
       properties: {
         mode: { type: 'string', enum: ['off', 'warn', 'enforce', 'unknown'] },
         lastRunAt: { type: ['string', 'null'], format: 'date-time' },
-        findings: int,
-        byKind: { type: 'object', required: [...FINDING_KINDS], properties: Object.fromEntries(FINDING_KINDS.map((k) => [k, int])) },
-        failedProviders: int,
+        findings: count,
+        byKind: { type: 'object', required: [...FINDING_KINDS], properties: Object.fromEntries(FINDING_KINDS.map((k) => [k, count])) },
+        failedProviders: count,
       },
     },
   },
@@ -73,7 +69,7 @@ const detailSchema = {
       type: 'array',
       items: {
         type: 'object', required: ['id', 'name', 'class', 'state', 'zone', 'job_id', 'created_at', 'age_seconds'],
-        properties: { id: str, name: str, class: str, state: str, zone: { type: ['string', 'null'] }, job_id: { type: ['string', 'null'] }, created_at: time, age_seconds: int },
+        properties: { id: str, name: str, class: str, state: str, zone: { type: ['string', 'null'] }, job_id: { type: ['string', 'null'] }, created_at: time, age_seconds: count },
       },
     },
     failures: {

@@ -57,7 +57,7 @@ export async function main(argv: string[]): Promise<number> {
     case 'network':
       if (rest[0] === 'check' || rest[0] === 'allocate' || rest[0] === 'terraform') {
         const { networkCommand } = await import('./network.js');
-        return networkCommand(rest[0], rest.slice(1), (m) => new UsageError(m));
+        return networkCommand(rest[0], rest.slice(1));
       }
       process.stderr.write(`unknown network subcommand ${JSON.stringify(rest[0] ?? '')}\n\n${USAGE}`);
       return 2;

@@ -6,10 +6,10 @@ import { CidrError, formatCidr, isPrivate, notPrivate, parseCidr } from '../isol
 import { RegistryError, allocate, describeConflict, findConflicts, parseRegistry, registryLine, type RegistryRow } from '../isolation/network-plan.js';
 import { TerraformError, terraformFor } from '../isolation/terraform.js';
 import { loadOrExplain } from './args.js';
+import { UsageError } from './args.js';
 
-type Usage = (message: string) => Error;
 
-export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', args: string[], usage: Usage): Promise<number> {
+export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', args: string[]): Promise<number> {
   const { values, tokens } = parseArgs({
     args,
     tokens: true,
@@ -22,10 +22,10 @@ export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', ar
   });
   // Flags of one subcommand are mistakes on another: say so rather than ignore them.
   const own: Record<typeof sub, string[]> = { check: [], allocate: ['environment', 'network', 'within', 'prefix', 'write'], terraform: ['config', 'environment', 'network', 'out'] };
-  for (const t of tokens) if (t.kind === 'option' && t.name !== 'registry' && !own[sub].includes(t.name)) throw usage(`--${t.name}: not an option of network ${sub}`);
-  if (!values.registry) throw usage('--registry FILE is required');
-  if (sub === 'terraform' && !values.config) throw usage('--config FILE is required');
-  if (sub === 'terraform' && (values.environment === undefined) !== (values.network === undefined)) throw usage('--environment and --network name a registry row together: give both or neither');
+  for (const t of tokens) if (t.kind === 'option' && t.name !== 'registry' && !own[sub].includes(t.name)) throw new UsageError(`--${t.name}: not an option of network ${sub}`);
+  if (!values.registry) throw new UsageError('--registry FILE is required');
+  if (sub === 'terraform' && !values.config) throw new UsageError('--config FILE is required');
+  if (sub === 'terraform' && (values.environment === undefined) !== (values.network === undefined)) throw new UsageError('--environment and --network name a registry row together: give both or neither');
   const path = values.registry;
   let text: string;
   try {
@@ -54,8 +54,8 @@ export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', ar
   if (sub === 'terraform') return terraform(path, rows, values);
 
   const name = (flag: string, v: string | undefined) => {
-    if (!v) throw usage(`--${flag} is required`);
-    if (!/^[A-Za-z0-9][A-Za-z0-9._\/-]*$/.test(v)) throw usage(`--${flag}: expected letters, digits and . _ / -, got ${JSON.stringify(v)}`);
+    if (!v) throw new UsageError(`--${flag} is required`);
+    if (!/^[A-Za-z0-9][A-Za-z0-9._\/-]*$/.test(v)) throw new UsageError(`--${flag}: expected letters, digits and . _ / -, got ${JSON.stringify(v)}`);
     return v;
   };
   const environment = name('environment', values.environment);
@@ -64,12 +64,12 @@ export async function networkCommand(sub: 'check' | 'allocate' | 'terraform', ar
   try {
     within = parseCidr(values.within);
   } catch (err) {
-    if (err instanceof CidrError) throw usage(`--within: ${err.message}`);
+    if (err instanceof CidrError) throw new UsageError(`--within: ${err.message}`);
     throw err;
   }
-  if (!isPrivate(within)) throw usage(`--within: ${notPrivate(values.within)}`);
+  if (!isPrivate(within)) throw new UsageError(`--within: ${notPrivate(values.within)}`);
   const prefix = Number(values.prefix);
-  if (!/^\d{1,2}$/.test(values.prefix) || prefix < within.prefix || prefix > 29) throw usage(`--prefix: expected an integer from ${within.prefix} (the --within range) to 29, got ${JSON.stringify(values.prefix)}`);
+  if (!/^\d{1,2}$/.test(values.prefix) || prefix < within.prefix || prefix > 29) throw new UsageError(`--prefix: expected an integer from ${within.prefix} (the --within range) to 29, got ${JSON.stringify(values.prefix)}`);
 
   const got = allocate(rows, { environment, network, within, prefix });
   if (got.kind === 'full') {

@@ -19,7 +19,7 @@
 //   rf-killed <reason> <size> the manager killed it     rf-lost <size>  the supervisor died without a status
 //   rf-unlaunched             claimed but never launched (the start was cut in a few-ms window)
 import { JOB_LABEL } from './docker-plan.js';
-import { shq } from './script.js';
+import { shq } from './script-quote.js';
 
 export const JOBS_DIR = '"$HOME/.runner-fleet/jobs"';
 

@@ -330,7 +330,8 @@ function serviceEnv(job: JobPayload, opts: ScriptOptions, vars: { key: string; v
 
 /** prepare_executor: network, image, services; any failure ends the job with its reason. */
 function dockerPrepare(job: JobPayload, opts: ScriptOptions, plan: DockerPlan): string[] {
-  const out: string[] = [...dockerHelpers(job.id, plan.network), 'trap rf_cleanup EXIT'];
+  // rf_exit (the EXIT trap) runs rf_cleanup: a trap of its own here would replace it.
+  const out: string[] = [...dockerHelpers(job.id, plan.network)];
   out.push(section('prepare_executor', 'Preparing the "docker" executor'), `echo ${shq(`Using Docker executor with image ${plan.image.name} ...`)}`);
   if (plan.authConfig) out.push('(umask 0077; mkdir -p "$RF_TMP/docker" && printf \'%s\' ' + shq(plan.authConfig) + ' > "$RF_TMP/docker/config.json")');
   else out.push('mkdir -p "$RF_TMP/docker"');
@@ -417,6 +418,15 @@ function transferSetup(job: JobPayload, opts: ScriptOptions, entries: ArtifactEn
   return out;
 }
 
+/**
+ * What a re-attaching manager sends when it cannot rebuild a job's script (its cache URLs could not
+ * be signed): a job already claimed on its VM ignores it and runs on; one that never started ends
+ * there as the runner's failure, not the job's.
+ */
+export function unbuiltJobScript(why: string): string {
+  return ['#!/usr/bin/env bash', ...HELPERS, `echo ${shq(`ERROR: runner-fleet could not rebuild the job script: ${why}`)}`, 'rf_fail runner_system_failure', 'exit 1', ''].join('\n');
+}
+
 export function buildBashScript(job: JobPayload, opts: ScriptOptions = {}): string {
   const docker = opts.executor === 'docker';
   const out: string[] = [];
@@ -427,7 +437,8 @@ export function buildBashScript(job: JobPayload, opts: ScriptOptions = {}): stri
   const buildsRoot = opts.buildsDir ?? '$HOME/builds';
   out.push(`rf_builds="${buildsRoot}"`, `rf_dir="${buildsRoot}/${projectPath(job)}"`);
   // Whatever way the script ends: its temp files, file variables and (docker) containers go.
-  out.push(`rf_exit() { ${docker ? 'rf_cleanup; ' : ''}rm -rf "$RF_TMP" "$rf_dir.tmp"; }`, 'trap rf_exit EXIT');
+  // rf_cleanup is defined with the docker plan: before it (a plan that fails) there is nothing to clean.
+  out.push(`rf_exit() { ${docker ? 'command -v rf_cleanup >/dev/null && rf_cleanup; ' : ''}rm -rf "$RF_TMP" "$rf_dir.tmp"; }`, 'trap rf_exit EXIT');
   // File variables: a path whose file holds the value (mode 0600). Docker jobs find them under the
   // mounted build dir (`<project dir>.tmp`, as gitlab-runner keeps them); shell jobs in RF_TMP.
   const fileDir = docker ? '"$rf_dir.tmp"' : '"$RF_TMP/vars"';
@@ -441,7 +452,7 @@ export function buildBashScript(job: JobPayload, opts: ScriptOptions = {}): stri
   if (docker) {
     const p = dockerPlan(job, { defaultImage: opts.defaultImage ?? null, pullPolicy: opts.pullPolicy ?? [] });
     if (!p.ok) {
-      out.push(`echo ${shq(`ERROR: ${p.error}`)}`, 'rf_fail runner_system_failure', 'rm -rf "$RF_TMP" "$rf_dir.tmp"', 'exit 1', '');
+      out.push(`echo ${shq(`ERROR: ${p.error}`)}`, 'rf_fail runner_system_failure', 'exit 1', '');
       return out.join('\n');
     }
     plan = p.plan;

@@ -15,7 +15,7 @@ import { namespaceIds, pipelineId, type JobPayload } from '../gitlab/job-payload
 import { MaskAutomaton, Masker } from '../gitlab/mask.js';
 import { ignoredWarning, maskPlan } from '../gitlab/masked-values.js';
 import { buildPowerShellScript, powerShellCommand, powerShellStdin } from '../gitlab/powershell.js';
-import { buildBashScript, type ScriptOptions } from '../gitlab/script.js';
+import { buildBashScript, unbuiltJobScript, type ScriptOptions } from '../gitlab/script.js';
 import type { SignedCacheEntry } from '../gitlab/cache-script.js';
 import { cachePlan } from '../cache/plan.js';
 import type { CacheSigner } from '../cache/signer.js';
@@ -210,8 +210,17 @@ export class Executor {
     // Built once per run (cache URLs are signed for it); a job already claimed on its VM ignores it.
     let script: Promise<Buffer> | null = null;
     const scriptBytes = () => (script ??= this.scriptOptions(cls, job, ctx.timeoutSeconds).then((o) => Buffer.from(buildBashScript(job, o))));
+    // A re-attach sends the script only in case the job never started: failing to rebuild it (cache
+    // URLs not signed) must not end a job that runs on its VM.
+    const scriptFor = () =>
+      resume
+        ? scriptBytes().catch((err: Error) => {
+            log.warn({ err }, 'could not rebuild the job script for the re-attach; attaching without it');
+            return Buffer.from(unbuiltJobScript(err.message));
+          })
+        : scriptBytes();
     const watch = async (first: SshSession | undefined, signal = abort.signal) =>
-      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: await scriptBytes(), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
+      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: await scriptFor(), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
     try {
       if (cause) {
         detachedJob = resume !== null; // a running job is killed: its output cannot be masked

@@ -10,7 +10,7 @@ import { jobTimeoutSeconds, parseJobPayload, type ParsedJob } from '../gitlab/jo
 import { maskPlan } from '../gitlab/masked-values.js';
 import { DB_RETRY, failJobBack } from './fail-back.js';
 import type { Clock } from './clock.js';
-import { jobIdentity, type Executor } from './executor.js';
+import { guestOs, jobIdentity, type Executor } from './executor.js';
 import type { Metrics } from './metrics.js';
 import { intakeMode } from './autoscaler.js';
 import { newVm, type Pool } from './pool.js';
@@ -198,7 +198,7 @@ export class Intake {
     const gauge = this.d.metrics.intakeRequestsInFlight;
     gauge.inc({ class: cls.name });
     try {
-      return await this.d.gitlab.requestJob(cls.runnerToken, this.abort.signal, { executor: cls.executor ?? 'shell', windows: cls.machine['os'] === 'windows', cache: !!this.d.config.cache });
+      return await this.d.gitlab.requestJob(cls.runnerToken, this.abort.signal, { executor: cls.executor ?? 'shell', windows: guestOs(undefined, cls) === 'windows', cache: !!this.d.config.cache });
     } finally {
       gauge.dec({ class: cls.name });
     }

@@ -85,10 +85,13 @@ export async function auditIsolation(d: AuditDeps): Promise<{ findings: Map<stri
 export async function startIsolationAudits(d: AuditDeps): Promise<() => void> {
   const { audit, managerRanges, auditIntervalMs } = d.config.isolation;
   if (audit === 'off') return () => {};
+  const auditable = [...d.providers.values()].some((p) => p.auditIsolation);
   if (managerRanges.length === 0) {
-    if ([...d.providers.values()].some((p) => p.auditIsolation)) d.log.info('isolation audit off: set isolation.managerRanges to the addresses the manager connects from');
+    if (auditable) d.log.info('isolation audit off: set isolation.managerRanges to the addresses the manager connects from');
     return () => {};
   }
+  // No provider has a firewall to audit (local, mac): an empty audit would read as a clean one.
+  if (!auditable) return () => {};
   const first = await auditIsolation(d);
   const all = [...first.findings.values()].flat();
   if (audit === 'enforce' && all.length) {

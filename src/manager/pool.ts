@@ -21,14 +21,8 @@ import { Sessions } from './pool/sessions.js';
 import { POOL_DB_WRITES, PoolTasks } from './pool/tasks.js';
 import { RESYNC_MS, ShardView } from './pool/view.js';
 
-export { dockerEngineReady, PoolDatabaseError } from './pool/boot.js';
-export { WARM_MAX_AGE_MS } from './pool/counts.js';
-export type { PoolDeps, Probe } from './pool/deps.js';
-export { QUOTA_BACKOFF_MS } from './pool/growth.js';
+export { PoolDatabaseError } from './pool/boot.js';
 export { newVm, vmName, vmRef } from './pool/identity.js';
-export { CREATE_BATCH_MAX } from './pool/lifecycle.js';
-export { POOL_DB_WRITES } from './pool/tasks.js';
-export { RESYNC_MS } from './pool/view.js';
 
 export class Pool {
   private rows: VmRow[] = [];

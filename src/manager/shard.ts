@@ -24,7 +24,7 @@ import { migrateToLatest } from '../db/migrate.js';
 import { createCacheSigner, type CacheSigner } from '../cache/signer.js';
 import { GitLabClient } from '../gitlab/client.js';
 import { AuditRecord, startIsolationAudits } from './isolation-audit.js';
-import { tiersOfCounts, type StatusSource } from '../api/status-source.js';
+import { tiersOfCounts, type ManagerRole, type StatusSource } from '../api/status-source.js';
 import { providerFactory, registeredProviders, supportsStandby, type ConnectOverride, type Provider } from '../providers/provider.js';
 import '../providers/builtin.js';
 import { realClock, type Clock } from './clock.js';
@@ -73,7 +73,8 @@ export interface ShardOptions {
   connectOverride?: ConnectOverride;
 }
 
-export type ShardRole = 'standby' | 'active' | 'stopped';
+/** The status page's ManagerRole: one definition. */
+export type ShardRole = ManagerRole;
 
 export interface Shard {
   config: ShardConfig;

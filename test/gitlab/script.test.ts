@@ -8,7 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startGitLabEmulator, type EnqueueSpec, type GitLabEmulator } from '../../src/emulators/gitlab/server.js';
 import { GitLabClient } from '../../src/gitlab/client.js';
 import { parseJobPayload, type JobPayload } from '../../src/gitlab/job-payload.js';
-import { buildBashScript } from '../../src/gitlab/script.js';
+import { buildBashScript, unbuiltJobScript } from '../../src/gitlab/script.js';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 let gitlab: GitLabEmulator;
 let client: GitLabClient;
@@ -42,6 +44,28 @@ function bash(script: string): Promise<{ code: number | null; out: string }> {
     child.on('close', (code) => resolve({ code, out }));
   });
 }
+
+describe('unbuiltJobScript', () => {
+  it('ends a job that had not started as the runner\'s failure, with the reason beside its exit code', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'rf-unbuilt-'));
+    try {
+      writeFileSync(join(dir, 'script'), unbuiltJobScript('signing timed out'), { mode: 0o700 });
+      let code = 0;
+      let out = '';
+      try {
+        out = execFileSync('bash', ['./script'], { cwd: dir, encoding: 'utf8' });
+      } catch (err) {
+        code = (err as { status: number }).status;
+        out = String((err as { stdout: string }).stdout);
+      }
+      expect(code).toBe(1);
+      expect(out).toContain('could not rebuild the job script: signing timed out');
+      expect(readFileSync(join(dir, 'reason'), 'utf8').trim()).toBe('runner_system_failure');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe('buildBashScript', () => {
   it('prints its first line before anything else', async () => {

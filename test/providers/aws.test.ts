@@ -178,6 +178,21 @@ describe('aws provider against the EC2 emulator', () => {
     expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0 });
   });
 
+  it('terminates the other VMs of a delete while one just launched is not found yet', async () => {
+    const fx = await setup();
+    fx.emu.faults.listLagMs = 1500;
+    const old = makeSpec(fx.shard, machine).spec;
+    const [a] = await fx.provider.createMany([old]);
+    await new Promise((r) => setTimeout(r, 1600));
+    const young = makeSpec(fx.shard, machine).spec;
+    const [b] = await fx.provider.createMany([young]);
+    if (!a?.ok || !b?.ok) throw new Error('create failed');
+    const refs = [{ vmId: old.vmId, name: old.name, cloudId: a.vm.cloudId }, { vmId: young.vmId, name: young.name, cloudId: b.vm.cloudId }];
+    await expect(fx.provider.delete(refs)).rejects.toMatchObject({ kind: 'retryable' });
+    expect(fx.emu.instances().find((i) => i.id === a.vm.cloudId)?.state).toBe('terminated');
+    expect(fx.emu.instances().find((i) => i.id === b.vm.cloudId)?.state).not.toBe('terminated');
+  });
+
   it('describes the whole shard with one DescribeInstances and terminates what it is told', async () => {
     const fx = await setup();
     const specs = [makeSpec(fx.shard, machine).spec, makeSpec(fx.shard, machine).spec];

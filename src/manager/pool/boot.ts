@@ -14,6 +14,7 @@ import { bootStart, vmRef } from './identity.js';
 import type { Lifecycle } from './lifecycle.js';
 import type { Sessions } from './sessions.js';
 import type { PoolTasks } from './tasks.js';
+import { groupBy } from './counts.js';
 
 /** A database write that failed: kept apart from the SSH or cloud failure it must not be taken for. */
 export class PoolDatabaseError extends Error {
@@ -72,16 +73,16 @@ export class BootWatch {
   async watch(rows: VmRow[], now: number): Promise<void> {
     const { d, tasks, lifecycle } = this.p;
     const booting = rows.filter((r) => r.state === 'booting' && !tasks.busy.has(r.id) && !tasks.stale.has(r.id));
-    const byProvider = new Map<string, VmRow[]>();
+    const due: VmRow[] = [];
     for (const r of booting) {
       const cls = d.config.classes[r.class];
       if (!cls || now - bootStart(r) > cls.bootTimeoutMs) {
         await lifecycle.failVm(r, cls ? 'boot timeout' : 'class no longer configured', 'boot_timeout');
         continue;
       }
-      byProvider.set(r.provider, [...(byProvider.get(r.provider) ?? []), r]);
+      due.push(r);
     }
-    for (const [pname, group] of byProvider) {
+    for (const [pname, group] of groupBy(due, (r) => r.provider)) {
       const provider = providerOf(d.providers, pname);
       if (now - (this.lastDescribe.get(pname) ?? -Infinity) < (provider.pollIntervalMs ?? 0)) continue;
       this.lastDescribe.set(pname, now);

@@ -14,6 +14,7 @@ import { newVm, vmRef, vmSpec } from './identity.js';
 import type { Reservations } from './reservations.js';
 import type { Sessions } from './sessions.js';
 import type { PoolTasks } from './tasks.js';
+import { groupBy } from './counts.js';
 
 /** A failed cloud delete is retried after this long. */
 const DELETE_RETRY_MS = 5_000;
@@ -155,13 +156,13 @@ export class Lifecycle {
   async deleteLeaving(rows: VmRow[], now: number): Promise<void> {
     const { d, tasks, sessions, reservations } = this.p;
     const leaving = rows.filter((r) => (r.state === 'deleting' || r.state === 'failed') && !tasks.busy.has(r.id) && !tasks.stale.has(r.id) && (this.deleteAfter.get(r.id) ?? 0) <= now);
-    const byProvider = new Map<string, VmRow[]>();
+    const due: VmRow[] = [];
     for (const r of leaving) {
       if (r.state === 'failed') await d.store.transition(r.id, 'failed', 'deleting');
       sessions.close(r.id);
-      byProvider.set(r.provider, [...(byProvider.get(r.provider) ?? []), r]);
+      due.push(r);
     }
-    for (const [pname, group] of byProvider) {
+    for (const [pname, group] of groupBy(due, (r) => r.provider)) {
       const provider = providerOf(d.providers, pname);
       tasks.spawn(
         group.map((r) => r.id),

@@ -331,28 +331,27 @@ export class AwsProvider implements Provider {
     const ids = await this.idsOf(refs);
     const nameOf = new Map(refs.filter((r) => r.cloudId).map((r) => [r.cloudId!, r.name]));
     const terminate = (chunk: string[]) => this.call('TerminateInstances', undefined, (abortSignal) => this.client.send(new TerminateInstancesCommand({ InstanceIds: chunk }), { abortSignal }));
+    // An instance EC2 does not know yet must not hold up the others: they are terminated, then it
+    // is retried (the caller's next delete).
+    let notYet: ProviderError | null = null;
     for (let i = 0; i < ids.length; i += 500) {
       const chunk = ids.slice(i, i + 500);
-      try {
-        await terminate(chunk);
-      } catch (err) {
-        if (!(err instanceof ProviderError) || err.kind !== 'notFound') throw err;
-        // One unknown id fails the whole request: terminate the rest one by one.
-        for (const id of chunk) {
-          try {
-            if (chunk.length > 1) await terminate([id]);
-            else throw err;
-          } catch (one) {
-            if (!(one instanceof ProviderError) || one.kind !== 'notFound') throw one;
-            const launchedAt = this.seen.get(nameOf.get(id) ?? '')?.launchedAt;
-            if (launchedAt !== undefined && this.now() - launchedAt < CONSISTENCY_WINDOW_MS) {
-              throw new ProviderError('retryable', `aws TerminateInstances: ${id} is not found yet ${Math.round((this.now() - launchedAt) / 1000)} s after its launch (EC2 eventual consistency); retry`, { provider: 'aws', operation: 'delete', cause: one });
-            }
-            // Long gone (terminated instances drop out of EC2's answers after about an hour).
-          }
+      const failed = await terminate(chunk).then(() => null, (err: unknown) => err);
+      if (!failed) continue;
+      if (!(failed instanceof ProviderError) || failed.kind !== 'notFound') throw failed;
+      // One unknown id fails the whole request (EC2 terminates none of it): one by one.
+      for (const id of chunk) {
+        const one = chunk.length > 1 ? await terminate([id]).then(() => null, (err: unknown) => err) : failed;
+        if (!one) continue;
+        if (!(one instanceof ProviderError) || one.kind !== 'notFound') throw one;
+        const launchedAt = this.seen.get(nameOf.get(id) ?? '')?.launchedAt;
+        if (launchedAt !== undefined && this.now() - launchedAt < CONSISTENCY_WINDOW_MS) {
+          notYet ??= new ProviderError('retryable', `aws TerminateInstances: ${id} is not found yet ${Math.round((this.now() - launchedAt) / 1000)} s after its launch (EC2 eventual consistency); retry`, { provider: 'aws', operation: 'delete', cause: one });
         }
+        // Otherwise long gone (terminated instances drop out of EC2's answers after about an hour).
       }
     }
+    if (notYet) throw notYet;
     // Gone (or going): per-VM maps stay bounded by the VMs that exist.
     for (const r of refs) {
       this.seen.delete(r.name);

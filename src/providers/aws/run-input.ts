@@ -1,7 +1,7 @@
 // The RunInstances request for one VM or a batch of one class in one subnet (pure). Isolation
 // rules (docs/architecture.md "Isolation") live here: no public IP, no instance profile, IMDSv2 only with hop limit
 // 1, terminate on shutdown, and each VM accepts only its own key.
-import { shq } from '../../gitlab/script.js';
+import { shq } from '../../gitlab/script-quote.js';
 import { createHash } from 'node:crypto';
 import type { RunInstancesCommandInput, Tag } from '@aws-sdk/client-ec2';
 import { LABEL_SHARD, LABEL_VM, type VmSpec } from '../provider.js';

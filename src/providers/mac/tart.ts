@@ -9,7 +9,7 @@
 // `ssh_host_ed25519_key` there to `/etc/ssh/` before sshd starts: the manager made that host key
 // and pins it (the share is the one channel into an image-made VM that the host controls).
 import type { SshSession } from '../../connect/ssh.js';
-import { shq } from '../../gitlab/script.js';
+import { shq } from '../../gitlab/script-quote.js';
 
 /** Tart refused to run another VM: the host already runs the two its licence allows. */
 export class TartCapacityError extends Error {

@@ -1,7 +1,7 @@
 // User data of a Mac host's macOS instance (run once as root by ec2-macos-init at first boot):
 // authorize the manager's key for this host, and fence the nested VMs in with pf. The key line
 // has the same `  0) KEY='...' ;;` shape as the Linux script, which the EC2 emulator reads.
-import { shq } from '../../gitlab/script.js';
+import { shq } from '../../gitlab/script-quote.js';
 
 /** Tart's shared (NAT) network on the host: the nested VMs' addresses. */
 export const TART_NAT_CIDR = '192.168.64.0/24';

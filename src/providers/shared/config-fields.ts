@@ -3,7 +3,7 @@
 // ${VAR} expansion, and every error names its field path and what was expected.
 import { z } from 'zod';
 import { tryParseDuration } from '../../config/duration.js';
-import { describeValue, formatPath } from '../../config/format.js';
+import { describeValue, formatPath, valueAt } from '../../config/format.js';
 import { numeric } from '../../config/schema.js';
 import { ProviderError } from '../provider.js';
 
@@ -138,14 +138,6 @@ export function parseOrThrow<T>(...args: Parameters<typeof check<T>>): T {
   return value;
 }
 
-function valueAt(tree: unknown, path: readonly PropertyKey[]): unknown {
-  let node = tree;
-  for (const k of path) {
-    if (node === null || typeof node !== 'object') return undefined;
-    node = (node as Record<PropertyKey, unknown>)[k];
-  }
-  return node;
-}
 
 /** JSON of a value for an error message (shortened; URLs cut to scheme and host). */
 export const show = (v: unknown) => describeValue(v, []);
