@@ -193,6 +193,16 @@ describe('aws provider against the EC2 emulator', () => {
     expect(fx.emu.instances().find((i) => i.id === b.vm.cloudId)?.state).not.toBe('terminated');
   });
 
+  it('stops a VM launched moments ago: NotFound from EC2 eventual consistency is retried, not final', async () => {
+    const fx = await setup({ retries: 6, retryBase: '200ms' });
+    fx.emu.faults.listLagMs = 1000;
+    const { spec } = makeSpec(fx.shard, machine);
+    const [created] = await fx.provider.createMany([spec]);
+    if (!created?.ok) throw new Error('create failed');
+    await fx.provider.stop([{ vmId: spec.vmId, name: spec.name, cloudId: created.vm.cloudId }]);
+    expect(fx.emu.instances().find((i) => i.id === created.vm.cloudId)?.state).toMatch(/^stop/);
+  });
+
   it('describes the whole shard with one DescribeInstances and terminates what it is told', async () => {
     const fx = await setup();
     const specs = [makeSpec(fx.shard, machine).spec, makeSpec(fx.shard, machine).spec];

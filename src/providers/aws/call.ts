@@ -25,7 +25,12 @@ export interface Ec2CallDeps {
   stats?: Ec2CallStats;
 }
 
-export async function ec2Call<T>(d: Ec2CallDeps, action: string, zone: string | undefined, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
+/**
+ * `justLaunched`: the call names an instance launched moments ago. EC2 is eventually consistent:
+ * such a call may answer InvalidInstanceID.NotFound for an instance that exists, so NotFound is
+ * retried with the other transient errors instead of being final.
+ */
+export async function ec2Call<T>(d: Ec2CallDeps, action: string, zone: string | undefined, fn: (signal: AbortSignal) => Promise<T>, opts: { justLaunched?: boolean } = {}): Promise<T> {
   const { cfg, stats } = d;
   const timeout = cfg.callTimeoutMs;
   const where = zone ? { zone } : {};
@@ -49,7 +54,8 @@ export async function ec2Call<T>(d: Ec2CallDeps, action: string, zone: string | 
           outcome = 'timeout';
           throw new ProviderError('retryable', `aws ${action}${zone ? ` in ${zone}` : ''}: no answer within ${timeout} ms`, { provider: d.provider, operation: action, ...where });
         }
-        const pe = classifyAwsError(err, { operation: action, ...where });
+        let pe = classifyAwsError(err, { operation: action, ...where });
+        if (pe.kind === 'notFound' && opts.justLaunched) pe = new ProviderError('retryable', `${pe.message} (launched moments ago: EC2 eventual consistency)`, { provider: d.provider, operation: action, ...where, cause: pe });
         outcome = pe.kind;
         throw pe;
       } finally {

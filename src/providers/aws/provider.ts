@@ -148,8 +148,17 @@ export class AwsProvider implements Provider {
 
   // ---- the one path every EC2 call takes ------------------------------------------------------
 
-  private call<T>(action: string, zone: string | undefined, fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    return ec2Call({ provider: 'aws', cfg: this.cfg, bucket: this.bucket, telemetry: this.telemetry, log: this.log, stats: this.stats }, action, zone, fn);
+  private call<T>(action: string, zone: string | undefined, fn: (signal: AbortSignal) => Promise<T>, opts: { justLaunched?: boolean } = {}): Promise<T> {
+    return ec2Call({ provider: 'aws', cfg: this.cfg, bucket: this.bucket, telemetry: this.telemetry, log: this.log, stats: this.stats }, action, zone, fn, opts);
+  }
+
+  /** Whether one of these VMs was launched by this provider within EC2's consistency window. */
+  private justLaunched(refs: VmRef[]): boolean {
+    const now = this.now();
+    return refs.some((r) => {
+      const at = this.seen.get(r.name)?.launchedAt;
+      return at !== undefined && now - at < CONSISTENCY_WINDOW_MS;
+    });
   }
 
   private readonly machine = machineProfiles('aws', parseAwsMachine);
@@ -361,12 +370,12 @@ export class AwsProvider implements Provider {
 
   async stop(refs: VmRef[]): Promise<void> {
     const ids = await this.idsOf(refs);
-    if (ids.length) await this.call('StopInstances', undefined, (abortSignal) => this.client.send(new StopInstancesCommand({ InstanceIds: ids }), { abortSignal }));
+    if (ids.length) await this.call('StopInstances', undefined, (abortSignal) => this.client.send(new StopInstancesCommand({ InstanceIds: ids }), { abortSignal }), { justLaunched: this.justLaunched(refs) });
   }
 
   async start(refs: VmRef[]): Promise<void> {
     const ids = await this.idsOf(refs);
-    if (ids.length) await this.call('StartInstances', undefined, (abortSignal) => this.client.send(new StartInstancesCommand({ InstanceIds: ids }), { abortSignal }));
+    if (ids.length) await this.call('StartInstances', undefined, (abortSignal) => this.client.send(new StartInstancesCommand({ InstanceIds: ids }), { abortSignal }), { justLaunched: this.justLaunched(refs) });
   }
 
   // ---- connect --------------------------------------------------------------------------------------
