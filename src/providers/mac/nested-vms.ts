@@ -22,6 +22,8 @@ export interface NestedVmsDeps {
 export class NestedVms {
   /** Our nested VMs per host record, as of the last `tart list` (names), plus the ones made since. */
   private readonly nested = new Map<string, Set<string>>();
+  /** Hosts a create listed before placing (once each, answered or not: a host whose Tart is down is not asked again on every create; the tick's list covers it). */
+  private readonly listedForCreate = new Set<string>();
   /** Every VM running on a host (ours or not), for Apple's two-VM limit. */
   private readonly runningOn = new Map<string, number>();
   private readonly ips = new Map<string, string>();
@@ -102,7 +104,8 @@ export class NestedVms {
 
   /** Lists the class's usable hosts this provider has not listed yet (one `tart list` each, once). */
   private async refreshUnlisted(className: string): Promise<void> {
-    const unlisted = this.deps.hosts.records.filter((h) => h.data.className === className && usable(h) && !this.nested.has(h.id));
+    const unlisted = this.deps.hosts.records.filter((h) => h.data.className === className && usable(h) && !this.nested.has(h.id) && !this.listedForCreate.has(h.id));
+    for (const h of unlisted) this.listedForCreate.add(h.id);
     await Promise.all(unlisted.map((h) => this.refresh(h).catch((err) => this.deps.log.warn({ host: h.id, err: (err as Error).message }, 'listing the VMs of a mac host failed'))));
   }
 
