@@ -681,16 +681,17 @@ export function runnerVariables(cls: ClassConfig): Record<string, string> {
   return {
     CI_RUNNER_VERSION: RUNNER_VERSION,
     CI_RUNNER_REVISION: 'runner-fleet',
-    CI_RUNNER_EXECUTABLE_ARCH: `linux/${machineArch(cls)}`,
+    CI_RUNNER_EXECUTABLE_ARCH: RUNNER_EXECUTABLE_ARCH,
     CI_RUNNER_SHORT_TOKEN: token.slice(0, 8),
     CI_DISPOSABLE_ENVIRONMENT: 'true',
   };
 }
 
-function machineArch(cls: ClassConfig): string {
-  const a = cls.machine['arch'] ?? cls.machine['architecture'];
-  return a === 'arm64' || a === 'aarch64' ? 'arm64' : 'amd64';
-}
+/**
+ * GitLab documents CI_RUNNER_EXECUTABLE_ARCH as the OS/architecture of the runner executable, not
+ * of the job's environment: here the manager process (Go's names: x64 is amd64).
+ */
+const RUNNER_EXECUTABLE_ARCH = `${process.platform}/${process.arch === 'x64' ? 'amd64' : process.arch === 'ia32' ? '386' : process.arch}`;
 
 /**
  * What a Windows job asks that its PowerShell script cannot do yet: artifacts and dependencies'
