@@ -115,6 +115,13 @@ export interface RunnerKind {
 
 const CACHE_FEATURES = { cache: true, fallback_cache_keys: true };
 
+/**
+ * The PowerShell script (Windows) runs `script` and `after_script` only: it does not claim
+ * multi_build_steps, so GitLab refuses it a job with `release:` instead of handing it one whose
+ * release step would be skipped.
+ */
+const WINDOWS_FEATURES = { ...FEATURES, multi_build_steps: false };
+
 /** The bash script (Linux, macOS) collects, uploads and downloads artifacts on the VM. */
 const BASH_FEATURES = {
   ...FEATURES,
@@ -189,7 +196,7 @@ export class GitLabClient {
       architecture: arch() === 'x64' ? 'amd64' : arch(),
       executor: executor === 'docker' ? 'docker' : 'custom',
       shell: 'bash',
-      features: kind.windows ? FEATURES : { ...(executor === 'docker' ? DOCKER_FEATURES : BASH_FEATURES), ...(kind.cache ? CACHE_FEATURES : {}) },
+      features: kind.windows ? WINDOWS_FEATURES : { ...(executor === 'docker' ? DOCKER_FEATURES : BASH_FEATURES), ...(kind.cache ? CACHE_FEATURES : {}) },
     };
   }
 

@@ -60,6 +60,15 @@ export function stepScript(job: JobPayload, name: string): string[] {
   return job.steps.find((s) => s.name === name)?.script ?? [];
 }
 
+/**
+ * The job's steps besides `script` and `after_script` (GitLab's `release`), in the payload's
+ * order, with their stage names (`step_<name>`, reduced to the characters a section or container
+ * name takes).
+ */
+export function extraSteps(job: JobPayload): { stage: string; script: string[] }[] {
+  return job.steps.filter((s) => s.name !== 'script' && s.name !== 'after_script').map((s) => ({ stage: `step_${s.name.replace(/[^A-Za-z0-9_]/g, '_').slice(0, 60)}`, script: s.script }));
+}
+
 /** The project's path under the builds dir: CI_PROJECT_PATH (or project-<id>) reduced to safe characters. */
 export function projectPath(job: JobPayload): string {
   return (variableValue(job, 'CI_PROJECT_PATH') ?? `project-${job.job_info?.project_id ?? 0}`).replace(/[^A-Za-z0-9._/-]/g, '_').replace(/\.\.+/g, '_');
@@ -477,11 +486,17 @@ export function buildBashScript(job: JobPayload, opts: ScriptOptions = {}): stri
     out.push('rf_se download_artifacts');
   }
 
-  const script = stepScript(job, 'script');
-  out.push(section('step_script', 'Executing "step_script" stage of the job script'));
-  if (plan) out.push(...dockerStep(job, opts, plan, 'step_script', script));
-  else out.push('(', vars, 'set -eo pipefail', commandLines(script), ')');
-  out.push('rf_rc="$?"', 'rf_se step_script');
+  // `script`, then GitLab's other steps (`release`, sent to runners claiming multi_build_steps) in
+  // its order, each as its own stage `step_<name>` that runs only while every earlier one passed,
+  // as gitlab-runner runs them; the job's exit code is the failing step's.
+  const runStep = (stage: string, commands: string[]) => [
+    section(stage, `Executing "${stage}" stage of the job script`),
+    ...(plan ? dockerStep(job, opts, plan, stage, commands) : ['(', vars, 'set -eo pipefail', commandLines(commands), ')']),
+    'rf_rc="$?"',
+    `rf_se ${stage}`,
+  ];
+  out.push(...runStep('step_script', stepScript(job, 'script')));
+  for (const step of extraSteps(job)) out.push('if [ "$rf_rc" -eq 0 ]; then', ...runStep(step.stage, step.script), 'fi');
   const after = stepScript(job, 'after_script');
   if (after.length) {
     // Its own subshell (or container) from the project dir; not on the left of `||`, where bash

@@ -67,6 +67,7 @@ describe.skipIf(why !== null)('docker executor', () => {
         'ls /usr/bin/git 2>/dev/null || echo no-git-in-image',
         'echo "runner=$CI_RUNNER_VERSION id=$CI_RUNNER_ID"',
       ],
+      release: ['echo "release in $CI_PROJECT_DIR"'],
       afterScript: ['echo "after status=$CI_JOB_STATUS"'],
     });
     const final = await gitlab.waitForFinal(id, 60_000);
@@ -82,7 +83,8 @@ describe.skipIf(why !== null)('docker executor', () => {
     expect(t.match(/from-service/g)?.length).toBe(2); // by alias and by the name derived from the image
     expect(t).toMatch(/runner=\d+\.\d+\.\d+ id=1/);
     expect(t).toContain('after status=success');
-    for (const s of ['prepare_executor', 'get_sources', 'step_script', 'after_script', 'cleanup_file_variables']) {
+    expect(t).toContain('release in /builds/demo/project'); // GitLab's release step, in the job image
+    for (const s of ['prepare_executor', 'get_sources', 'step_script', 'step_release', 'after_script', 'cleanup_file_variables']) {
       expect(t).toMatch(new RegExp(`\\x1b\\[0Ksection_start:\\d+:${s}\\r\\x1b\\[0K`));
       expect(t).toMatch(new RegExp(`\\x1b\\[0Ksection_end:\\d+:${s}\\r\\x1b\\[0K`));
     }
@@ -117,6 +119,8 @@ describe.skipIf(why !== null)('docker executor', () => {
       { image: { name: `${registry.authed}/private/other:1`, pull_policy: ['always'] }, line: /ERROR: failed to pull image ".*private\/other:1" with specified policies \[always\]: .*(no basic auth credentials|unauthorized|authentication required)/i },
       { image: { name: `${registry.direct}/nothing/here:1` }, line: /ERROR: failed to pull image ".*nothing\/here:1" with specified policies \[if-not-present\]: .*(not found|manifest unknown)/i },
       { image: { name: 'rf-test/absent:1', pull_policy: ['never'] }, line: /ERROR: failed to pull image "rf-test\/absent:1" with specified policies \[never\]: image not present on the VM and pull policy is never/ },
+      // A registry nobody answers for.
+      { image: { name: '127.0.0.1:1/nothing/here:1', pull_policy: ['always'] }, line: /ERROR: failed to pull image "127\.0\.0\.1:1\/nothing\/here:1" with specified policies \[always\]: .*(connection refused|dial tcp)/i },
     ];
     const ids = cases.map((c) => gitlab.enqueue({ runnerToken: TOKEN, git: false, image: c.image, script: ['echo should-not-run'] }));
     for (const [i, id] of ids.entries()) {

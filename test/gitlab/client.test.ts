@@ -123,7 +123,9 @@ describe('features offered to GitLab', () => {
     const shell = await offered({ executor: 'shell' });
     expect(shell).toMatchObject({ executor: 'custom', artifacts: true, upload_multiple_artifacts: true, upload_raw_artifacts: true, artifacts_exclude: true, image: false, services: false, cache: false, fallback_cache_keys: false, trace_sections: true });
     expect(await offered({ executor: 'docker', cache: true })).toMatchObject({ executor: 'docker', image: true, services: true, service_variables: true, service_multiple_aliases: true, image_executor_opts: true, cache: true, fallback_cache_keys: true });
-    expect(await offered({ executor: 'shell', windows: true, cache: true })).toMatchObject({ artifacts: false, upload_multiple_artifacts: false, cache: false, image: false });
+    expect(shell).toMatchObject({ multi_build_steps: true, return_exit_code: true, refspecs: true, raw_variables: true, masking: true });
+    // The PowerShell script runs no release step: a Windows class does not take jobs with one.
+    expect(await offered({ executor: 'shell', windows: true, cache: true })).toMatchObject({ artifacts: false, upload_multiple_artifacts: false, cache: false, image: false, multi_build_steps: false });
   });
 });
 

@@ -148,6 +148,25 @@ describe('buildBashScript', () => {
     expect(r.out).toMatch(/^after in \/.*\/builds\/demo\/project with after-var$/m);
   });
 
+  it('runs a release step after script in its own stage, only when script passed; its failure is the job\'s', async () => {
+    const stages = (out: string) => [...out.matchAll(/section_start:\d+:(\w+)/g)].map((m) => m[1]);
+    const ok = await take({ script: ['echo built'], release: ['echo "releasing $RV"'], afterScript: ['echo "after $CI_JOB_STATUS"'], variables: [{ key: 'RV', value: 'v1' }], git: false });
+    const r = await bash(buildBashScript(ok));
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^releasing v1$/m);
+    expect(stages(r.out)).toEqual(['prepare_script', 'get_sources', 'step_script', 'step_release', 'after_script', 'cleanup_file_variables']);
+    expect(r.out).toMatch(/section_end:\d+:step_release/);
+    const scriptFails = await take({ script: ['exit 3'], release: ['echo never-released'], git: false });
+    const f = await bash(buildBashScript(scriptFails));
+    expect(f.code).toBe(3);
+    expect(f.out).not.toMatch(/^never-released$/m);
+    expect(stages(f.out)).not.toContain('step_release');
+    const releaseFails = await take({ script: ['true'], release: ['exit 5'], afterScript: ['echo "after $CI_JOB_STATUS"'], git: false });
+    const g = await bash(buildBashScript(releaseFails));
+    expect(g.code).toBe(5);
+    expect(g.out).toMatch(/^after failed$/m);
+  });
+
   it('runs commands in order with their $ echo lines, and stderr is in the same stream', async () => {
     const job = await take({ script: ['echo out-1', 'echo err-1 >&2', 'echo out-2'], git: false });
     const r = await bash(buildBashScript(job));

@@ -14,6 +14,8 @@ export interface EnqueueSpec {
   name?: string;
   script: string[];
   afterScript?: string[];
+  /** A `release` step (GitLab sends it, between script and after_script, to runners with multi_build_steps). */
+  release?: string[];
   variables?: { key: string; value: string; masked?: boolean; file?: boolean; public?: boolean }[];
   timeoutS?: number;
   /** Fetch the emulator's git repository (default true); false sets GIT_STRATEGY=none. */
@@ -404,6 +406,7 @@ export async function startGitLabEmulator(opts: {
       variables: vars,
       steps: [
         { name: 'script', script: spec.script, timeout, when: 'on_success', allow_failure: false },
+        ...(spec.release ? [{ name: 'release', script: spec.release, timeout, when: 'on_success', allow_failure: false }] : []),
         ...(spec.afterScript ? [{ name: 'after_script', script: spec.afterScript, timeout: 300, when: 'always', allow_failure: true }] : []),
       ],
       image: spec.image ?? null,
