@@ -64,7 +64,8 @@ export class GitLabHttpError extends Error {
 }
 
 /**
- * Features this runner supports, named as GitLab Runner's FeaturesInfo. GitLab uses them to
+ * Features this runner supports, named as GitLab Runner's FeaturesInfo (only those names: GitLab's
+ * `trace_sections` is a flag it sends in the job payload, not a runner feature). GitLab uses them to
  * shape the payload; `cancel_gracefully` makes a cancel go through `canceling`, so the job can
  * still send its trace and final state.
  */
@@ -99,7 +100,6 @@ const FEATURES = {
   native_steps_integration: false,
   two_phase_job_commit: false,
   fallback_cache_keys: false,
-  trace_sections: true,
 };
 
 export type RunnerExecutor = 'shell' | 'docker';

@@ -73,7 +73,7 @@ describe.skipIf(why !== null)('docker executor', () => {
     const final = await gitlab.waitForFinal(id, 60_000);
     expect(final.state, final.trace).toBe('success');
     expect(final.runnerInfo?.executor).toBe('docker');
-    expect(final.runnerInfo?.features).toMatchObject({ image: true, services: true, service_variables: true, trace_sections: true });
+    expect(final.runnerInfo?.features).toMatchObject({ image: true, services: true, service_variables: true });
     const t = final.trace;
     expect(t).toContain(`Using Docker executor with image ${TEST_IMAGE}`);
     expect(t).toContain(`greeting=it's "quoted" project=/builds/demo/project builds=/builds`);
