@@ -99,6 +99,25 @@ describe.each(['gcs', 's3'] as const)('distributed cache on %s', (type) => {
     expect(prot.trace).toContain('cache-hit: protected-secret');
   });
 
+  it('saves a cache by its when: on_failure and always after a failed script, never on_success', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      git: false,
+      script: ['mkdir -p vendor && echo from-failed > vendor/dep.txt', 'exit 2'],
+      cache: [
+        { key: 'fail-1-non_protected', paths: ['vendor/'], policy: 'push', when: 'on_failure' },
+        { key: 'always-1-non_protected', paths: ['vendor/'], policy: 'push', when: 'always' },
+        { key: 'success-1-non_protected', paths: ['vendor/'], policy: 'push', when: 'on_success' },
+      ],
+    });
+    const final = await gitlab.waitForFinal(id, 60_000);
+    expect([final.state, final.exitCode], final.trace).toEqual(['failed', 2]);
+    expect(final.trace).toMatch(/section_start:\d+:archive_cache_on_failure/);
+    const keys = [...buckets.objects('rf-cache').keys()];
+    expect(keys).toEqual(expect.arrayContaining(['shard-a/project/42/fail-1-non_protected', 'shard-a/project/42/always-1-non_protected']));
+    expect(keys).not.toContain('shard-a/project/42/success-1-non_protected');
+  });
+
   it('rides out a bucket answering 503, and a failed save does not fail the job', async () => {
     buckets.faults.failNext = { status: 503, times: 1 };
     const ok = await run({ cache: [{ key: 'deps-1-non_protected', paths: ['vendor/'], policy: 'pull' }] });

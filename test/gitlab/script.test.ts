@@ -167,6 +167,18 @@ describe('buildBashScript', () => {
     expect(g.out).toMatch(/^after failed$/m);
   });
 
+  it('gives the job gitlab.tlsCaFile as the file variable CI_SERVER_TLS_CA_FILE, and git trusts it', async () => {
+    const pem = '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n';
+    const job = await take({ script: ['cat "$CI_SERVER_TLS_CA_FILE"', 'echo "builds=$CI_BUILDS_DIR project=$CI_PROJECT_DIR"'], git: false });
+    const r = await bash(buildBashScript(job, { tlsCa: pem }));
+    expect(r.code).toBe(0);
+    expect(r.out).toContain(pem);
+    expect(r.out).toMatch(/^builds=\/.*\/builds project=\/.*\/builds\/demo\/project$/m);
+    const withGit = await take({ script: ['true'] });
+    expect(buildBashScript(withGit, { tlsCa: pem })).toContain('export GIT_SSL_CAINFO="$CI_SERVER_TLS_CA_FILE"');
+    expect((await bash(buildBashScript(job))).out).not.toContain('BEGIN CERTIFICATE');
+  });
+
   it('runs commands in order with their $ echo lines, and stderr is in the same stream', async () => {
     const job = await take({ script: ['echo out-1', 'echo err-1 >&2', 'echo out-2'], git: false });
     const r = await bash(buildBashScript(job));
