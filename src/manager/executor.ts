@@ -15,7 +15,7 @@ import { namespaceIds, pipelineId, type JobPayload } from '../gitlab/job-payload
 import { MaskAutomaton, Masker } from '../gitlab/mask.js';
 import { ignoredWarning, maskPlan } from '../gitlab/masked-values.js';
 import { buildPowerShellScript, powerShellCommand, powerShellStdin } from '../gitlab/powershell.js';
-import { buildBashScript, unbuiltJobScript, type ScriptOptions } from '../gitlab/script.js';
+import { buildBashScript, extraSteps, unbuiltJobScript, type ScriptOptions } from '../gitlab/script.js';
 import type { SignedCacheEntry } from '../gitlab/cache-script.js';
 import { cachePlan } from '../cache/plan.js';
 import type { CacheSigner } from '../cache/signer.js';
@@ -695,10 +695,12 @@ const RUNNER_EXECUTABLE_ARCH = `${process.platform}/${process.arch === 'x64' ? '
 
 /**
  * What a Windows job asks that its PowerShell script cannot do yet: artifacts and dependencies'
- * artifacts (claimed to GitLab only by bash classes). Refused, naming it, rather than run with
- * its artifacts silently dropped.
+ * artifacts, and steps besides script/after_script such as `release` (claimed to GitLab only by
+ * bash classes). Refused, naming it, rather than run with its artifacts or release silently dropped.
  */
 export function windowsUnsupported(job: JobPayload): string | null {
+  const extra = extraSteps(job);
+  if (extra.length) return `the ${extra.map((s) => s.stage.replace(/^step_/, '')).join(', ')} step is not supported on Windows classes yet`;
   if (job.artifacts?.length) return 'artifacts are not supported on Windows classes yet (the job declares artifacts:)';
   if (job.dependencies?.some((d) => d.artifacts_file)) return "artifacts are not supported on Windows classes yet (the job needs a dependency's artifacts)";
   return null;

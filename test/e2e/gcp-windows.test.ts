@@ -183,8 +183,15 @@ describe('a Windows job on the gcp provider (GCE emulator)', () => {
     const final = await gitlab.waitForFinal(id, 30_000);
     expect([final.state, final.failureReason]).toEqual(['failed', 'runner_unsupported']);
     expect(final.trace).toContain('ERROR: Job failed: artifacts are not supported on Windows classes yet (the job declares artifacts:)');
-    expect(final.runnerInfo?.features).toMatchObject({ artifacts: false });
+    expect(final.runnerInfo?.features).toMatchObject({ artifacts: false, multi_build_steps: false });
     expect(() => received(id)).toThrow(/no job script received/);
     await expectCleanedUp(id);
+    // A release step (GitLab would not send one to a runner without multi_build_steps) is refused too, not skipped.
+    const rel = gitlab.enqueue({ runnerToken: TOKEN, git: false, script: ['Write-Output never'], release: ['release-cli create'] });
+    const r = await gitlab.waitForFinal(rel, 30_000);
+    expect([r.state, r.failureReason]).toEqual(['failed', 'runner_unsupported']);
+    expect(r.trace).toContain('ERROR: Job failed: the release step is not supported on Windows classes yet');
+    expect(() => received(rel)).toThrow(/no job script received/);
+    await expectCleanedUp(rel);
   });
 });
