@@ -15,8 +15,29 @@ const { loadConfigFile } = await load('src/config/load.js');
 const { gceConnectOverride } = await load('emulators/connect-override.js');
 const { createLogger } = await load('src/isolation/redact.js');
 const { startShard } = await load('src/manager/shard.js');
+const { tuneHeap } = await load('src/cli/heap.js');
+// RF_ALLOC_PROFILE=<file>: SIGWINCH starts V8's sampling heap profiler counting every allocation
+// (also those the GCs collected: where the garbage comes from), the next SIGWINCH writes it.
+if (process.env.RF_ALLOC_PROFILE) {
+  const { Session } = await import('node:inspector/promises');
+  const { writeFileSync } = await import('node:fs');
+  const session = new Session();
+  session.connect();
+  let on = false;
+  process.on('SIGWINCH', async () => {
+    if (!on) {
+      on = true;
+      await session.post('HeapProfiler.startSampling', { samplingInterval: 16384, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+    } else {
+      const { profile } = await session.post('HeapProfiler.stopSampling');
+      writeFileSync(process.env.RF_ALLOC_PROFILE, JSON.stringify(profile));
+      on = false;
+    }
+  });
+}
 const config = loadConfigFile(configPath);
 const log = createLogger({ level: config.log.level, shard: config.shard });
+tuneHeap(); // as `runner-fleet start` does
 const shard = await startShard({ config, log, waitActive: false, connectOverride: gceConnectOverride(gceDataDir) });
 process.exitCode = await untilSignal(shard, log);
 setTimeout(() => process.exit(), 200).unref();

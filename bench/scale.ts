@@ -41,6 +41,9 @@ const { values } = parseArgs({
     dist: { type: 'string' },
     json: { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
+    'heap-snapshot': { type: 'boolean', default: false },
+    /** Extra node/V8 flags for the manager under test, space-separated (e.g. "--max-semi-space-size=8"). */
+    'node-flags': { type: 'string', default: '' },
     'skip-idle': { type: 'boolean', default: false },
     'skip-baseline': { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
@@ -103,8 +106,9 @@ const dist = values.dist ? resolve(values.dist) : join(root, '.bench-dist');
 if (!values.dist) {
   say('compiling src/ and emulators/ to .bench-dist/ (tsconfig.bench.json)');
   execFileSync(join(root, 'node_modules/.bin/tsc'), ['-p', join(root, 'tsconfig.bench.json')], { stdio: 'inherit' });
-  // The migrations are found two levels above src/db/, as from dist/db/ in production.
-  if (!existsSync(join(dist, 'sql'))) symlinkSync(join(root, 'sql'), join(dist, 'sql'));
+  // The migrations and package.json are found two levels above src/db/ and src/api/, as from
+  // dist/db/ and dist/api/ in production.
+  for (const f of ['sql', 'package.json']) if (!existsSync(join(dist, f))) symlinkSync(join(root, f), join(dist, f));
 }
 const load = <T>(m: string): Promise<T> => import(pathToFileURL(join(dist, m)).href) as Promise<T>;
 const { startGceEmulator } = await load<GceModule>('emulators/gce/server.js');
@@ -137,7 +141,7 @@ interface Manager {
   stop(): Promise<void>;
 }
 
-function startManager(o: { name: string; dbUrl: string | undefined; gitlab: string; gce: string; gceDir: string; idle: number; max: number; port: number; profileDir?: string }): Manager {
+function startManager(o: { name: string; dbUrl: string | undefined; gitlab: string; gce: string; gceDir: string; idle: number; max: number; port: number; profileDir?: string; snapshotDir?: string }): Manager {
   const dir = join(work, o.name);
   mkdirSync(dir, { recursive: true });
   const cfg = join(dir, 'config.yaml');
@@ -163,8 +167,11 @@ log: { level: warn }
 `,
   );
   const prof = o.profileDir ? ['--cpu-prof', '--cpu-prof-dir', o.profileDir, '--heap-prof', '--heap-prof-dir', o.profileDir] : [];
+  // SIGUSR2 writes a heap snapshot of the steady state (the heap profile is written at exit).
+  if (o.snapshotDir) prof.push('--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${o.snapshotDir}`);
   const out = createWriteStream(join(dir, 'manager.log'));
-  const proc = spawn(process.execPath, [...prof, join(root, 'bench/scale-manager.mjs'), dist, cfg, o.gceDir], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+  const extra = values['node-flags'].split(/\s+/).filter(Boolean);
+  const proc = spawn(process.execPath, [...extra, ...prof, join(root, 'bench/scale-manager.mjs'), dist, cfg, o.gceDir], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout!.pipe(out);
   proc.stderr!.pipe(out);
   const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
@@ -191,6 +198,22 @@ log: { level: warn }
     clearTimeout(t);
   };
   return { proc, port: o.port, exited, sample, metrics, stop };
+}
+
+/** Signals the manager to write a heap snapshot and waits until it answers again (it blocks while writing). */
+async function heapSnapshot(m: Manager, dir: string): Promise<string | undefined> {
+  m.proc.kill('SIGUSR2');
+  const end = Date.now() + 300_000;
+  while (Date.now() < end) {
+    await sleep(1000);
+    const file = readdirSync(dir).find((f) => f.endsWith('.heapsnapshot'));
+    if (file && (await m.metrics().then(() => true, () => false))) {
+      say(`heap snapshot of the steady state: ${join(dir, file)}`);
+      return join(dir, file);
+    }
+  }
+  say('no heap snapshot within 300 s');
+  return undefined;
 }
 
 /** Sum of runner_fleet_vms over classes for one state. */
@@ -326,7 +349,9 @@ try {
   const db = await freshPostgres();
   cleanups.push(db.drop);
   const profileDir = values.profile ? join(work, 'profile') : undefined;
-  const m = startManager({ name: 'scale', dbUrl: db.url, gitlab: gitlab.url, gce: gce.url, gceDir, idle: WARM, max: WARM, port: await freePort(), ...(profileDir ? { profileDir } : {}) });
+  const snapshotDir = values['heap-snapshot'] ? join(work, 'snapshot') : undefined;
+  if (snapshotDir) mkdirSync(snapshotDir, { recursive: true });
+  const m = startManager({ name: 'scale', dbUrl: db.url, gitlab: gitlab.url, gce: gce.url, gceDir, idle: WARM, max: WARM, port: await freePort(), ...(profileDir ? { profileDir } : {}), ...(snapshotDir ? { snapshotDir } : {}) });
   const samp = sampler(m);
   const warmMs = await waitReady(m, WARM, 30 * 60_000);
   say(`${WARM} warm VMs ready ${(warmMs / 1000).toFixed(1)} s after the manager started`);
@@ -379,9 +404,11 @@ try {
   const lagAtRun = benchLag.snapshot();
   const LAG = 'runner_fleet_event_loop_lag_seconds';
   const managerLagBefore = histogramBuckets(await m.metrics().then((r) => r.text, () => ''), LAG);
+  if (process.env['RF_ALLOC_PROFILE']) m.proc.kill('SIGWINCH');
   const scraped = await new Promise<{ ms: number[]; errors: string[]; bytes: number }>((res, rej) => {
     execFile(process.execPath, [join(root, 'bench/scale-scraper.mjs'), `http://127.0.0.1:${m.port}/metrics`, String(RUN_S), '200'], { encoding: 'utf8', timeout: (RUN_S + 60) * 1000 }, (err, out) => (err ? rej(err) : res(JSON.parse(out))));
   });
+  if (process.env['RF_ALLOC_PROFILE']) m.proc.kill('SIGWINCH');
   const scrapes = scraped.ms;
   const scrapeErrors = scraped.errors;
   const runTo = Date.now();
@@ -406,6 +433,22 @@ try {
   // Trouble the figures would hide: lease step-downs, jobs failed back, errors in the log.
   const counters = await m.metrics().then((r) => r.text, () => m.metrics().then((r) => r.text, () => ''));
   const sumOf = (name: string) => [...counters.matchAll(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'gm'))].reduce((a, x) => a + Number(x[1]), 0);
+  // Where the RSS is: V8's heap (used of committed), buffers outside it, the rest native (malloc, code).
+  const gauge = (name: string) => sumOf(`runner_fleet_${name}`) / 1048576;
+  report['memory'] = {
+    rssMiB: gauge('process_resident_memory_bytes'),
+    heapUsedMiB: gauge('nodejs_heap_size_used_bytes'),
+    heapTotalMiB: gauge('nodejs_heap_size_total_bytes'),
+    externalMiB: gauge('nodejs_external_memory_bytes'),
+    /** V8's spaces, committed / used (MiB): where heapTotal exceeds heapUsed. */
+    spaces: Object.fromEntries(
+      [...counters.matchAll(/^runner_fleet_nodejs_heap_space_size_total_bytes\{[^}]*space="([^"]+)"[^}]*\} (\S+)$/gm)].map((x) => {
+        const used = new RegExp(`^runner_fleet_nodejs_heap_space_size_used_bytes\\{[^}]*space="${x[1]}"[^}]*\\} (\\S+)$`, 'm').exec(counters);
+        return [x[1], `${(Number(x[2]) / 1048576).toFixed(0)}/${(Number(used?.[1] ?? NaN) / 1048576).toFixed(0)}`];
+      }),
+    ),
+  };
+  say(`memory with ${running} running: ${JSON.stringify(report['memory'])}`);
   report['trouble'] = {
     stepDowns: sumOf('runner_fleet_shard_step_downs_total'),
     takeovers: sumOf('runner_fleet_shard_takeovers_total'),
@@ -413,6 +456,7 @@ try {
     vmFailures: sumOf('runner_fleet_vm_failures_total'),
     logErrors: logProblems(join(work, 'scale', 'manager.log')),
   };
+  if (snapshotDir) report['heapSnapshot'] = await heapSnapshot(m, snapshotDir);
   writeFileSync(stopFile, '');
   const end = Date.now() + 180_000;
   while (Date.now() < end && ids.some((id) => !FINAL.has(gitlab.job(id).state))) await sleep(500);
@@ -526,6 +570,6 @@ if (prof) {
   process.stdout.write(`profiles kept in ${prof.dir}\n`);
 }
 if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
-if (!values.keep && !prof) rmSync(work, { recursive: true, force: true });
+if (!values.keep && !prof && !report['heapSnapshot']) rmSync(work, { recursive: true, force: true });
 else say(`work directory kept: ${work}`);
 process.exit(0);

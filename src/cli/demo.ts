@@ -11,6 +11,7 @@ import { startGitLabEmulator } from '../emulators/gitlab/server.js';
 import { startBucketEmulator } from '../emulators/buckets/server.js';
 import { BUSYBOX_IMAGE, dockerUnavailable, ensureBusyboxImage } from '../emulators/docker-image.js';
 import { createLogger } from '../isolation/redact.js';
+import { tuneHeap } from './heap.js';
 import { startShard } from '../manager/shard.js';
 import { untilSignal } from './signals.js';
 
@@ -78,6 +79,7 @@ export async function runDemo(args: string[]): Promise<number> {
   else ensureBusyboxImage();
   const config = parseConfig(demoConfigYaml({ gitlabUrl: gitlab.url, listen: values.listen!, dataDir, bootDelay: values['boot-delay']!, bucketUrl: buckets.url, docker: !noDocker }));
   // demo: no secrets key needed (a key kept in the database, with a warning).
+  tuneHeap();
   const shard = await startShard({ config, log, demo: true });
   const feed = startDemoFeed(gitlab, {
     runnerTokens: { 'saas-linux-small-amd64': 'demo-small-token', 'saas-linux-medium-amd64': 'demo-medium-token' },

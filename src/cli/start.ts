@@ -2,6 +2,7 @@
 import { parseArgs } from 'node:util';
 import { ConfigError } from '../config/types.js';
 import { createLogger } from '../isolation/redact.js';
+import { tuneHeap } from './heap.js';
 import { startShard, type Shard } from '../manager/shard.js';
 import { UsageError, loadOrExplain } from './args.js';
 import { untilSignal } from './signals.js';
@@ -16,6 +17,7 @@ export async function start(args: string[]): Promise<number> {
   // A second manager with the same config waits as standby, serving /readyz (503) and /metrics.
   let shard: Shard;
   try {
+    tuneHeap();
     shard = await startShard({ config, log, waitActive: false });
   } catch (err) {
     // What start-up checks of the config found (no secrets key, an unreadable key file).

@@ -161,6 +161,12 @@ async function discard(body: ReadableStream | ReadableStreamDefaultReader | null
   clearTimeout(timer);
 }
 
+/** For answers read by their status and headers alone. */
+const discarded = async (res: Response): Promise<Response> => {
+  await discard(res.body);
+  return res;
+};
+
 async function readCapped(res: Response, max: number): Promise<{ text: string; over: boolean }> {
   const reader = res.body?.getReader();
   if (!reader) return { text: '', over: false };
@@ -182,8 +188,11 @@ export class GitLabClient {
   private readonly base: string;
   private readonly lastUpdate = new Map<string, string>();
 
+  private readonly userAgent: string;
+
   constructor(private readonly o: GitLabClientOptions) {
     this.base = o.url.replace(/\/+$/, '');
+    this.userAgent = `runner-fleet ${o.version ?? RUNNER_VERSION} (${platform()}/${arch() === 'x64' ? 'amd64' : arch()})`;
   }
 
   private info(kind: RunnerKind = { executor: 'shell' }) {
@@ -200,8 +209,11 @@ export class GitLabClient {
     };
   }
 
-  /** One HTTP call with timeout and bounded retries of transient failures. */
-  private async call(what: string, path: string, init: { method: string; headers?: Record<string, string>; body?: string | Buffer; signal?: AbortSignal | undefined }): Promise<Response> {
+  /**
+   * One HTTP call with timeout and bounded retries of transient failures. `read` takes what it
+   * needs of the answer (or discards its body) under the same timeout, which ends with it.
+   */
+  private async call<T>(what: string, path: string, init: { method: string; headers?: Record<string, string>; body?: string | Buffer; signal?: AbortSignal | undefined }, read: (res: Response) => Promise<T>): Promise<T> {
     return pRetry(
       async () => {
         if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
@@ -210,26 +222,35 @@ export class GitLabClient {
         const untilAnswer = new AbortController();
         const cut = () => untilAnswer.abort();
         init.signal?.addEventListener('abort', cut, { once: true });
-        let res: Response;
+        const limit = deadline(this.o.timeoutMs, untilAnswer.signal);
         try {
-          const headers = { 'user-agent': `runner-fleet ${this.o.version ?? RUNNER_VERSION} (${platform()}/${this.info().architecture})`, ...init.headers };
-          // redirect: manual: following one would send the job token (a header) wherever Location points.
-          res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, redirect: 'manual', signal: deadline(this.o.timeoutMs, untilAnswer.signal) });
-        } catch (err) {
-          if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
-          const e = err as Error & { cause?: { code?: string; message?: string } };
-          // undici says only "fetch failed"; the cause names the real problem (ECONNREFUSED ...).
-          const why = e.name === 'TimeoutError' ? `no answer within ${this.o.timeoutMs} ms` : `${e.message}${e.cause ? ` (${e.cause.code ?? e.cause.message})` : ''}`;
-          // undici puts the whole URL (user:password, query) in some messages.
-          throw new Error(`${what}: ${scrubUrls(why, [this.o.url])}`);
+          let res: Response;
+          try {
+            const headers = { 'user-agent': this.userAgent, ...init.headers };
+            // redirect: manual: following one would send the job token (a header) wherever Location points.
+            res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, redirect: 'manual', signal: limit.signal });
+          } catch (err) {
+            if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
+            const e = err as Error & { cause?: { code?: string; message?: string } };
+            // undici says only "fetch failed"; the cause names the real problem (ECONNREFUSED ...).
+            const why = e.name === 'TimeoutError' ? `no answer within ${this.o.timeoutMs} ms` : `${e.message}${e.cause ? ` (${e.cause.code ?? e.cause.message})` : ''}`;
+            // undici puts the whole URL (user:password, query) in some messages.
+            throw new Error(`${what}: ${scrubUrls(why, [this.o.url])}`);
+          } finally {
+            init.signal?.removeEventListener('abort', cut);
+          }
+          if (res.status >= 500 || res.status === 429) {
+            await discard(res.body);
+            throw new GitLabHttpError(res.status, `${what}: HTTP ${res.status}`);
+          }
+          // What goes wrong reading an answer is not retried: the call was answered (a job handed
+          // out stays handed out), so the caller decides.
+          return await read(res).catch((err: unknown) => {
+            throw new AbortError(err instanceof Error ? err : new Error(String(err)));
+          });
         } finally {
-          init.signal?.removeEventListener('abort', cut);
+          limit.clear();
         }
-        if (res.status >= 500 || res.status === 429) {
-          await discard(res.body);
-          throw new GitLabHttpError(res.status, `${what}: HTTP ${res.status}`);
-        }
-        return res;
       },
       {
         retries: this.o.retries ?? 4,
@@ -249,21 +270,23 @@ export class GitLabClient {
   async requestJob(runnerToken: string, signal?: AbortSignal, kind: RunnerKind = { executor: 'shell' }): Promise<RequestJobResult> {
     const key = runnerToken; // kept in memory only
     const body = JSON.stringify({ token: runnerToken, system_id: this.o.systemId, info: this.info(kind), last_update: this.lastUpdate.get(key) ?? '' });
-    const res = await this.call('job request', '/api/v4/jobs/request', { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal });
+    const max = this.o.maxPayloadBytes ?? 64 * 1024 * 1024;
+    const { res, payload } = await this.call('job request', '/api/v4/jobs/request', { method: 'POST', headers: { 'content-type': 'application/json' }, body, signal }, async (res) => {
+      if (res.status === 201) return { res, payload: await readCapped(res, max) };
+      await discard(res.body);
+      return { res, payload: undefined };
+    });
     const lu = res.headers.get('x-gitlab-last-update');
     if (lu) this.lastUpdate.set(key, lu);
-    if (res.status === 201) {
+    if (payload) {
       // The payload validator names the problem; the reason never quotes the body (it holds secrets).
-      const max = this.o.maxPayloadBytes ?? 64 * 1024 * 1024;
-      const body = await readCapped(res, max);
-      if (body.over) return { kind: 'job', raw: new UnreadablePayload(`larger than ${max} bytes`, body.text) };
+      if (payload.over) return { kind: 'job', raw: new UnreadablePayload(`larger than ${max} bytes`, payload.text) };
       try {
-        return { kind: 'job', raw: JSON.parse(body.text) };
+        return { kind: 'job', raw: JSON.parse(payload.text) };
       } catch {
-        return { kind: 'job', raw: new UnreadablePayload(`not valid JSON (${Buffer.byteLength(body.text)} bytes, cut off or corrupted)`, body.text.slice(0, 512)) };
+        return { kind: 'job', raw: new UnreadablePayload(`not valid JSON (${Buffer.byteLength(payload.text)} bytes, cut off or corrupted)`, payload.text.slice(0, 512)) };
       }
     }
-    await discard(res.body);
     if (res.status === 204 || res.status === 409) return { kind: 'none' };
     if (res.status === 403 || res.status === 401) return { kind: 'forbidden' };
     throw new GitLabHttpError(res.status, `job request: unexpected HTTP ${res.status}`);
@@ -275,8 +298,7 @@ export class GitLabClient {
       method: 'PATCH',
       headers: { 'job-token': jobToken, 'content-type': 'text/plain', 'content-range': `${offset}-${end}` },
       body: chunk,
-    });
-    await discard(res.body);
+    }, discarded);
     const jobStatus = res.headers.get('job-status') ?? undefined;
     const interval = updateInterval(res);
     const common = { status: res.status, ...(jobStatus ? { jobStatus } : {}), ...(interval ? { updateIntervalMs: interval } : {}) };
@@ -302,8 +324,7 @@ export class GitLabClient {
       ...(u.exitCode !== undefined ? { exit_code: u.exitCode } : {}),
       ...(u.checksum ? { checksum: u.checksum, output: { checksum: u.checksum, bytesize: u.bytesize ?? 0 } } : {}),
     });
-    const res = await this.call(`update of job ${jobId}`, `/api/v4/jobs/${jobId}`, { method: 'PUT', headers: { 'job-token': jobToken, 'content-type': 'application/json' }, body });
-    await discard(res.body);
+    const res = await this.call(`update of job ${jobId}`, `/api/v4/jobs/${jobId}`, { method: 'PUT', headers: { 'job-token': jobToken, 'content-type': 'application/json' }, body }, discarded);
     const jobStatus = res.headers.get('job-status') ?? undefined;
     const interval = updateInterval(res);
     const common = { canceled: isCanceled(jobStatus), ...(jobStatus ? { jobStatus } : {}), ...(interval ? { updateIntervalMs: interval } : {}) };

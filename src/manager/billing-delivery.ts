@@ -196,13 +196,15 @@ export class BillingDelivery {
     await pRetry(
       async () => {
         const timestamp = Math.floor(this.now() / 1000);
+        const limit = deadline(this.d.requestTimeoutMs ?? 15_000, this.hardAbort.signal);
+        try {
         const res = await fetch(sink.url, {
           method: 'POST',
           headers: { 'content-type': 'application/json', [TIMESTAMP_HEADER]: String(timestamp), [SIGNATURE_HEADER]: signBody(sink.secret, timestamp, body), 'user-agent': 'runner-fleet-billing' },
           body,
           // A redirect would send the signed batch somewhere the operator did not configure.
           redirect: 'manual',
-          signal: deadline(this.d.requestTimeoutMs ?? 15_000, this.hardAbort.signal),
+          signal: limit.signal,
         });
         const text = await res.text().catch(() => '');
         if (res.ok) return;
@@ -211,6 +213,9 @@ export class BillingDelivery {
         const msg = `HTTP ${res.status} from ${where}: ${text.slice(0, 200)}`;
         if (res.status >= 400 && res.status < 500 && res.status !== 408 && res.status !== 429) throw new AbortError(new SinkRejected(msg));
         throw new Error(msg);
+        } finally {
+          limit.clear();
+        }
       },
       // Not p-retry's `signal`: it rejects even an attempt that succeeded when the signal fires
       // during it, which would leave a batch the receiver acknowledged unrecorded.
