@@ -152,18 +152,25 @@ describe.skipIf(why !== null)('docker executor', () => {
     expect(t.trace).toMatch(/^built in root$/m);
   });
 
-  it('cancel stops every container of the job, services included', async () => {
+  it('cancel runs after_script in the job image (CI_JOB_STATUS=canceled, services still reachable), then stops every container of the job', async () => {
     const id = gitlab.enqueue({
       runnerToken: TOKEN,
       git: false,
-      services: [{ name: TEST_IMAGE, alias: 'sleeper', command: ['sleep', '600'] }],
+      services: [
+        { name: TEST_IMAGE, alias: 'sleeper', command: ['sleep', '600'] },
+        { name: TEST_IMAGE, alias: 'web', command: HTTP_SERVICE, variables: [{ key: 'SVC_WORD', value: 'after' }], ports: [{ number: 80 }] },
+      ],
       script: ['echo started-long', 'sleep 600'],
+      afterScript: ['echo "after status=$CI_JOB_STATUS in $(cat /etc/hostname | head -c 0)$CI_PROJECT_DIR"', 'wget -q -O - http://web/; echo'],
     });
     await gitlab.waitFor(id, (j) => j.trace.includes('started-long'), 60_000);
-    expect(jobContainers(id).length).toBe(2); // the build container and the service
+    expect(jobContainers(id).length).toBe(3); // the build container and the services
     gitlab.cancel(id);
     const final = await gitlab.waitForFinal(id, 30_000);
     expect(final.state).toBe('canceled');
+    expect(final.trace).toContain('after status=canceled in /builds/demo/project');
+    expect(final.trace).toMatch(/^from-after$/m); // the service outlived the killed script for the after_script
+    expect(final.trace.indexOf('from-after')).toBeLessThan(final.trace.indexOf('ERROR: Job was canceled'));
     await waitUntil(() => jobContainers(id).length === 0, 15_000, 'the canceled job containers removed');
   });
 
