@@ -174,6 +174,31 @@ describe.skipIf(why !== null)('docker executor', () => {
     await waitUntil(() => jobContainers(id).length === 0, 15_000, 'the canceled job containers removed');
   });
 
+  it('runs the job image through its entrypoint, and services as the executor_opts user', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      git: false,
+      image: { name: TEST_IMAGE, pull_policy: ['if-not-present'], entrypoint: ['/bin/sh', '-c', 'echo "entrypoint-ran"; export FROM_ENTRYPOINT=yes; exec "$@"', 'rf-entrypoint'] },
+      services: [
+        {
+          name: TEST_IMAGE,
+          alias: 'uidsvc',
+          // It serves (/etc, unwritable to it) only when it runs as the executor_opts user.
+          command: ['sh', '-c', 'test "$(id -u)" = 1234 || { echo "service runs as uid $(id -u)"; exit 1; }; exec httpd -f -p 8080 -h /etc'],
+          ports: [{ number: 8080 }],
+          executor_opts: { docker: { user: '1234' } },
+        },
+      ],
+      script: ['echo "from-entrypoint=$FROM_ENTRYPOINT job-uid=$(id -u)"', 'wget -q -O - http://uidsvc:8080/passwd >/dev/null && echo served-by-uid-1234'],
+    });
+    const final = await gitlab.waitForFinal(id, 60_000);
+    expect(final.state, final.trace).toBe('success');
+    expect(final.runnerInfo?.features).toMatchObject({ service_executor_opts: true, image_executor_opts: true });
+    expect(final.trace).toMatch(/^entrypoint-ran$/m);
+    expect(final.trace).toContain('from-entrypoint=yes job-uid=0');
+    expect(final.trace).toMatch(/^served-by-uid-1234$/m);
+  });
+
   it('a timeout stops the containers too', async () => {
     const id = gitlab.enqueue({ runnerToken: TOKEN, git: false, timeoutS: 4, script: ['echo started-timed', 'sleep 600'] });
     await gitlab.waitFor(id, (j) => j.trace.includes('started-timed'), 60_000);
