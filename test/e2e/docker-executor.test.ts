@@ -65,7 +65,7 @@ describe.skipIf(why !== null)('docker executor', () => {
         'wget -q -O - http://web/; echo',
         'wget -q -O - http://rf-test-busybox/; echo',
         'ls /usr/bin/git 2>/dev/null || echo no-git-in-image',
-        'echo "runner=$CI_RUNNER_VERSION id=$CI_RUNNER_ID"',
+        'echo "runner=$CI_RUNNER_VERSION id=$CI_RUNNER_ID tags=$CI_RUNNER_TAGS"',
       ],
       release: ['echo "release in $CI_PROJECT_DIR"'],
       afterScript: ['echo "after status=$CI_JOB_STATUS"'],
@@ -81,7 +81,7 @@ describe.skipIf(why !== null)('docker executor', () => {
     expect(t).toContain('repo-in-container'); // git ran on the VM, into the mounted build dir
     expect(t).toContain('no-git-in-image');
     expect(t.match(/from-service/g)?.length).toBe(2); // by alias and by the name derived from the image
-    expect(t).toMatch(/runner=\d+\.\d+\.\d+ id=1/);
+    expect(t).toMatch(/runner=\d+\.\d+\.\d+ id=1 tags=\["linux", "amd64"\]/);
     expect(t).toContain('after status=success');
     expect(t).toContain('release in /builds/demo/project'); // GitLab's release step, in the job image
     for (const s of ['prepare_executor', 'get_sources', 'step_script', 'step_release', 'after_script', 'cleanup_file_variables']) {

@@ -48,10 +48,11 @@ describe.each(databaseKinds())('job loop on %s', (kind) => {
   }
 
   it('runs a passing job: the trace holds its output and GitLab sees success', async () => {
-    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo "hello from $CI_JOB_NAME"', 'test -f README.md && echo repo-checked-out'], name: 'greet' });
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo "hello from $CI_JOB_NAME"', 'test -f README.md && echo repo-checked-out', 'echo "runner tags: $CI_RUNNER_TAGS"'], name: 'greet' });
     const final = await gitlab.waitForFinal(id, 30_000);
     expect(final.state).toBe('success');
     expect(final.trace).toContain('hello from greet');
+    expect(final.trace).toContain('runner tags: ["linux", "amd64"]'); // as GitLab sends it with the job
     expect(final.trace).toContain('repo-checked-out');
     const { event } = await expectCleanedUp(id);
     expect(event.billable).toBe(true);
