@@ -139,6 +139,7 @@ const DOCKER_FEATURES = {
   service_variables: true,
   service_multiple_aliases: true,
   image_executor_opts: true,
+  service_executor_opts: true,
 };
 
 const isCanceled = (s: string | undefined) => s === 'canceling' || s === 'canceled';

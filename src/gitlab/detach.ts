@@ -18,7 +18,7 @@
 //                             all; reason: why, when the script says it was not the script's fault
 //   rf-killed <reason> <size> the manager killed it     rf-lost <size>  the supervisor died without a status
 //   rf-unlaunched             claimed but never launched (the start was cut in a few-ms window)
-import { JOB_LABEL } from './docker-plan.js';
+import { JOB_LABEL, STEP_LABEL } from './docker-plan.js';
 import { shq } from './script-quote.js';
 
 export const JOBS_DIR = '"$HOME/.runner-fleet/jobs"';
@@ -101,20 +101,57 @@ export function startOrAttachCommand(jobId: number, scriptBytes: number, offset:
   return `sh -c ${shq(body)} rf-start ${jobId} ${scriptBytes} ${offset}`;
 }
 
-/** Kill the job's process group, recording why first; a no-op once the job has ended. */
-export function killCommand(jobId: number, reason: 'canceled' | 'timeout'): string {
+/**
+ * The run of a canceled job's after_script, detached like the job (its pid replaces the job's, so
+ * an attach follows it): `bash ./script after_canceled`, appending to `out`, killed with its
+ * whole group past $1 seconds (RUNNER_AFTER_SCRIPT_TIMEOUT), with a trace line saying so.
+ */
+const AFTER_CANCELED = [
+  'cd "$2" || exit 1',
+  'echo $$ > pid.tmp && mv pid.tmp pid',
+  'bash ./script after_canceled </dev/null >>out 2>&1 &',
+  'c=$!',
+  '( sleep "$1"; printf "\nWARNING: after_script did not end within %s s (RUNNER_AFTER_SCRIPT_TIMEOUT): stopped\n" "$1" >>out; kill -s KILL -- -$$ ) </dev/null >/dev/null 2>&1 &',
+  'w=$!',
+  'wait $c',
+  'kill $w 2>/dev/null',
+].join('\n');
+
+/** killCommand's exit code when it started (or found running) the after_script of a cancel: watch it, then kill again to clean up. */
+export const AFTER_SCRIPT_RUNNING = 10;
+
+/**
+ * Kill the job's process group, recording why first; a no-op once the job has ended. A cancel
+ * with `afterScriptS` > 0 of a job that reached its script (the script's `after` marker) then runs
+ * its after_script (gitlab-runner 17 does, with CI_JOB_STATUS=canceled): the step containers go,
+ * the network and services stay for it, and the command exits AFTER_SCRIPT_RUNNING with the run
+ * launched (or already under way, for a manager that re-attached). Otherwise, or on the kill
+ * after that run, every container and the network of the job go too.
+ */
+export function killCommand(jobId: number, reason: 'canceled' | 'timeout', afterScriptS = 0): string {
+  const after = Math.max(0, Math.floor(afterScriptS));
   const body = [
     `d=${JOBS_DIR}/$1`,
     '[ -s "$d/pid" ] || exit 0',
     '[ -f "$d/status" ] && exit 0',
-    'printf "%s\\n" "$2" > "$d/killed"',
+    `if [ "$2" = canceled ] && [ "$3" -gt 0 ] && [ -f "$d/after-canceled" ] && kill -0 "$(cat "$d/pid")" 2>/dev/null; then exit ${AFTER_SCRIPT_RUNNING}; fi`,
+    'printf "%s\n" "$2" > "$d/killed"',
     'kill -s KILL -- -"$(cat "$d/pid")" 2>/dev/null',
+    'if [ "$2" = canceled ] && [ "$3" -gt 0 ] && mv "$d/after" "$d/after-canceled" 2>/dev/null; then',
+    // The killed step's container would run on (the daemon's child): it goes; services stay.
+    `  command -v docker >/dev/null 2>&1 && docker ps -aq --filter label=${JOB_LABEL}=$1 --filter label=${STEP_LABEL} 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1`,
+    '  rm -f "$d/pid"',
+    `  if command -v setsid >/dev/null 2>&1; then setsid sh -c ${shq(AFTER_CANCELED)} rf-after "$3" "$d" </dev/null >/dev/null 2>&1 &`,
+    `  else set -m; nohup sh -c ${shq(AFTER_CANCELED)} rf-after "$3" "$d" </dev/null >/dev/null 2>&1 & set +m; fi`,
+    '  i=0; while [ ! -s "$d/pid" ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i+1)); done',
+    `  exit ${AFTER_SCRIPT_RUNNING}`,
+    'fi',
     // A docker job's containers are the daemon's children, not the group's: remove them too.
     `command -v docker >/dev/null 2>&1 && docker ps -aq --filter label=${JOB_LABEL}=$1 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1`,
     `command -v docker >/dev/null 2>&1 && docker network rm rf-$1 >/dev/null 2>&1`,
     'exit 0',
   ].join('\n');
-  return `sh -c ${shq(body)} rf-kill ${jobId} ${reason}`;
+  return `sh -c ${shq(body)} rf-kill ${jobId} ${reason} ${after}`;
 }
 
 /** Failure reasons a job script may report beside its exit code (anything else is ignored). */

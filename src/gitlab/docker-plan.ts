@@ -7,6 +7,9 @@ import type { JobImage, JobPayload, JobService, PullPolicy } from './job-payload
 /** The label every container and network of a job carries: the cleanup finds them by it. */
 export const JOB_LABEL = 'runner-fleet.job';
 
+/** The label of a job's step containers (script, release, after_script; not its services): a cancel removes them before after_script runs. */
+export const STEP_LABEL = 'runner-fleet.step';
+
 /** Where the build directory is mounted in every container of a job, as gitlab-runner mounts `/builds`. */
 export const CONTAINER_BUILDS_DIR = '/builds';
 

@@ -10,12 +10,12 @@ import type { VmRow } from '../db/schema.js';
 import { connectSsh, type HostKeyMismatchError, type SshSession } from '../connect/ssh.js';
 import { isHostKeyRefusal, pinnedConnectInfo, refusalReason, reportHostKeyRefusal, type HostKeyUnpinnedError } from './host-key.js';
 import { RUNNER_VERSION, type GitLabClient } from '../gitlab/client.js';
-import { killCommand, parseAttachEnd, startOrAttachCommand, type AttachEnd, type ScriptFailureReason } from '../gitlab/detach.js';
+import { AFTER_SCRIPT_RUNNING, killCommand, parseAttachEnd, startOrAttachCommand, type AttachEnd, type ScriptFailureReason } from '../gitlab/detach.js';
 import { namespaceIds, pipelineId, type JobPayload } from '../gitlab/job-payload.js';
 import { MaskAutomaton, Masker } from '../gitlab/mask.js';
 import { ignoredWarning, maskPlan } from '../gitlab/masked-values.js';
 import { buildPowerShellScript, powerShellCommand, powerShellStdin } from '../gitlab/powershell.js';
-import { buildBashScript, extraSteps, unbuiltJobScript, type ScriptOptions } from '../gitlab/script.js';
+import { afterScriptTimeout, buildBashScript, extraSteps, stepScript, unbuiltJobScript, type ScriptOptions } from '../gitlab/script.js';
 import type { SignedCacheEntry } from '../gitlab/cache-script.js';
 import { cachePlan } from '../cache/plan.js';
 import type { CacheSigner } from '../cache/signer.js';
@@ -219,8 +219,10 @@ export class Executor {
             return Buffer.from(unbuiltJobScript(err.message));
           })
         : scriptBytes();
+    // Where the reading of the VM's output is (every pass of watch continues from it).
+    const pos = { offset: 0 };
     const watch = async (first: SshSession | undefined, signal = abort.signal) =>
-      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: await scriptFor(), signal, session: first, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
+      this.watch({ ctx, vm, log, trace, masker, prefix: () => prefix, script: await scriptFor(), signal, session: first, pos, onOutput, setRewind: (f) => (rewind = f), setSession: (s) => (session = s) });
     try {
       if (cause) {
         detachedJob = resume !== null; // a running job is killed: its output cannot be masked
@@ -297,7 +299,22 @@ export class Executor {
       return;
     }
     const c: EndCause = cause ?? { kind: 'system', message: 'the job ended for an unknown reason' };
-    if (detachedJob && c.kind !== 'exit') session = await this.killRemote(vm, job.id, c.kind === 'timeout' ? 'timeout' : 'canceled', session, log);
+    if (detachedJob && c.kind !== 'exit') {
+      // A cancel runs the job's after_script on the VM (CI_JOB_STATUS=canceled, bounded by
+      // RUNNER_AFTER_SCRIPT_TIMEOUT), as gitlab-runner 17 does; its output joins the trace, then
+      // a second kill removes what is left. A timeout (job_execution_timeout) runs none, as in gitlab-runner.
+      const afterS = c.kind === 'canceled' && stepScript(job, 'after_script').length ? afterScriptTimeout(job).seconds : 0;
+      const killed = await this.killRemote(vm, job.id, c.kind === 'timeout' ? 'timeout' : 'canceled', session, log, afterS);
+      session = killed.session;
+      if (killed.afterScript) {
+        const bound = new AbortController();
+        const stop = setTimeout(() => bound.abort(), (afterS + 30) * 1000);
+        const got = await watch(session, bound.signal).catch((err: Error) => log.warn({ err }, 'lost the after_script of the canceled job'));
+        clearTimeout(stop);
+        if (got === null) trace.append(`\nWARNING: after_script did not end within ${afterS} s: stopped\n`);
+        session = (await this.killRemote(vm, job.id, 'canceled', session, log)).session;
+      }
+    }
     // A re-attached job may end before its output was all produced again: close after GitLab's part.
     if (resume && c.kind !== 'exit') await trace.catchUp().catch(() => {});
     const outcome = this.outcome(c, ctx, trace);
@@ -311,6 +328,7 @@ export class Executor {
     for (let i = 0; i < 3 && t && trace.needsRewind && detachedJob && c.kind === 'exit'; i++) {
       trace.restart(masker());
       trace.append(prefix);
+      pos.offset = 0;
       const replay = new AbortController();
       const stop = setTimeout(() => replay.abort(), 60_000);
       const again = await watch(session, replay.signal).finally(() => clearTimeout(stop));
@@ -335,13 +353,15 @@ export class Executor {
   private async watch(w: {
     ctx: JobContext | ReattachContext; vm: VmRow; log: Logger; trace: TraceUploader; masker: () => Masker; prefix: () => string; script: Buffer;
     signal: AbortSignal; session: SshSession | undefined; onOutput: () => void;
+    /** The offset of the output read so far: a pass starts from it and moves it. */
+    pos: { offset: number };
     setRewind: (f: () => void) => void; setSession: (s: SshSession | undefined) => void;
   }): Promise<EndCause | null> {
     const { trace, log, signal, vm } = w;
     const jobId = w.ctx.job.id;
     const unreachableMs = this.d.unreachableMs ?? 120_000;
     let session = w.session;
-    let offset = 0;
+    const pos = w.pos;
     let unreachableSince: number | null = null;
     let lastError = '';
     let wantRewind = false;
@@ -369,7 +389,7 @@ export class Executor {
         // GitLab lost trace we no longer hold: produce the whole trace again from the VM's file.
         wantRewind = false;
         skipping = false;
-        offset = 0;
+        pos.offset = 0;
         trace.restart(w.masker());
         trace.append(w.prefix());
       }
@@ -414,7 +434,7 @@ export class Executor {
       let stderr = '';
       let flow: { pause(): void; resume(): void } | undefined;
       try {
-        await session.exec(startOrAttachCommand(jobId, w.script.length, offset), {
+        await session.exec(startOrAttachCommand(jobId, w.script.length, pos.offset), {
           stdin: w.script,
           signal: cur.signal,
           onFlow: (f) => (flow = f),
@@ -424,16 +444,16 @@ export class Executor {
               return;
             }
             if (wantRewind || cur.signal.aborted) return; // an abandoned pass
-            offset += chunk.length;
+            pos.offset += chunk.length;
             w.onOutput();
             if (!trace.write(chunk)) {
               flow?.pause();
               void trace.drained().then(() => flow?.resume());
             }
-            if (trace.capped && offset < SKIP_OUTPUT) {
+            if (trace.capped && pos.offset < SKIP_OUTPUT) {
               // Nothing more of the output will be sent: stop reading it, only wait for the end.
-              log.info({ read: offset }, 'job log past its size cap: no longer reading its output');
-              offset = SKIP_OUTPUT;
+              log.info({ read: pos.offset }, 'job log past its size cap: no longer reading its output');
+              pos.offset = SKIP_OUTPUT;
               skipping = true;
               cur.abort();
             }
@@ -467,7 +487,7 @@ export class Executor {
       }
       unreachableSince = null;
       pause = 100;
-      if ('size' in endLine && offset < endLine.size) continue; // tail stopped before the end: read the rest
+      if ('size' in endLine && pos.offset < endLine.size) continue; // tail stopped before the end: read the rest
       if (trace.needsRewind) {
         wantRewind = true;
         continue;
@@ -491,31 +511,35 @@ export class Executor {
     }
   }
 
-  /** Kill a detached job's process group (cancel, timeout); bounded, best effort: deleting the VM is the backstop. */
-  private async killRemote(vm: VmRow, jobId: number, reason: 'canceled' | 'timeout', session: SshSession | undefined, log: Logger): Promise<SshSession | undefined> {
+  /**
+   * Kill a detached job's process group (cancel, timeout); bounded, best effort: deleting the VM is
+   * the backstop. With `afterScriptS` > 0 a cancel starts the job's after_script on the VM:
+   * `afterScript` says it runs (watch it, then kill again to clean up).
+   */
+  private async killRemote(vm: VmRow, jobId: number, reason: 'canceled' | 'timeout', session: SshSession | undefined, log: Logger, afterScriptS = 0): Promise<{ session: SshSession | undefined; afterScript: boolean }> {
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         if (!session || session.closed) {
           const info = this.connectInfo(vm);
-          if (!info) return undefined;
+          if (!info) return { session: undefined, afterScript: false };
           session = await connectSsh(info, { timeoutMs: 10_000 });
         }
         const killed = new AbortController();
         const t = setTimeout(() => killed.abort(), 10_000);
         try {
-          await session.exec(killCommand(jobId, reason), { signal: killed.signal });
+          const res = await session.exec(killCommand(jobId, reason, afterScriptS), { signal: killed.signal });
+          return { session, afterScript: res.exitCode === AFTER_SCRIPT_RUNNING };
         } finally {
           clearTimeout(t);
         }
-        return session;
       } catch (err) {
         session?.close();
         session = undefined;
         log.warn({ err: (err as Error).message, attempt }, 'could not kill the job on its VM; deleting the VM ends it');
-        if (isHostKeyRefusal(err)) return undefined; // not our VM: say nothing more to it
+        if (isHostKeyRefusal(err)) return { session: undefined, afterScript: false }; // not our VM: say nothing more to it
       }
     }
-    return undefined;
+    return { session: undefined, afterScript: false };
   }
 
   /** How to reach the VM, and its OS, from its provider; undefined when provider, key or address is missing. */

@@ -1,7 +1,7 @@
 // Artifacts and dependencies end to end through real parts: a job on a local VM (real SSH, real
 // bash, zip and curl) collects its artifacts and posts them to the GitLab emulator itself; a later
 // job downloads them with the token GitLab sends and finds them in its project dir. Retries on
-// 5xx, GitLab's message on 413, `when`, `exclude`, `untracked`, gzip reports.
+// 5xx, GitLab's message on 413, `when`, `exclude`, `untracked`, gzip reports, raw artifacts.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -79,6 +79,24 @@ describe('artifacts and dependencies', () => {
     expect(t.trace).toContain(`Downloading artifacts for build (${build})... 200 OK`);
     expect(t.trace).toMatch(/^alpha\r?\nbeta$/m);
     expect(t.trace).toContain('no-log');
+  });
+
+  it('uploads a raw artifact as the one file it names, unchanged; a raw entry matching two files fails the upload', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      git: false,
+      script: ['printf "metric_a 1\\nmetric_b 2\\n" > metrics.txt'],
+      artifacts: [{ name: 'metrics.txt', paths: ['metrics.txt'], artifact_type: 'metrics', artifact_format: 'raw', expire_in: '2 days' }],
+    });
+    const final = await gitlab.waitForFinal(id, 60_000);
+    expect(final.state, final.trace).toBe('success');
+    expect(final.runnerInfo?.features).toMatchObject({ upload_raw_artifacts: true });
+    expect(final.artifacts.map((a) => [a.artifactType, a.artifactFormat, a.filename, a.expireIn, a.data.toString()])).toEqual([['metrics', 'raw', 'metrics.txt', '2 days', 'metric_a 1\nmetric_b 2\n']]);
+    const two = gitlab.enqueue({ runnerToken: TOKEN, git: false, script: ['echo 1 > a.txt; echo 2 > b.txt'], artifacts: [{ paths: ['*.txt'], artifact_type: 'metrics', artifact_format: 'raw' }] });
+    const bad = await gitlab.waitForFinal(two, 60_000);
+    expect([bad.state, bad.failureReason], bad.trace).toEqual(['failed', 'script_failure']);
+    expect(bad.trace).toContain('ERROR: artifacts metrics (raw) must match exactly one file');
+    expect(bad.artifacts).toEqual([]);
   });
 
   it('retries an upload answered 502 and a download answered 503, then succeeds', async () => {

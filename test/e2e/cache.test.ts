@@ -118,6 +118,23 @@ describe.each(['gcs', 's3'] as const)('distributed cache on %s', (type) => {
     expect(keys).not.toContain('shard-a/project/42/success-1-non_protected');
   });
 
+  it('caches untracked: true (git\'s untracked files, not the tracked ones) and a later job restores them', async () => {
+    const first = await run({
+      git: true,
+      script: ['test -f README.md && echo tracked-present', 'mkdir -p build && echo "made-by-$CI_JOB_ID" > build/out.txt && echo gen > gen.txt'],
+      cache: [{ key: 'untracked-1-non_protected', untracked: true, policy: 'push' }],
+    });
+    expect(first.trace).toContain('tracked-present');
+    expect(first.trace).toContain('Created cache');
+    const zip = join(dataDir, `untracked-${type}.zip`);
+    writeFileSync(zip, buckets.objects('rf-cache').get('shard-a/project/42/untracked-1-non_protected')!);
+    const entries = execFileSync('unzip', ['-Z1', zip], { encoding: 'utf8' }).split('\n').filter((e) => e && !e.endsWith('/')).sort();
+    expect(entries).toEqual(['build/out.txt', 'gen.txt']); // README.md is tracked: not in the cache
+    const second = await run({ script: ['cat build/out.txt gen.txt'], cache: [{ key: 'untracked-1-non_protected', untracked: true, policy: 'pull' }] });
+    expect(second.trace).toContain('Successfully extracted cache');
+    expect(second.trace).toMatch(new RegExp(`^made-by-${first.id}\\r?\\ngen$`, 'm'));
+  });
+
   it('rides out a bucket answering 503, and a failed save does not fail the job', async () => {
     buckets.faults.failNext = { status: 503, times: 1 };
     const ok = await run({ cache: [{ key: 'deps-1-non_protected', paths: ['vendor/'], policy: 'pull' }] });

@@ -65,7 +65,7 @@ describe.skipIf(why !== null)('docker executor', () => {
         'wget -q -O - http://web/; echo',
         'wget -q -O - http://rf-test-busybox/; echo',
         'ls /usr/bin/git 2>/dev/null || echo no-git-in-image',
-        'echo "runner=$CI_RUNNER_VERSION id=$CI_RUNNER_ID"',
+        'echo "runner=$CI_RUNNER_VERSION id=$CI_RUNNER_ID tags=$CI_RUNNER_TAGS"',
       ],
       release: ['echo "release in $CI_PROJECT_DIR"'],
       afterScript: ['echo "after status=$CI_JOB_STATUS"'],
@@ -81,7 +81,7 @@ describe.skipIf(why !== null)('docker executor', () => {
     expect(t).toContain('repo-in-container'); // git ran on the VM, into the mounted build dir
     expect(t).toContain('no-git-in-image');
     expect(t.match(/from-service/g)?.length).toBe(2); // by alias and by the name derived from the image
-    expect(t).toMatch(/runner=\d+\.\d+\.\d+ id=1/);
+    expect(t).toMatch(/runner=\d+\.\d+\.\d+ id=1 tags=\["linux", "amd64"\]/);
     expect(t).toContain('after status=success');
     expect(t).toContain('release in /builds/demo/project'); // GitLab's release step, in the job image
     for (const s of ['prepare_executor', 'get_sources', 'step_script', 'step_release', 'after_script', 'cleanup_file_variables']) {
@@ -152,19 +152,51 @@ describe.skipIf(why !== null)('docker executor', () => {
     expect(t.trace).toMatch(/^built in root$/m);
   });
 
-  it('cancel stops every container of the job, services included', async () => {
+  it('cancel runs after_script in the job image (CI_JOB_STATUS=canceled, services still reachable), then stops every container of the job', async () => {
     const id = gitlab.enqueue({
       runnerToken: TOKEN,
       git: false,
-      services: [{ name: TEST_IMAGE, alias: 'sleeper', command: ['sleep', '600'] }],
+      services: [
+        { name: TEST_IMAGE, alias: 'sleeper', command: ['sleep', '600'] },
+        { name: TEST_IMAGE, alias: 'web', command: HTTP_SERVICE, variables: [{ key: 'SVC_WORD', value: 'after' }], ports: [{ number: 80 }] },
+      ],
       script: ['echo started-long', 'sleep 600'],
+      afterScript: ['echo "after status=$CI_JOB_STATUS in $(cat /etc/hostname | head -c 0)$CI_PROJECT_DIR"', 'wget -q -O - http://web/; echo'],
     });
     await gitlab.waitFor(id, (j) => j.trace.includes('started-long'), 60_000);
-    expect(jobContainers(id).length).toBe(2); // the build container and the service
+    expect(jobContainers(id).length).toBe(3); // the build container and the services
     gitlab.cancel(id);
     const final = await gitlab.waitForFinal(id, 30_000);
     expect(final.state).toBe('canceled');
+    expect(final.trace).toContain('after status=canceled in /builds/demo/project');
+    expect(final.trace).toMatch(/^from-after$/m); // the service outlived the killed script for the after_script
+    expect(final.trace.indexOf('from-after')).toBeLessThan(final.trace.indexOf('ERROR: Job was canceled'));
     await waitUntil(() => jobContainers(id).length === 0, 15_000, 'the canceled job containers removed');
+  });
+
+  it('runs the job image through its entrypoint, and services as the executor_opts user', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      git: false,
+      image: { name: TEST_IMAGE, pull_policy: ['if-not-present'], entrypoint: ['/bin/sh', '-c', 'echo "entrypoint-ran"; export FROM_ENTRYPOINT=yes; exec "$@"', 'rf-entrypoint'] },
+      services: [
+        {
+          name: TEST_IMAGE,
+          alias: 'uidsvc',
+          // It serves (/etc, unwritable to it) only when it runs as the executor_opts user.
+          command: ['sh', '-c', 'test "$(id -u)" = 1234 || { echo "service runs as uid $(id -u)"; exit 1; }; exec httpd -f -p 8080 -h /etc'],
+          ports: [{ number: 8080 }],
+          executor_opts: { docker: { user: '1234' } },
+        },
+      ],
+      script: ['echo "from-entrypoint=$FROM_ENTRYPOINT job-uid=$(id -u)"', 'wget -q -O - http://uidsvc:8080/passwd >/dev/null && echo served-by-uid-1234'],
+    });
+    const final = await gitlab.waitForFinal(id, 60_000);
+    expect(final.state, final.trace).toBe('success');
+    expect(final.runnerInfo?.features).toMatchObject({ service_executor_opts: true, image_executor_opts: true });
+    expect(final.trace).toMatch(/^entrypoint-ran$/m);
+    expect(final.trace).toContain('from-entrypoint=yes job-uid=0');
+    expect(final.trace).toMatch(/^served-by-uid-1234$/m);
   });
 
   it('a timeout stops the containers too', async () => {

@@ -48,10 +48,11 @@ describe.each(databaseKinds())('job loop on %s', (kind) => {
   }
 
   it('runs a passing job: the trace holds its output and GitLab sees success', async () => {
-    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo "hello from $CI_JOB_NAME"', 'test -f README.md && echo repo-checked-out'], name: 'greet' });
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo "hello from $CI_JOB_NAME"', 'test -f README.md && echo repo-checked-out', 'echo "runner tags: $CI_RUNNER_TAGS"'], name: 'greet' });
     const final = await gitlab.waitForFinal(id, 30_000);
     expect(final.state).toBe('success');
     expect(final.trace).toContain('hello from greet');
+    expect(final.trace).toContain('runner tags: ["linux", "amd64"]'); // as GitLab sends it with the job
     expect(final.trace).toContain('repo-checked-out');
     const { event } = await expectCleanedUp(id);
     expect(event.billable).toBe(true);
@@ -142,12 +143,55 @@ describe.each(databaseKinds())('job loop on %s', (kind) => {
     expect(job.result).toBe('canceled');
   });
 
-  it('fails a job past its timeout with job_execution_timeout', async () => {
-    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo working', 'sleep 60'], timeoutS: 2, git: false });
+  it('a cancel runs after_script on the VM with CI_JOB_STATUS=canceled, the job variables and files, in the project dir, then ends canceled', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      script: ['echo started', 'sleep 60', 'echo not-reached'],
+      afterScript: ['echo "after status=$CI_JOB_STATUS word=$WORD file=$(cat "$MY_FILE") dir=$PWD"'],
+      variables: [{ key: 'WORD', value: 'w-1' }, { key: 'MY_FILE', value: 'file-content', file: true }],
+    });
+    await gitlab.waitFor(id, (j) => j.trace.includes('started'), 30_000);
+    gitlab.cancel(id);
+    const final = await gitlab.waitForFinal(id, 20_000);
+    expect(final.state).toBe('canceled');
+    const t = final.trace;
+    expect(t).toMatch(/after status=canceled word=w-1 file=file-content dir=\S+\/demo\/project\n/);
+    expect(t).not.toContain('not-reached');
+    expect(t.indexOf('started')).toBeLessThan(t.indexOf('after status=canceled'));
+    expect(t.indexOf('after status=canceled')).toBeLessThan(t.indexOf('ERROR: Job was canceled'));
+    expect(t).toMatch(/section_start:\d+:after_script\r/);
+    expect(t.match(/Running with runner-fleet on /g)?.length).toBe(1);
+    const { job } = await expectCleanedUp(id);
+    expect(job.result).toBe('canceled');
+  });
+
+  it('the after_script of a cancel is stopped past RUNNER_AFTER_SCRIPT_TIMEOUT', async () => {
+    const id = gitlab.enqueue({
+      runnerToken: TOKEN,
+      git: false,
+      script: ['echo started-bounded', 'sleep 60'],
+      afterScript: ['echo after-begins', 'sleep 60', 'echo after-not-reached'],
+      variables: [{ key: 'RUNNER_AFTER_SCRIPT_TIMEOUT', value: '2s' }],
+    });
+    await gitlab.waitFor(id, (j) => j.trace.includes('started-bounded'), 30_000);
+    const t0 = Date.now();
+    gitlab.cancel(id);
+    const final = await gitlab.waitForFinal(id, 20_000);
+    expect(final.state).toBe('canceled');
+    expect(Date.now() - t0).toBeLessThan(12_000);
+    expect(final.trace).toContain('after-begins');
+    expect(final.trace).toContain('WARNING: after_script did not end within 2 s (RUNNER_AFTER_SCRIPT_TIMEOUT): stopped');
+    expect(final.trace).not.toContain('after-not-reached');
+    await expectCleanedUp(id);
+  });
+
+  it('fails a job past its timeout with job_execution_timeout, running no after_script (as gitlab-runner)', async () => {
+    const id = gitlab.enqueue({ runnerToken: TOKEN, script: ['echo working', 'sleep 60'], afterScript: ['echo "after status=$CI_JOB_STATUS"'], timeoutS: 2, git: false });
     const final = await gitlab.waitForFinal(id, 20_000);
     expect(final.state).toBe('failed');
     expect(final.failureReason).toBe('job_execution_timeout');
     expect(final.trace).toContain('execution took longer than 2 seconds');
+    expect(final.trace).not.toContain('after status=');
     await expectCleanedUp(id);
   });
 

@@ -121,8 +121,8 @@ describe('features offered to GitLab', () => {
       return { executor: info.executor, ...(info.features as Record<string, boolean>) };
     };
     const shell = await offered({ executor: 'shell' });
-    expect(shell).toMatchObject({ executor: 'custom', artifacts: true, upload_multiple_artifacts: true, upload_raw_artifacts: true, artifacts_exclude: true, image: false, services: false, cache: false, fallback_cache_keys: false });
-    expect(await offered({ executor: 'docker', cache: true })).toMatchObject({ executor: 'docker', image: true, services: true, service_variables: true, service_multiple_aliases: true, image_executor_opts: true, cache: true, fallback_cache_keys: true });
+    expect(shell).toMatchObject({ executor: 'custom', artifacts: true, upload_multiple_artifacts: true, upload_raw_artifacts: true, artifacts_exclude: true, image: false, services: false, image_executor_opts: false, service_executor_opts: false, cache: false, fallback_cache_keys: false });
+    expect(await offered({ executor: 'docker', cache: true })).toMatchObject({ executor: 'docker', image: true, services: true, service_variables: true, service_multiple_aliases: true, image_executor_opts: true, service_executor_opts: true, cache: true, fallback_cache_keys: true });
     // Only names gitlab-runner's FeaturesInfo has (GitLab reads those; trace_sections is GitLab's own flag to the runner).
     const RUNNER_FEATURE_NAMES = ['variables', 'image', 'services', 'artifacts', 'cache', 'fallback_cache_keys', 'shared', 'upload_multiple_artifacts', 'upload_raw_artifacts', 'session', 'terminal', 'refspecs', 'masking', 'proxy', 'raw_variables', 'artifacts_exclude', 'multi_build_steps', 'trace_reset', 'trace_checksum', 'trace_size', 'vault_secrets', 'cancelable', 'return_exit_code', 'service_variables', 'service_multiple_aliases', 'image_executor_opts', 'service_executor_opts', 'cancel_gracefully', 'native_steps_integration', 'two_phase_job_commit', 'job_inputs'];
     expect(Object.keys(shell).filter((k) => k !== 'executor' && !RUNNER_FEATURE_NAMES.includes(k))).toEqual([]);

@@ -6,7 +6,9 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { killCommand, parseAttachEnd, startOrAttachCommand } from '../../src/gitlab/detach.js';
+import { AFTER_SCRIPT_RUNNING, killCommand, parseAttachEnd, startOrAttachCommand } from '../../src/gitlab/detach.js';
+import { parseJobPayload } from '../../src/gitlab/job-payload.js';
+import { afterScriptTimeout } from '../../src/gitlab/script.js';
 import { endCauseOf } from '../../src/manager/executor.js';
 import { reportBackoffMs } from '../../src/manager/job-reports.js';
 import { recoveryPlan } from '../../src/manager/reconciler.js';
@@ -14,7 +16,7 @@ import { recoveryPlan } from '../../src/manager/reconciler.js';
 const home = mkdtempSync(join(tmpdir(), 'rf-detach-'));
 afterAll(() => rmSync(home, { recursive: true, force: true }));
 
-function sh(command: string, stdin = '', path = process.env['PATH']!): Promise<{ stdout: string; stderr: string; firstByteMs: number }> {
+function sh(command: string, stdin = '', path = process.env['PATH']!): Promise<{ stdout: string; stderr: string; firstByteMs: number; code: number | null }> {
   return new Promise((resolve) => {
     const t0 = Date.now();
     let firstByteMs = -1;
@@ -26,7 +28,7 @@ function sh(command: string, stdin = '', path = process.env['PATH']!): Promise<{
       stdout += c;
     });
     child.stderr.on('data', (c) => (stderr += c));
-    child.on('close', () => resolve({ stdout, stderr, firstByteMs }));
+    child.on('close', (code) => resolve({ stdout, stderr, firstByteMs, code }));
     child.stdin.end(stdin);
   });
 }
@@ -118,6 +120,73 @@ describe('detached job commands', () => {
     expect(parseAttachEnd(r.stderr)).toEqual({ kind: 'killed', reason: 'canceled', size: 8 });
     const pid = Number(readFileSync(join(jobDir(5), 'pid'), 'utf8'));
     expect(() => process.kill(pid, 0)).toThrow();
+  });
+});
+
+describe('after_script of a cancel', () => {
+  // The job script's protocol (buildBashScript): `after` marks a job past its script start (it holds
+  // the run's temp dir); `bash ./script after_canceled` runs only the after_script.
+  const script = [
+    'if [ "${1:-}" = after_canceled ]; then echo "after-run tmp=$(cat after-canceled)"; sleep 0.5; echo after-done; exit 0; fi',
+    'printf "%s\\n" /tmp/runner-fleet.x > after',
+    'echo started',
+    'sleep 30',
+    '',
+  ].join('\n');
+
+  it('kills the job, then runs the after_script detached in its place (the attach follows it); a repeated cancel leaves it running; the last kill ends it', async () => {
+    const watching = sh(startOrAttachCommand(20, Buffer.byteLength(script), 0), script);
+    while (!existsSync(join(jobDir(20), 'after'))) await new Promise((r) => setTimeout(r, 20));
+    await new Promise((r) => setTimeout(r, 100));
+    const jobPid = Number(readFileSync(join(jobDir(20), 'pid'), 'utf8'));
+    expect((await sh(killCommand(20, 'canceled', 5))).code).toBe(AFTER_SCRIPT_RUNNING);
+    const first = await watching; // it may pass on the start of the after_script's output too
+    expect(first.stdout).toMatch(/^started\n/);
+    expect(() => process.kill(jobPid, 0)).toThrow(); // the script's group is gone
+    const afterPid = Number(readFileSync(join(jobDir(20), 'pid'), 'utf8'));
+    expect(afterPid).not.toBe(jobPid);
+    // A manager that re-attached and hears the cancel again: the run goes on.
+    expect((await sh(killCommand(20, 'canceled', 5))).code).toBe(AFTER_SCRIPT_RUNNING);
+    const rest = await sh(startOrAttachCommand(20, Buffer.byteLength(script), Buffer.byteLength(first.stdout)), script);
+    expect(first.stdout + rest.stdout).toBe('started\nafter-run tmp=/tmp/runner-fleet.x\nafter-done\n');
+    expect(parseAttachEnd(rest.stderr)).toMatchObject({ kind: 'killed', reason: 'canceled' });
+    expect((await sh(killCommand(20, 'canceled', 5))).code).toBe(0); // ended: the clean-up kill
+    expect(existsSync(join(jobDir(20), 'after'))).toBe(false);
+  });
+
+  it('takes its bound from RUNNER_AFTER_SCRIPT_TIMEOUT (a Go duration), else 5 minutes', () => {
+    const bound = (value?: string) => {
+      const p = parseJobPayload({ id: 1, token: 't', steps: [{ name: 'script', script: ['true'] }], variables: value === undefined ? [] : [{ key: 'RUNNER_AFTER_SCRIPT_TIMEOUT', value }] });
+      if (!p.ok) throw new Error(p.error);
+      return afterScriptTimeout(p.job);
+    };
+    expect(bound()).toEqual({ seconds: 300 });
+    expect(bound('90s')).toEqual({ seconds: 90 });
+    expect(bound('1m30s')).toEqual({ seconds: 90 });
+    expect(bound('1.5h')).toEqual({ seconds: 5400 });
+    expect(bound('500ms')).toEqual({ seconds: 1 });
+    expect(bound('10')).toMatchObject({ seconds: 300, warning: expect.stringContaining('is not a duration') });
+  });
+
+  it('runs none for a timeout, a job not yet at its script, or without an after_script; bounds the run by its timeout', async () => {
+    const noAfter = 'echo started\nsleep 30\n';
+    for (const [id, body, reason, seconds] of [[21, script, 'timeout', 5], [22, noAfter, 'canceled', 5], [23, script, 'canceled', 0]] as const) {
+      const watching = sh(startOrAttachCommand(id, Buffer.byteLength(body), 0), body);
+      while (!(existsSync(join(jobDir(id), 'out')) && readFileSync(join(jobDir(id), 'out'), 'utf8').includes('started'))) await new Promise((r) => setTimeout(r, 20));
+      expect((await sh(killCommand(id, reason, seconds))).code).toBe(0);
+      expect(parseAttachEnd((await watching).stderr)).toMatchObject({ kind: 'killed', reason });
+    }
+    const slow = script.replace('sleep 0.5', 'sleep 30');
+    const watching = sh(startOrAttachCommand(24, Buffer.byteLength(slow), 0), slow);
+    while (!existsSync(join(jobDir(24), 'after'))) await new Promise((r) => setTimeout(r, 20));
+    expect((await sh(killCommand(24, 'canceled', 1))).code).toBe(AFTER_SCRIPT_RUNNING);
+    await watching;
+    const t0 = Date.now();
+    const rest = await sh(startOrAttachCommand(24, Buffer.byteLength(slow), 0), slow);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(rest.stdout).toContain('after-run');
+    expect(rest.stdout).toContain('WARNING: after_script did not end within 1 s (RUNNER_AFTER_SCRIPT_TIMEOUT): stopped');
+    expect(rest.stdout).not.toContain('after-done');
   });
 });
 

@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { derivedAliases, dockerAuthConfig, dockerPlan, explicitAliases } from '../../src/gitlab/docker-plan.js';
 import { parseJobPayload, type JobPayload } from '../../src/gitlab/job-payload.js';
 import { parseAttachEnd } from '../../src/gitlab/detach.js';
+import { buildBashScript } from '../../src/gitlab/script.js';
 
 function job(extra: Record<string, unknown>): JobPayload {
   const p = parseJobPayload({ id: 9, token: 'tok-123456789', variables: [], steps: [{ name: 'script', script: ['true'] }], ...extra });
@@ -26,6 +27,28 @@ describe('docker plan', () => {
     const b = dockerPlan(job({}), { defaultImage: 'debian:12', pullPolicy: ['never'] });
     expect(b.ok && b.plan.image).toMatchObject({ name: 'debian:12', pullPolicy: ['never'] });
     expect(dockerPlan(job({}), {})).toEqual({ ok: false, error: 'the job names no image and its runner class has no defaultImage' });
+  });
+
+  it("applies a service's executor_opts.docker user and platform (service_executor_opts), beside its entrypoint and command", () => {
+    const j = job({
+      image: { name: 'alpine', executor_opts: { docker: { user: 'builder', platform: 'linux/amd64' } } },
+      services: [
+        { name: 'postgres:15', entrypoint: ['/bin/sh', '-c'], command: ['exec postgres'], executor_opts: { docker: { user: '1234:1234', platform: 'linux/arm64' } } },
+        { name: 'redis:7' },
+      ],
+    });
+    const p = dockerPlan(j, {});
+    if (!p.ok) throw new Error(p.error);
+    expect(p.plan.image).toMatchObject({ user: 'builder', platform: 'linux/amd64' });
+    expect(p.plan.services[0]).toMatchObject({ user: '1234:1234', platform: 'linux/arm64', entrypoint: ['/bin/sh', '-c'], command: ['exec postgres'] });
+    expect(p.plan.services[1]).toMatchObject({ user: null, platform: null });
+    // The service's own container gets them, not the job image's.
+    const lines = buildBashScript(j, { executor: 'docker' }).split('\n');
+    const create = (name: string) => lines.find((l) => l.includes('docker create') && l.includes(`--name ${name}`)) ?? '';
+    expect(create('rf-9-svc-0')).toContain("--user '1234:1234' --platform 'linux/arm64' -- 'postgres:15' '-c' 'exec postgres'");
+    expect(create('rf-9-svc-0')).toContain("--entrypoint '/bin/sh'");
+    expect(create('rf-9-svc-1')).not.toMatch(/--user|--platform/);
+    expect(create('rf-9-step-script')).toContain("--user 'builder' --platform 'linux/amd64'");
   });
 
   it('gives a second service of the same image only its own aliases, and refuses names Docker could read as options', () => {
