@@ -1,9 +1,12 @@
 // GitLab Runner API client: job request, trace append, job update. Every call has a timeout;
 // network errors, 5xx and 429 are retried with jittered backoff (p-retry), a bounded number of
 // times. Tokens go in bodies and headers only, never into logs or error messages.
+import type { IncomingHttpHeaders } from 'node:http';
 import { arch, platform } from 'node:os';
+import { rootCertificates } from 'node:tls';
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
+import { Agent, request, type Dispatcher } from 'undici';
 import { deadline } from '../connect/deadline.js';
 import { scrubUrls } from '../isolation/redact.js';
 import { UnreadablePayload } from './job-payload.js';
@@ -23,6 +26,8 @@ export interface GitLabClientOptions {
   minRetryMs?: number;
   /** Largest job payload read (default 64 MiB); a larger one is failed back, not held in memory. */
   maxPayloadBytes?: number;
+  /** PEM of gitlab.tlsCaFile: trusted besides the system's CAs. */
+  tlsCa?: string | null;
 }
 
 export type RequestJobResult = { kind: 'job'; raw: unknown } | { kind: 'none' } | { kind: 'forbidden' };
@@ -144,56 +149,84 @@ const DOCKER_FEATURES = {
 
 const isCanceled = (s: string | undefined) => s === 'canceling' || s === 'canceled';
 
+/**
+ * One answer of GitLab: status, headers and the body as a Node stream. Over undici's `request`
+ * rather than `fetch`: fetch wraps every answer in WHATWG streams, a Request/Response pair and a
+ * tee, which at a thousand running jobs (a trace PATCH or a job PUT every few seconds each) was
+ * most of the manager's garbage and CPU (README, Scale).
+ */
+class Answer {
+  constructor(
+    readonly status: number,
+    private readonly raw: IncomingHttpHeaders,
+    readonly body: Dispatcher.ResponseData['body'],
+  ) {}
+
+  header(name: string): string | undefined {
+    const v = this.raw[name];
+    return Array.isArray(v) ? v.join(', ') : v;
+  }
+}
+
 /** GitLab's X-GitLab-Trace-Update-Interval in ms, if sane (1 s to 1 h); else undefined. */
-function updateInterval(res: Response): number | undefined {
-  const s = Number(res.headers.get('x-gitlab-trace-update-interval'));
+function updateInterval(res: Answer): number | undefined {
+  const s = Number(res.header('x-gitlab-trace-update-interval'));
   return Number.isFinite(s) && s > 0 ? Math.min(Math.max(s, 1), 3600) * 1000 : undefined;
 }
 
-/** The body as text, or (over: true) its first 512 bytes once it passes `max`. */
 /**
- * Lets go of a body we do not read. Bounded: cancelling a body whose connection stalls can wait
- * for the socket, and a call must never hang.
+ * Lets go of a body we do not read: a small one is drained so its connection is reused, a big or
+ * stalled one is cut (its connection closed). Bounded, as every call must be.
  */
-async function discard(body: ReadableStream | ReadableStreamDefaultReader | null | undefined, ms = 1000): Promise<void> {
-  if (!body) return;
+async function discard(body: Answer['body'], ms = 1000): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([body.cancel().catch(() => {}), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  await Promise.race([body.dump({ limit: 64 * 1024 }).catch(() => {}), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
   clearTimeout(timer);
+  if (!body.destroyed && !body.readableEnded) body.destroy();
 }
 
 /** For answers read by their status and headers alone. */
-const discarded = async (res: Response): Promise<Response> => {
+const discarded = async (res: Answer): Promise<Answer> => {
   await discard(res.body);
   return res;
 };
 
-async function readCapped(res: Response, max: number): Promise<{ text: string; over: boolean }> {
-  const reader = res.body?.getReader();
-  if (!reader) return { text: '', over: false };
+/** The body as text, or (over: true) its first 512 bytes once it passes `max`. */
+async function readCapped(res: Answer, max: number): Promise<{ text: string; over: boolean }> {
   const chunks: Buffer[] = [];
   let n = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) return { text: Buffer.concat(chunks).toString('utf8'), over: false };
-    n += value.length;
-    chunks.push(Buffer.from(value));
+  for await (const chunk of res.body) {
+    const b = chunk as Buffer;
+    n += b.length;
+    chunks.push(b);
     if (n > max) {
-      await discard(reader);
+      res.body.destroy();
       return { text: Buffer.concat(chunks).subarray(0, 512).toString('utf8'), over: true };
     }
   }
+  return { text: Buffer.concat(chunks).toString('utf8'), over: false };
 }
 
 export class GitLabClient {
   private readonly base: string;
   private readonly lastUpdate = new Map<string, string>();
-
   private readonly userAgent: string;
+  /** Keep-alive connections to GitLab, trusting gitlab.tlsCaFile as well when one is given. */
+  private readonly agent: Agent;
+  private readonly refused: string | undefined;
 
   constructor(private readonly o: GitLabClientOptions) {
     this.base = o.url.replace(/\/+$/, '');
     this.userAgent = `runner-fleet ${o.version ?? RUNNER_VERSION} (${platform()}/${arch() === 'x64' ? 'amd64' : arch()})`;
+    const u = URL.canParse(this.base) ? new URL(this.base) : undefined;
+    // The config refuses such a URL; a client built another way refuses it too (as fetch did), naming it scrubbed.
+    if (u && (u.username || u.password)) this.refused = `a URL that includes credentials is refused: ${scrubUrls(o.url, [o.url])}`;
+    this.agent = new Agent({ keepAliveTimeout: 30_000, ...(o.tlsCa ? { connect: { ca: [...rootCertificates, o.tlsCa] } } : {}) });
+  }
+
+  /** Closes the kept-alive connections (calls in flight finish first). */
+  async close(): Promise<void> {
+    await this.agent.close();
   }
 
   private info(kind: RunnerKind = { executor: 'shell' }) {
@@ -214,10 +247,11 @@ export class GitLabClient {
    * One HTTP call with timeout and bounded retries of transient failures. `read` takes what it
    * needs of the answer (or discards its body) under the same timeout, which ends with it.
    */
-  private async call<T>(what: string, path: string, init: { method: string; headers?: Record<string, string>; body?: string | Buffer; signal?: AbortSignal | undefined }, read: (res: Response) => Promise<T>): Promise<T> {
+  private async call<T>(what: string, path: string, init: { method: 'GET' | 'POST' | 'PUT' | 'PATCH'; headers?: Record<string, string>; body?: string | Buffer; signal?: AbortSignal | undefined }, read: (res: Answer) => Promise<T>): Promise<T> {
     return pRetry(
       async () => {
         if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
+        if (this.refused) throw new AbortError(`${what}: ${this.refused}`);
         // The caller's signal (shutdown) may cut the wait for an answer, never an answer that has
         // arrived: a job GitLab has handed out must be read and recorded, or it is lost.
         const untilAnswer = new AbortController();
@@ -225,16 +259,16 @@ export class GitLabClient {
         init.signal?.addEventListener('abort', cut, { once: true });
         const limit = deadline(this.o.timeoutMs, untilAnswer.signal);
         try {
-          let res: Response;
+          let res: Answer;
           try {
             const headers = { 'user-agent': this.userAgent, ...init.headers };
-            // redirect: manual: following one would send the job token (a header) wherever Location points.
-            res = await fetch(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, redirect: 'manual', signal: limit.signal });
+            // request() follows no redirect: one would send the job token (a header) wherever Location points.
+            const r = await request(`${this.base}${path}`, { method: init.method, headers, body: init.body ?? null, signal: limit.signal, dispatcher: this.agent });
+            res = new Answer(r.statusCode, r.headers, r.body);
           } catch (err) {
             if (init.signal?.aborted) throw new AbortError(`${what}: aborted`);
-            const e = err as Error & { cause?: { code?: string; message?: string } };
-            // undici says only "fetch failed"; the cause names the real problem (ECONNREFUSED ...).
-            const why = e.name === 'TimeoutError' ? `no answer within ${this.o.timeoutMs} ms` : `${e.message}${e.cause ? ` (${e.cause.code ?? e.cause.message})` : ''}`;
+            const e = err as Error & { code?: string; cause?: { code?: string; message?: string } };
+            const why = limit.signal.aborted && (limit.signal.reason as Error | undefined)?.name === 'TimeoutError' ? `no answer within ${this.o.timeoutMs} ms` : `${e.message}${e.code ? ` (${e.code})` : e.cause ? ` (${e.cause.code ?? e.cause.message})` : ''}`;
             // undici puts the whole URL (user:password, query) in some messages.
             throw new Error(`${what}: ${scrubUrls(why, [this.o.url])}`);
           } finally {
@@ -277,7 +311,7 @@ export class GitLabClient {
       await discard(res.body);
       return { res, payload: undefined };
     });
-    const lu = res.headers.get('x-gitlab-last-update');
+    const lu = res.header('x-gitlab-last-update');
     if (lu) this.lastUpdate.set(key, lu);
     if (payload) {
       // The payload validator names the problem; the reason never quotes the body (it holds secrets).
@@ -300,13 +334,13 @@ export class GitLabClient {
       headers: { 'job-token': jobToken, 'content-type': 'text/plain', 'content-range': `${offset}-${end}` },
       body: chunk,
     }, discarded);
-    const jobStatus = res.headers.get('job-status') ?? undefined;
+    const jobStatus = res.header('job-status');
     const interval = updateInterval(res);
     const common = { status: res.status, ...(jobStatus ? { jobStatus } : {}), ...(interval ? { updateIntervalMs: interval } : {}) };
     // GitLab answers `Range: 0-<size it holds>` (not an inclusive end: an empty trace is `0-0`,
     // see gitlab's jobs_trace_spec), so the next chunk starts at that number.
     // Up to 15 digits: a larger size is no offset we could resend from (nor a safe integer).
-    const held = /^\d{1,15}-(\d{1,15})$/.exec(res.headers.get('range') ?? '');
+    const held = /^\d{1,15}-(\d{1,15})$/.exec(res.header('range') ?? '');
     if (res.status === 202 || res.status === 200) return { ok: true, nextOffset: held ? Number(held[1]) : end + 1, canceled: isCanceled(jobStatus), ...common };
     if (res.status === 416) return { ok: false, nextOffset: held ? Number(held[1]) : 0, canceled: isCanceled(jobStatus), ...common };
     // 403: the job is no longer running (canceled, finished, erased) or the token is stale.
@@ -326,7 +360,7 @@ export class GitLabClient {
       ...(u.checksum ? { checksum: u.checksum, output: { checksum: u.checksum, bytesize: u.bytesize ?? 0 } } : {}),
     });
     const res = await this.call(`update of job ${jobId}`, `/api/v4/jobs/${jobId}`, { method: 'PUT', headers: { 'job-token': jobToken, 'content-type': 'application/json' }, body }, discarded);
-    const jobStatus = res.headers.get('job-status') ?? undefined;
+    const jobStatus = res.header('job-status');
     const interval = updateInterval(res);
     const common = { canceled: isCanceled(jobStatus), ...(jobStatus ? { jobStatus } : {}), ...(interval ? { updateIntervalMs: interval } : {}) };
     switch (res.status) {

@@ -129,7 +129,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
     const fence = new Fence(config.shard);
     const store = new Store(db, config.shard, await shardKeys(db, config.shard, keys, log), fence);
     const metrics = createMetrics({ shard: config.shard, defaultMetrics: opts.defaultMetrics ?? true });
-    const gitlab = new GitLabClient({ url: config.gitlab.url, timeoutMs: config.gitlab.requestTimeoutMs, log, systemId: `s_${hostname().replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}_${config.shard}` });
+    const gitlab = new GitLabClient({ url: config.gitlab.url, timeoutMs: config.gitlab.requestTimeoutMs, tlsCa, log, systemId: `s_${hostname().replace(/[^a-zA-Z0-9]/g, '').slice(0, 12)}_${config.shard}` });
 
     let role: ShardRole = 'standby';
     let current: Activation | null = null;
@@ -244,6 +244,7 @@ export async function startShard(opts: ShardOptions): Promise<Shard> {
         await heldLease?.release();
         await life.catch(() => {});
         await api?.close().catch((err) => log.warn({ err }, 'closing the HTTP API failed'));
+        await gitlab.close().catch(() => {});
         await database.close();
         metrics.stop();
       })());
