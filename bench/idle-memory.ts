@@ -92,7 +92,8 @@ async function startRun(db: 'pglite' | 'postgres'): Promise<Result> {
   let dbName: string | null = null;
   const admin = db === 'postgres' ? new pg.Client({ connectionString: values.pg, connectionTimeoutMillis: 5_000 }) : null;
   try {
-    let url = 'pglite:memory';
+    // PGlite: no database.url, the default (on disk in dataDir), as an operator's first start has.
+    let url: string | null = null;
     if (admin) {
       await admin.connect();
       dbName = `idle_mem_${process.pid}`;
@@ -105,8 +106,7 @@ async function startRun(db: 'pglite' | 'postgres'): Promise<Result> {
     const file = join(dir, 'shard.yaml');
     writeFileSync(file, `
 shard: idle-mem
-database: { url: "${url}" }
-http: { listen: "127.0.0.1:${port}", adminToken: "idle-admin" }
+${url ? `database: { url: "${url}" }\n` : ''}http: { listen: "127.0.0.1:${port}", adminToken: "idle-admin" }
 gitlab: { url: "${gitlab.url}", pollInterval: 1s }
 classes:
   saas-linux-small-amd64:

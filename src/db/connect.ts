@@ -1,12 +1,13 @@
 // One driver path for both databases: kysely's PostgresDialect over a `pg` pool, pointed at a
 // PostgreSQL server, or at an in-process PGlite served on a loopback port by pglite-socket.
 // (kysely-pglite interleaves concurrent transactions on PGlite's single session: docs/architecture.md "Database".)
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { PGlite } from '@electric-sql/pglite';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
+import { readMigrationFiles } from './migrate.js';
 import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import type { Logger } from 'pino';
@@ -92,26 +93,50 @@ async function openPostgres(url: string, opts: OpenOptions): Promise<OpenDatabas
 const PGLITE_START_PARAMS = [...PGlite.defaultStartParams, '-c', 'shared_buffers=16MB'];
 
 /**
- * initdb of a new on-disk PGlite data directory, in a worker thread that exits after it: WASM
- * memory never shrinks, and initdb grows it to ~630 MiB (818 MiB RSS) where opening the finished
- * directory takes ~200 (276 MiB RSS), measured on Node 20 with PGlite 0.5. The worker's memory
- * goes with the worker.
+ * initdb of a new on-disk PGlite data directory, and its migrations, in a child process that
+ * exits after them: WASM memory never shrinks, and initdb grows it to ~630 MiB (818 MiB RSS)
+ * where opening the finished directory takes ~200 (276 MiB RSS), measured on Node 20 with PGlite
+ * 0.5. Not a worker thread: the memory a worker freed stayed in this process (a first start idled
+ * at 350 MiB RSS against 241-249 for later ones). The child runs kysely's own Migrator over the
+ * same files, so the shard's migrateToLatest finds them applied.
  */
 async function initPgliteDir(location: string): Promise<void> {
   if (existsSync(join(location, 'PG_VERSION'))) return;
-  const path = createRequire(import.meta.url).resolve('@electric-sql/pglite');
+  const req = createRequire(import.meta.url);
+  const paths = { pglite: req.resolve('@electric-sql/pglite'), socket: req.resolve('@electric-sql/pglite-socket'), pg: req.resolve('pg'), kysely: req.resolve('kysely') };
+  const input = JSON.stringify({ paths, location, startParams: PGLITE_START_PARAMS, migrations: await readMigrationFiles() });
+  const script = `let raw = '';
+    process.stdin.setEncoding('utf8').on('data', (c) => (raw += c)).on('end', () => {
+      const w = JSON.parse(raw);
+      const { PGlite } = require(w.paths.pglite);
+      const { PGLiteSocketServer } = require(w.paths.socket);
+      const pg = require(w.paths.pg);
+      const { Kysely, PostgresDialect, Migrator, sql } = require(w.paths.kysely);
+      (async () => {
+        const db = await PGlite.create({ dataDir: w.location, startParams: w.startParams });
+        const server = new PGLiteSocketServer({ db, host: '127.0.0.1', port: 0, maxConnections: 2 });
+        await server.start();
+        const conn = server.getServerConn();
+        const at = conn.lastIndexOf(':');
+        const k = new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool({ host: conn.slice(0, at), port: Number(conn.slice(at + 1)), user: 'postgres', database: 'postgres', max: 1 }) }) });
+        const provider = { getMigrations: async () => Object.fromEntries(w.migrations.map((m) => [m.name, { up: async (d) => void (await sql.raw(m.text).execute(d)) }])) };
+        const result = await new Migrator({ db: k, provider }).migrateToLatest();
+        await k.destroy();
+        await server.stop();
+        await db.close();
+        if (result.error) throw result.error;
+      })().then(() => process.exit(0), (err) => { process.stderr.write(String((err && err.stack) || err) + '\\n'); process.exit(1); });
+    });`;
   await new Promise<void>((resolve, reject) => {
-    const worker = new Worker(
-      `const { workerData } = require('node:worker_threads');
-       require(workerData.path).PGlite.create({ dataDir: workerData.location, startParams: workerData.startParams })
-         .then((db) => db.close())
-         .then(() => process.exit(0), (err) => { process.stderr.write(String(err && err.stack || err) + '\\n'); process.exit(1); });`,
-      { eval: true, workerData: { path, location, startParams: PGLITE_START_PARAMS }, stderr: true },
-    );
+    // No NODE_OPTIONS: a test runner's loader or an operator's heap flags are not the child's business.
+    const { NODE_OPTIONS: _ignored, ...env } = process.env;
+    const child = spawn(process.execPath, ['-e', script], { stdio: ['pipe', 'ignore', 'pipe'], env });
     let stderr = '';
-    worker.stderr.on('data', (c: Buffer) => void (stderr = (stderr + String(c)).slice(-2000)));
-    worker.on('error', reject);
-    worker.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`initializing PGlite in ${location} failed (worker exit ${code}): ${stderr.trim().slice(-500)}`))));
+    child.stderr.on('data', (c: Buffer) => void (stderr = (stderr + String(c)).slice(-2000)));
+    child.on('error', reject);
+    child.on('exit', (code, signal) => (code === 0 ? resolve() : reject(new Error(`initializing PGlite in ${location} failed (exit ${code ?? signal}): ${stderr.trim().slice(-500)}`))));
+    child.stdin.on('error', () => {}); // a child that died early: its exit says why
+    child.stdin.end(input);
   });
 }
 

@@ -11,18 +11,20 @@ export const SQL_DIR = fileURLToPath(new URL('../../sql/', import.meta.url));
 
 const MIGRATION_FILE = /^\d+_[\w-]+\.sql$/;
 
+/** The NNN_name.sql files of `dir` in name order, each with its text. */
+export async function readMigrationFiles(dir: string = SQL_DIR): Promise<{ name: string; text: string }[]> {
+  const files = (await readdir(dir)).filter((f) => MIGRATION_FILE.test(f)).sort();
+  return Promise.all(files.map(async (file) => ({ name: file.replace(/\.sql$/, ''), text: await readFile(join(dir, file), 'utf8') })));
+}
+
 /** Each NNN_name.sql file is one migration; a file may hold several statements. */
 export class SqlFileMigrationProvider implements MigrationProvider {
   constructor(private readonly dir: string = SQL_DIR) {}
 
   async getMigrations(): Promise<Record<string, Migration>> {
-    const files = (await readdir(this.dir)).filter((f) => MIGRATION_FILE.test(f)).sort();
     const out: Record<string, Migration> = {};
-    for (const file of files) {
-      const text = await readFile(join(this.dir, file), 'utf8');
-      // No parameters, so pg sends it with the simple query protocol: multiple statements are fine.
-      out[file.replace(/\.sql$/, '')] = { up: async (db) => void (await sql.raw(text).execute(db)) };
-    }
+    // No parameters, so pg sends it with the simple query protocol: multiple statements are fine.
+    for (const { name, text } of await readMigrationFiles(this.dir)) out[name] = { up: async (db) => void (await sql.raw(text).execute(db)) };
     return out;
   }
 }

@@ -5,7 +5,7 @@ import { sql } from 'kysely';
 import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openDatabase, type OpenDatabase } from '../../src/db/connect.js';
-import { migrateToLatest } from '../../src/db/migrate.js';
+import { migrateToLatest, readMigrationFiles } from '../../src/db/migrate.js';
 import type { NewVm } from '../../src/db/schema.js';
 import { databaseKinds, freshDatabase, type TestDatabase } from '../helpers/database.js';
 
@@ -107,7 +107,12 @@ describe('embedded PGlite on disk', () => {
   it('creates the directory, and keeps data across close and reopen', async () => {
     const url = `pglite:${join(dir, 'nested', 'db')}`;
     const first = await openDatabase(url, { log });
-    await migrateToLatest(first.db, log);
+    // A new directory is initialized and migrated in a worker (its WASM memory goes with it):
+    // the serving process finds every migration applied.
+    const applied = await migrateToLatest(first.db, log);
+    expect(applied.results).toEqual([]);
+    const recorded = await sql<{ name: string }>`select name from kysely_migration order by name`.execute(first.db);
+    expect(recorded.rows.map((r) => r.name)).toEqual((await readMigrationFiles()).map((m) => m.name));
     await first.db.insertInto('vms').values(vm('disk-1')).execute();
     await first.close();
     await first.close(); // idempotent
