@@ -104,6 +104,11 @@ export interface GceEmulatorOptions {
   bootDelayMs?: number;
   /** The longest an operations/wait call blocks before answering a RUNNING operation (GCE: ~2 min). */
   waitMaxMs?: number;
+  /**
+   * How long a setMetadata operation stays RUNNING after its answer (default 100 ms). GCE answers
+   * the call with a RUNNING operation; the metadata itself is visible at once here.
+   */
+  metadataOpMs?: number;
   /** How long a sandbox may take to listen before its instance is TERMINATED. */
   bootTimeoutMs?: number;
   /**
@@ -1087,9 +1092,10 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     setMetadataItems(inst, items);
     applyGuestKey(inst);
     const op = newOp(project, zone, 'setMetadata', inst.res['selfLink'], inst.id, rid);
-    op.finish();
+    const answer = structuredClone(op.json);
+    setTimeout(() => op.finish(), opts.metadataOpMs ?? 100).unref();
     processWindowsKeys(inst);
-    return op.json;
+    return answer;
   });
 
   app.post(`${Z}/instances/:name/setLabels`, { config: { call: 'setLabels' } }, async (req: Req) => {

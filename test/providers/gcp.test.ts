@@ -170,6 +170,10 @@ describe('gcp provider against the GCE emulator', () => {
     expect(results.every((r) => r.ok)).toBe(true);
     expect(fx.provider.stats.bulkInserts).toBe(1);
     expect(fx.provider.stats.calls['instances.insert'] ?? 0).toBe(0);
+    // One setMetadata per VM (its own key), whose RUNNING operation is not waited for: the boot
+    // probe checks the key took. At most the bulkInsert's own operation is waited for.
+    expect(fx.provider.stats.calls['instances.setMetadata']).toBe(3);
+    expect(fx.provider.stats.calls['operations.wait'] ?? 0).toBeLessThanOrEqual(1);
     const listed = (await fx.provider.list({ [LABEL_SHARD]: fx.shard })).vms;
     expect(listed.map((v) => [v.name, v.vmId]).sort()).toEqual(specs.map((s) => [s.name, s.vmId]).sort());
     // Each VM holds its own key and no other: the shared bulk body carries none.
