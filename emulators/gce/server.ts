@@ -3,7 +3,8 @@
 // setMetadata/setLabels/stop/start/suspend/resume/getSerialPortOutput, zoneOperations get/wait,
 // firewalls list/insert with their global operations), GCE's error
 // JSON, fault injection (stockouts, 429s, quota, hung calls), and instances that are real SSH
-// sandboxes (the local provider's) on their own loopback address. Used by tests, demo, benches.
+// sandboxes (the local provider's) on their own loopback address, or for benches real OpenSSH
+// sshds there (vmPeers: 'sshd', sshd-peers.ts). Used by tests, demo, benches.
 import { constants as cryptoConstants, createHash, createPublicKey, publicEncrypt, randomBytes, randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
