@@ -11,7 +11,7 @@
 // released; all N running (a line every 5 s) while /metrics is scraped every 200 ms; the baseline.
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { freePort } from './free-port.js';
 import { setPriority, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -47,6 +47,10 @@ const { values } = parseArgs({
     'skip-idle': { type: 'boolean', default: false },
     'skip-baseline': { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
+    /** What the GCE emulator's VMs are: `sshd` (real OpenSSH, a few ms of CPU to boot) or `sandbox` (Node ssh2, ~0.25 s); default sshd when /usr/sbin/sshd exists. */
+    peers: { type: 'string' },
+    /** With --peers sshd and no /usr/sbin/sshd: apt-get install -y openssh-server first. */
+    'install-sshd': { type: 'boolean', default: false },
   },
 });
 
@@ -112,6 +116,28 @@ if (!values.dist) {
 }
 const load = <T>(m: string): Promise<T> => import(pathToFileURL(join(dist, m)).href) as Promise<T>;
 const { startGceEmulator } = await load<GceModule>('emulators/gce/server.js');
+type SshdPeersModule = typeof import('../emulators/gce/sshd-peers.js');
+const { SSHD, ensurePeerUser } = await load<SshdPeersModule>('emulators/gce/sshd-peers.js');
+
+// The GCE emulator's VMs: 1,000 Node sandboxes (~0.25 s of CPU each to start) on the manager's
+// 2 cores made the warm-up measure the peers (~130 s); real sshd peers boot in a few ms.
+if (values.peers !== undefined && values.peers !== 'sshd' && values.peers !== 'sandbox') throw new Error(`--peers: expected sshd or sandbox, got ${JSON.stringify(values.peers)}`);
+if (values.peers === 'sshd' && !existsSync(SSHD)) {
+  if (!values['install-sshd']) throw new Error(`--peers sshd: ${SSHD} not found; install it (apt-get install -y openssh-server) or add --install-sshd`);
+  say('installing openssh-server (--install-sshd)');
+  execFileSync('apt-get', ['install', '-y', 'openssh-server'], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
+}
+const PEERS: 'sshd' | 'sandbox' = (values.peers as 'sshd' | 'sandbox' | undefined) ?? (existsSync(SSHD) ? 'sshd' : 'sandbox');
+if (PEERS === 'sshd') {
+  ensurePeerUser('runner');
+  // The jobs run as that user and look for the stop file in this directory: traversable, not listable.
+  chmodSync(work, 0o711);
+  // Interrupted: exit handlers kill the sshd peers (unlike sandboxes, they have no backstop of their own).
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
+}
+say(PEERS === 'sshd'
+  ? `VM peers: OpenSSH ${SSHD}, one per VM, user runner (--peers sandbox for Node sandboxes)`
+  : `VM peers: Node sandboxes${values.peers ? '' : ` (no ${SSHD}: apt-get install -y openssh-server, or --peers sshd --install-sshd, for sshd peers)`}`);
 
 async function adminQuery(text: string): Promise<void> {
   const c = new pg.Client({ connectionString: ADMIN_DB, connectionTimeoutMillis: 10_000 });
@@ -225,12 +251,22 @@ function vmsInState(text: string, state: string): number {
 
 async function waitReady(m: Manager, n: number, timeoutMs: number): Promise<number> {
   const t0 = Date.now();
+  let lastSay = t0;
   while (Date.now() - t0 < timeoutMs) {
     if (m.proc.exitCode !== null) throw new Error(`manager exited (${m.proc.exitCode}); log in ${work}`);
+    let ready = 0;
     try {
-      if (vmsInState((await m.metrics()).text, 'ready') >= n) return Date.now() - t0;
+      ready = vmsInState((await m.metrics()).text, 'ready');
+      if (ready >= n) return Date.now() - t0;
     } catch {
       // not listening yet
+    }
+    if (n > 10 && Date.now() - lastSay >= 10_000) {
+      // Where a slow warm-up waits: the cloud calls, the VMs' boots, or the manager's probes.
+      lastSay = Date.now();
+      const status: Record<string, number> = {};
+      for (const i of gce.instances()) status[String(i['status'])] = (status[String(i['status'])] ?? 0) + 1;
+      say(`  warm-up ${((lastSay - t0) / 1000).toFixed(0)} s: ${ready} ready; instances ${JSON.stringify(status)}; bulkInsert ${gce.calls.bulkInsert}, setMetadata ${gce.calls.setMetadata}`);
     }
     await sleep(250);
   }
@@ -251,11 +287,13 @@ function sampler(m: Manager) {
 }
 
 // ---- phase 1: idle RSS with 2 warm VMs -------------------------------------------------------
-const report: Record<string, unknown> = { params: { jobs: JOBS, warm: WARM, burst: BURST, runS: RUN_S, lineEveryS: LINE_S, bootMs: BOOT_MS, rps: RPS, traceIntervalS: TRACE_S, node: process.version } };
+const report: Record<string, unknown> = { params: { jobs: JOBS, warm: WARM, burst: BURST, runS: RUN_S, lineEveryS: LINE_S, bootMs: BOOT_MS, rps: RPS, traceIntervalS: TRACE_S, peers: PEERS, node: process.version } };
 const gitlab: GitLabEmulator = await startGitLabEmulator({ traceUpdateIntervalS: TRACE_S });
 const gceDir = join(work, 'gce');
 const peersCgroup = makePeersCgroup();
-const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: (BOOT_TIMEOUT_S + 60) * 1000, operationRetentionMs: 60_000, sandboxNice: 19, maxConcurrentBoots: 8, ...(peersCgroup ? { sandboxCgroupProcs: peersCgroup } : {}) });
+const gce = await startGceEmulator({ dataDir: gceDir, bootDelayMs: BOOT_MS, bootTimeoutMs: (BOOT_TIMEOUT_S + 60) * 1000, operationRetentionMs: 60_000, sandboxNice: 19, vmPeers: PEERS,
+  // 1,000 Node sandboxes starting together thrashed 2 cores; an sshd starts in a few ms.
+  ...(PEERS === 'sandbox' ? { maxConcurrentBoots: 8 } : {}), ...(peersCgroup ? { sandboxCgroupProcs: peersCgroup } : {}) });
 const cleanups: (() => Promise<void>)[] = [];
 
 // The peers stand for other machines: on this one they share the manager's 2 cores, and 200
@@ -463,6 +501,7 @@ try {
   const outcomes: Record<string, number> = {};
   for (const id of ids) outcomes[gitlab.job(id).state] = (outcomes[gitlab.job(id).state] ?? 0) + 1;
   report['outcomes'] = outcomes;
+  say(`job outcomes: ${JSON.stringify(outcomes)}`);
   samp.stop();
   await m.stop();
   if (profileDir) report['profile'] = summarizeProfile(profileDir);

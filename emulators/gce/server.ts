@@ -3,7 +3,8 @@
 // setMetadata/setLabels/stop/start/suspend/resume/getSerialPortOutput, zoneOperations get/wait,
 // firewalls list/insert with their global operations), GCE's error
 // JSON, fault injection (stockouts, 429s, quota, hung calls), and instances that are real SSH
-// sandboxes (the local provider's) on their own loopback address. Used by tests, demo, benches.
+// sandboxes (the local provider's) on their own loopback address, or for benches real OpenSSH
+// sshds there (vmPeers: 'sshd', sshd-peers.ts). Used by tests, demo, benches.
 import { constants as cryptoConstants, createHash, createPublicKey, publicEncrypt, randomBytes, randomInt } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,7 @@ import { generateVmKeyPair } from '../../src/isolation/keys.js';
 import { LocalProvider } from '../../src/providers/local/provider.js';
 import { loopbackAddress } from '../../src/providers/local/layout.js';
 import { gceConnectOverride } from '../connect-override.js';
+import { SshdPeers } from './sshd-peers.js';
 import { HOST_KEY_ITEM } from '../../src/providers/gcp/insert-body.js';
 import type { ConnectOverride } from '../../src/providers/provider.js';
 import { FilterError, matchFilter, parseFilter } from './filter.js';
@@ -134,7 +136,16 @@ export interface GceEmulatorOptions {
    * NO_RESULTS_ON_PAGE warning, even before anything ran there. Zones a call names are added.
    */
   zones?: string[];
+  /**
+   * What a VM is: a local-provider sandbox (a Node ssh2 server, ~0.25 s of CPU to start; the
+   * default) or, for benches, a real OpenSSH sshd (a few ms; needs root, /usr/sbin/sshd and the
+   * user SANDBOX_USER: see sshd-peers.ts). sandboxNice and sandboxCgroupProcs apply to both.
+   */
+  vmPeers?: 'sandbox' | 'sshd';
 }
+
+/** What the emulator asks of its VMs: the local provider's sandboxes or sshd peers. */
+type VmPeers = Pick<LocalProvider, 'create' | 'delete' | 'describe' | 'sandboxes' | 'connectInfo' | 'setAuthorizedKey' | 'setHostKey' | 'hostPublicKey' | 'freeze'>;
 
 /** Zones of a project by default (a subset of GCE's). */
 export const DEFAULT_GCE_ZONES = ['us-central1-a', 'us-central1-b', 'us-central1-c', 'us-central1-f', 'us-east1-b', 'us-east1-c', 'us-east1-d', 'europe-west1-b', 'europe-west1-c', 'europe-west1-d'];
@@ -255,7 +266,9 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const ownDataDir = !opts.dataDir;
   const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), 'gce-emu-'));
   const sandboxRoot = join(dataDir, 'gce-vms');
-  const local = new LocalProvider({ bootDelayMs: 0, dir: sandboxRoot, ...(opts.extraPathDir ? { extraPathDir: opts.extraPathDir } : {}), ...(opts.sandboxNice !== undefined ? { nice: opts.sandboxNice } : {}), ...(opts.sandboxCgroupProcs ? { cgroupProcs: opts.sandboxCgroupProcs } : {}) }, { shard: 'gce-emulator', dataDir, log });
+  const peerOpts = { ...(opts.extraPathDir ? { extraPathDir: opts.extraPathDir } : {}), ...(opts.sandboxNice !== undefined ? { nice: opts.sandboxNice } : {}), ...(opts.sandboxCgroupProcs ? { cgroupProcs: opts.sandboxCgroupProcs } : {}) };
+  const sshdPeers = opts.vmPeers === 'sshd' ? new SshdPeers({ root: sandboxRoot, user: SANDBOX_USER, ...peerOpts }) : undefined;
+  const local: VmPeers = sshdPeers ?? new LocalProvider({ bootDelayMs: 0, dir: sandboxRoot, ...peerOpts }, { shard: 'gce-emulator', dataDir, log });
   const waitMaxMs = opts.waitMaxMs ?? 30_000;
   const bootTimeoutMs = opts.bootTimeoutMs ?? 60_000;
 
@@ -338,6 +351,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
         // the root is gone already
       }
       await local.delete([...names].map((name) => ({ vmId: name, name })));
+      await sshdPeers?.close();
       instances.clear();
       await app.close();
       if (ownDataDir) rmSync(dataDir, { recursive: true, force: true });
