@@ -194,8 +194,13 @@ export interface Provider {
   readonly pollIntervalMs?: number;
   /** Create one VM; idempotent for the same spec.vmId/name. */
   create(spec: VmSpec): Promise<CreatedVm>;
-  /** Batch form; one result per spec, in order. Providers without a batch API loop over create. */
-  createMany(specs: VmSpec[]): Promise<CreateResult[]>;
+  /**
+   * Batch form; one result per spec, in order. Providers without a batch API loop over create.
+   * `onResult`, if given, hears each VM's result as soon as it is known, before the batch ends
+   * (gcp: a bulk-created VM once its own key is set), so its boot probe need not wait for the
+   * slowest VM of the batch.
+   */
+  createMany(specs: VmSpec[], onResult?: (r: CreateResult) => void): Promise<CreateResult[]>;
   /**
    * State and internal address of many VMs, with a bounded number of cloud calls. VMs the cloud
    * does not know are absent; scopes that did not answer are named in `unreachable`.

@@ -9,7 +9,7 @@ import { realClock } from '../../src/manager/clock.js';
 import { createMetrics } from '../../src/manager/metrics.js';
 import { Pool } from '../../src/manager/pool.js';
 import { Store } from '../../src/manager/store.js';
-import { ProviderError, type VmRef } from '../../src/providers/provider.js';
+import { ProviderError, type CreateResult, type VmRef, type VmSpec } from '../../src/providers/provider.js';
 import { waitUntil } from '../helpers/shard.js';
 import { MemoryCloud, config, fakeSession } from './pool-fixtures.js';
 
@@ -151,6 +151,34 @@ describe('Pool', () => {
     }
     await waitUntil(async () => (await states()).join() === 'ready,stopped', 5000, 'one hot and one standby VM');
     expect(cloud.creates).toBe(2);
+  });
+
+  it('boots a VM of a batch as soon as its own create result comes, not when the batch ends', async () => {
+    // A batch cloud (gcp's bulkInsert): the first VM's result is known early, the rest are held.
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const batchCloud = Object.assign(cloud, { capabilities: { ...cloud.capabilities, batchCreate: true } });
+    batchCloud.createMany = async (specs: VmSpec[], onResult?: (r: CreateResult) => void) => {
+      const results: CreateResult[] = [];
+      for (const [i, spec] of specs.entries()) {
+        const r: CreateResult = { ok: true, vm: await cloud.create(spec) };
+        results.push(r);
+        if (i === 0) {
+          onResult?.(r);
+          await held;
+        }
+      }
+      for (const r of results.slice(1)) onResult?.(r);
+      return results;
+    };
+    start(config({ idle: 3, max: 3 }));
+    try {
+      await waitUntil(async () => (await states()).join() === 'creating,creating,ready', 5000, 'the first VM ready while the batch is held');
+    } finally {
+      release();
+    }
+    await waitUntil(async () => (await states()).join() === 'ready,ready,ready', 5000, 'all three ready');
+    expect(cloud.creates).toBe(3);
   });
 
   it('claims cold-start room atomically: claims between two ticks never pass max', async () => {

@@ -4,7 +4,7 @@
 // background task.
 import type { ClassConfig } from '../../config/types.js';
 import type { VmRow } from '../../db/schema.js';
-import type { VmSpec } from '../../providers/provider.js';
+import type { CreateResult, VmSpec } from '../../providers/provider.js';
 import type { NewVmInput } from '../store.js';
 import type { VmState } from '../vm-states.js';
 import { providerOf, timedCall } from './cloud.js';
@@ -77,10 +77,9 @@ export class Lifecycle {
     for (const batch of batches) {
       tasks.spawn(
         batch.map((s) => s.vmId),
-        async () => {
+        async (release) => {
           for (const s of batch) await tasks.write(() => d.store.transition(s.vmId, 'requested', 'creating'));
-          const results = await timedCall(d.metrics, provider, 'create', () => provider.createMany(batch));
-          for (const r of results) {
+          const settle = async (r: CreateResult): Promise<void> => {
             if (r.ok) {
               await tasks.write(() => d.store.transition(r.vm.vmId, 'creating', 'booting', { cloud_id: r.vm.cloudId, zone: r.vm.zone ?? null }));
             } else {
@@ -89,7 +88,26 @@ export class Lifecycle {
               d.log.warn({ vm: r.vmId, class: cls.name, kind: r.error.kind, err: r.error.message }, 'VM creation failed');
               await tasks.write(() => d.store.transition(r.vmId, 'creating', 'failed', { failure: r.error.message.slice(0, 500) }));
             }
+          };
+          // A VM whose result comes early (gcp bulk: its own key is set) starts booting then,
+          // not when the batch's slowest VM is done: 1,000 VMs' probes overlap the creates.
+          const settled = new Map<string, Promise<void>>();
+          const early = (r: CreateResult) => {
+            const id = r.ok ? r.vm.vmId : r.vmId;
+            if (settled.has(id)) return;
+            // Handed back to the tick once booting (or failed): its probe need not wait for the batch.
+            const done = settle(r).then(() => release(id));
+            done.catch(() => {}); // handled below (Promise.all), not an unhandled rejection meanwhile
+            settled.set(id, done);
+          };
+          let results: CreateResult[];
+          try {
+            results = await timedCall(d.metrics, provider, 'create', () => provider.createMany(batch, early));
+          } finally {
+            await Promise.allSettled(settled.values());
           }
+          for (const r of results) if (!settled.has(r.ok ? r.vm.vmId : r.vmId)) await settle(r);
+          await Promise.all(settled.values()); // an early write that failed fails the task, as a late one does
           this.p.notify();
         },
       );

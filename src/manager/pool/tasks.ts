@@ -37,15 +37,26 @@ export class PoolTasks {
     return this.abort.signal.aborted;
   }
 
-  spawn(vmIds: string[], work: () => Promise<void>): void {
+  /**
+   * Runs `work` off the tick for these VMs. `release(id)` hands one VM back before the task ends
+   * (a batch create whose VM is booting already), so the tick may probe it meanwhile.
+   */
+  spawn(vmIds: string[], work: (release: (vmId: string) => void) => Promise<void>): void {
+    const owned = new Set(vmIds);
     for (const id of vmIds) this.busy.add(id);
-    const p = work()
+    const giveBack = (id: string) => {
+      this.busy.delete(id);
+      this.stale.add(id);
+    };
+    const release = (id: string) => {
+      if (!owned.delete(id)) return;
+      giveBack(id);
+      if (!this.stopped) this.ended();
+    };
+    const p = work(release)
       .catch((err) => this.log.error({ err, vms: vmIds }, 'pool task failed'))
       .finally(() => {
-        for (const id of vmIds) {
-          this.busy.delete(id);
-          this.stale.add(id);
-        }
+        for (const id of owned) giveBack(id);
         this.tasks.delete(p);
         if (!this.stopped) this.ended();
       });

@@ -333,7 +333,7 @@ export class GcpProvider implements Provider {
     }
   }
 
-  async createMany(specs: VmSpec[]): Promise<CreateResult[]> {
+  async createMany(specs: VmSpec[], onResult?: (r: CreateResult) => void): Promise<CreateResult[]> {
     const results = new Map<string, CreateResult>();
     const groups = new Map<string, VmSpec[]>();
     for (const s of specs) {
@@ -345,7 +345,7 @@ export class GcpProvider implements Provider {
         let rest = group;
         if (group.length >= this.cfg.bulkInsertMin && group.every((s) => !this.seen.has(s.name))) {
           try {
-            for (const r of await this.bulkCreate(group)) results.set(r.ok ? r.vm.vmId : r.vmId, r);
+            for (const r of await this.bulkCreate(group, onResult)) results.set(r.ok ? r.vm.vmId : r.vmId, r);
             rest = group.filter((s) => !results.has(s.vmId));
           } catch (err) {
             this.stats.bulkFallbacks++;
@@ -354,11 +354,14 @@ export class GcpProvider implements Provider {
         }
         await Promise.all(
           rest.map(async (s) => {
+            let r: CreateResult;
             try {
-              results.set(s.vmId, { ok: true, vm: await this.create(s) });
+              r = { ok: true, vm: await this.create(s) };
             } catch (err) {
-              results.set(s.vmId, { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'create' }) });
+              r = { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'create' }) };
             }
+            results.set(s.vmId, r);
+            onResult?.(r);
           }),
         );
       }),
@@ -367,7 +370,7 @@ export class GcpProvider implements Provider {
   }
 
   /** One bulkInsert per zone for VMs of one class; then each VM gets its own VM label. */
-  private async bulkCreate(group: VmSpec[]): Promise<CreateResult[]> {
+  private async bulkCreate(group: VmSpec[], onResult?: (r: CreateResult) => void): Promise<CreateResult[]> {
     const machine = this.machine(group[0]!);
     const zones = usableZones(machine.zones, this.cooldowns, this.now());
     let zone: string | undefined;
@@ -405,9 +408,13 @@ export class GcpProvider implements Provider {
           // The VM's own key (the shared body carried none). No per-VM label call: the name
           // (rf-<shard>-<vm id>) already identifies the VM, so a batch costs one call per VM, not two.
           if (machine.os === 'linux' || machine.windowsAccess === 'ssh') await this.setVmKey(inZone, s, machine, inst);
-          return { ok: true, vm: { vmId: s.vmId, cloudId: String(inst.id ?? s.name), zone: inZone } };
+          const r: CreateResult = { ok: true, vm: { vmId: s.vmId, cloudId: String(inst.id ?? s.name), zone: inZone } };
+          onResult?.(r);
+          return r;
         } catch (err) {
-          return { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'bulkInsert', zone: inZone }) };
+          const r: CreateResult = { ok: false, vmId: s.vmId, error: classifyError(err, { operation: 'bulkInsert', zone: inZone }) };
+          onResult?.(r);
+          return r;
         }
       }),
     );
