@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { parseGcpConfig, parseGcpMachine, validateGcpMachine } from '../../src/providers/gcp/config.js';
 import { classifyError, errorKind, isAlreadyExists } from '../../src/providers/gcp/errors.js';
 import { HOST_KEY_ITEM, LINUX_HOST_KEY_SCRIPT, bulkProperties, instanceBody, vmMetadataItems } from '../../src/providers/gcp/insert-body.js';
-import { clientOptions, labelFilter, vmState } from '../../src/providers/gcp/provider.js';
+import { clientOptions, labelFilter, quotaGroup, vmState } from '../../src/providers/gcp/provider.js';
 import { TokenBucket } from '../../src/providers/shared/rate-limit.js';
 import { requestId } from '../../src/providers/gcp/request-id.js';
 import { decryptWindowsPassword, findEncryptedPassword, mergeWindowsKeys, retrieveWindowsPassword, windowsKeyEntry } from '../../src/providers/gcp/windows.js';
@@ -250,6 +250,11 @@ describe('gcp helpers', () => {
 
   it('builds a label filter', () => {
     expect(labelFilter({ [LABEL_VM]: 'v', [LABEL_SHARD]: 's' })).toBe('(labels.runner-fleet-shard = "s") (labels.runner-fleet-vm = "v")');
+  });
+
+  it("counts calls in GCE's rate-quota groups: mutations, reads and operation reads apart", () => {
+    const methods = ['instances.insert', 'instances.bulkInsert', 'instances.setMetadata', 'instances.delete', 'instances.stop', 'firewalls.insert', 'instances.get', 'instances.aggregatedList', 'instances.getSerialPortOutput', 'instances.getGuestAttributes', 'firewalls.list', 'operations.wait', 'globalOperations.get'];
+    expect(methods.map(quotaGroup)).toEqual(['mutation', 'mutation', 'mutation', 'mutation', 'mutation', 'mutation', 'read', 'read', 'read', 'read', 'read', 'operation', 'operation']);
   });
 
   it('rate-limits with a token bucket', () => {

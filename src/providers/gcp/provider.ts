@@ -150,12 +150,26 @@ function ownedBy(filterLabels: Record<string, string>, fallbackShard: string): (
   return (i) => !!i.labels?.[LABEL_VM] || (i.name ?? '').startsWith(prefix);
 }
 
+/**
+ * GCE counts its rate quotas per group of methods, each on its own ("you can achieve the maximum
+ * quota in each group simultaneously": compute/docs/api-rate-limits): mutations, reads (get,
+ * list) and operation reads. One bucket for all let a scale-up's queue of 1,000 setMetadata calls
+ * hold back the list that finds its VMs running, so no VM got ready until the last key was set.
+ */
+type QuotaGroup = 'mutation' | 'read' | 'operation';
+
+export function quotaGroup(method: string): QuotaGroup {
+  if (method.startsWith('operations.') || method.startsWith('globalOperations.')) return 'operation';
+  return /\.(get\w*|list|aggregatedList)$/.test(method) ? 'read' : 'mutation';
+}
+
 export class GcpProvider implements Provider {
   readonly name = 'gcp';
   readonly capabilities: ProviderCapabilities = { batchCreate: true, stopStart: true, suspend: true, gpu: true, windows: true, nestedVms: false };
   readonly stats: GcpStats = { calls: {}, retries: 0, timeouts: 0, stockouts: 0, rateLimited: 0, bulkInserts: 0, bulkFallbacks: 0, listCacheHits: 0 };
   private readonly clients: GcpClients;
-  private readonly bucket: TokenBucket;
+  /** One token bucket per GCE rate-quota group (see quotaGroup). */
+  private readonly buckets: Record<QuotaGroup, TokenBucket>;
   private readonly log: Logger;
   private readonly telemetry: CloudTelemetry;
   private cooldowns: ReadonlyMap<string, number> = new Map();
@@ -176,7 +190,8 @@ export class GcpProvider implements Provider {
     const opts = clientOptions(cfg);
     this.clients = deps.clients ?? { instances: new InstancesClient(opts), operations: new ZoneOperationsClient(opts), firewalls: new FirewallsClient(opts) };
     this.pollIntervalMs = cfg.pollIntervalMs;
-    this.bucket = projectBucket(`${cfg.endpoint ?? 'googleapis'}/${cfg.project}`, cfg.requestsPerSecond);
+    const scope = `${cfg.endpoint ?? 'googleapis'}/${cfg.project}`;
+    this.buckets = { mutation: projectBucket(`${scope}/mutation`, cfg.requestsPerSecond), read: projectBucket(`${scope}/read`, cfg.requestsPerSecond), operation: projectBucket(`${scope}/operation`, cfg.requestsPerSecond) };
   }
 
   private readonly now: () => number;
@@ -201,7 +216,7 @@ export class GcpProvider implements Provider {
     const timeout = this.cfg.callTimeoutMs;
     return pRetry(
       async () => {
-        await this.bucket.take();
+        await this.buckets[quotaGroup(method)].take();
         this.stats.calls[method] = (this.stats.calls[method] ?? 0) + 1;
         let timer: NodeJS.Timeout | undefined;
         const started = performance.now();
