@@ -47,6 +47,11 @@ export interface VmRef {
   name: string;
   cloudId?: string | null;
   zone?: string | null;
+  /**
+   * When the VM's row was written (ms), just before its create: a provider that restarted since
+   * the launch knows from it that the VM is young (EC2 answers NotFound for minutes after a launch).
+   */
+  createdAt?: number | null;
 }
 
 export interface CreatedVm {

@@ -178,6 +178,26 @@ describe('aws provider against the EC2 emulator', () => {
     expect(fx.provider.tracked()).toEqual({ seen: 0, shardOf: 0 });
   });
 
+  it('after a restart, knows a VM is young from its row (createdAt): NotFound right after the launch is retried, not read as gone', async () => {
+    const fx = await setup();
+    fx.emu.faults.listLagMs = 1500;
+    const { spec } = makeSpec(fx.shard, machine);
+    const [created] = await fx.provider.createMany([spec]);
+    if (!created?.ok) throw new Error('create failed');
+    // A new manager's provider: nothing of the launch in memory, only what the database holds.
+    const restarted = new AwsProvider(fx.provider.cfg, { shard: fx.shard, dataDir: '/nonexistent', log: createLogger({ level: 'silent' }), connectOverride: fx.emu.connectOverride });
+    try {
+      const ref = { vmId: spec.vmId, name: spec.name, cloudId: created.vm.cloudId, createdAt: Date.now() - 200 };
+      await expect(restarted.delete([ref])).rejects.toMatchObject({ kind: 'retryable' });
+      expect(fx.emu.instances().find((i) => i.id === ref.cloudId)?.state).not.toBe('terminated');
+      await new Promise((r) => setTimeout(r, 1600));
+      await restarted.delete([ref]);
+      expect(fx.emu.instances().find((i) => i.id === ref.cloudId)?.state).toBe('terminated');
+    } finally {
+      await restarted.close();
+    }
+  });
+
   it('terminates the other VMs of a delete while one just launched is not found yet', async () => {
     const fx = await setup();
     fx.emu.faults.listLagMs = 1500;

@@ -21,8 +21,8 @@ export function newVm(shard: string, cls: Pick<ClassConfig, 'name' | 'provider'>
   return { id, class: cls.name, provider: cls.provider, name, publicKey: keys.publicKey, privateKey: keys.privateKey, hostKey: host.privateKey, hostKeyFingerprint: host.fingerprint };
 }
 
-export function vmRef(row: Pick<VmRow, 'id' | 'name' | 'cloud_id' | 'zone'>): VmRef {
-  return { vmId: row.id, name: row.name, cloudId: row.cloud_id, zone: row.zone };
+export function vmRef(row: Pick<VmRow, 'id' | 'name' | 'cloud_id' | 'zone'> & Partial<Pick<VmRow, 'created_at'>>): VmRef {
+  return { vmId: row.id, name: row.name, cloudId: row.cloud_id, zone: row.zone, ...(row.created_at ? { createdAt: row.created_at.getTime() } : {}) };
 }
 
 /** When a VM's current boot began: its creation, or for a resume from standby its `booting` transition. */

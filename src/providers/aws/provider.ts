@@ -152,11 +152,16 @@ export class AwsProvider implements Provider {
     return ec2Call({ provider: 'aws', cfg: this.cfg, bucket: this.bucket, telemetry: this.telemetry, log: this.log, stats: this.stats }, action, zone, fn, opts);
   }
 
-  /** Whether one of these VMs was launched by this provider within EC2's consistency window. */
+  /** When a VM was launched: by this provider, or (after a restart) its row's creation. */
+  private launchedAt(r: VmRef): number | undefined {
+    return this.seen.get(r.name)?.launchedAt ?? r.createdAt ?? undefined;
+  }
+
+  /** Whether one of these VMs was launched within EC2's consistency window. */
   private justLaunched(refs: VmRef[]): boolean {
     const now = this.now();
     return refs.some((r) => {
-      const at = this.seen.get(r.name)?.launchedAt;
+      const at = this.launchedAt(r);
       return at !== undefined && now - at < CONSISTENCY_WINDOW_MS;
     });
   }
@@ -338,7 +343,7 @@ export class AwsProvider implements Provider {
   async delete(refs: VmRef[]): Promise<void> {
     if (refs.length === 0) return;
     const ids = await this.idsOf(refs);
-    const nameOf = new Map(refs.filter((r) => r.cloudId).map((r) => [r.cloudId!, r.name]));
+    const refOf = new Map(refs.filter((r) => r.cloudId).map((r) => [r.cloudId!, r]));
     const terminate = (chunk: string[]) => this.call('TerminateInstances', undefined, (abortSignal) => this.client.send(new TerminateInstancesCommand({ InstanceIds: chunk }), { abortSignal }));
     // An instance EC2 does not know yet must not hold up the others: they are terminated, then it
     // is retried (the caller's next delete).
@@ -353,7 +358,8 @@ export class AwsProvider implements Provider {
         const one = chunk.length > 1 ? await terminate([id]).then(() => null, (err: unknown) => err) : failed;
         if (!one) continue;
         if (!(one instanceof ProviderError) || one.kind !== 'notFound') throw one;
-        const launchedAt = this.seen.get(nameOf.get(id) ?? '')?.launchedAt;
+        const ref = refOf.get(id);
+        const launchedAt = ref ? this.launchedAt(ref) : undefined;
         if (launchedAt !== undefined && this.now() - launchedAt < CONSISTENCY_WINDOW_MS) {
           notYet ??= new ProviderError('retryable', `aws TerminateInstances: ${id} is not found yet ${Math.round((this.now() - launchedAt) / 1000)} s after its launch (EC2 eventual consistency); retry`, { provider: 'aws', operation: 'delete', cause: one });
         }
