@@ -163,13 +163,18 @@ describe('aws provider against the EC2 emulator', () => {
     expect(fx.emu.instances()).toHaveLength(1); // the retry carried the same ClientToken
   });
 
-  it('retries a terminate that EC2 answers NotFound right after the launch (eventual consistency), never reading it as gone', async () => {
-    const fx = await setup();
+  /** A VM launched just now in an EC2 whose answers lag its launches by 1.5 s. */
+  async function launchedInLag(fx: Fixture) {
     fx.emu.faults.listLagMs = 1500;
     const { spec } = makeSpec(fx.shard, machine);
     const [created] = await fx.provider.createMany([spec]);
     if (!created?.ok) throw new Error('create failed');
-    const ref = { vmId: spec.vmId, name: spec.name, cloudId: created.vm.cloudId };
+    return { vmId: spec.vmId, name: spec.name, cloudId: created.vm.cloudId };
+  }
+
+  it('retries a terminate that EC2 answers NotFound right after the launch (eventual consistency), never reading it as gone', async () => {
+    const fx = await setup();
+    const ref = await launchedInLag(fx);
     await expect(fx.provider.delete([ref])).rejects.toMatchObject({ kind: 'retryable' });
     expect(fx.emu.instances().find((i) => i.id === ref.cloudId)?.state).not.toBe('terminated');
     await new Promise((r) => setTimeout(r, 1600));
@@ -180,14 +185,10 @@ describe('aws provider against the EC2 emulator', () => {
 
   it('after a restart, knows a VM is young from its row (createdAt): NotFound right after the launch is retried, not read as gone', async () => {
     const fx = await setup();
-    fx.emu.faults.listLagMs = 1500;
-    const { spec } = makeSpec(fx.shard, machine);
-    const [created] = await fx.provider.createMany([spec]);
-    if (!created?.ok) throw new Error('create failed');
+    const ref = { ...(await launchedInLag(fx)), createdAt: Date.now() - 200 };
     // A new manager's provider: nothing of the launch in memory, only what the database holds.
     const restarted = new AwsProvider(fx.provider.cfg, { shard: fx.shard, dataDir: '/nonexistent', log: createLogger({ level: 'silent' }), connectOverride: fx.emu.connectOverride });
     try {
-      const ref = { vmId: spec.vmId, name: spec.name, cloudId: created.vm.cloudId, createdAt: Date.now() - 200 };
       await expect(restarted.delete([ref])).rejects.toMatchObject({ kind: 'retryable' });
       expect(fx.emu.instances().find((i) => i.id === ref.cloudId)?.state).not.toBe('terminated');
       await new Promise((r) => setTimeout(r, 1600));
