@@ -92,7 +92,7 @@ export class Lifecycle {
           // A VM whose result comes early (gcp bulk: its own key is set) starts booting then,
           // not when the batch's slowest VM is done: 1,000 VMs' probes overlap the creates.
           const settled = new Map<string, Promise<void>>();
-          const early = (r: CreateResult) => {
+          const settleOnce = (r: CreateResult) => {
             const id = r.ok ? r.vm.vmId : r.vmId;
             if (settled.has(id)) return;
             // Handed back to the tick once booting (or failed): its probe need not wait for the batch.
@@ -102,12 +102,12 @@ export class Lifecycle {
           };
           let results: CreateResult[];
           try {
-            results = await timedCall(d.metrics, provider, 'create', () => provider.createMany(batch, early));
+            results = await timedCall(d.metrics, provider, 'create', () => provider.createMany(batch, settleOnce));
           } finally {
             await Promise.allSettled(settled.values());
           }
-          for (const r of results) if (!settled.has(r.ok ? r.vm.vmId : r.vmId)) await settle(r);
-          await Promise.all(settled.values()); // an early write that failed fails the task, as a late one does
+          for (const r of results) settleOnce(r); // those the provider did not report early
+          await Promise.all(settled.values()); // a write that failed fails the task
           this.p.notify();
         },
       );
