@@ -65,6 +65,8 @@ export interface GceFaults {
   rateLimitStatus: 403 | 429;
   /** Inserts answer 403 quotaExceeded while set. */
   quotaExceeded: boolean;
+  /** The next N setMetadata calls answer RUNNING, change nothing, and their operation ends in an error. */
+  failMetadataOps: number;
   /** The next N API calls never answer (until hangForMs passes, releaseHung() or close()). */
   hangNext: number;
   /** If > 0, a hung call answers 503 backendError after this long; 0 = never. */
@@ -273,7 +275,7 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
   const bootTimeoutMs = opts.bootTimeoutMs ?? 60_000;
 
   const faults: GceFaults = {
-    stockoutZones: new Set(), stockoutAsHttp: false, rateLimitNext: 0, rateLimitStatus: 429, quotaExceeded: false, hangNext: 0, hangForMs: 0,
+    stockoutZones: new Set(), stockoutAsHttp: false, rateLimitNext: 0, rateLimitStatus: 429, quotaExceeded: false, failMetadataOps: 0, hangNext: 0, hangForMs: 0,
     unreachableZones: new Map(), errorRate: 0, errorAfterRate: 0, lostShare: 0,
   };
   const random = opts.random ?? Math.random;
@@ -1101,6 +1103,14 @@ export async function startGceEmulator(opts: GceEmulatorOptions = {}): Promise<G
     const body = (req.body ?? {}) as Json;
     if (body['fingerprint'] && body['fingerprint'] !== inst.res['metadata']['fingerprint']) {
       throw new HttpError(412, 'conditionNotMet', `Supplied fingerprint does not match current metadata fingerprint.`);
+    }
+    if (faults.failMetadataOps > 0) {
+      // GCE accepts the call and reports the failure only in the operation.
+      faults.failMetadataOps--;
+      const failed = newOp(project, zone, 'setMetadata', inst.res['selfLink'], inst.id, rid);
+      const answer = structuredClone(failed.json);
+      setTimeout(() => failed.finish({ code: 'INTERNAL_ERROR', message: 'Internal error. Please try again or contact Google Support.' }), opts.metadataOpMs ?? 100).unref();
+      return answer;
     }
     const items = (Array.isArray(body['items']) ? (body['items'] as Json[]) : []).map((i) => ({ key: String(i['key']), value: i['value'] ?? '' }));
     setMetadataItems(inst, items);

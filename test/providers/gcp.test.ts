@@ -184,6 +184,24 @@ describe('gcp provider against the GCE emulator', () => {
     expect(JSON.stringify(fx.emu.inserted(specs[0]!.name))).not.toContain(specs[1]!.publicKey.split(' ')[1]);
   });
 
+  it('a bulk-created VM whose setMetadata operation fails later never takes a job: the boot probe cannot log in to it', async () => {
+    const fx = await setup();
+    fx.emu.faults.failMetadataOps = 1;
+    const made = [makeSpec(fx.shard, machine), makeSpec(fx.shard, machine)];
+    // The operation is not waited for, so the create reports both VMs made...
+    expect((await fx.provider.createMany(made.map((t) => t.spec))).every((r) => r.ok)).toBe(true);
+    const keyed = (t: (typeof made)[0]) => (fx.emu.instance(t.spec.name)!['metadata']['items'] as { key: string }[]).some((i) => i.key === 'ssh-keys');
+    const bad = made.find((t) => !keyed(t));
+    const good = made.find((t) => keyed(t));
+    expect(bad && good).toBeTruthy();
+    // ...and the boot probe is the check: the keyed VM answers, the other is refused until the
+    // pool's boot timeout fails it (no job was bound to it, so no billing event).
+    const vm = await waitRunning(fx.provider, good!.spec);
+    (await connectSsh(fx.provider.connectInfo(vm, good!.keys.privateKey), { timeoutMs: 10_000 })).close();
+    const badVm = await waitRunning(fx.provider, bad!.spec);
+    await expect(connectSsh(fx.provider.connectInfo(badVm, bad!.keys.privateKey), { timeoutMs: 3000 })).rejects.toThrow();
+  });
+
   it('reaches a bulk-created VM with its own key only', async () => {
     const fx = await setup();
     const made = [makeSpec(fx.shard, machine), makeSpec(fx.shard, machine)];
