@@ -33,6 +33,11 @@ export interface ReadyVm {
 export interface TierTargets {
   hot: number;
   standby: number;
+  /**
+   * Surplus hot VMs are counted above this (>= hot; default hot): a policy that expects to want
+   * them again soon keeps them rather than deleting and re-making them.
+   */
+  keepHot?: number;
 }
 
 export interface ScaleDecision {
@@ -117,7 +122,7 @@ export function decideScale(input: ScaleInput): ScaleDecision {
   // Surplus hot VMs idle long enough: to standby while it is short (no new VM), else delete. A
   // blocked class keeps what it has: it cannot get it back.
   let standbyShort = Math.max(0, targets.standby - standbyLeft - pendingStandby);
-  const hotSurplus = counts.ready + counts.pending - targets.hot;
+  const hotSurplus = counts.ready + counts.pending - Math.max(targets.hot, input.targets.keepHot ?? 0);
   if (hotSurplus > 0 && !input.blocked) {
     for (const vm of input.readyVms) {
       if (out.stop.length + out.retire.length >= Math.min(hotSurplus, counts.ready)) break;

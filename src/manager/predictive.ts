@@ -6,14 +6,18 @@
 // tiers so that the share of jobs starting later than the class's target stays within `bound`,
 // at the least idle cost:
 //   - a job that finds a hot VM starts at once; one that finds only standby waits a resume; one
-//     that finds neither waits a boot; a resume or boot is late (over the target) with the
-//     probability its learnt log-normal gives;
+//     that finds neither waits a boot; with base-stock replenishment the VM it waits for was
+//     ordered when the S-th job before it came, so it is late only when S jobs came within the
+//     replacement's excess over the target (lead - target, per quantile of the learnt log-normal);
 //   - job-weighted, as the promise is: a pipeline of b jobs arriving to s free VMs makes b - s of
 //     them wait, so the tiers are base stocks for compound-Poisson demand (batches of the learnt
-//     size distribution) over the random time a used VM takes to be replaced (baseStock);
+//     size distribution) over that excess (baseStock);
+//   - the promise holds per hour, so the share planned at a rate is below the bound by the
+//     scatter an hour of that many jobs, as clustered as the class's history, has (plannedShare);
 //   - hot + standby cover the demand over a boot and hot the demand over a resume; a class whose
 //     boot is rarely late holds nothing, and a provider without stop/start holds everything hot;
-//   - a surplus warm VM without a standby tier to go to is kept at least a boot (rent or buy).
+//   - a surplus warm VM without a standby tier to go to is kept at least a boot (rent or buy), and
+//     none below the most the policy wanted in the last few minutes (keepHot).
 
 import type { ClassConfig } from '../config/types.js';
 import type { ClassCounts, TierTargets } from './autoscaler.js';
@@ -46,15 +50,29 @@ const SMOOTH_SLOTS = 2;
 /** The forecast never goes below this share of the class's mean rate over its history. */
 const RATE_FLOOR = 0.25;
 /**
- * The per-tier job share is planned at half the promise: the tiers are sized one by one (hot for
- * a resume, hot + standby for a boot), but a job that misses the hot tier can also find the
- * standby tier empty, and the two misses come together in bursts. Calibrated on the corpus's
- * weekday trace (bench/policy-corpus.ts), judged on its other traces.
+ * The promise holds in every hour, not only over the day: an hour's late share scatters around
+ * the planned one, the more so the fewer jobs it holds and the more of them come together
+ * (pipelines, merge trains). So the share planned at a rate is the largest p with
+ * p + HOUR_Z x sd <= bound, sd = sqrt(p x c / N): N the jobs of an hour at that rate, c the
+ * arrivals' dispersion (variance over mean of 5-minute counts, learnt from history). A busy hour
+ * is planned near the bound, a quiet one with a merge train in it well below. Calibrated on the
+ * corpus's weekday trace (bench/policy-corpus.ts), judged on its other traces.
  */
-const SHARE_MARGIN = 0.5;
-/** hot + standby with a standby tier: planned deeper still, as standby costs a tenth of hot (same calibration). */
-const STANDBY_MARGIN = 0.2;
+const HOUR_Z = 1.5;
+/**
+ * The tiers are sized one by one (hot for a resume, hot + standby for a boot), but a job that
+ * misses the hot tier can also find the standby tier empty, and the two misses come together in
+ * bursts: each tier's share is a part of the planned one. hot + standby is planned deeper still
+ * with a standby tier, as standby costs a tenth of hot (same calibration).
+ */
+const HOT_PART = 0.75;
+const STANDBY_PART = 0.3;
 const WEEK_MS = 7 * 24 * 3600_000;
+/** A used VM's replacement is ordered at the pool's next decision: up to a tick (500 ms) and the intake's wake-up. */
+const DECIDE_S = 1;
+/** keepHot's window: at least this, and at least KEEP_BOOTS slow (p95) boots. */
+const KEEP_WINDOW_MS = 5 * 60_000;
+const KEEP_BOOTS = 3;
 const SLOTS = WEEK_MS / SLOT_MS;
 const RECENT_MS = 10 * 60_000;
 const EPOCH_MONDAY = 4 * 24 * 3600_000; // 1970-01-01 was a Thursday: slot 0 is Monday 00:00 UTC
@@ -80,6 +98,8 @@ export class DemandModel {
   private queued = 0;
   /** Jobs per second over the learnt history (the floor of the forecast). */
   private meanRate = 0;
+  /** Variance over mean of the history's 5-minute counts (1 for Poisson arrivals); null before history. */
+  private dispersion: number | null = null;
   /** How many jobs arrive together (pipeline fan-out), learned over history and since. */
   readonly batches = new BatchSizes();
   /** cover() answers by input bucket: the batch-size distribution changes slowly. */
@@ -117,6 +137,40 @@ export class DemandModel {
         this.weeklyCount[s]! += times;
       }
     }
+    // Dispersion of the 5-minute counts around the season (the smoothed profile).
+    let sq = 0;
+    let mean = 0;
+    const slots = Math.floor((toMs - fromMs) / SLOT_MS);
+    const perSlot = new Float64Array(slots);
+    for (const t of inRange) {
+      const k = Math.floor((t - fromMs) / SLOT_MS);
+      if (k < slots) perSlot[k]!++;
+    }
+    for (let k = 0; k < slots; k++) {
+      const mu = this.seasonalAt(fromMs + (k + 0.5) * SLOT_MS) * (SLOT_MS / 1000);
+      sq += (perSlot[k]! - mu) ** 2;
+      mean += mu;
+    }
+    if (mean > 0 && slots >= 12) this.dispersion = Math.max(1, sq / mean);
+  }
+
+  /** The season's rate at `t` (jobs/s): the weekly profile, smoothed over +-10 minutes. */
+  private seasonalAt(t: number): number {
+    let sum = 0;
+    for (let i = -SMOOTH_SLOTS; i <= SMOOTH_SLOTS; i++) sum += this.weekly[DemandModel.slotOf(t + i * SLOT_MS)]!;
+    return sum / (2 * SMOOTH_SLOTS + 1) / (SLOT_MS / 1000);
+  }
+
+  /**
+   * The late share to plan for at `rate` jobs/s: the largest p with p + HOUR_Z sqrt(p c / N) <=
+   * bound (N jobs an hour, c the dispersion; before history, the batch sizes' E[B^2]/E[B]).
+   */
+  plannedShare(rate: number): number {
+    const c = this.dispersion ?? this.batches.clumping();
+    const n = Math.max(rate * 3600, 1);
+    const a = HOUR_Z * Math.sqrt(c / n);
+    const x = (-a + Math.sqrt(a * a + 4 * this.o.bound)) / 2;
+    return x * x;
   }
 
   observeArrival(t: number): void {
@@ -168,31 +222,38 @@ export class DemandModel {
   }
 
   /**
-   * VMs to hold so that, of the jobs arriving while a used VM is replaced (`leadMs`), at most a
-   * share `bound / pLate` finds none: a job that finds none waits a resume or boot, late with
-   * probability pLate, so the share of late jobs stays within `bound`. Job-weighted, as the promise
-   * is: a pipeline of b jobs arriving to s free VMs makes b - s of its jobs wait, so the
-   * batch-size distribution (not only its mean) and the demand of the last `leadMs` (compound
-   * Poisson, base-stock replenishment) decide it.
+   * VMs to hold, replaced one for one in `lead`, so that at most `part` of the planned late share
+   * of jobs waits past the target. Job-weighted, as the promise is: a pipeline of b jobs arriving
+   * to s free VMs makes b - s of its jobs wait, so the batch-size distribution (not only its mean)
+   * and the demand of the lead's excess over the target (compound Poisson) decide it.
    */
-  private cover(now: number, lead: ZonedTime, pLate: number, margin = SHARE_MARGIN): number {
-    const share = (margin * this.o.bound) / Math.max(pLate, 1e-9);
-    if (share >= 1) return 0;
+  private cover(now: number, lead: ZonedTime, part = HOT_PART): number {
+    const rate = this.rate(now, lead.p95 * 1000);
+    if (!(rate > 0)) return 0; // no demand seen: nothing to hold
     const meanB = this.batches.mean();
     // The replacement takes a random time: the demand in it is a mixture over its quantiles.
     const sigma = Math.log(Math.max(lead.p95, lead.median * 1.01) / lead.median) / 1.645;
-    const rate = this.rate(now, lead.p95 * 1000);
-    const ms = LEAD_Z.map((z) => (rate * lead.median * Math.exp(sigma * z)) / meanB);
+    // A job that finds no VM waits for the one ordered when the S-th job before it came: it is late
+    // only if S jobs came within the last (lead - target). So each lead quantile counts the demand
+    // of its excess over the target (a decision added), and one within the target makes nobody
+    // late (-1): a pipeline's own jobs beyond the stock then wait no longer than the target.
+    const share = part * this.plannedShare(rate);
+    const target = this.o.targetMs / 1000;
+    const ms = LEAD_Z.map((z) => {
+      const excess = lead.median * Math.exp(sigma * z) + DECIDE_S - target;
+      return excess <= 0 ? -1 : (rate * excess) / meanB;
+    });
+    if (ms.every((m) => m < 0)) return 0;
     if (this.batches.version !== this.coversVersion) {
       this.covers.clear();
       this.coversVersion = this.batches.version;
     }
     // Buckets of about 2% in the batch count and 0.1% in the share: the answer barely moves within one.
-    const bucket = (m: number) => (m <= 0 ? -1e9 : Math.round(Math.log(m) * 50));
+    const bucket = (m: number) => (m < 0 ? -2e9 : m === 0 ? -1e9 : Math.round(Math.log(m) * 50));
     const key = `${ms.map(bucket).join(',')}:${Math.round(share * 1000)}`;
     let k = this.covers.get(key);
     if (k === undefined) {
-      k = baseStock(ms.map((m) => (m <= 0 ? 0 : Math.exp(bucket(m) / 50))), this.batches.pmf(), meanB, share);
+      k = baseStock(ms.map((m) => (m <= 0 ? m : Math.exp(bucket(m) / 50))), this.batches.pmf(), meanB, share);
       if (this.covers.size > 4096) this.covers.clear();
       this.covers.set(key, k);
     }
@@ -210,17 +271,35 @@ export class DemandModel {
     return Math.max(configuredMs, this.bootTime.median * 1000);
   }
 
+  /** The hot targets of the keep window (time, hot; hot descending), for keepHot. */
+  private readonly lastTargets: { t: number; hot: number }[] = [];
+
+  /**
+   * The most hot VMs wanted in the last few minutes (5, or 3 slow boots): a surplus VM below it
+   * is kept, as the target that wanted it then (the forecast moves with pipelines) is likely to
+   * want it again before a new one could boot. Without it the pool deleted and re-made VMs
+   * across short lulls: without standby, 21-30% of the VMs it made never ran a job (0-2% with it,
+   * bench/policy-corpus.ts).
+   */
+  private keepHot(now: number, hot: number): number {
+    const w = this.lastTargets;
+    while (w.length && w[w.length - 1]!.hot <= hot) w.pop();
+    w.push({ t: now, hot });
+    const window = Math.max(KEEP_WINDOW_MS, KEEP_BOOTS * this.bootTime.p95 * 1000);
+    while (w.length && w[0]!.t < now - window) w.shift();
+    return w[0]!.hot;
+  }
+
   targets(now: number, counts: ClassCounts): TierTargets {
-    const target = this.o.targetMs / 1000;
     // Hot + standby cover the arrivals while a cold VM boots; with stop/start, hot covers those
     // while a standby VM resumes (standby then refills hot in time).
     // With a standby tier, hot + standby is planned deeper (standby costs a tenth of hot): a job
     // that misses hot then finds a VM to resume rather than waiting a boot.
-    const coverBoot = this.cover(now, this.bootTime, this.bootTime.exceeds(target), this.o.standbyCapable ? STANDBY_MARGIN : SHARE_MARGIN);
+    const coverBoot = this.cover(now, this.bootTime, this.o.standbyCapable ? STANDBY_PART : HOT_PART);
     let hot = coverBoot;
     let standby = 0;
     if (this.o.standbyCapable) {
-      hot = Math.min(coverBoot, this.cover(now, this.resumeTime, this.resumeTime.exceeds(target)));
+      hot = Math.min(coverBoot, this.cover(now, this.resumeTime));
       standby = coverBoot - hot;
     }
     hot += this.queued;
@@ -232,7 +311,8 @@ export class DemandModel {
       hot = Math.min(hot, this.o.idleBudget);
       standby = Math.min(standby, Math.max(0, this.o.idleBudget - hot));
     }
-    return { hot, standby };
+    const keep = this.keepHot(now, hot);
+    return { hot, standby, keepHot: Math.min(keep, this.o.idleBudget ?? keep) };
   }
 }
 
@@ -298,6 +378,18 @@ export class BatchSizes {
     return out;
   }
 
+  /** E[B^2] / E[B]: how many jobs the average job arrives with (itself included). */
+  clumping(): number {
+    if (this.total <= 0) return 1;
+    let m1 = 0;
+    let m2 = 0;
+    for (let i = 1; i < this.w.length; i++) {
+      m1 += i * this.w[i]!;
+      m2 += i * i * this.w[i]!;
+    }
+    return m1 > 0 ? m2 / m1 : 1;
+  }
+
   mean(): number {
     if (this.total <= 0) return 1;
     let m = 0;
@@ -315,9 +407,23 @@ export class BatchSizes {
  * late(k) = P(D >= k) + E[ sum over d < k of g(d) h(k - d) ] / E[B], h(s) = E[(B - s)+];
  * D's distribution g by Panjer's recursion. Large demand uses a normal approximation.
  */
-export function baseStock(ms: number[], pmf: Float64Array, meanB: number, share: number): number {
+export function baseStock(all: number[], pmf: Float64Array, meanB: number, share: number): number {
+  // A negative entry is a lead-time quantile that makes nobody late: it weighs in with no late jobs.
+  const ms = all.filter((m) => m >= 0);
+  if (!ms.length) return 0;
+  share = share * (all.length / ms.length);
+  if (share >= 1) return 0;
   const live = ms.filter((m) => m > 0);
-  if (!live.length) return 0;
+  if (!live.length) {
+    // No demand in the lead time: only a pipeline's own jobs beyond the stock wait.
+    let k = 0;
+    for (; k <= pmf.length; k++) {
+      let h = 0;
+      for (let b = k + 1; b < pmf.length; b++) h += (b - k) * pmf[b]!;
+      if (h / meanB <= share) break;
+    }
+    return k;
+  }
   const maxB = pmf.length - 1;
   let eB2 = 0;
   for (let b = 1; b <= maxB; b++) eB2 += b * b * pmf[b]!;

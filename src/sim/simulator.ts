@@ -23,8 +23,16 @@ export interface SimulateOptions {
   /** Resume time as a fraction of boot time (standby tier); default by the class's standbyMode (stop 0.25, suspend 0.1). */
   resumeFraction?: number;
   seed?: number;
-  /** Autoscaler tick (the live pool ticks every 500 ms; 5 s keeps a day fast and changes little). */
+  /**
+   * Autoscaler tick: the live pool's loop (500 ms). A class decides at a tick when something of
+   * it changed since its last decision (a job came or started, a VM turned hot or reached
+   * standby), and at least every `fullTickS` (idle times and the forecast move with the clock).
+   */
   tickS?: number;
+  /** Every class decides at least this often (default 5 s). */
+  fullTickS?: number;
+  /** The provider's describe of the VMs on their way, at most one per this (the live pool's provider pollInterval, default 2 s). */
+  describeS?: number;
   /** Where the virtual clock starts (ms since the epoch): periods and the weekly profile read it. */
   startMs?: number;
   /** Sample pool size every this many seconds for the report's `timeline` (0 = none). */
@@ -174,11 +182,18 @@ interface Cls {
   /** Jobs that started on a VM from `measureFromS` on (each ran on its own VM). */
   startedMeasured: number;
   polling: boolean;
+  /** Something of the class changed since its last decision. */
+  dirty: boolean;
+  lastDecision: number;
 }
 
 export function simulate(o: SimulateOptions): SimReport {
   const random = rng(o.seed ?? 1);
-  const tick = o.tickS ?? 5;
+  const tick = o.tickS ?? 0.5;
+  const fullTick = Math.max(tick, o.fullTickS ?? 5);
+  const describeS = o.describeS ?? 2;
+  /** Per provider: when its last describe was, and its count (shared by the classes waiting on it). */
+  const describes = new Map<string, number>();
   const startMs = o.startMs ?? Date.parse('2026-11-23T00:00:00Z'); // a Monday
   const classes: Cls[] = Object.values(o.config.classes).map((cfg) => {
     const bt = o.boot?.[cfg.name] ?? defaultBoot(cfg);
@@ -199,6 +214,7 @@ export function simulate(o: SimulateOptions): SimReport {
       model, pollS: o.config.gitlab.pollIntervalMs / 1000,
       queue: [], queueHead: 0, hot: new Map(), standby: [], standbySince: [], pendingHot: 0, pendingStandby: 0, bootingStandby: 0, resuming: 0, busy: 0, coldBooting: 0,
       last: 0, busyS: 0, bootS: 0, hotS: 0, standbyS: 0, latencies: [], arrivals: [], targetS: cfg.pool.targetMs / 1000, calls: { create: 0, delete: 0, stop: 0, start: 0, list: 0 }, callsBefore: null, startedMeasured: 0, polling: false,
+      dirty: true, lastDecision: -Infinity,
     };
   });
   const byName = new Map(classes.map((c, i) => [c.name, i]));
@@ -314,9 +330,12 @@ export function simulate(o: SimulateOptions): SimReport {
 
   const scale = (c: Cls, ci: number) => {
     const { targets, idleTimeMs } = targetsOf(c);
+    const cs = counts(c);
+    // decideScale reads the hot VMs only for a surplus: most decisions have none.
+    const surplus = cs.ready + cs.pending - Math.max(targets.hot, targets.keepHot ?? 0) > 0;
     const d = decideScale({
-      targets, max: c.cfg.pool.max, counts: counts(c),
-      readyVms: [...c.hot].map(([id, readyAt]) => ({ id: String(id), readyAt: readyAt * 1000 })),
+      targets, max: c.cfg.pool.max, counts: cs,
+      readyVms: surplus ? [...c.hot].map(([id, readyAt]) => ({ id: String(id), readyAt: readyAt * 1000 })) : [],
       frozen: false, idleTimeMs, standbyCapable: c.standbyCapable, now: now * 1000,
       standbySince: c.standbySince.map((t) => t * 1000),
     });
@@ -357,8 +376,23 @@ export function simulate(o: SimulateOptions): SimReport {
       c.standbySince.shift();
       c.calls.delete++;
     }
-    // One describe per poll of the VMs on their way (the pool's list call).
-    if (c.pendingHot + c.pendingStandby + c.resuming + c.coldBooting > 0) c.calls.list++;
+  };
+  /**
+   * The live pool describes each provider's VMs on their way at most once per poll interval,
+   * one call for all its classes: the call is shared among the classes with VMs on their way.
+   */
+  const describe = () => {
+    const due = new Map<string, Cls[]>();
+    for (const c of classes) {
+      if (c.pendingHot + c.pendingStandby + c.resuming + c.coldBooting === 0) continue;
+      const p = c.cfg.provider;
+      if (now - (describes.get(p) ?? -Infinity) < describeS) continue;
+      due.set(p, [...(due.get(p) ?? []), c]);
+    }
+    for (const [p, cs] of due) {
+      describes.set(p, now);
+      for (const c of cs) c.calls.list += 1 / cs.length;
+    }
   };
 
   const lastArrival = span;
@@ -384,15 +418,20 @@ export function simulate(o: SimulateOptions): SimReport {
     if (e.k === 'tick') {
       for (let ci = 0; ci < classes.length; ci++) {
         const c = classes[ci]!;
+        if (!c.dirty && now - c.lastDecision < fullTick - 1e-9) continue;
+        c.dirty = false;
+        c.lastDecision = now;
         integrate(c);
         c.model?.observeQueue(waiting(c)); // GitLab's queue hint
         scale(c, ci);
         if (waiting(c) > 0) intake(c, ci);
       }
+      describe();
       heap.push({ t: now + tick, k: 'tick' });
       continue;
     }
     const c = classes[e.c]!;
+    c.dirty = true;
     integrate(c);
     switch (e.k) {
       case 'arrive':

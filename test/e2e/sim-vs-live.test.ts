@@ -77,16 +77,21 @@ describe('simulator vs live pool on one trace', () => {
       expect(m, `job ${f.id} stamped its start`).not.toBeNull();
       return (Number(m![1]) - f.enqueuedAt) / 1000;
     });
+    // The simulator's start is the wait for a VM; a live start adds the start itself (the job
+    // request, SSH to the VM, the script's first line): 0.6-1.3 s on a loaded 2-core machine. It
+    // is read off the fastest live start and taken off every live start, so both measure the wait.
+    const startItself = Math.min(...live);
+    const wait = live.map((l) => l - startItself);
     const warm = (xs: number[]) => xs.filter((l) => l < 1.5).length / xs.length;
     const simJobs = simLat.startLatency;
-    console.log(`sim vs live: warm ${(1 - simLat.lateShare).toFixed(2)} / ${warm(live).toFixed(2)}, p50 ${simJobs.p50} / ${q(live, 0.5).toFixed(2)} s, p90 ${simJobs.p90} / ${q(live, 0.9).toFixed(2)} s`);
+    console.log(`sim vs live (live less its fastest start, ${startItself.toFixed(2)} s): warm ${(1 - simLat.lateShare).toFixed(2)} / ${warm(wait).toFixed(2)}, p50 ${simJobs.p50} / ${q(wait, 0.5).toFixed(2)} s, p90 ${simJobs.p90} / ${q(wait, 0.9).toFixed(2)} s`);
 
     // Same regime: most jobs start from warm VMs in both, the first ones wait a boot in both.
-    expect(warm(live)).toBeGreaterThan(0.5);
-    expect(Math.abs(warm(live) - (1 - simLat.lateShare))).toBeLessThan(0.3);
-    expect(Math.abs(q(live, 0.5) - simJobs.p50)).toBeLessThan(1.5);
+    expect(warm(wait)).toBeGreaterThan(0.5);
+    expect(Math.abs(warm(wait) - (1 - simLat.lateShare))).toBeLessThan(0.3);
+    expect(Math.abs(q(wait, 0.5) - simJobs.p50)).toBeLessThan(1.5);
     // p90 is a cold start in both: the sim's boot is 2.3 s, a sandbox's on a loaded CI machine up to ~6 s.
-    expect(Math.abs(q(live, 0.9) - simJobs.p90)).toBeLessThan(5);
-    expect(Math.max(...live)).toBeGreaterThan(1.5); // the first pipeline did wait a boot, live too
+    expect(Math.abs(q(wait, 0.9) - simJobs.p90)).toBeLessThan(5);
+    expect(Math.max(...wait)).toBeGreaterThan(1.5); // the first pipeline did wait a boot, live too
   }, 180_000);
 });

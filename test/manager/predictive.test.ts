@@ -13,8 +13,51 @@ const model = (o: Partial<ConstructorParameters<typeof DemandModel>[0]> = {}) =>
 
 describe('predictive policy', () => {
   it('holds nothing for an idle class whose boot alone meets the target', () => {
-    expect(model({ targetMs: 120_000 }).targets(MON, counts)).toEqual({ hot: 0, standby: 0 });
-    expect(model().targets(MON, counts)).toEqual({ hot: 0, standby: 0 }); // no demand seen: nothing to hold
+    expect(model({ targetMs: 120_000 }).targets(MON, counts)).toEqual({ hot: 0, standby: 0, keepHot: 0 });
+    expect(model().targets(MON, counts)).toEqual({ hot: 0, standby: 0, keepHot: 0 }); // no demand seen: nothing to hold
+  });
+
+  it('a lull does not delete VMs the forecast wanted minutes ago: they are kept for the keep window, then go', () => {
+    const m = model();
+    const now = MON + 10 * H;
+    for (let i = 0; i < 600; i++) m.observeArrival(now - 600_000 + i * 1000); // 1 job/s for 10 min
+    const busy = m.targets(now, counts);
+    expect(busy.keepHot).toBe(busy.hot);
+    // Ten quiet minutes later the recent rate is gone: the target falls, but not what is kept.
+    const lull = m.targets(now + 4 * 60_000 + 30_000, counts);
+    const wanted = busy.hot;
+    expect(lull.keepHot).toBe(wanted);
+    // The autoscaler keeps the VMs up to keepHot (none retired), and retires above it.
+    const ready = Array.from({ length: wanted + 3 }, (_, i) => ({ id: `vm${i}`, readyAt: now - 600_000 }));
+    const scale = (targets: typeof lull) =>
+      decideScale({ targets, max: 500, counts: { ...counts, ready: ready.length }, readyVms: ready, frozen: false, idleTimeMs: 60_000, standbyCapable: false, now: now + 5 * 60_000 });
+    expect(scale(lull).retire).toHaveLength(3);
+    expect(scale({ ...lull, keepHot: undefined }).retire.length).toBeGreaterThan(3);
+    // Past the window (5 min, or 3 slow boots: 3 min here) the old targets no longer hold them.
+    const later = m.targets(now + 15 * 60_000, counts);
+    expect(later.keepHot).toBe(later.hot);
+    expect(later.hot).toBeLessThan(wanted);
+  });
+
+  it('plans each hour, not only the day: a quiet or clustered hour is planned further below the bound', () => {
+    // A week of history at 0.5 job/s: single jobs (Poisson), or pipelines of 10 coming as trains.
+    const poisson = model();
+    const trains = model();
+    const single: number[] = [];
+    const clustered: number[] = [];
+    let x = 7;
+    const r = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (let t = MON - 7 * 24 * H; t < MON; t += -Math.log(1 - r()) * 2000) single.push(t);
+    for (let t = MON - 7 * 24 * H; t < MON; t += -Math.log(1 - r()) * 200_000) for (let p = 0; p < 10; p++) for (let j = 0; j < 10; j++) clustered.push(t + p * 5000);
+    poisson.learnHistory(single, MON - 7 * 24 * H, MON);
+    trains.learnHistory(clustered, MON - 7 * 24 * H, MON);
+    // Busier hours plan closer to the bound (5%), never past it.
+    expect(poisson.plannedShare(0.01)).toBeLessThan(poisson.plannedShare(0.5));
+    expect(poisson.plannedShare(0.5)).toBeLessThan(poisson.plannedShare(100));
+    expect(poisson.plannedShare(100)).toBeLessThan(0.05);
+    expect(poisson.plannedShare(100)).toBeGreaterThan(0.048);
+    // Trains of 100 jobs make an hour's late share scatter: planned lower at the same rate.
+    expect(trains.plannedShare(0.5)).toBeLessThan(poisson.plannedShare(0.5) / 2);
   });
 
   it('diurnal ramp: learnt from history, it grows the pool before the morning rise, not after', () => {
