@@ -248,12 +248,14 @@ export class DemandModel {
       this.covers.clear();
       this.coversVersion = this.batches.version;
     }
-    // Buckets of about 2% in the batch count and 0.1% in the share: the answer barely moves within one.
-    const bucket = (m: number) => (m < 0 ? -2e9 : m === 0 ? -1e9 : Math.round(Math.log(m) * 50));
-    const key = `${ms.map(bucket).join(',')}:${Math.round(share * 1000)}`;
+    // Buckets of 4% in the batch count (rounded up) and in the share (rounded down): the answer
+    // barely moves within one, and the pool decides every 500 ms while the rate moves with each job.
+    const bucket = (m: number) => (m < 0 ? -2e9 : m === 0 ? -1e9 : Math.ceil(Math.log(m) * 25));
+    const shareBucket = Math.floor(Math.log(Math.max(share, 1e-9)) * 25);
+    const key = `${ms.map(bucket).join(',')}:${shareBucket}`;
     let k = this.covers.get(key);
     if (k === undefined) {
-      k = baseStock(ms.map((m) => (m <= 0 ? m : Math.exp(bucket(m) / 50))), this.batches.pmf(), meanB, share);
+      k = baseStock(ms.map((m) => (m <= 0 ? m : Math.exp(bucket(m) / 25))), this.batches.pmf(), meanB, Math.exp(shareBucket / 25));
       if (this.covers.size > 4096) this.covers.clear();
       this.covers.set(key, k);
     }
@@ -431,7 +433,7 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   const meanD = mMax * meanB;
   const sdD = Math.sqrt(mMax * eB2);
   if (meanD > 3000) return Math.ceil(meanD + probit(1 - share) * sdD + meanB);
-  const n = Math.ceil(meanD + 12 * sdD + maxB);
+  const n = Math.ceil(meanD + 7 * sdD + maxB);
   // g(d) = P(D = d), averaged over the lead-time quantiles (m each); per m by Panjer's
   // recursion: g(0) = e^-m; g(d) = (m / d) * sum_j j f(j) g(d - j).
   const g = new Float64Array(n + 1);
@@ -452,23 +454,34 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
     }
     for (let d = 0; d <= n; d++) g[d]! += one[d]! / ms.length;
   }
-  // h(s) = E[(B - s)+] for s = 0..maxB.
+  // h(s) = E[(B - s)+] for s = 0..maxB, from the tail sums of P(B = b) and b P(B = b).
   const h = new Float64Array(maxB + 2);
-  for (let s0 = 0; s0 <= maxB; s0++) {
-    let acc = 0;
-    for (let b = s0 + 1; b <= maxB; b++) acc += (b - s0) * pmf[b]!;
-    h[s0] = acc;
+  let t0 = 0;
+  let t1 = 0;
+  for (let s0 = maxB; s0 >= 0; s0--) {
+    h[s0] = t1 - s0 * t0;
+    t0 += pmf[s0]!;
+    t1 += s0 * pmf[s0]!;
   }
-  let below = 0; // P(D < k)
-  for (let k = 0; k <= n; k++) {
-    // Jobs late: all of a batch when D >= k, else the part of it above the k - D left.
+  // below[k] = P(D < k).
+  const below = new Float64Array(n + 2);
+  for (let k = 0; k <= n; k++) below[k + 1] = below[k]! + g[k]!;
+  // Jobs late with k VMs: all of a batch when D >= k, else the part of it above the k - D left.
+  // It only falls as k grows: the fewest k within the share by bisection.
+  const late = (k: number) => {
     let partial = 0;
     for (let d = Math.max(0, k - maxB); d < k; d++) partial += g[d]! * h[k - d]!;
-    const late = 1 - below + partial / meanB;
-    if (late <= share) return k;
-    below += g[k]!;
+    return 1 - below[k]! + partial / meanB;
+  };
+  if (late(n) > share) return n;
+  let lo = 0;
+  let hi = n;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (late(mid) <= share) hi = mid;
+    else lo = mid + 1;
   }
-  return n;
+  return lo;
 }
 
 /** Standard normal quantiles of the 10th, 30th, 50th, 70th and 90th percentiles: the lead-time mixture's points. */
