@@ -60,6 +60,11 @@ const RATE_FLOOR = 0.25;
  */
 const HOUR_Z = 1.5;
 /**
+ * An hour with fewer jobs is not judged alone (it counts in the day): a sparse class's share
+ * scatters over the hours it takes to hold this many (the corpus judges hours of 20 jobs or more).
+ */
+const HOUR_MIN_JOBS = 20;
+/**
  * The tiers are sized one by one (hot for a resume, hot + standby for a boot), but a job that
  * misses the hot tier can also find the standby tier empty, and the two misses come together in
  * bursts: each tier's share is a part of the planned one. hot + standby is planned deeper still
@@ -163,11 +168,12 @@ export class DemandModel {
 
   /**
    * The late share to plan for at `rate` jobs/s: the largest p with p + HOUR_Z sqrt(p c / N) <=
-   * bound (N jobs an hour, c the dispersion; before history, the batch sizes' E[B^2]/E[B]).
+   * bound (N jobs an hour, at least HOUR_MIN_JOBS; c the dispersion; before history, the batch
+   * sizes' E[B^2]/E[B]).
    */
   plannedShare(rate: number): number {
     const c = this.dispersion ?? this.batches.clumping();
-    const n = Math.max(rate * 3600, 1);
+    const n = Math.max(rate * 3600, HOUR_MIN_JOBS);
     const a = HOUR_Z * Math.sqrt(c / n);
     const x = (-a + Math.sqrt(a * a + 4 * this.o.bound)) / 2;
     return x * x;

@@ -192,7 +192,7 @@ export function simulate(o: SimulateOptions): SimReport {
   const tick = o.tickS ?? 0.5;
   const fullTick = Math.max(tick, o.fullTickS ?? 5);
   const describeS = o.describeS ?? 2;
-  /** Per provider: when its last describe was, and its count (shared by the classes waiting on it). */
+  /** Per provider: when its last describe was (one call, shared by the classes waiting on it). */
   const describes = new Map<string, number>();
   const startMs = o.startMs ?? Date.parse('2026-11-23T00:00:00Z'); // a Monday
   const classes: Cls[] = Object.values(o.config.classes).map((cfg) => {
