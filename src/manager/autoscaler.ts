@@ -20,6 +20,8 @@ export interface ClassCounts {
   standby?: number;
   /** On their way to standby (booting for standby, or stopping). */
   pendingStandby?: number;
+  /** Of pendingStandby: still booting (they can be kept hot instead). */
+  bootingStandby?: number;
   /** Standby VMs being started (resume), on their way to hot. */
   resuming?: number;
 }
@@ -47,6 +49,8 @@ export interface ScaleDecision {
   createStandby: number;
   /** Standby VMs to start (resume) into the hot tier. */
   resume: number;
+  /** VMs booting for standby to keep hot instead (sooner than a new boot, and no stop and resume). */
+  redirect: number;
   /** Hot VMs to stop into the standby tier (surplus hot, standby short). */
   stop: string[];
   /** Hot VMs to retire (delete). */
@@ -105,7 +109,7 @@ export function decideScale(input: ScaleInput): ScaleDecision {
   const pendingStandby = counts.pendingStandby ?? 0;
   const resuming = counts.resuming ?? 0;
   const targets = input.standbyCapable ? input.targets : { hot: input.targets.hot, standby: 0 };
-  const out: ScaleDecision = { create: 0, createStandby: 0, resume: 0, stop: [], retire: [], retireStandby: 0, capped: false };
+  const out: ScaleDecision = { create: 0, createStandby: 0, resume: 0, redirect: 0, stop: [], retire: [], retireStandby: 0, capped: false };
 
   if (input.frozen) {
     out.retire = input.readyVms.map((v) => v.id).slice(0, counts.ready);
@@ -119,9 +123,12 @@ export function decideScale(input: ScaleInput): ScaleDecision {
   out.resume = Math.min(hotShort, standby);
   hotShort -= out.resume;
   const standbyLeft = standby - out.resume;
+  // Then VMs booting for standby: they are up sooner than a new VM, and skip the stop and resume.
+  out.redirect = Math.min(hotShort, counts.bootingStandby ?? 0);
+  hotShort -= out.redirect;
   // Surplus hot VMs idle long enough: to standby while it is short (no new VM), else delete. A
   // blocked class keeps what it has: it cannot get it back.
-  let standbyShort = Math.max(0, targets.standby - standbyLeft - pendingStandby);
+  let standbyShort = Math.max(0, targets.standby - standbyLeft - (pendingStandby - out.redirect));
   const hotSurplus = counts.ready + counts.pending - Math.max(targets.hot, input.targets.keepHot ?? 0);
   if (hotSurplus > 0 && !input.blocked) {
     for (const vm of input.readyVms) {
@@ -145,7 +152,7 @@ export function decideScale(input: ScaleInput): ScaleDecision {
     out.capped = hotShort > 0;
   }
   // Standby costs a disk, re-making it a boot: surplus goes only after it stayed unused a while.
-  const standbySurplus = standbyLeft + pendingStandby - targets.standby;
+  const standbySurplus = standbyLeft + pendingStandby - out.redirect - targets.standby;
   if (standbySurplus > 0 && !input.blocked) {
     const old = input.standbySince ? input.standbySince.slice(out.resume).filter((t) => input.now - t >= STANDBY_KEEP * input.idleTimeMs).length : standbyLeft;
     out.retireStandby = Math.min(standbySurplus, standbyLeft, old);

@@ -68,10 +68,14 @@ const HOUR_MIN_JOBS = 20;
  * The tiers are sized one by one (hot for a resume, hot + standby for a boot), but a job that
  * misses the hot tier can also find the standby tier empty, and the two misses come together in
  * bursts: each tier's share is a part of the planned one. hot + standby is planned deeper still
- * with a standby tier, as standby costs a tenth of hot (same calibration).
+ * with a standby tier, as standby costs a tenth of hot. Calibrated on the corpus's weekday trace
+ * (the cheapest parts keeping the busiest class's promise in every hour, with and without
+ * standby), judged on its other traces.
  */
-const HOT_PART = 0.75;
-const STANDBY_PART = 0.3;
+const RESUME_PART = 1;
+const STANDBY_PART = 0.4;
+/** Without a standby tier: hot alone against a boot. */
+const BOOT_PART = 0.75;
 const WEEK_MS = 7 * 24 * 3600_000;
 /** A used VM's replacement is ordered at the pool's next decision: up to a tick (500 ms) and the intake's wake-up. */
 const DECIDE_S = 1;
@@ -233,7 +237,7 @@ export class DemandModel {
    * to s free VMs makes b - s of its jobs wait, so the batch-size distribution (not only its mean)
    * and the demand of the lead's excess over the target (compound Poisson) decide it.
    */
-  private cover(now: number, lead: ZonedTime, part = HOT_PART): number {
+  private cover(now: number, lead: ZonedTime, part: number): number {
     const rate = this.rate(now, lead.p95 * 1000);
     if (!(rate > 0)) return 0; // no demand seen: nothing to hold
     const meanB = this.batches.mean();
@@ -303,11 +307,11 @@ export class DemandModel {
     // while a standby VM resumes (standby then refills hot in time).
     // With a standby tier, hot + standby is planned deeper (standby costs a tenth of hot): a job
     // that misses hot then finds a VM to resume rather than waiting a boot.
-    const coverBoot = this.cover(now, this.bootTime, this.o.standbyCapable ? STANDBY_PART : HOT_PART);
+    const coverBoot = this.cover(now, this.bootTime, this.o.standbyCapable ? STANDBY_PART : BOOT_PART);
     let hot = coverBoot;
     let standby = 0;
     if (this.o.standbyCapable) {
-      hot = Math.min(coverBoot, this.cover(now, this.resumeTime));
+      hot = Math.min(coverBoot, this.cover(now, this.resumeTime, RESUME_PART));
       standby = coverBoot - hot;
     }
     hot += this.queued;

@@ -163,6 +163,8 @@ interface Cls {
   pendingStandby: number;
   /** Of pendingStandby: still booting (the rest are stopping). */
   bootingStandby: number;
+  /** VMs booting for standby kept hot instead: the next of them up turns hot (VMs are alike). */
+  redirected: number;
   resuming: number;
   busy: number;
   coldBooting: number;
@@ -212,7 +214,7 @@ export function simulate(o: SimulateOptions): SimReport {
       boot: scale ? () => bootDraw() * scale(now) : bootDraw,
       resume: scale ? () => resumeDraw() * scale(now) : resumeDraw,
       model, pollS: o.config.gitlab.pollIntervalMs / 1000,
-      queue: [], queueHead: 0, hot: new Map(), standby: [], standbySince: [], pendingHot: 0, pendingStandby: 0, bootingStandby: 0, resuming: 0, busy: 0, coldBooting: 0,
+      queue: [], queueHead: 0, hot: new Map(), standby: [], standbySince: [], pendingHot: 0, pendingStandby: 0, bootingStandby: 0, redirected: 0, resuming: 0, busy: 0, coldBooting: 0,
       last: 0, busyS: 0, bootS: 0, hotS: 0, standbyS: 0, latencies: [], arrivals: [], targetS: cfg.pool.targetMs / 1000, calls: { create: 0, delete: 0, stop: 0, start: 0, list: 0 }, callsBefore: null, startedMeasured: 0, polling: false,
       dirty: true, lastDecision: -Infinity,
     };
@@ -264,6 +266,7 @@ export function simulate(o: SimulateOptions): SimReport {
     leaving: 0,
     standby: c.standby.length,
     pendingStandby: c.pendingStandby,
+    bootingStandby: c.bootingStandby,
     resuming: c.resuming,
   });
   const waiting = (c: Cls) => c.queue.length - c.queueHead;
@@ -361,6 +364,10 @@ export function simulate(o: SimulateOptions): SimReport {
       c.model?.observeResume(r);
       heap.push({ t: now + r, k: 'hot', c: ci, vm: ++vmIds, bootS: -1 });
     }
+    c.bootingStandby -= d.redirect;
+    c.pendingStandby -= d.redirect;
+    c.pendingHot += d.redirect;
+    c.redirected += d.redirect;
     for (const id of d.stop) {
       c.hot.delete(Number(id));
       c.pendingStandby++;
@@ -456,6 +463,14 @@ export function simulate(o: SimulateOptions): SimReport {
         match(c);
         break;
       case 'stopping':
+        if (c.redirected > 0) {
+          // Booted for standby, kept hot instead.
+          c.redirected--;
+          c.pendingHot--;
+          c.hot.set(e.vm, now);
+          match(c);
+          break;
+        }
         c.bootingStandby--;
         c.calls.stop++;
         heap.push({ t: now + STOP_S, k: 'standby', c: e.c, vm: e.vm });

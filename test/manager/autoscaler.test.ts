@@ -12,7 +12,7 @@ const base: ScaleInput = {
   standbyCapable: false,
   now: 1_000_000,
 };
-const none = { createStandby: 0, resume: 0, stop: [], retireStandby: 0 };
+const none = { createStandby: 0, resume: 0, redirect: 0, stop: [], retireStandby: 0 };
 
 describe('decideScale', () => {
   it('fills an empty pool up to the hot target', () => {
@@ -60,6 +60,17 @@ describe('decideScale', () => {
   it('fills hot from standby first (a resume, not a boot), and keeps the standby tier at its target', () => {
     const d = decideScale({ ...base, standbyCapable: true, max: 20, targets: { hot: 4, standby: 3 }, counts: { pending: 0, ready: 1, busy: 0, leaving: 0, standby: 2 } });
     expect(d).toMatchObject({ resume: 2, create: 1, createStandby: 3 });
+  });
+
+  it('keeps VMs booting for standby hot when hot is short and standby is empty, and refills standby with new ones', () => {
+    // Hot wants 5 (has 1), no stopped VM to resume, 3 VMs still booting for standby (target 3).
+    const counts = { pending: 0, ready: 1, busy: 0, leaving: 0, standby: 0, pendingStandby: 3, bootingStandby: 3 };
+    const d = decideScale({ ...base, standbyCapable: true, max: 20, targets: { hot: 5, standby: 3 }, counts });
+    expect(d).toMatchObject({ resume: 0, redirect: 3, create: 1, createStandby: 3 });
+    // Only what hot lacks: the rest still go to standby.
+    expect(decideScale({ ...base, standbyCapable: true, max: 20, targets: { hot: 2, standby: 3 }, counts })).toMatchObject({ redirect: 1, create: 0, createStandby: 1 });
+    // A VM stopping (no longer booting) is not taken back.
+    expect(decideScale({ ...base, standbyCapable: true, max: 20, targets: { hot: 5, standby: 3 }, counts: { ...counts, bootingStandby: 0 } })).toMatchObject({ redirect: 0, create: 4, createStandby: 0 });
   });
 
   it('stops surplus hot VMs into a short standby tier, deletes the rest', () => {

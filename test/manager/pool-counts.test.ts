@@ -2,7 +2,7 @@
 // (task in flight, reserved, made for standby), as the tick and intake's cold-start judgement read them.
 import { describe, expect, it } from 'vitest';
 import type { VmRow } from '../../src/db/schema.js';
-import { WARM_MAX_AGE_MS, byClass, classTiers, overAge, pickWarm, readyForStandby, readyIds, splitJobVms, stateTally, type TierMarks } from '../../src/manager/pool/counts.js';
+import { WARM_MAX_AGE_MS, bootingForStandby, byClass, classTiers, overAge, pickWarm, readyForStandby, readyIds, splitJobVms, stateTally, type TierMarks } from '../../src/manager/pool/counts.js';
 
 const T0 = new Date('2026-12-07T10:00:00Z');
 let seq = 0;
@@ -34,13 +34,13 @@ const marks = (m: Partial<Record<keyof TierMarks, string[]>> = {}): TierMarks =>
   reserved: new Set(m.reserved ?? []),
   toStandby: new Set(m.toStandby ?? []),
 });
-const zero = { pending: 0, ready: 0, busy: 0, leaving: 0, standby: 0, pendingStandby: 0, resuming: 0 };
+const zero = { pending: 0, ready: 0, busy: 0, leaving: 0, standby: 0, pendingStandby: 0, bootingStandby: 0, resuming: 0 };
 
 describe('classTiers', () => {
   it('counts each state into its tier', () => {
     const rows = [vm('requested'), vm('creating'), vm('booting'), vm('ready'), vm('ready'), vm('assigned'), vm('running'), vm('deleting'), vm('failed'), vm('stopped')];
     const t = classTiers(rows, 0, marks());
-    expect(t.counts).toEqual({ pending: 3, ready: 2, busy: 2, leaving: 2, standby: 1, pendingStandby: 0, resuming: 0 });
+    expect(t.counts).toEqual({ pending: 3, ready: 2, busy: 2, leaving: 2, standby: 1, pendingStandby: 0, bootingStandby: 0, resuming: 0 });
     expect(t.warm.map((r) => r.state)).toEqual(['ready', 'ready']);
     expect(t.free).toEqual(t.warm);
   });
@@ -66,11 +66,11 @@ describe('classTiers', () => {
     expect(t.counts).toEqual({ ...zero, pending: 1, resuming: 1 });
   });
 
-  it('counts VMs made for standby, booting or up, as pending standby and not warm', () => {
+  it('counts VMs made for standby, booting or up, as pending standby and not warm (the booting one may still be kept hot)', () => {
     const booting = vm('creating');
     const up = vm('ready');
     const t = classTiers([booting, up], 0, marks({ toStandby: [booting.id, up.id] }));
-    expect(t.counts).toEqual({ ...zero, pendingStandby: 2 });
+    expect(t.counts).toEqual({ ...zero, pendingStandby: 2, bootingStandby: 1 });
     expect(t.warm).toEqual([]);
   });
 
@@ -112,6 +112,19 @@ describe('pickWarm', () => {
     expect(pickWarm(rows, 'small', m)?.id).toBe('free');
     expect(pickWarm(rows, 'gpu', m)).toBeUndefined();
     expect(pickWarm(rows.slice(0, 6), 'small', m)).toBeUndefined();
+  });
+});
+
+describe('bootingForStandby', () => {
+  it('lists the VMs made for standby still on their way up, the first made first (the pool keeps those hot when hot is short)', () => {
+    const t0 = Date.parse('2026-12-07T10:00:00Z');
+    const rows = [
+      vm('booting', { id: 'late', created_at: new Date(t0 + 20_000) }),
+      vm('creating', { id: 'early', created_at: new Date(t0) }),
+      vm('ready', { id: 'up', created_at: new Date(t0 - 5_000) }),
+      vm('booting', { id: 'hot', created_at: new Date(t0 - 9_000) }),
+    ];
+    expect(bootingForStandby(rows, marks({ toStandby: ['late', 'early', 'up'] })).map((r) => r.id)).toEqual(['early', 'late']);
   });
 });
 

@@ -55,6 +55,11 @@ export function splitJobVms(rows: VmRow[]): { own: VmRow[]; forJob: number } {
   return { own: rows.filter((r) => !isForJob(r)), forJob: rows.filter(isForJob).length };
 }
 
+/** VMs made for standby and still booting, the first made first (the nearest to up). */
+export function bootingForStandby(rows: VmRow[], marks: TierMarks): VmRow[] {
+  return rows.filter((r) => marks.toStandby.has(r.id) && pending(r)).sort((a, b) => a.created_at.getTime() - b.created_at.getTime());
+}
+
 /** VMs made for standby that are up and idle: the pool stops them now. */
 export function readyForStandby(rows: VmRow[], marks: TierMarks): VmRow[] {
   return rows.filter((x) => x.state === 'ready' && marks.toStandby.has(x.id) && !marks.busy.has(x.id) && !marks.reserved.has(x.id));
@@ -86,6 +91,7 @@ export function classTiers(rows: VmRow[], forJob: number, marks: TierMarks): Cla
     leaving: count(['deleting', 'failed']),
     standby: standby.length,
     pendingStandby,
+    bootingStandby: bootingForStandby(rows, marks).length,
     resuming,
   };
   return { warm, free, standby, counts };

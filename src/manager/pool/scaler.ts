@@ -5,7 +5,7 @@ import type { ClassConfig } from '../../config/types.js';
 import type { VmRow } from '../../db/schema.js';
 import { supportsStandby } from '../../providers/provider.js';
 import { decideScale, staticSettings, staticTargets, type ClassCounts, type TierTargets } from '../autoscaler.js';
-import { classTiers, overAge, readyForStandby, splitJobVms, type TierMarks } from './counts.js';
+import { bootingForStandby, classTiers, overAge, readyForStandby, splitJobVms, type TierMarks } from './counts.js';
 import type { PoolDeps } from './deps.js';
 import type { GrowthGate } from './growth.js';
 import type { Lifecycle } from './lifecycle.js';
@@ -84,6 +84,8 @@ export class ClassScaler {
     }
     for (const id of decision.stop) if (!stale.includes(id)) await lifecycle.stopVm(cls, free.find((r) => r.id === id)!, 'surplus hot VM to standby');
     for (const r of standby.slice(0, decision.resume)) await lifecycle.resumeVm(cls, r);
+    // Kept hot instead: the VMs booting for standby that are nearest to up.
+    for (const r of bootingForStandby(own, this.marks).slice(0, decision.redirect)) this.toStandby.delete(r.id);
     for (const r of standby.slice(decision.resume, decision.resume + decision.retireStandby)) await lifecycle.retireStandby(r, 'standby surplus');
     if (decision.create > 0) await lifecycle.createVms(cls, decision.create);
     if (decision.createStandby > 0) for (const id of await lifecycle.createVms(cls, decision.createStandby)) this.toStandby.add(id);
