@@ -163,7 +163,10 @@ export class DemandModel {
     if (mean > 0 && slots >= 12) this.dispersion = Math.max(1, sq / mean);
   }
 
-  /** The season's rate at `t` (jobs/s): the weekly profile, smoothed over +-10 minutes. */
+  /**
+   * The season's rate at `t` (jobs/s): the weekly profile, smoothed over +-10 minutes (one week's
+   * 5-minute slots are noisy: a few pipelines each).
+   */
   private seasonalAt(t: number): number {
     let sum = 0;
     for (let i = -SMOOTH_SLOTS; i <= SMOOTH_SLOTS; i++) sum += this.weekly[DemandModel.slotOf(t + i * SLOT_MS)]!;
@@ -214,15 +217,10 @@ export class DemandModel {
   rate(now: number, leadMs: number): number {
     this.trimRecent(now);
     let seasonal = 0;
-    // One week's 5-minute slots are noisy (a few pipelines each): the mean of +-10 minutes, so
-    // the max over the lead window does not chase that noise.
-    const at = (t: number) => {
-      let sum = 0;
-      for (let i = -SMOOTH_SLOTS; i <= SMOOTH_SLOTS; i++) sum += this.weekly[DemandModel.slotOf(t + i * SLOT_MS)]!;
-      return sum / (2 * SMOOTH_SLOTS + 1);
-    };
-    // Looking as far ahead again as the smoothing reaches: a sharp rise is not flattened late.
-    for (let t = now; t <= now + leadMs + (1 + SMOOTH_SLOTS) * SLOT_MS; t += SLOT_MS) seasonal = Math.max(seasonal, at(t) / (SLOT_MS / 1000));
+    // One week's 5-minute slots are noisy (a few pipelines each): the smoothed profile, so the
+    // max over the lead window does not chase that noise. Looking as far ahead again as the
+    // smoothing reaches: a sharp rise is not flattened late.
+    for (let t = now; t <= now + leadMs + (1 + SMOOTH_SLOTS) * SLOT_MS; t += SLOT_MS) seasonal = Math.max(seasonal, this.seasonalAt(t));
     // The last 10 minutes, not the last one: a one-minute rate chases single pipelines (their
     // fan-out is in BatchSizes) and made the pool create and retire ~0.8 VMs per job in the sim.
     const n = this.recent.length - this.recentHead;
@@ -425,18 +423,23 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   if (!ms.length) return 0;
   share = share * (all.length / ms.length);
   if (share >= 1) return 0;
+  const maxB = pmf.length - 1;
+  // h(s) = E[(B - s)+] for s = 0..maxB, from the tail sums of P(B = b) and b P(B = b).
+  const h = new Float64Array(maxB + 2);
+  let t0 = 0;
+  let t1 = 0;
+  for (let s0 = maxB; s0 >= 0; s0--) {
+    h[s0] = t1 - s0 * t0;
+    t0 += pmf[s0]!;
+    t1 += s0 * pmf[s0]!;
+  }
   const live = ms.filter((m) => m > 0);
   if (!live.length) {
     // No demand in the lead time: only a pipeline's own jobs beyond the stock wait.
     let k = 0;
-    for (; k <= pmf.length; k++) {
-      let h = 0;
-      for (let b = k + 1; b < pmf.length; b++) h += (b - k) * pmf[b]!;
-      if (h / meanB <= share) break;
-    }
+    while (k <= maxB && h[k]! / meanB > share) k++;
     return k;
   }
-  const maxB = pmf.length - 1;
   let eB2 = 0;
   for (let b = 1; b <= maxB; b++) eB2 += b * b * pmf[b]!;
   const mMax = Math.max(...live);
@@ -463,15 +466,6 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
       }
     }
     for (let d = 0; d <= n; d++) g[d]! += one[d]! / ms.length;
-  }
-  // h(s) = E[(B - s)+] for s = 0..maxB, from the tail sums of P(B = b) and b P(B = b).
-  const h = new Float64Array(maxB + 2);
-  let t0 = 0;
-  let t1 = 0;
-  for (let s0 = maxB; s0 >= 0; s0--) {
-    h[s0] = t1 - s0 * t0;
-    t0 += pmf[s0]!;
-    t1 += s0 * pmf[s0]!;
   }
   // below[k] = P(D < k).
   const below = new Float64Array(n + 2);

@@ -325,15 +325,15 @@ export function simulate(o: SimulateOptions): SimReport {
     heap.push({ t: now + delayS, k: 'poll', c: ci });
   };
 
-  const targetsOf = (c: Cls): { targets: TierTargets; idleTimeMs: number } => {
+  const targetsOf = (c: Cls, cs: ClassCounts): { targets: TierTargets; idleTimeMs: number } => {
     const s = staticSettings(c.cfg.pool, startMs + now * 1000);
-    if (c.model) return { targets: c.model.targets(startMs + now * 1000, counts(c)), idleTimeMs: c.model.idleTimeMs(s.idleTimeMs) };
+    if (c.model) return { targets: c.model.targets(startMs + now * 1000, cs), idleTimeMs: c.model.idleTimeMs(s.idleTimeMs) };
     return { targets: staticTargets(s, c.busy + c.coldBooting), idleTimeMs: s.idleTimeMs };
   };
 
   const scale = (c: Cls, ci: number) => {
-    const { targets, idleTimeMs } = targetsOf(c);
     const cs = counts(c);
+    const { targets, idleTimeMs } = targetsOf(c, cs);
     // decideScale reads the hot VMs only for a surplus: most decisions have none.
     const surplus = cs.ready + cs.pending - Math.max(targets.hot, targets.keepHot ?? 0) > 0;
     const d = decideScale({

@@ -153,6 +153,34 @@ describe('Pool', () => {
     expect(cloud.creates).toBe(2);
   });
 
+  it('keeps VMs still booting for standby hot when hot falls short, instead of stopping and resuming them', async () => {
+    let open!: () => void;
+    const booted = new Promise<void>((r) => (open = r));
+    const stops: (() => void)[] = [];
+    cloud = new StandbyCloud((done) => {
+      stops.push(done);
+      done();
+    });
+    const cfg = config({ idle: 0, max: 10 });
+    cfg.classes['small']!.pool.standby = 2;
+    start(cfg, async () => {
+      await booted; // every boot probe waits: the VMs stay booting
+      return fakeSession;
+    });
+    await waitUntil(() => cloud.creates === 2, 5000, 'two VMs made for standby');
+    const first = (await store.liveVms()).map((v) => v.id);
+    // Hot now wants two while both still boot for standby: they are kept hot, and standby gets new ones.
+    cfg.classes['small']!.pool.idle = 2;
+    await waitUntil(() => cloud.creates === 4, 5000, 'two new VMs for standby');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(cloud.creates).toBe(4); // none for hot
+    open();
+    await waitUntil(async () => (await states()).join() === 'ready,ready,stopped,stopped', 5000, 'two hot and two standby VMs');
+    const rows = await store.liveVms();
+    expect(rows.filter((v) => first.includes(v.id)).map((v) => v.state)).toEqual(['ready', 'ready']);
+    expect(stops).toHaveLength(2); // only the new ones were stopped; none resumed
+  });
+
   it('boots a VM of a batch as soon as its own create result comes, not when the batch ends', async () => {
     // A batch cloud (gcp's bulkInsert): the first VM's result is known early, the rest are held.
     let release!: () => void;
