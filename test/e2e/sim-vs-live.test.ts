@@ -82,7 +82,9 @@ describe('simulator vs live pool on one trace', () => {
     // is read off the fastest live start and taken off every live start, so both measure the wait.
     const startItself = Math.min(...live);
     const wait = live.map((l) => l - startItself);
-    const warm = (xs: number[]) => xs.filter((l) => l < 1.5).length / xs.length;
+    // Warm: less than a sandbox boot (2.3 s) of waiting. The start itself jitters by up to ~1 s
+    // over the fastest on a loaded 2-core CI machine (a warm start waited 1.2-2 s there).
+    const warm = (xs: number[]) => xs.filter((l) => l < 2).length / xs.length;
     const simJobs = simLat.startLatency;
     console.log(`sim vs live (live less its fastest start, ${startItself.toFixed(2)} s): warm ${(1 - simLat.lateShare).toFixed(2)} / ${warm(wait).toFixed(2)}, p50 ${simJobs.p50} / ${q(wait, 0.5).toFixed(2)} s, p90 ${simJobs.p90} / ${q(wait, 0.9).toFixed(2)} s`);
 
