@@ -318,6 +318,9 @@ export async function waitForSsh(info: ConnectInfo, opts: WaitForSshOptions): Pr
   let delay = Math.min(100, cap);
   let attempts = 0;
   let lastError: Error | undefined;
+  // The last wrong host key seen: an attempt cut short by the deadline after it must not turn
+  // the answer into "unreachable" (on a loaded machine the last attempt may get only a few ms).
+  let mismatch: HostKeyMismatchError | undefined;
   const started = Date.now();
   for (;;) {
     if (signal?.aborted) throw abortError(signal, 'waiting for SSH');
@@ -332,13 +335,16 @@ export async function waitForSsh(info: ConnectInfo, opts: WaitForSshOptions): Pr
       // one the manager made (as with auth failures): retried, and nothing is sent to it.
       if (err instanceof SshConnectError && !err.retryable && !(err instanceof HostKeyMismatchError)) throw err;
       lastError = err as Error;
+      if (err instanceof HostKeyMismatchError) mismatch = err;
     }
     const pause = Math.min(delay * (0.75 + Math.random() * 0.5), deadlineMs - Date.now());
     if (pause > 0) await realClock.sleep(pause, signal);
     delay = Math.min(cap, delay * 2);
   }
-  // Still the wrong host key at the deadline: that is the answer, not "unreachable".
+  // The wrong host key at the deadline (or the last answer before an attempt the deadline cut
+  // short): that is the answer, not "unreachable".
   if (lastError instanceof HostKeyMismatchError) throw lastError;
+  if (mismatch && lastError instanceof SshConnectError && (lastError.code === 'ETIMEDOUT' || lastError.code === 'client-timeout')) throw mismatch;
   throw new SshConnectError(
     `SSH to ${describeTarget(info)} not reachable within ${((Date.now() - started) / 1000).toFixed(1)} s (${attempts} attempts)${lastError ? `; last error: ${lastError.message}` : ''}`,
     false,

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { createServer, type Server as NetServer } from 'node:net';
+import { connect as netConnect, createServer, type Server as NetServer, type Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
@@ -135,6 +135,31 @@ describe('SSH sessions against a local sandbox', () => {
     const t0 = Date.now();
     await expect(waitForSsh({ ...info, hostKeyFingerprint: 'SHA256:nope' }, { deadlineMs: Date.now() + 1500 })).rejects.toBeInstanceOf(HostKeyMismatchError);
     expect(Date.now() - t0).toBeGreaterThanOrEqual(1000);
+  });
+
+  it('answers a wrong host key, not "unreachable", when later attempts only time out', async () => {
+    // A proxy: the first connection reaches the sandbox's sshd (the wrong key for the pin), every
+    // later one is accepted and never answered, as a VM that stalls, or a loaded manager whose
+    // last attempt the deadline cuts to a few ms.
+    let n = 0;
+    const held: Socket[] = [];
+    const proxy = createServer((c) => {
+      if (n++ > 0) return void held.push(c);
+      const up = netConnect(info.port, info.host);
+      c.pipe(up).pipe(c);
+      up.on('error', () => c.destroy());
+      c.on('error', () => up.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    try {
+      const port = (proxy.address() as { port: number }).port;
+      const err = await waitForSsh({ ...info, host: '127.0.0.1', port, hostKeyFingerprint: 'SHA256:nope' }, { deadlineMs: Date.now() + 1500, attemptTimeoutMs: 400, intervalMs: 100 }).catch((e: unknown) => e);
+      expect(n).toBeGreaterThan(1);
+      expect(err).toBeInstanceOf(HostKeyMismatchError);
+    } finally {
+      held.forEach((c) => c.destroy());
+      await new Promise((r) => proxy.close(r));
+    }
   });
 
   it('settles a running command when the connection drops', async () => {
