@@ -109,6 +109,12 @@ export class DemandModel {
   private meanRate = 0;
   /** Variance over mean of the history's 5-minute counts (1 for Poisson arrivals); null before history. */
   private dispersion: number | null = null;
+  /**
+   * Variance over mean of the number of batches (pipelines) in a window of DISPERSION_WINDOWS_S[i]
+   * seconds, around the seasonal forecast, from history (1 for Poisson; merge trains and a day
+   * busier than the season raise it, the more the longer the window); all 1 before history.
+   */
+  private batchDispersion: number[] = DISPERSION_WINDOWS_S.map(() => 1);
   /** How many jobs arrive together (pipeline fan-out), learned over history and since. */
   readonly batches = new BatchSizes();
   /** cover() answers by input bucket: the batch-size distribution changes slowly. */
@@ -161,6 +167,53 @@ export class DemandModel {
       mean += mu;
     }
     if (mean > 0 && slots >= 12) this.dispersion = Math.max(1, sq / mean);
+    this.learnBatchDispersion(inRange, fromMs, toMs);
+  }
+
+  /**
+   * batchDispersion from history: batch starts counted in back-to-back windows of each length
+   * against the seasonal forecast of batches there. Merge trains (a run of pipelines a few
+   * seconds apart) are what a Poisson count of pipelines misses at the scale of a resume or boot.
+   */
+  private learnBatchDispersion(sorted: number[], fromMs: number, toMs: number): void {
+    const starts: number[] = [];
+    let open = -Infinity;
+    for (const t of sorted) if (t - open > 250) starts.push((open = t));
+    const meanB = sorted.length / Math.max(1, starts.length);
+    this.batchDispersion = DISPERSION_WINDOWS_S.map((w) => {
+      const wMs = w * 1000;
+      const windows = Math.floor((toMs - fromMs) / wMs);
+      if (windows < 100 || starts.length < 100) return 1;
+      let i = 0;
+      let sq = 0;
+      let mu = 0;
+      for (let k = 0; k < windows; k++) {
+        const end = fromMs + (k + 1) * wMs;
+        let n = 0;
+        while (i < starts.length && starts[i]! < end) {
+          i++;
+          n++;
+        }
+        const m = (this.seasonalAt(end - wMs / 2) * w) / meanB;
+        sq += (n - m) ** 2;
+        mu += m;
+      }
+      return mu > 0 ? Math.max(1, sq / mu) : 1;
+    });
+  }
+
+  /** batchDispersion at a window of `seconds` (log-linear between the learnt lengths). */
+  batchDispersionAt(seconds: number): number {
+    const W = DISPERSION_WINDOWS_S;
+    const d = this.batchDispersion;
+    if (seconds <= W[0]!) return d[0]!;
+    for (let i = 1; i < W.length; i++) {
+      if (seconds <= W[i]!) {
+        const f = Math.log(seconds / W[i - 1]!) / Math.log(W[i]! / W[i - 1]!);
+        return d[i - 1]! + f * (d[i]! - d[i - 1]!);
+      }
+    }
+    return d[d.length - 1]!;
   }
 
   /**
@@ -247,10 +300,10 @@ export class DemandModel {
     // late (-1): a pipeline's own jobs beyond the stock then wait no longer than the target.
     const share = part * this.plannedShare(rate);
     const target = this.o.targetMs / 1000;
-    const ms = LEAD_Z.map((z) => {
-      const excess = lead.median * Math.exp(sigma * z) + DECIDE_S - target;
-      return excess <= 0 ? -1 : (rate * excess) / meanB;
-    });
+    const excesses = LEAD_Z.map((z) => lead.median * Math.exp(sigma * z) + DECIDE_S - target);
+    const ms = excesses.map((excess) => (excess <= 0 ? -1 : (rate * excess) / meanB));
+    // Batches in the window come in merge trains: more scattered than Poisson, as history showed.
+    const vs = excesses.map((excess) => (excess <= 0 ? 1 : this.batchDispersionAt(excess)));
     if (ms.every((m) => m < 0)) return 0;
     if (this.batches.version !== this.coversVersion) {
       this.covers.clear();
@@ -260,10 +313,11 @@ export class DemandModel {
     // barely moves within one, and the pool decides every 500 ms while the rate moves with each job.
     const bucket = (m: number) => (m < 0 ? -2e9 : m === 0 ? -1e9 : Math.ceil(Math.log(m) * 25));
     const shareBucket = Math.floor(Math.log(Math.max(share, 1e-9)) * 25);
-    const key = `${ms.map(bucket).join(',')}:${shareBucket}`;
+    const vBucket = (v: number) => Math.ceil(Math.log(v) * 25);
+    const key = `${ms.map(bucket).join(',')}:${vs.map(vBucket).join(',')}:${shareBucket}`;
     let k = this.covers.get(key);
     if (k === undefined) {
-      k = baseStock(ms.map((m) => (m <= 0 ? m : Math.exp(bucket(m) / 25))), this.batches.pmf(), meanB, Math.exp(shareBucket / 25));
+      k = baseStock(ms.map((m) => (m <= 0 ? m : Math.exp(bucket(m) / 25))), this.batches.pmf(), meanB, Math.exp(shareBucket / 25), vs.map((v) => Math.exp(vBucket(v) / 25)));
       if (this.covers.size > 4096) this.covers.clear();
       this.covers.set(key, k);
     }
@@ -417,8 +471,9 @@ export class BatchSizes {
  * late(k) = P(D >= k) + E[ sum over d < k of g(d) h(k - d) ] / E[B], h(s) = E[(B - s)+];
  * D's distribution g by Panjer's recursion. Large demand uses a normal approximation.
  */
-export function baseStock(all: number[], pmf: Float64Array, meanB: number, share: number): number {
+export function baseStock(all: number[], pmf: Float64Array, meanB: number, share: number, dispersion?: number[]): number {
   // A negative entry is a lead-time quantile that makes nobody late: it weighs in with no late jobs.
+  const vs = dispersion ? all.map((_, i) => Math.max(1, dispersion[i] ?? 1)).filter((_, i) => all[i]! >= 0) : all.filter((m) => m >= 0).map(() => 1);
   const ms = all.filter((m) => m >= 0);
   if (!ms.length) return 0;
   share = share * (all.length / ms.length);
@@ -442,31 +497,59 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   }
   let eB2 = 0;
   for (let b = 1; b <= maxB; b++) eB2 += b * b * pmf[b]!;
-  const mMax = Math.max(...live);
-  const meanD = mMax * meanB;
-  const sdD = Math.sqrt(mMax * eB2);
-  if (meanD > 3000) return Math.ceil(meanD + probit(1 - share) * sdD + meanB);
+  // The widest entry (most batches, most scattered) bounds the demand's support.
+  let meanD = 0;
+  let sdD = 0;
+  ms.forEach((m, i) => {
+    if (m <= 0) return;
+    meanD = Math.max(meanD, m * meanB);
+    // Var of a compound count: E[N] Var(B) + Var(N) E[B]^2, Var(N) = v E[N].
+    sdD = Math.max(sdD, Math.sqrt(m * (eB2 + (vs[i]! - 1) * meanB * meanB)));
+  });
+  const zeroLog = Math.max(...ms.map((m, i) => (vs[i]! > 1 ? (m / (vs[i]! - 1)) * Math.log(vs[i]!) : m)));
+  if (meanD > 3000 || zeroLog > 700) return Math.ceil(meanD + probit(1 - share) * sdD + meanB);
   const n = Math.ceil(meanD + 7 * sdD + maxB);
-  // g(d) = P(D = d), averaged over the lead-time quantiles (m each); per m by Panjer's
-  // recursion: g(0) = e^-m; g(d) = (m / d) * sum_j j f(j) g(d - j).
+  // g(d) = P(D = d), averaged over the lead-time quantiles (m batches each); per m by Panjer's
+  // recursion: Poisson (v = 1): g(0) = e^-m, g(d) = (m / d) sum_j j f(j) g(d - j); negative
+  // binomial of mean m and variance v m (beta = v - 1, r = m / beta): g(0) = (1 + beta)^-r,
+  // g(d) = sum_j (a + b j / d) f(j) g(d - j), a = beta / (1 + beta), b = (r - 1) a.
   const g = new Float64Array(n + 1);
   const one = new Float64Array(n + 1);
   // Only the sizes that occur (a few dozen of MAX_BATCH): Panjer's inner sum runs over them.
   const sizes: number[] = [];
   for (let j = 1; j <= maxB; j++) if (pmf[j]! > 1e-9) sizes.push(j);
   const weights = sizes.map((j) => j * pmf[j]!);
-  for (const m of ms) {
+  const probs = sizes.map((j) => pmf[j]!);
+  ms.forEach((m, q) => {
+    const v = vs[q]!;
     one.fill(0);
-    one[0] = Math.exp(-Math.max(m, 0));
-    if (m > 0) {
+    if (m <= 0) one[0] = 1;
+    else if (v <= 1 + 1e-9) {
+      one[0] = Math.exp(-m);
       for (let d = 1; d <= n; d++) {
         let acc = 0;
         for (let i = 0; i < sizes.length && sizes[i]! <= d; i++) acc += weights[i]! * one[d - sizes[i]!]!;
         one[d] = (m / d) * acc;
       }
+    } else {
+      const beta = v - 1;
+      const r = m / beta;
+      const a = beta / (1 + beta);
+      const b = (r - 1) * a;
+      one[0] = Math.exp(-r * Math.log(1 + beta));
+      for (let d = 1; d <= n; d++) {
+        let pa = 0;
+        let pb = 0;
+        for (let i = 0; i < sizes.length && sizes[i]! <= d; i++) {
+          const gd = one[d - sizes[i]!]!;
+          pa += probs[i]! * gd;
+          pb += weights[i]! * gd;
+        }
+        one[d] = a * pa + (b / d) * pb;
+      }
     }
     for (let d = 0; d <= n; d++) g[d]! += one[d]! / ms.length;
-  }
+  });
   // below[k] = P(D < k).
   const below = new Float64Array(n + 2);
   for (let k = 0; k <= n; k++) below[k + 1] = below[k]! + g[k]!;
@@ -487,6 +570,9 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   }
   return lo;
 }
+
+/** Window lengths (s) batchDispersion is learnt at: a resume's or boot's excess over the target falls within. */
+const DISPERSION_WINDOWS_S = [5, 10, 20, 40, 80, 160, 320];
 
 /** Standard normal quantiles of the 10th, 30th, 50th, 70th and 90th percentiles: the lead-time mixture's points. */
 const LEAD_Z = [-1.2816, -0.5244, 0, 0.5244, 1.2816];

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { decideScale } from '../../src/manager/autoscaler.js';
 import { ZonedTime } from '../../src/manager/boot-time.js';
 import { startsOfVm } from '../../src/manager/demand.js';
-import { DemandModel, poissonQuantile, probit } from '../../src/manager/predictive.js';
+import { baseStock, BatchSizes, DemandModel, poissonQuantile, probit } from '../../src/manager/predictive.js';
 
 const MON = Date.parse('2026-11-23T00:00:00Z'); // a Monday
 const H = 3600_000;
@@ -58,6 +58,54 @@ describe('predictive policy', () => {
     expect(poisson.plannedShare(100)).toBeGreaterThan(0.048);
     // Trains of 100 jobs make an hour's late share scatter: planned lower at the same rate.
     expect(trains.plannedShare(0.5)).toBeLessThan(poisson.plannedShare(0.5) / 2);
+  });
+
+  it('learns how merge trains scatter the pipelines in a resume- or boot-long window, and holds more for them', () => {
+    // The same week twice, 0.1 pipeline/s of 3 jobs: pipelines alone (Poisson), or trains of 10
+    // pipelines 5 s apart.
+    const poisson = model();
+    const trains = model();
+    const alone: number[] = [];
+    const train: number[] = [];
+    let x = 11;
+    const r = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    for (let t = MON - 7 * 24 * H; t < MON; t += -Math.log(1 - r()) * 10_000) for (let j = 0; j < 3; j++) alone.push(t);
+    for (let t = MON - 7 * 24 * H; t < MON; t += -Math.log(1 - r()) * 100_000) for (let p = 0; p < 10; p++) for (let j = 0; j < 3; j++) train.push(t + p * 5000);
+    poisson.learnHistory(alone, MON - 7 * 24 * H, MON);
+    trains.learnHistory(train, MON - 7 * 24 * H, MON);
+    // Poisson pipelines: variance = mean at every window length.
+    for (const w of [5, 40, 320]) expect(poisson.batchDispersionAt(w)).toBeLessThan(1.15);
+    // A train of 10 over 45 s: a 5 s window holds about one of its pipelines, a 320 s one all ten
+    // (variance over mean = E[size^2]/E[size] = 10).
+    expect(trains.batchDispersionAt(5)).toBeLessThan(1.6);
+    expect(trains.batchDispersionAt(40)).toBeGreaterThan(4);
+    expect(trains.batchDispersionAt(320)).toBeGreaterThan(7);
+    expect(trains.batchDispersionAt(320)).toBeLessThan(13);
+    expect(trains.batchDispersionAt(40)).toBeLessThan(trains.batchDispersionAt(160));
+    // Same rate, same fan-out: the trains' class holds more hot VMs against a 35 s boot.
+    const now = MON + 10 * H;
+    expect(trains.targets(now, counts).hot).toBeGreaterThan(poisson.targets(now, counts).hot);
+  });
+
+  it('base stock under scattered (negative binomial) pipeline counts: the demand quantile, and more than Poisson', () => {
+    // Single jobs: a job is late only when all k VMs went in the lead time, so the base stock is
+    // the smallest k with P(D >= k) <= share, D negative binomial of mean m, variance v m.
+    const single = new BatchSizes().pmf();
+    const m = 20;
+    const v = 3;
+    const beta = v - 1;
+    const rr = m / beta;
+    let pmf = (1 + beta) ** -rr;
+    let cdf = pmf;
+    let k = 0;
+    while (1 - cdf > 0.05) {
+      k++;
+      pmf *= ((k - 1 + rr) / k) * (beta / (1 + beta));
+      cdf += pmf;
+    }
+    expect(baseStock([m], single, 1, 0.05, [v])).toBe(k + 1);
+    expect(baseStock([m], single, 1, 0.05)).toBe(poissonQuantile(m, 0.95) + 1);
+    expect(k + 1).toBeGreaterThan(poissonQuantile(m, 0.95) + 1);
   });
 
   it('diurnal ramp: learnt from history, it grows the pool before the morning rise, not after', () => {
