@@ -108,6 +108,29 @@ describe('predictive policy', () => {
     expect(k + 1).toBeGreaterThan(poissonQuantile(m, 0.95) + 1);
   });
 
+  it("a pipeline larger than the stock: its waiting jobs take the first of its replacements up, so a lead near the target needs less stock", () => {
+    // Pipelines of 20 and no demand before them within the target's excess: with s VMs, 20 - s
+    // wait; X ~ Binomial(20, inTime) of the 20 replacements come up in time and the first waiting
+    // jobs take them, so E[(20 - s - X)+] of 20 are late.
+    const pmf = new Float64Array(BatchSizes.MAX_BATCH + 1);
+    pmf[20] = 1;
+    const choose = (n: number, k: number) => { let c = 1; for (let i = 1; i <= k; i++) c = (c * (n - k + i)) / i; return c; };
+    const lateShare = (s: number, p: number) => {
+      let e = 0;
+      for (let x = 0; x <= 20; x++) e += choose(20, x) * p ** x * (1 - p) ** (20 - x) * Math.max(0, 20 - s - x);
+      return e / 20;
+    };
+    const within = [-1, -1, -1, -1, -1];
+    for (const p of [0.3, 0.6, 0.9]) {
+      let k = 0;
+      while (lateShare(k, p) > 0.05) k++;
+      expect(baseStock(within, pmf, 20, 0.05, undefined, p)).toBe(k);
+    }
+    expect(baseStock(within, pmf, 20, 0.05, undefined, 0.6)).toBeLessThan(baseStock(within, pmf, 20, 0.05, undefined, 0.3));
+    // Every replacement too late (inTime 0) and no demand in a lead: the whole overflow waits.
+    expect(baseStock([0], pmf, 20, 0.05)).toBe(19);
+  });
+
   it('diurnal ramp: learnt from history, it grows the pool before the morning rise, not after', () => {
     // Three weeks of history: 0.05 jobs/s at night, 2 jobs/s from 08:00 to 18:00 UTC on weekdays.
     const arrivals: number[] = [];
