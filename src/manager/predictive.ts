@@ -23,7 +23,7 @@
 
 import type { ClassConfig } from '../config/types.js';
 import type { ClassCounts, TierTargets } from './autoscaler.js';
-import { ZonedTime } from './boot-time.js';
+import { normalCdf, ZonedTime } from './boot-time.js';
 
 export interface BootTime {
   medianS: number;
@@ -618,13 +618,6 @@ function overflow(pmf: Float64Array, inTime: number): Float64Array {
     }
   }
   return h;
-}
-
-/** Standard normal CDF (Abramowitz and Stegun 7.1.26: |error| < 1.5e-7). */
-export function normalCdf(x: number): number {
-  const t = 1 / (1 + 0.3275911 * (Math.abs(x) / Math.SQRT2));
-  const erf = 1 - (((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t) * Math.exp(-(x * x) / 2);
-  return x >= 0 ? (1 + erf) / 2 : (1 - erf) / 2;
 }
 
 /** Window lengths (s) batchDispersion is learnt at: a resume's or boot's excess over the target falls within. */

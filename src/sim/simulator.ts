@@ -10,6 +10,7 @@ import { classRoom, decideScale, intakeMode, staticSettings, staticTargets, type
 import { DemandModel, priorBootTime as defaultBoot, priorResumeFraction } from '../manager/predictive.js';
 import { logNormal, rng } from './random.js';
 import type { TraceJob } from './trace.js';
+import type { ZonedTime } from '../manager/boot-time.js';
 
 export type { BootTime } from '../manager/predictive.js';
 import type { BootTime } from '../manager/predictive.js';
@@ -85,6 +86,8 @@ export interface Figures {
 
 export interface SimReport extends Figures {
   byClass: Record<string, Figures>;
+  /** Predictive classes: the boot and resume times (median, p95 s) the policy planned with at the end, and how many it learnt from. */
+  learnt?: Record<string, { bootS: { median: number; p95: number; observed: number }; resumeS: { median: number; p95: number; observed: number } }>;
   timeline?: { t: number; hot: Record<string, number>; standby: Record<string, number>; busy: Record<string, number> }[];
   /** Start latency of the jobs that arrived in each timeline window (all classes). */
   latencyTimeline?: { t: number; jobs: number; p50: number; p90: number; max: number }[];
@@ -96,9 +99,9 @@ const STOP_S = 10;
 
 type Ev =
   | { t: number; k: 'arrive'; c: number; job: number }
-  | { t: number; k: 'hot'; c: number; vm: number; bootS: number } // a VM became hot (boot or resume done)
+  | { t: number; k: 'hot'; c: number; vm: number; bootS: number; resumeS?: number } // a VM became hot (boot, or resume when bootS < 0)
   | { t: number; k: 'standby'; c: number; vm: number } // a VM reached standby (booted then stopped, or stopped)
-  | { t: number; k: 'stopping'; c: number; vm: number } // a VM made for standby booted: now it stops
+  | { t: number; k: 'stopping'; c: number; vm: number; bootS: number } // a VM made for standby booted: now it stops
   | { t: number; k: 'coldReady'; c: number; job: number; bootS: number }
   | { t: number; k: 'done'; c: number }
   | { t: number; k: 'tick' }
@@ -352,7 +355,8 @@ export function simulate(o: SimulateOptions): SimReport {
       c.pendingStandby++;
       c.bootingStandby++;
       c.calls.create++;
-      heap.push({ t: now + c.boot(), k: 'stopping', c: ci, vm: ++vmIds });
+      const b = c.boot();
+      heap.push({ t: now + b, k: 'stopping', c: ci, vm: ++vmIds, bootS: b });
     }
     for (let i = 0; i < d.resume; i++) {
       // Resume the oldest first; the order matches standbySince.
@@ -361,8 +365,7 @@ export function simulate(o: SimulateOptions): SimReport {
       c.resuming++;
       c.calls.start++;
       const r = c.resume();
-      c.model?.observeResume(r);
-      heap.push({ t: now + r, k: 'hot', c: ci, vm: ++vmIds, bootS: -1 });
+      heap.push({ t: now + r, k: 'hot', c: ci, vm: ++vmIds, bootS: -1, resumeS: r });
     }
     c.bootingStandby -= d.redirect;
     c.pendingStandby -= d.redirect;
@@ -456,13 +459,17 @@ export function simulate(o: SimulateOptions): SimReport {
           c.pendingHot--;
           c.model?.observeBoot(e.bootS);
         } else {
+          // Learnt when it is up, as the live pool does (not when it was asked for).
           c.resuming--;
+          c.model?.observeResume(e.resumeS!);
         }
         c.hot.set(e.vm, now);
         // A VM turning hot wakes the intake loop: it asks GitLab at once.
         match(c);
         break;
       case 'stopping':
+        // Up once before it stops: its boot is learnt, as the live pool learns every boot it sees.
+        c.model?.observeBoot(e.bootS);
         if (c.redirected > 0) {
           // Booted for standby, kept hot instead.
           c.redirected--;
@@ -570,6 +577,11 @@ export function simulate(o: SimulateOptions): SimReport {
     ...figures(classes, classes.reduce((a, c) => a + jobsOf(c), 0), classes.reduce((a, c) => a + jobsOf(c) * c.bootMedianS, 0)),
     byClass,
   };
+  const learnt = classes.filter((c) => c.model).map((c) => {
+    const t = (z: ZonedTime) => ({ median: round(z.median, 3), p95: round(z.p95, 3), observed: z.overall.observations });
+    return [c.name, { bootS: t(c.model!.bootTime), resumeS: t(c.model!.resumeTime) }] as const;
+  });
+  if (learnt.length) report.learnt = Object.fromEntries(learnt);
   if (o.timelineS) {
     report.timeline = timeline;
     report.latencyTimeline = [...windows.entries()].sort((a, b) => a[0] - b[0]).map(([w, l]) => {

@@ -129,4 +129,37 @@ classes:
     expect(suspend.startLatency.p90).toBeLessThan(stop.startLatency.p90);
     expect(suspend.bootVmSeconds).toBeLessThan(stop.bootVmSeconds);
   });
+  it('learns the boots of VMs made for standby, as the live pool does: a slower cloud is planned for', () => {
+    // Nearly every VM of a class with standby is made for standby (booted once, then stopped).
+    // The live pool learns every boot it sees; the simulator learnt only boots of VMs made hot,
+    // so under a boot drift it planned the standby tier for the prior's boots (the corpus's
+    // slower-zone trace: GPU with standby 4-9% late over the day, 0.6% once learnt).
+    const config = parseConfig(`
+shard: sim-s
+gitlab: { url: "http://127.0.0.1:9", pollInterval: 2s }
+providers: { gcp: { project: sim-project } }
+classes:
+  gpu: { runnerToken: g, provider: gcp, machine: { machineType: g2-standard-4, image: projects/ubuntu-os-cloud/global/images/family/ubuntu-2404-lts-amd64, zones: [us-central1-a] }, pool: { idle: 0, max: 300, policy: predictive, target: 10s, bound: 0.05, intake: auto } }
+`);
+    // Two hours of pipelines (Poisson, two a minute; 1-8 jobs of 5-15 minutes), seeded.
+    let x = 9;
+    const rnd = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const jobs: { arrivalS: number; className: string; durationS: number }[] = [];
+    for (let t = 0; t < 2 * 3600; t += -Math.log(1 - rnd()) * 30) {
+      const n = 1 + Math.floor(rnd() * 8);
+      for (let j = 0; j < n; j++) jobs.push({ arrivalS: Math.round(t * 1000) / 1000, className: 'gpu', durationS: 300 + Math.round(rnd() * 600) });
+    }
+    // Boots (and resumes) take twice the prior's 70 s (resume 17.5 s).
+    const r = simulate({ config, jobs, boot: { gpu: { medianS: 70, p95S: 130 } }, bootScale: { gpu: () => 2 }, standby: true, seed: 5 });
+    expect(r.byClass['gpu']!.cloudCalls.start).toBeGreaterThan(r.jobs / 2); // served through standby
+    // Every boot that ended was learnt (the creates still booting at the end were not).
+    const learnt = r.learnt!['gpu']!;
+    const calls = r.byClass['gpu']!.cloudCalls;
+    expect(learnt.bootS.observed).toBeGreaterThan(calls.create * 0.95);
+    expect(learnt.bootS.observed).toBeLessThanOrEqual(calls.create);
+    expect(learnt.resumeS.observed).toBeGreaterThan(calls.start * 0.95);
+    // Planned for the slower cloud, not the prior (70 s; 17.5 s).
+    expect(learnt.bootS.median).toBeGreaterThan(110);
+    expect(learnt.resumeS.median).toBeGreaterThan(28);
+  });
 });
