@@ -4,19 +4,33 @@
 // zones of its last boots. So when a stockout moves placements to a slower zone, sizing switches
 // to that zone's learnt times within a few boots instead of dragging one class-wide average along.
 
+/**
+ * Observations weigh by the time since the last one (TIME_CONSTANT_MS), between MIN_ALPHA and the
+ * estimate's alpha: a busy class sees a boot every second or two, and at a fixed weight per boot
+ * its estimate (and the tiers sized by it) swung with every few slow boots; a drift in a cloud's
+ * boots shows over minutes. A sparse class still weighs each boot at alpha.
+ */
+const TIME_CONSTANT_MS = 5 * 60_000;
+const MIN_ALPHA = 0.01;
+
 /** Log-normal estimate through EWMA of ln(x) and its square. */
 export class LogNormal {
   private mean: number;
   private sq: number;
   private n = 0;
+  private lastAt: number | undefined;
   constructor(medianS: number, p95S: number, private readonly alpha = 0.1) {
     const sigma = Math.max(0.01, Math.log(Math.max(p95S, medianS * 1.01) / medianS) / 1.645);
     this.mean = Math.log(medianS);
     this.sq = sigma * sigma + this.mean * this.mean;
   }
-  observe(x: number): void {
+  /** One observation, made at `atMs` (epoch ms; without it, it weighs alpha). */
+  observe(x: number, atMs?: number): void {
     const l = Math.log(Math.max(0.05, x));
-    const a = this.n < 10 ? 1 / (this.n + 2) : this.alpha; // settle quickly, then follow drift
+    const since = atMs !== undefined && this.lastAt !== undefined ? Math.max(0, atMs - this.lastAt) : undefined;
+    if (atMs !== undefined) this.lastAt = Math.max(atMs, this.lastAt ?? atMs);
+    // Settle quickly, then follow drift.
+    const a = this.n < 10 ? 1 / (this.n + 2) : since === undefined ? this.alpha : Math.min(this.alpha, Math.max(MIN_ALPHA, since / TIME_CONSTANT_MS));
     this.mean += a * (l - this.mean);
     this.sq += a * (l * l - this.sq);
     this.n++;
@@ -56,12 +70,12 @@ export class ZonedTime {
     this.overall = new LogNormal(medianS, p95S);
   }
 
-  observe(seconds: number, zone?: string | null): void {
-    this.overall.observe(seconds);
+  observe(seconds: number, zone?: string | null, atMs?: number): void {
+    this.overall.observe(seconds, atMs);
     if (!zone) return;
     let z = this.zones.get(zone);
     if (!z) this.zones.set(zone, (z = new LogNormal(this.overall.median, this.overall.p95)));
-    z.observe(seconds);
+    z.observe(seconds, atMs);
     this.recent.push(zone);
     if (this.recent.length > RECENT_PLACEMENTS) this.recent.shift();
   }

@@ -14,6 +14,8 @@ const BOOT_HISTORY_VMS = 500;
 export interface TimedStart {
   seconds: number;
   zone: string | null;
+  /** When it was up (epoch ms). */
+  at: number;
 }
 
 /**
@@ -32,7 +34,7 @@ export function startsOfVm(events: { from_state: string | null; to_state: string
       since = at;
       resuming = true;
     } else if (e.to_state === 'ready' && since !== null) {
-      (resuming ? resumes : boots).push({ seconds: (at - since) / 1000, zone });
+      (resuming ? resumes : boots).push({ seconds: (at - since) / 1000, zone, at });
       since = null;
     } else if (e.to_state === 'failed' || e.to_state === 'deleting') {
       since = null;
@@ -84,14 +86,19 @@ export async function loadDemandModels(
       .orderBy('vm_events.vm_id')
       .orderBy('vm_events.id')
       .execute();
+    const boots: TimedStart[] = [];
+    const resumes: TimedStart[] = [];
     for (let i = 0; i < events.length; ) {
       let j = i;
       while (j < events.length && events[j]!.vm_id === events[i]!.vm_id) j++;
-      const { boots, resumes } = startsOfVm(events.slice(i, j), events[i]!.zone);
-      for (const b of boots) model.observeBoot(b.seconds, b.zone);
-      for (const r of resumes) model.observeResume(r.seconds, r.zone);
+      const starts = startsOfVm(events.slice(i, j), events[i]!.zone);
+      boots.push(...starts.boots);
+      resumes.push(...starts.resumes);
       i = j;
     }
+    // In the order they were up: each weighs by the time since the one before.
+    for (const b of boots.sort((x, y) => x.at - y.at)) model.observeBoot(b.seconds, b.zone, b.at);
+    for (const r of resumes.sort((x, y) => x.at - y.at)) model.observeResume(r.seconds, r.zone, r.at);
     out.set(cls.name, model);
   }
   return out;

@@ -251,12 +251,12 @@ export class DemandModel {
   }
 
   /** A VM booted in `seconds` (in `zone`, where the provider has zones). */
-  observeBoot(seconds: number, zone?: string | null): void {
-    this.bootTime.observe(seconds, zone);
+  observeBoot(seconds: number, zone?: string | null, atMs?: number): void {
+    this.bootTime.observe(seconds, zone, atMs);
   }
 
-  observeResume(seconds: number, zone?: string | null): void {
-    this.resumeTime.observe(seconds, zone);
+  observeResume(seconds: number, zone?: string | null, atMs?: number): void {
+    this.resumeTime.observe(seconds, zone, atMs);
   }
 
   /** GitLab's queue hint (job_info.queue_size / queue_depth): jobs waiting for this class now. */

@@ -457,11 +457,11 @@ export function simulate(o: SimulateOptions): SimReport {
       case 'hot':
         if (e.bootS >= 0) {
           c.pendingHot--;
-          c.model?.observeBoot(e.bootS);
+          c.model?.observeBoot(e.bootS, null, startMs + now * 1000);
         } else {
           // Learnt when it is up, as the live pool does (not when it was asked for).
           c.resuming--;
-          c.model?.observeResume(e.resumeS!);
+          c.model?.observeResume(e.resumeS!, null, startMs + now * 1000);
         }
         c.hot.set(e.vm, now);
         // A VM turning hot wakes the intake loop: it asks GitLab at once.
@@ -469,7 +469,7 @@ export function simulate(o: SimulateOptions): SimReport {
         break;
       case 'stopping':
         // Up once before it stops: its boot is learnt, as the live pool learns every boot it sees.
-        c.model?.observeBoot(e.bootS);
+        c.model?.observeBoot(e.bootS, null, startMs + now * 1000);
         if (c.redirected > 0) {
           // Booted for standby, kept hot instead.
           c.redirected--;
@@ -490,7 +490,7 @@ export function simulate(o: SimulateOptions): SimReport {
       case 'coldReady':
         if (now >= from) c.startedMeasured++;
         c.coldBooting--;
-        c.model?.observeBoot(e.bootS);
+        c.model?.observeBoot(e.bootS, null, startMs + now * 1000);
         c.busy++;
         record(c, e.job);
         started++;

@@ -260,8 +260,35 @@ describe('boot and resume times per zone', () => {
       { from_state: 'stopped', to_state: 'booting', at: at(300) },
       { from_state: 'booting', to_state: 'failed', at: at(400) }, // a resume that never came up is no time
     ], 'zone-a');
-    expect(boots).toEqual([{ seconds: 31, zone: 'zone-a' }]);
-    expect(resumes).toEqual([{ seconds: 6, zone: 'zone-a' }]);
+    expect(boots).toEqual([{ seconds: 31, zone: 'zone-a', at: MON + 31_000 }]);
+    expect(resumes).toEqual([{ seconds: 6, zone: 'zone-a', at: MON + 106_000 }]);
+  });
+
+  it('weighs boots by the time between them: a busy class does not swing with a few slow boots, a drift still shows within minutes', () => {
+    const busy = new ZonedTime(35, 60);
+    const perBoot = new ZonedTime(35, 60);
+    let x = 3;
+    const r = () => ((x = (x * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    // A boot every 2 s (a busy class), log-normal 35:60.
+    const draw = () => 35 * Math.exp(0.328 * probit(Math.min(0.999, Math.max(0.001, r()))));
+    const medians: number[] = [];
+    const perBootMedians: number[] = [];
+    for (let i = 0; i < 3000; i++) {
+      const b = draw();
+      busy.observe(b, null, MON + i * 2000);
+      perBoot.observe(b);
+      if (i > 500) {
+        medians.push(busy.median);
+        perBootMedians.push(perBoot.median);
+      }
+    }
+    const spread = (xs: number[]) => Math.log(Math.max(...xs) / Math.min(...xs));
+    expect(spread(medians)).toBeLessThan(Math.log(1.2));
+    // At 0.1 a boot the median wandered over 2 x as wide a range (sd of the estimate ~3 x).
+    expect(spread(perBootMedians)).toBeGreaterThan(spread(medians) * 2);
+    // Boots 1.8x slower from now: within 5 minutes the estimate has moved most of the way.
+    for (let i = 3000; i < 3150; i++) busy.observe(draw() * 1.8, null, MON + i * 2000);
+    expect(busy.median).toBeGreaterThan(35 * 1.5);
   });
 });
 

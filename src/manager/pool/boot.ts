@@ -157,10 +157,10 @@ export class BootWatch {
         const seconds = (readyAt.getTime() - bootStart(row)) / 1000;
         if (row.ready_at) {
           d.metrics.vmResume.observe({ class: row.class }, seconds);
-          d.demand?.get(row.class)?.observeResume(seconds, row.zone);
+          d.demand?.get(row.class)?.observeResume(seconds, row.zone, readyAt.getTime());
         } else {
           d.metrics.vmBoot.observe({ class: row.class }, seconds);
-          d.demand?.get(row.class)?.observeBoot(seconds, row.zone);
+          d.demand?.get(row.class)?.observeBoot(seconds, row.zone, readyAt.getTime());
         }
         d.log.info({ vm: row.id, class: row.class, [row.ready_at ? 'resumeSeconds' : 'bootSeconds']: seconds }, 'VM ready');
       } else {
