@@ -1,7 +1,7 @@
 // The predictive policy's model of one class (pure: fed observations and `now`, no I/O). It learns
 // the arrival rate by time of week (5-minute slots, averaged over the weeks of history, smoothed
 // over +-10 minutes, never below a quarter of the mean), follows the last minutes' rate, reads
-// GitLab's queue hints, learns boot and resume times (log-normal, exponentially weighted, per
+// GitLab's queue hints, learns boot and resume times (log-normal, weighted by time, per
 // zone: boot-time.ts) and the distribution of pipeline fan-outs, and sizes the hot and standby
 // tiers so that the share of jobs starting later than the class's target stays within `bound`,
 // at the least idle cost:
@@ -297,43 +297,47 @@ export class DemandModel {
   private cover(now: number, lead: ZonedTime, part: number): number {
     const rate = this.rate(now, lead.p95 * 1000);
     if (!(rate > 0)) return 0; // no demand seen: nothing to hold
-    const meanB = this.batches.mean();
-    // The replacement takes a random time: the demand in it is a mixture over its quantiles.
-    const sigma = Math.log(Math.max(lead.p95, lead.median * 1.01) / lead.median) / 1.645;
-    // A job that finds no VM waits for the one ordered when the S-th job before it came: it is late
-    // only if S jobs came within the last (lead - target). So each lead quantile counts the demand
-    // of its excess over the target (a decision added), and one within the target makes nobody
-    // late (-1): a pipeline's own jobs beyond the stock then wait no longer than the target.
-    const share = part * this.plannedShare(rate);
-    const target = this.o.targetMs / 1000;
-    const excesses = LEAD_Z.map((z) => lead.median * Math.exp(sigma * z) + DECIDE_S - target);
-    // The chance that one replacement is up within the target. A pipeline larger than the stock
-    // orders one per job at once, and its waiting jobs take the first of them to come up: with a
-    // lead near the target (a Linux resume) most of its overflow still starts in time.
-    const inTime = target - DECIDE_S > 0 ? normalCdf(Math.log((target - DECIDE_S) / lead.median) / sigma) : 0;
-    const ms = excesses.map((excess) => (excess <= 0 ? -1 : (rate * excess) / meanB));
-    // Batches in the window come in merge trains: more scattered than Poisson, as history showed.
-    const vs = excesses.map((excess) => (excess <= 0 ? 1 : this.batchDispersionAt(excess)));
-    if (ms.every((m) => m < 0) && inTime >= 1) return 0;
     if (this.batches.version !== this.coversVersion) {
       this.covers.clear();
       this.coversVersion = this.batches.version;
     }
-    // Buckets of 4% in the batch count (rounded up) and in the share (rounded down): the answer
-    // barely moves within one, and the pool decides every 500 ms while the rate moves with each job.
-    const bucket = (m: number) => (m < 0 ? -2e9 : m === 0 ? -1e9 : Math.ceil(Math.log(m) * 25));
-    const shareBucket = Math.floor(Math.log(Math.max(share, 1e-9)) * 25);
-    const vBucket = (v: number) => Math.ceil(Math.log(v) * 25);
-    // In time: rounded down to 2 points (the safe side).
-    const inBucket = Math.floor(inTime * 50);
-    const key = `${ms.map(bucket).join(',')}:${vs.map(vBucket).join(',')}:${shareBucket}:${inBucket}`;
+    // Answers are cached by their inputs rounded to the safe side (the rate and the lead's median
+    // and spread up: 4%, 2%, 0.02): the answer barely moves within one, and the pool decides
+    // every 500 ms while the rate moves with each job and the lead with each boot.
+    const sigma = Math.log(Math.max(lead.p95, lead.median * 1.01) / lead.median) / 1.645;
+    const rB = Math.ceil(Math.log(rate) * 25);
+    const medB = Math.ceil(Math.log(lead.median) * 50);
+    const sigB = Math.ceil(sigma * 50);
+    const key = `${part}:${rB}:${medB}:${sigB}`;
     let k = this.covers.get(key);
     if (k === undefined) {
-      k = baseStock(ms.map((m) => (m <= 0 ? m : Math.exp(bucket(m) / 25))), this.batches.pmf(), meanB, Math.exp(shareBucket / 25), vs.map((v) => Math.exp(vBucket(v) / 25)), inBucket / 50);
+      // The share is planned at the rate rounded down (a lower rate plans a lower share).
+      k = this.coverOf(Math.exp(rB / 25), Math.exp((rB - 1) / 25), Math.exp(medB / 50), sigB / 50, part);
       if (this.covers.size > 4096) this.covers.clear();
       this.covers.set(key, k);
     }
     return k;
+  }
+
+  /** cover() for a rate (jobs/s) and a log-normal lead (median s, sigma). */
+  private coverOf(rate: number, shareRate: number, median: number, sigma: number, part: number): number {
+    const meanB = this.batches.mean();
+    // A job that finds no VM waits for the one ordered when the S-th job before it came: it is late
+    // only if S jobs came within the last (lead - target). So each lead quantile counts the demand
+    // of its excess over the target (a decision added); one within the target (-1) has no job
+    // before waited for, only a pipeline's own overflow (below).
+    const share = part * this.plannedShare(shareRate);
+    const target = this.o.targetMs / 1000;
+    const excesses = LEAD_Z.map((z) => median * Math.exp(sigma * z) + DECIDE_S - target);
+    // The chance that one replacement is up within the target. A pipeline larger than the stock
+    // orders one per job at once, and its waiting jobs take the first of them to come up: with a
+    // lead near the target (a Linux resume) most of its overflow still starts in time.
+    const inTime = target - DECIDE_S > 0 ? normalCdf(Math.log((target - DECIDE_S) / median) / Math.max(sigma, 1e-6)) : 0;
+    const ms = excesses.map((excess) => (excess <= 0 ? -1 : (rate * excess) / meanB));
+    // Batches in the window come in merge trains: more scattered than Poisson, as history showed.
+    const vs = excesses.map((excess) => (excess <= 0 ? 1 : this.batchDispersionAt(excess)));
+    if (ms.every((m) => m < 0) && inTime >= 1) return 0;
+    return baseStock(ms, this.batches.pmf(), meanB, share, vs, inTime);
   }
 
   /**
@@ -402,7 +406,7 @@ export class BatchSizes {
   private readonly w = new Float64Array(BatchSizes.MAX_BATCH + 1);
   private total = 0;
   private open: { start: number; n: number } | null = null;
-  /** Changes when the distribution moves enough to matter (every 64 batches). */
+  /** Changes when the distribution moves enough to matter (see add). */
   version = 0;
   private sinceVersion = 0;
 
@@ -437,7 +441,9 @@ export class BatchSizes {
       for (let i = 0; i < this.w.length; i++) this.w[i]! /= 2;
       this.total /= 2;
     }
-    if (++this.sinceVersion >= 64) {
+    // A new version when the batches since the last are 2% of those weighed (at least 64): the
+    // distribution has then moved enough to matter, and each version recomputes every base stock.
+    if (++this.sinceVersion >= Math.max(64, this.total / 50)) {
       this.sinceVersion = 0;
       this.version++;
     }
