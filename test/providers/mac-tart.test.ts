@@ -126,6 +126,23 @@ describe('tart run on a host whose shell is bash', () => {
     await tart.delete('rf-bash-a');
   });
 
+  it('waits for a VM that `tart run` starts late (a busy host), and still answers a run that failed', async () => {
+    await prepare('rf-slow-a');
+    await session.exec('mkdir -p "$HOME"/.tart && echo 2500 > "$HOME"/.tart/run-delay-ms');
+    try {
+      const tart = new TartClient(session, { timeoutMs: 10_000 });
+      await tart.start('rf-slow-a');
+      expect((await tart.list()).find((v) => v.name === 'rf-slow-a')?.running).toBe(true);
+      await tart.delete('rf-slow-a');
+      // A VM never prepared: the launch fails at once, and says why; no waiting for it.
+      const started = Date.now();
+      await expect(tart.start('rf-never-cloned')).rejects.toThrow(/did not start: .*No such file/);
+      expect(Date.now() - started).toBeLessThan(5_000);
+    } finally {
+      await session.exec('rm -f "$HOME"/.tart/run-delay-ms');
+    }
+  });
+
   it('the old form, backgrounding `cd && nohup tart run`, holds the exec open for as long as the VM runs', async () => {
     await prepare('rf-bash-b');
     const legacy = tartCommands.run('rf-bash-b').replace('cd "$HOME" || exit 1; nohup', 'cd "$HOME" && nohup').replace(' < /dev/null > ', ' > ').replace(' 2>&1 &', ' 2>&1 < /dev/null &');

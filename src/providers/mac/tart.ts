@@ -28,6 +28,9 @@ function checkName(name: string): string {
   return name;
 }
 
+/** What runStatus prints while `tart run` is still running. */
+const RUN_ALIVE = 'rf-tart-run-alive';
+
 /** Host directory holding a VM's authorized_keys, shared read-only into it. */
 export const keyDir = (name: string) => `runner-fleet/vms/${checkName(name)}`;
 
@@ -48,6 +51,9 @@ export const tartCommands = {
    */
   run: (name: string) =>
     `cd "$HOME" || exit 1; nohup tart run --no-graphics --dir=runner-fleet:"$HOME"/${keyDir(name)}:ro ${shq(checkName(name))} < /dev/null > ${keyDir(name)}/run.log 2>&1 & sleep 1; cat ${keyDir(name)}/run.log`,
+  /** The detached `tart run`'s log, and RUN_ALIVE while it still runs. */
+  runStatus: (name: string) =>
+    `cat "$HOME"/${keyDir(name)}/run.log 2>/dev/null; pgrep -f ${shq(`run --no-graphics --dir=runner-fleet:.*/${checkName(name)}:ro ${name}$`)} >/dev/null && echo ${RUN_ALIVE}; true`,
   /** CPU and memory of a fresh clone (before its first run). */
   set: (name: string, vm: { cpu?: number; memoryMb?: number }) =>
     `tart set ${shq(checkName(name))}${vm.cpu ? ` --cpu ${Math.trunc(vm.cpu)}` : ''}${vm.memoryMb ? ` --memory ${Math.trunc(vm.memoryMb)}` : ''}`,
@@ -56,6 +62,9 @@ export const tartCommands = {
   delete: (name: string) => `tart stop ${shq(checkName(name))} >/dev/null 2>&1; tart delete ${shq(checkName(name))}; rm -rf "$HOME"/${keyDir(name)}`,
   list: () => 'tart list --format json',
 };
+
+/** How long a VM `tart run` was asked for may take to show as running before it counts as not started. */
+const START_WAIT_MS = 30_000;
 
 export interface TartVm {
   name: string;
@@ -99,13 +108,23 @@ export class TartClient {
   }
 
   /** Start the VM headless; TartCapacityError when the host already runs two. */
-  async start(name: string): Promise<void> {
-    const r = await this.run(tartCommands.run(name));
-    const vm = (await this.list()).find((v) => v.name === name);
-    if (vm?.running) return;
-    const why = r.out.trim();
-    if (/exceeds the system limit|number of VMs/i.test(why)) throw new TartCapacityError(`tart run ${name}: ${why}`);
-    throw new TartError(`tart run ${name} did not start: ${why.slice(-500) || 'no output'}`);
+  async start(name: string, waitMs = START_WAIT_MS): Promise<void> {
+    // What the launch printed (its first second of log, or the shell's own error).
+    const launched = (await this.run(tartCommands.run(name))).out.trim();
+    // `tart run` goes to the background: it may not have started the VM when the command
+    // returns (later still on a busy host). While it runs, the VM is starting; once it has
+    // exited without a running VM, its log says why.
+    const end = Date.now() + waitMs;
+    for (;;) {
+      const vm = (await this.list()).find((v) => v.name === name);
+      if (vm?.running) return;
+      const probe = (await this.run(tartCommands.runStatus(name))).out;
+      const alive = probe.includes(RUN_ALIVE);
+      const why = probe.replace(RUN_ALIVE, '').trim() || launched;
+      if (/exceeds the system limit|number of VMs/i.test(why)) throw new TartCapacityError(`tart run ${name}: ${why}`);
+      if (!alive || Date.now() > end) throw new TartError(`tart run ${name} did not start${alive ? ` within ${waitMs} ms` : ''}: ${why.slice(-500) || 'no output'}`);
+      await new Promise((r) => setTimeout(r, 250));
+    }
   }
 
   async ip(name: string, waitSeconds = 120): Promise<string> {
