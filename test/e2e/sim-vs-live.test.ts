@@ -66,18 +66,17 @@ describe('simulator vs live pool on one trace', () => {
     const finals = await Promise.all(ids.map((id) => gitlab.waitForFinal(id, 90_000)));
     expect(finals.every((f) => f.state === 'success')).toBe(true);
 
-    // The live wait for a VM, as the simulator counts it: from the job's arrival in GitLab until
-    // it was handed out and its VM was up (whichever came last). The start itself after that (the
-    // job request's answer, SSH to the VM, the script's first line) is not the pool's doing, and
-    // on a loaded 2-core CI machine it jitters by seconds.
+    // The live wait for a VM: from the job's arrival in GitLab until its VM was up (none when it
+    // was up before). What the pool decided, not how fast this process answered: on a loaded
+    // 2-core CI machine, with other test files beside it, the intake's pick-up and the start (the
+    // job request, SSH, the script's first line) lag by seconds (p50 5.6 s there with VMs warm).
     const rows = await shard.store.db.selectFrom('jobs').innerJoin('vms', 'vms.id', 'jobs.vm_id')
       .select(['jobs.id as job', 'vms.created_at as created', 'vms.ready_at as ready']).execute();
     const byJob = new Map(rows.map((r) => [Number(r.job), r]));
     const wait = finals.map((f) => {
       const row = byJob.get(f.id);
       expect(row?.ready, `job ${f.id} ran on a VM that came up`).toBeTruthy();
-      expect(f.pickedAt, `job ${f.id} was handed out`).toBeDefined();
-      return (Math.max(f.pickedAt!, new Date(row!.ready!).getTime()) - f.enqueuedAt) / 1000;
+      return Math.max(0, new Date(row!.ready!).getTime() - f.enqueuedAt) / 1000;
     });
     // The simulator is given the boots this run saw (a sandbox boots in bootDelay 2 s plus a
     // process start: 2.3 s on an idle machine, up to ~6 s on a loaded one).
