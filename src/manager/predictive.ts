@@ -6,14 +6,18 @@
 // tiers so that the share of jobs starting later than the class's target stays within `bound`,
 // at the least idle cost:
 //   - a job that finds a hot VM starts at once; one that finds only standby waits a resume; one
-//     that finds neither waits a boot; with base-stock replenishment the VM it waits for was
-//     ordered when the S-th job before it came, so it is late only when S jobs came within the
-//     replacement's excess over the target (lead - target, per quantile of the learnt log-normal);
+//     that finds neither waits a boot; base-stock replenishment orders a VM per job taken, and a
+//     job finding none starts in time if one of those on their way is up within the target. Leads
+//     are independent, so a later order often overtakes an earlier one: the VMs not up by then
+//     are an M/G/infinity count of the orders before it (outstanding()), not the demand of one
+//     lead's excess with every lead alike (which held Windows' peak stock ~1.5x too high);
 //   - job-weighted, as the promise is: a pipeline of b jobs arriving to s free VMs makes b - s of
 //     them wait, so the tiers are base stocks for compound demand (batches of the learnt size
-//     distribution; their count over the excess as scattered as history shows it: merge trains)
-//     over that excess (baseStock); the waiting jobs of a pipeline take the first of its b
+//     distribution, each leaving those of its b not yet up; their count as scattered as history
+//     shows it: merge trains) (baseStock); the waiting jobs of a pipeline take the first of its b
 //     replacements to come up, so with a lead near the target most of them still start in time;
+//   - a merge train under way (more pipelines in the last minute than the forecast explains)
+//     raises the rate the stock is sized at while it lasts, for leads short enough to help (surge);
 //   - the promise holds per hour, so the share planned at a rate is below the bound by the
 //     scatter an hour of that many jobs, as clustered as the class's history, has (plannedShare);
 //   - hot + standby cover the demand over a boot and hot the demand over a resume; a class whose
@@ -59,10 +63,12 @@ const RATE_FLOOR = 0.25;
  * arrivals' dispersion (variance over mean of 5-minute counts, learnt from history). A busy hour
  * is planned near the bound, a quiet one with a merge train in it well below. Every hour of a day
  * must pass, not one: with 15-20 hours of enough jobs, a day passes about 6 times in 10 only if
- * each hour passes 97-98 times in 100 (z = 2; 1.5, 93 in 100, left a day about a quarter of a
- * chance: 20 of 48 corpus cells kept, 24 at z = 2 for 4-6% more overhead).
+ * each hour passes 97-98 times in 100. The late count of an hour is lumpier than normal (a few
+ * pipelines beyond the stock are a quiet hour's allowance), so z = 3, not the normal 2: with the
+ * replacements' order crossing counted (outstanding()), z = 2 kept 23 of 48 corpus cells, z = 3
+ * 28-31, for 5-7% more overhead.
  */
-const HOUR_Z = 2;
+const HOUR_Z = 3;
 /**
  * An hour with fewer jobs is not judged alone (it counts in the day): a sparse class's share
  * scatters over the hours it takes to hold this many (the corpus judges hours of 20 jobs or more).
@@ -90,6 +96,17 @@ const KEEP_WINDOW_MS = 5 * 60_000;
 const KEEP_BOOTS = 3;
 const SLOTS = WEEK_MS / SLOT_MS;
 const RECENT_MS = 10 * 60_000;
+/**
+ * A merge train is recognised by its pipelines in the last SURGE_S seconds: at least SURGE_MIN and
+ * SURGE_Z standard deviations above the forecast's (surge()). It is acted on for a lead of at most
+ * SURGE_LEAD_S (median): VMs ordered then are up while a train (a minute or two) still runs; a
+ * Windows boot (3 minutes) comes after it, and reacting only left VMs that ran nothing (the corpus's
+ * Windows classes: 15-38% never used, 1.5x the overhead).
+ */
+const SURGE_S = 60;
+const SURGE_MIN = 3;
+const SURGE_Z = 2;
+const SURGE_LEAD_S = 120;
 const EPOCH_MONDAY = 4 * 24 * 3600_000; // 1970-01-01 was a Thursday: slot 0 is Monday 00:00 UTC
 
 export interface DemandModelOptions {
@@ -125,6 +142,8 @@ export class DemandModel {
   readonly batches = new BatchSizes();
   /** cover() answers by input bucket: the batch-size distribution changes slowly. */
   private readonly covers = new Map<string, number>();
+  /** outstanding() by the lead's buckets: it needs no rate, and costs more than the base stock. */
+  private readonly leftOver = new Map<string, ReturnType<typeof outstanding>>();
   private coversVersion = -1;
   readonly bootTime: ZonedTime;
   readonly resumeTime: ZonedTime;
@@ -289,16 +308,38 @@ export class DemandModel {
   }
 
   /**
+   * A merge train under way: when the last SURGE_S seconds brought more pipelines than the
+   * forecast explains (at least SURGE_MIN, and SURGE_Z standard deviations above it, as scattered
+   * as history's pipeline counts), their jobs' rate; else 0.
+   */
+  surge(now: number, forecast: number): number {
+    this.trimRecent(now);
+    let jobs = 0;
+    let pipelines = 0;
+    for (let i = this.recent.length - 1; i >= this.recentHead && this.recent[i]! > now - SURGE_S * 1000; i--) {
+      jobs++;
+      if (i === this.recentHead || this.recent[i]! - this.recent[i - 1]! > 250) pipelines++;
+    }
+    const expected = (forecast * SURGE_S) / this.batches.mean();
+    const sd = Math.sqrt(expected * this.batchDispersionAt(SURGE_S));
+    return pipelines >= SURGE_MIN && pipelines > expected + SURGE_Z * sd ? jobs / SURGE_S : 0;
+  }
+
+  /**
    * VMs to hold, replaced one for one in `lead`, so that at most `part` of the planned late share
    * of jobs waits past the target. Job-weighted, as the promise is: a pipeline of b jobs arriving
    * to s free VMs makes b - s of its jobs wait, so the batch-size distribution (not only its mean)
    * and the demand of the lead's excess over the target (compound Poisson) decide it.
    */
   private cover(now: number, lead: ZonedTime, part: number): number {
-    const rate = this.rate(now, lead.p95 * 1000);
-    if (!(rate > 0)) return 0; // no demand seen: nothing to hold
+    const planned = this.rate(now, lead.p95 * 1000);
+    if (!(planned > 0)) return 0; // no demand seen: nothing to hold
+    // A merge train under way brings more pipelines: the stock follows its rate while it lasts
+    // (the share is still planned at the forecast: a train makes the hour no busier).
+    const rate = lead.median <= SURGE_LEAD_S ? Math.max(planned, this.surge(now, planned)) : planned;
     if (this.batches.version !== this.coversVersion) {
       this.covers.clear();
+      this.leftOver.clear();
       this.coversVersion = this.batches.version;
     }
     // Answers are cached by their inputs rounded to the safe side (the rate and the lead's median
@@ -306,13 +347,14 @@ export class DemandModel {
     // every 500 ms while the rate moves with each job and the lead with each boot.
     const sigma = Math.log(Math.max(lead.p95, lead.median * 1.01) / lead.median) / 1.645;
     const rB = Math.ceil(Math.log(rate) * 25);
+    const pB = Math.ceil(Math.log(planned) * 25);
     const medB = Math.ceil(Math.log(lead.median) * 50);
     const sigB = Math.ceil(sigma * 50);
-    const key = `${part}:${rB}:${medB}:${sigB}`;
+    const key = `${part}:${rB}:${pB}:${medB}:${sigB}`;
     let k = this.covers.get(key);
     if (k === undefined) {
       // The share is planned at the rate rounded down (a lower rate plans a lower share).
-      k = this.coverOf(Math.exp(rB / 25), Math.exp((rB - 1) / 25), Math.exp(medB / 50), sigB / 50, part);
+      k = this.coverOf(Math.exp(rB / 25), Math.exp((pB - 1) / 25), Math.exp(medB / 50), sigB / 50, part);
       if (this.covers.size > 4096) this.covers.clear();
       this.covers.set(key, k);
     }
@@ -322,22 +364,36 @@ export class DemandModel {
   /** cover() for a rate (jobs/s) and a log-normal lead (median s, sigma). */
   private coverOf(rate: number, shareRate: number, median: number, sigma: number, part: number): number {
     const meanB = this.batches.mean();
-    // A job that finds no VM waits for the one ordered when the S-th job before it came: it is late
-    // only if S jobs came within the last (lead - target). So each lead quantile counts the demand
-    // of its excess over the target (a decision added); one within the target (-1) has no job
-    // before waited for, only a pipeline's own overflow (below).
+    const pmf = this.batches.pmf();
     const share = part * this.plannedShare(shareRate);
-    const target = this.o.targetMs / 1000;
-    const excesses = LEAD_Z.map((z) => median * Math.exp(sigma * z) + DECIDE_S - target);
+    // A replacement is ordered up to a decision after its job came, and a job starts in time on a
+    // VM up within the target: what counts of a lead is its excess over target - DECIDE_S.
+    const slack = this.o.targetMs / 1000 - DECIDE_S;
     // The chance that one replacement is up within the target. A pipeline larger than the stock
     // orders one per job at once, and its waiting jobs take the first of them to come up: with a
     // lead near the target (a Linux resume) most of its overflow still starts in time.
-    const inTime = target - DECIDE_S > 0 ? normalCdf(Math.log((target - DECIDE_S) / median) / Math.max(sigma, 1e-6)) : 0;
-    const ms = excesses.map((excess) => (excess <= 0 ? -1 : (rate * excess) / meanB));
-    // Batches in the window come in merge trains: more scattered than Poisson, as history showed.
-    const vs = excesses.map((excess) => (excess <= 0 ? 1 : this.batchDispersionAt(excess)));
-    if (ms.every((m) => m < 0) && inTime >= 1) return 0;
-    return baseStock(ms, this.batches.pmf(), meanB, share, vs, inTime);
+    const inTime = slack > 0 ? normalCdf(Math.log(slack / median) / Math.max(sigma, 1e-6)) : 0;
+    const leadKey = `${median}:${sigma}`;
+    let demand = this.leftOver.get(leadKey);
+    if (demand === undefined) {
+      demand = outstanding(pmf, median, sigma, slack);
+      if (this.leftOver.size > 1024) this.leftOver.clear();
+      this.leftOver.set(leadKey, demand);
+    }
+    if (!demand) return baseStock([0], pmf, meanB, share, { inTime });
+    // A job that finds no free VM is late unless one of those on their way is up within the
+    // target: the VMs not up by then are the replacements ordered before it whose lead outlasts
+    // its arrival by more than the slack. Leads are independent, so replacements overtake one
+    // another (a late-ordered quick boot is up before an early slow one): with pipelines as a
+    // Poisson stream that count is compound Poisson (an M/G/infinity queue of pipelines, each
+    // leaving the VMs of its b not yet up), not the demand of one lead's excess with every lead
+    // alike. Pipelines come in merge trains, more scattered than Poisson as history showed.
+    const batchesPerS = rate / meanB;
+    const m = batchesPerS * demand.spanS * (1 - demand.none);
+    // Scattered as the batch counts of a window as long as the mean excess (a recent train's
+    // pipelines all still wait: not thinned one by one, as independent thinning would have it).
+    const v = this.batchDispersionAt(Math.max(5, demand.meanExcessS));
+    return baseStock([m], pmf, meanB, share, { dispersion: [v], inTime, demand: demand.pmf });
   }
 
   /**
@@ -482,16 +538,19 @@ export class BatchSizes {
 
 /**
  * Base stock for compound-Poisson demand: the fewest VMs k such that, with `ms` batches expected
- * in the replacement lead time (one per lead-time quantile, equally likely) and batch sizes
- * distributed as `pmf` (mean `meanB`), the share of
- * jobs that find no free VM is at most `share`. A job batch of size b arriving when the demand D
- * of the last lead time left s = max(0, k - D) VMs makes (b - s)+ of its jobs wait, so
+ * (one entry per scenario, equally likely) of the VMs a batch takes from the stock distributed as
+ * `o.demand` (default `pmf`), the share of jobs that find no free VM is at most `share`. A job
+ * batch of size b (distributed as `pmf`, mean `meanB`) arriving when that demand D left
+ * s = max(0, k - D) VMs makes (b - s)+ of its jobs wait, so
  * late(k) = P(D >= k) + E[ sum over d < k of g(d) h(k - d) ] / E[B], h(s) = E[(B - s)+];
  * D's distribution g by Panjer's recursion. Large demand uses a normal approximation.
  */
-export function baseStock(all: number[], pmf: Float64Array, meanB: number, share: number, dispersion?: number[], inTime = 0): number {
-  // A negative entry is a lead-time quantile within the target: no job before is waited for, only a
-  // pipeline's own overflow (when inTime > 0: some of its replacements come up too late).
+export function baseStock(all: number[], pmf: Float64Array, meanB: number, share: number, o: { dispersion?: number[]; inTime?: number; demand?: Float64Array } = {}): number {
+  const inTime = o.inTime ?? 0;
+  const dispersion = o.dispersion;
+  const dPmf = o.demand ?? pmf;
+  // A negative entry is a scenario with no demand before: only a pipeline's own overflow (when
+  // inTime > 0: some of its replacements come up too late).
   const overflowOnly = all.filter((m) => m < 0).length;
   const vs = dispersion ? all.map((_, i) => Math.max(1, dispersion[i] ?? 1)).filter((_, i) => all[i]! >= 0) : all.filter((m) => m >= 0).map(() => 1);
   const ms = all.filter((m) => m >= 0);
@@ -503,6 +562,7 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   share = share * (all.length / ms.length);
   if (share >= 1) return 0;
   const maxB = pmf.length - 1;
+  const maxD = dPmf.length - 1;
   // h(s): the jobs of a pipeline arriving to s free VMs that start late. It orders one VM per job
   // at once and its b - s waiting jobs take the first to come up; X of the b are up within the
   // target (binomial, inTime each), so h(s) = E[(B - s - X)+] (E[(B - s)+] when inTime is 0).
@@ -514,20 +574,22 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
     while (k <= maxB && h[k]! / meanB > share) k++;
     return k;
   }
+  let meanDB = 0;
+  for (let b = 1; b <= maxD; b++) meanDB += b * dPmf[b]!;
   let eB2 = 0;
-  for (let b = 1; b <= maxB; b++) eB2 += b * b * pmf[b]!;
+  for (let b = 1; b <= maxD; b++) eB2 += b * b * dPmf[b]!;
   // The widest entry (most batches, most scattered) bounds the demand's support.
   let meanD = 0;
   let sdD = 0;
   ms.forEach((m, i) => {
     if (m <= 0) return;
-    meanD = Math.max(meanD, m * meanB);
+    meanD = Math.max(meanD, m * meanDB);
     // Var of a compound count: E[N] Var(B) + Var(N) E[B]^2, Var(N) = v E[N].
-    sdD = Math.max(sdD, Math.sqrt(m * (eB2 + (vs[i]! - 1) * meanB * meanB)));
+    sdD = Math.max(sdD, Math.sqrt(m * (eB2 + (vs[i]! - 1) * meanDB * meanDB)));
   });
   const zeroLog = Math.max(...ms.map((m, i) => (vs[i]! > 1 ? (m / (vs[i]! - 1)) * Math.log(vs[i]!) : m)));
   if (meanD > 3000 || zeroLog > 700) return Math.ceil(meanD + probit(1 - share) * sdD + meanB);
-  const n = Math.ceil(meanD + 7 * sdD + maxB);
+  const n = Math.ceil(meanD + 7 * sdD + Math.max(maxB, maxD));
   // g(d) = P(D = d), averaged over the lead-time quantiles (m batches each); per m by Panjer's
   // recursion: Poisson (v = 1): g(0) = e^-m, g(d) = (m / d) sum_j j f(j) g(d - j); negative
   // binomial of mean m and variance v m (beta = v - 1, r = m / beta): g(0) = (1 + beta)^-r,
@@ -536,9 +598,9 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   const one = new Float64Array(n + 1);
   // Only the sizes that occur (a few dozen of MAX_BATCH): Panjer's inner sum runs over them.
   const sizes: number[] = [];
-  for (let j = 1; j <= maxB; j++) if (pmf[j]! > 1e-9) sizes.push(j);
-  const weights = sizes.map((j) => j * pmf[j]!);
-  const probs = sizes.map((j) => pmf[j]!);
+  for (let j = 1; j <= maxD; j++) if (dPmf[j]! > 1e-9) sizes.push(j);
+  const weights = sizes.map((j) => j * dPmf[j]!);
+  const probs = sizes.map((j) => dPmf[j]!);
   ms.forEach((m, q) => {
     const v = vs[q]!;
     one.fill(0);
@@ -626,11 +688,60 @@ function overflow(pmf: Float64Array, inTime: number): Float64Array {
   return h;
 }
 
+/**
+ * The VMs of a pipeline's replacements not yet up `slack` seconds after a later arrival: a pipeline
+ * of b (pmf) that came a seconds before leaves Binomial(b, p(a)) of them, p(a) = P(lead > slack +
+ * a) for a log-normal lead (median, sigma). Over ages a in [0, spanS) (spanS: where p is ~0),
+ * `none` is the share of (pipeline, age) pairs that leave none and `pmf` the distribution of what
+ * the others leave; null when no lead outlasts the slack.
+ */
+export function outstanding(pmf: Float64Array, median: number, sigma: number, slack: number): { spanS: number; none: number; pmf: Float64Array; meanExcessS: number } | null {
+  const spanS = median * Math.exp(3.72 * sigma) - Math.max(0, slack); // to the 99.99th percentile
+  if (!(spanS > 0)) return null;
+  const BINS = 48;
+  const maxB = pmf.length - 1;
+  const out = new Float64Array(maxB + 1);
+  const sizes: number[] = [];
+  for (let b = 1; b <= maxB; b++) if (pmf[b]! > 1e-9) sizes.push(b);
+  for (let i = 0; i < BINS; i++) {
+    const a = ((i + 0.5) / BINS) * spanS;
+    const x = Math.max(0, slack) + a;
+    const p = sigma > 1e-6 ? 1 - normalCdf(Math.log(x / median) / sigma) : x < median ? 1 : 0;
+    for (const b of sizes) {
+      const w = pmf[b]! / BINS;
+      if (p <= 1e-12) {
+        out[0]! += w;
+        continue;
+      }
+      if (p >= 1 - 1e-12) {
+        out[b]! += w;
+        continue;
+      }
+      // Binomial(b, p) by the ratio recursion, in logs ((1 - p)^b underflows).
+      let ly = b * Math.log(1 - p);
+      const r = Math.log(p / (1 - p));
+      for (let k = 0; k <= b; k++) {
+        if (k > 0) ly += Math.log((b - k + 1) / k) + r;
+        out[k]! += w * Math.exp(ly);
+      }
+    }
+  }
+  const none = out[0]!;
+  if (none >= 1 - 1e-12) return null;
+  const rest = new Float64Array(maxB + 1);
+  let left = 0;
+  let meanB = 0;
+  for (let k = 1; k <= maxB; k++) {
+    rest[k] = out[k]! / (1 - none);
+    left += k * out[k]!;
+    meanB += k * pmf[k]!;
+  }
+  // E[(lead - slack)+]: the VMs left per job ordered, over the span.
+  return { spanS, none, pmf: rest, meanExcessS: (spanS * left) / Math.max(meanB, 1e-9) };
+}
+
 /** Window lengths (s) batchDispersion is learnt at: a resume's or boot's excess over the target falls within. */
 const DISPERSION_WINDOWS_S = [5, 10, 20, 40, 80, 160, 320];
-
-/** Standard normal quantiles of the 10th, 30th, 50th, 70th and 90th percentiles: the lead-time mixture's points. */
-const LEAD_Z = [-1.2816, -0.5244, 0, 0.5244, 1.2816];
 
 /** Smallest k with P(Poisson(m) <= k) >= p. */
 export function poissonQuantile(m: number, p: number): number {
