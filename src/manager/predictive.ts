@@ -142,8 +142,8 @@ export class DemandModel {
   readonly batches = new BatchSizes();
   /** cover() answers by input bucket: the batch-size distribution changes slowly. */
   private readonly covers = new Map<string, number>();
-  /** outstanding() by the lead's buckets: it needs no rate, and costs more than the base stock. */
-  private readonly leftOver = new Map<string, ReturnType<typeof outstanding>>();
+  /** outstanding() and the overflow of a pipeline by the lead's buckets: they need no rate, and cost more than the base stock. */
+  private readonly leftOver = new Map<string, { demand: ReturnType<typeof outstanding>; overflow: Float64Array }>();
   private coversVersion = -1;
   readonly bootTime: ZonedTime;
   readonly resumeTime: ZonedTime;
@@ -374,13 +374,14 @@ export class DemandModel {
     // lead near the target (a Linux resume) most of its overflow still starts in time.
     const inTime = slack > 0 ? normalCdf(Math.log(slack / median) / Math.max(sigma, 1e-6)) : 0;
     const leadKey = `${median}:${sigma}`;
-    let demand = this.leftOver.get(leadKey);
-    if (demand === undefined) {
-      demand = outstanding(pmf, median, sigma, slack);
+    let lead = this.leftOver.get(leadKey);
+    if (lead === undefined) {
+      lead = { demand: outstanding(pmf, median, sigma, slack), overflow: overflow(pmf, inTime) };
       if (this.leftOver.size > 1024) this.leftOver.clear();
-      this.leftOver.set(leadKey, demand);
+      this.leftOver.set(leadKey, lead);
     }
-    if (!demand) return baseStock([0], pmf, meanB, share, { inTime });
+    const demand = lead.demand;
+    if (!demand) return baseStock([0], pmf, meanB, share, { inTime, overflow: lead.overflow });
     // A job that finds no free VM is late unless one of those on their way is up within the
     // target: the VMs not up by then are the replacements ordered before it whose lead outlasts
     // its arrival by more than the slack. Leads are independent, so replacements overtake one
@@ -393,7 +394,7 @@ export class DemandModel {
     // Scattered as the batch counts of a window as long as the mean excess (a recent train's
     // pipelines all still wait: not thinned one by one, as independent thinning would have it).
     const v = this.batchDispersionAt(Math.max(5, demand.meanExcessS));
-    return baseStock([m], pmf, meanB, share, { dispersion: [v], inTime, demand: demand.pmf });
+    return baseStock([m], pmf, meanB, share, { dispersion: [v], inTime, demand: demand.pmf, overflow: lead.overflow });
   }
 
   /**
@@ -545,7 +546,7 @@ export class BatchSizes {
  * late(k) = P(D >= k) + E[ sum over d < k of g(d) h(k - d) ] / E[B], h(s) = E[(B - s)+];
  * D's distribution g by Panjer's recursion. Large demand uses a normal approximation.
  */
-export function baseStock(all: number[], pmf: Float64Array, meanB: number, share: number, o: { dispersion?: number[]; inTime?: number; demand?: Float64Array } = {}): number {
+export function baseStock(all: number[], pmf: Float64Array, meanB: number, share: number, o: { dispersion?: number[]; inTime?: number; demand?: Float64Array; overflow?: Float64Array } = {}): number {
   const inTime = o.inTime ?? 0;
   const dispersion = o.dispersion;
   const dPmf = o.demand ?? pmf;
@@ -566,7 +567,7 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   // h(s): the jobs of a pipeline arriving to s free VMs that start late. It orders one VM per job
   // at once and its b - s waiting jobs take the first to come up; X of the b are up within the
   // target (binomial, inTime each), so h(s) = E[(B - s - X)+] (E[(B - s)+] when inTime is 0).
-  const h = overflow(pmf, inTime);
+  const h = o.overflow ?? overflow(pmf, inTime);
   const live = ms.filter((m) => m > 0);
   if (!live.length) {
     // No demand in the lead time: only a pipeline's own jobs beyond the stock wait.
@@ -652,8 +653,8 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   return lo;
 }
 
-/** E[(B - s - X)+] for s = 0..maxB + 1, X ~ Binomial(B, inTime), B distributed as `pmf`. */
-function overflow(pmf: Float64Array, inTime: number): Float64Array {
+/** E[(B - s - X)+] for s = 0..maxB + 1, X ~ Binomial(B, inTime), B distributed as `pmf` (baseStock's h). */
+export function overflow(pmf: Float64Array, inTime: number): Float64Array {
   const maxB = pmf.length - 1;
   const h = new Float64Array(maxB + 2);
   if (inTime <= 0) {
@@ -698,15 +699,18 @@ function overflow(pmf: Float64Array, inTime: number): Float64Array {
 export function outstanding(pmf: Float64Array, median: number, sigma: number, slack: number): { spanS: number; none: number; pmf: Float64Array; meanExcessS: number } | null {
   const spanS = median * Math.exp(3.72 * sigma) - Math.max(0, slack); // to the 99.99th percentile
   if (!(spanS > 0)) return null;
-  const BINS = 48;
+  const BINS = 16;
   const maxB = pmf.length - 1;
   const out = new Float64Array(maxB + 1);
   const sizes: number[] = [];
   for (let b = 1; b <= maxB; b++) if (pmf[b]! > 1e-9) sizes.push(b);
+  const lf = logFactorials(maxB);
   for (let i = 0; i < BINS; i++) {
     const a = ((i + 0.5) / BINS) * spanS;
     const x = Math.max(0, slack) + a;
     const p = sigma > 1e-6 ? 1 - normalCdf(Math.log(x / median) / sigma) : x < median ? 1 : 0;
+    const lp = Math.log(p);
+    const lq = Math.log(1 - p);
     for (const b of sizes) {
       const w = pmf[b]! / BINS;
       if (p <= 1e-12) {
@@ -717,13 +721,11 @@ export function outstanding(pmf: Float64Array, median: number, sigma: number, sl
         out[b]! += w;
         continue;
       }
-      // Binomial(b, p) by the ratio recursion, in logs ((1 - p)^b underflows).
-      let ly = b * Math.log(1 - p);
-      const r = Math.log(p / (1 - p));
-      for (let k = 0; k <= b; k++) {
-        if (k > 0) ly += Math.log((b - k + 1) / k) + r;
-        out[k]! += w * Math.exp(ly);
-      }
+      // Binomial(b, p), in logs ((1 - p)^b underflows), over its mean +- 7 sd (the rest < 1e-11).
+      const sd = Math.sqrt(b * p * (1 - p));
+      const lo = Math.max(0, Math.floor(b * p - 7 * sd - 1));
+      const hi = Math.min(b, Math.ceil(b * p + 7 * sd + 1));
+      for (let k = lo; k <= hi; k++) out[k]! += w * Math.exp(lf[b]! - lf[k]! - lf[b - k]! + k * lp + (b - k) * lq);
     }
   }
   const none = out[0]!;
@@ -738,6 +740,13 @@ export function outstanding(pmf: Float64Array, median: number, sigma: number, sl
   }
   // E[(lead - slack)+]: the VMs left per job ordered, over the span.
   return { spanS, none, pmf: rest, meanExcessS: (spanS * left) / Math.max(meanB, 1e-9) };
+}
+
+const logFactorialTable: number[] = [0];
+/** ln(k!) for k = 0..n. */
+function logFactorials(n: number): number[] {
+  for (let k = logFactorialTable.length; k <= n; k++) logFactorialTable.push(logFactorialTable[k - 1]! + Math.log(k));
+  return logFactorialTable;
 }
 
 /** Window lengths (s) batchDispersion is learnt at: a resume's or boot's excess over the target falls within. */
