@@ -329,7 +329,7 @@ export class DemandModel {
    * VMs to hold, replaced one for one in `lead`, so that at most `part` of the planned late share
    * of jobs waits past the target. Job-weighted, as the promise is: a pipeline of b jobs arriving
    * to s free VMs makes b - s of its jobs wait, so the batch-size distribution (not only its mean)
-   * and the demand of the lead's excess over the target (compound Poisson) decide it.
+   * and the count of VMs still on their way past the target (outstanding()) decide it.
    */
   private cover(now: number, lead: ZonedTime, part: number): number {
     const planned = this.rate(now, lead.p95 * 1000);
@@ -591,7 +591,7 @@ export function baseStock(all: number[], pmf: Float64Array, meanB: number, share
   const zeroLog = Math.max(...ms.map((m, i) => (vs[i]! > 1 ? (m / (vs[i]! - 1)) * Math.log(vs[i]!) : m)));
   if (meanD > 3000 || zeroLog > 700) return Math.ceil(meanD + probit(1 - share) * sdD + meanB);
   const n = Math.ceil(meanD + 7 * sdD + Math.max(maxB, maxD));
-  // g(d) = P(D = d), averaged over the lead-time quantiles (m batches each); per m by Panjer's
+  // g(d) = P(D = d), averaged over the scenarios (m batches each); per m by Panjer's
   // recursion: Poisson (v = 1): g(0) = e^-m, g(d) = (m / d) sum_j j f(j) g(d - j); negative
   // binomial of mean m and variance v m (beta = v - 1, r = m / beta): g(0) = (1 + beta)^-r,
   // g(d) = sum_j (a + b j / d) f(j) g(d - j), a = beta / (1 + beta), b = (r - 1) a.
