@@ -94,7 +94,7 @@ export function overheadFloor(o: FloorInput): Floor {
     if (last && t - last.t <= 0.25) last.b++;
     else pipelines.push({ t, b: 1 });
   }
-  const maxB = Math.max(...pipelines.map((p) => p.b));
+  const maxB = pipelines.reduce((m, p) => Math.max(m, p.b), 0);
   // tail[s] = P(B > s); over[s] = E[(B - s)+] = sum over j >= s of tail[j].
   const tail = new Float64Array(maxB + 2);
   for (const p of pipelines) for (let s = 0; s < p.b; s++) tail[s]! += 1 / pipelines.length;
