@@ -60,6 +60,25 @@ describe('predictive policy', () => {
     expect(trains.plannedShare(0.5)).toBeLessThan(poisson.plannedShare(0.5) / 2);
   });
 
+  it('a class with a few jobs an hour is judged over the day, not each hour: it plans the day\'s scatter', () => {
+    // ~8 jobs an hour (a third of them in pairs): no hour holds the 20 jobs an hour is judged by
+    // alone, so the share planned is the day's (~240 jobs), not an hour's of 20 (0.4%, 4 VMs).
+    const m = model();
+    let x = 3;
+    const r = () => (x = (x * 48271) % 2147483647) / 2147483647;
+    const history: number[] = [];
+    for (let t = MON - 7 * 24 * H; t < MON; t += -Math.log(1 - r()) * 450_000) {
+      history.push(t);
+      if (r() < 0.3) history.push(t + 1);
+    }
+    m.learnHistory(history, MON - 7 * 24 * H, MON);
+    expect(m.plannedShare(8 / 3600)).toBeGreaterThan(0.015);
+    expect(m.plannedShare(8 / 3600)).toBeLessThan(0.05);
+    expect(m.targets(MON + 3 * H, counts).hot).toBe(3);
+    // A busy hour is judged alone: its share is the hour's.
+    expect(m.plannedShare(30 / 3600)).toBeLessThan(m.plannedShare(8 / 3600));
+  });
+
   it('learns how merge trains scatter the pipelines in a resume- or boot-long window, and holds more for them', () => {
     // The same week twice, 0.1 pipeline/s of 3 jobs: pipelines alone (Poisson), or trains of 10
     // pipelines 5 s apart.
