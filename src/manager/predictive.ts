@@ -70,8 +70,8 @@ const RATE_FLOOR = 0.25;
  */
 const HOUR_Z = 3;
 /**
- * An hour with fewer jobs is not judged alone (it counts in the day): a sparse class's share
- * scatters over the hours it takes to hold this many (the corpus judges hours of 20 jobs or more).
+ * An hour with fewer jobs is not judged alone (it counts in the day, as the corpus judges hours of
+ * 20 jobs or more): its share is planned for a day's scatter (plannedShare).
  */
 const HOUR_MIN_JOBS = 20;
 /**
