@@ -143,6 +143,21 @@ describe('tart run on a host whose shell is bash', () => {
     }
   });
 
+  it('gives up on a VM not running within the wait, and ends its pending `tart run` so it never starts after', async () => {
+    await prepare('rf-slow-b');
+    await session.exec('mkdir -p "$HOME"/.tart && echo 4000 > "$HOME"/.tart/run-delay-ms');
+    try {
+      const tart = new TartClient(session, { timeoutMs: 10_000 });
+      await expect(tart.start('rf-slow-b', 800)).rejects.toThrow(/did not start within 800 ms/);
+      // Past the run's delay, the VM it was asked for is still not running.
+      await new Promise((r) => setTimeout(r, 5_000));
+      expect((await tart.list()).find((v) => v.name === 'rf-slow-b')?.running).toBe(false);
+      await tart.delete('rf-slow-b');
+    } finally {
+      await session.exec('rm -f "$HOME"/.tart/run-delay-ms');
+    }
+  });
+
   it('the old form, backgrounding `cd && nohup tart run`, holds the exec open for as long as the VM runs', async () => {
     await prepare('rf-bash-b');
     const legacy = tartCommands.run('rf-bash-b').replace('cd "$HOME" || exit 1; nohup', 'cd "$HOME" && nohup').replace(' < /dev/null > ', ' > ').replace(' 2>&1 &', ' 2>&1 < /dev/null &');

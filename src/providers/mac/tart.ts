@@ -30,6 +30,8 @@ function checkName(name: string): string {
 
 /** What runStatus prints while `tart run` is still running. */
 const RUN_ALIVE = 'rf-tart-run-alive';
+/** The detached `tart run` of a VM, as pgrep/pkill -f find it. */
+const runPattern = (name: string) => shq(`run --no-graphics --dir=runner-fleet:.*/${checkName(name)}:ro ${name}$`);
 
 /** Host directory holding a VM's authorized_keys, shared read-only into it. */
 export const keyDir = (name: string) => `runner-fleet/vms/${checkName(name)}`;
@@ -52,8 +54,9 @@ export const tartCommands = {
   run: (name: string) =>
     `cd "$HOME" || exit 1; nohup tart run --no-graphics --dir=runner-fleet:"$HOME"/${keyDir(name)}:ro ${shq(checkName(name))} < /dev/null > ${keyDir(name)}/run.log 2>&1 & sleep 1; cat ${keyDir(name)}/run.log`,
   /** The detached `tart run`'s log, and RUN_ALIVE while it still runs. */
-  runStatus: (name: string) =>
-    `cat "$HOME"/${keyDir(name)}/run.log 2>/dev/null; pgrep -f ${shq(`run --no-graphics --dir=runner-fleet:.*/${checkName(name)}:ro ${name}$`)} >/dev/null && echo ${RUN_ALIVE}; true`,
+  runStatus: (name: string) => `cat "$HOME"/${keyDir(name)}/run.log 2>/dev/null; pgrep -f ${runPattern(name)} >/dev/null && echo ${RUN_ALIVE}; true`,
+  /** Ends a detached `tart run` that has not started its VM (given up on: it must not start it later). */
+  endRun: (name: string) => `pkill -f ${runPattern(name)}; true`,
   /** CPU and memory of a fresh clone (before its first run). */
   set: (name: string, vm: { cpu?: number; memoryMb?: number }) =>
     `tart set ${shq(checkName(name))}${vm.cpu ? ` --cpu ${Math.trunc(vm.cpu)}` : ''}${vm.memoryMb ? ` --memory ${Math.trunc(vm.memoryMb)}` : ''}`,
@@ -122,7 +125,12 @@ export class TartClient {
       const alive = probe.includes(RUN_ALIVE);
       const why = probe.replace(RUN_ALIVE, '').trim() || launched;
       if (/exceeds the system limit|number of VMs/i.test(why)) throw new TartCapacityError(`tart run ${name}: ${why}`);
-      if (!alive || Date.now() > end) throw new TartError(`tart run ${name} did not start${alive ? ` within ${waitMs} ms` : ''}: ${why.slice(-500) || 'no output'}`);
+      if (alive && Date.now() > end) {
+        // Given up on: the caller deletes the VM, and a run still pending must not start it after.
+        await this.run(tartCommands.endRun(name));
+        throw new TartError(`tart run ${name} did not start within ${waitMs} ms: ${why.slice(-500) || 'no output'}`);
+      }
+      if (!alive) throw new TartError(`tart run ${name} did not start: ${why.slice(-500) || 'no output'}`);
       await new Promise((r) => setTimeout(r, 250));
     }
   }
