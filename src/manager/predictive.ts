@@ -201,9 +201,7 @@ export class DemandModel {
    * seconds apart) are what a Poisson count of pipelines misses at the scale of a resume or boot.
    */
   private learnBatchDispersion(sorted: number[], fromMs: number, toMs: number): void {
-    const starts: number[] = [];
-    let open = -Infinity;
-    for (const t of sorted) if (t - open > 250) starts.push((open = t));
+    const starts = pipelinesOf(sorted).map((p) => p.t);
     const meanB = sorted.length / Math.max(1, starts.length);
     this.batchDispersion = DISPERSION_WINDOWS_S.map((w) => {
       const wMs = w * 1000;
@@ -321,7 +319,7 @@ export class DemandModel {
     let pipelines = 0;
     for (let i = this.recent.length - 1; i >= this.recentHead && this.recent[i]! > now - SURGE_S * 1000; i--) {
       jobs++;
-      if (i === this.recentHead || this.recent[i]! - this.recent[i - 1]! > 250) pipelines++;
+      if (i === this.recentHead || this.recent[i]! - this.recent[i - 1]! > BATCH_GAP_MS) pipelines++;
     }
     const expected = (forecast * SURGE_S) / this.batches.mean();
     const sd = Math.sqrt(expected * this.batchDispersionAt(SURGE_S));
@@ -456,6 +454,20 @@ export class DemandModel {
   }
 }
 
+/** Jobs arriving within this of a pipeline's first job are that pipeline's (created together). */
+export const BATCH_GAP_MS = 250;
+
+/** Sorted arrival times grouped into pipelines: each its first arrival and its job count. `gap` in the arrivals' unit. */
+export function pipelinesOf(sorted: number[], gap = BATCH_GAP_MS): { t: number; b: number }[] {
+  const out: { t: number; b: number }[] = [];
+  for (const t of sorted) {
+    const last = out[out.length - 1];
+    if (last && t - last.t <= gap) last.b++;
+    else out.push({ t, b: 1 });
+  }
+  return out;
+}
+
 /**
  * Batch sizes (jobs arriving within 250 ms of a batch's first: one pipeline's fan-out) as a
  * distribution, from history and observed arrivals; weights halve as they pile up, so it follows
@@ -471,22 +483,12 @@ export class BatchSizes {
   private sinceVersion = 0;
 
   learn(sortedArrivals: number[]): void {
-    let start = -Infinity;
-    let n = 0;
-    for (const t of sortedArrivals) {
-      if (t - start > 250) {
-        if (n) this.add(n);
-        start = t;
-        n = 0;
-      }
-      n++;
-    }
-    if (n) this.add(n);
+    for (const p of pipelinesOf(sortedArrivals)) this.add(p.b);
     this.version++;
   }
 
   observe(t: number): void {
-    if (this.open && t - this.open.start <= 250) {
+    if (this.open && t - this.open.start <= BATCH_GAP_MS) {
       this.open.n++;
       return;
     }

@@ -34,6 +34,7 @@
 // The overhead is E[boot] per job (each job's VM boots once) plus the availability beyond the
 // free part, in hot-idle VM-seconds.
 import { normalCdf } from '../manager/boot-time.js';
+import { BATCH_GAP_MS, pipelinesOf } from '../manager/predictive.js';
 
 export interface Spread {
   medianS: number;
@@ -87,19 +88,18 @@ export function overheadFloor(o: FloorInput): Floor {
   const q = o.resume ? 1 - normalCdf(Math.log(o.targetS / o.resume.medianS) / sigmaOf(o.resume)) : 1;
   if (!arrivals.length) return { availabilityVmSeconds: 0, availabilityByHour: [], overheadVmSeconds: 0, oracleVmSeconds: 0, overheadVsOracle: 0, lateIfMissed: q };
 
-  // Pipelines: jobs within 250 ms of the first (as BatchSizes counts them).
-  const pipelines: { t: number; b: number }[] = [];
-  for (const t of arrivals) {
-    const last = pipelines[pipelines.length - 1];
-    if (last && t - last.t <= 0.25) last.b++;
-    else pipelines.push({ t, b: 1 });
-  }
+  // Pipelines as the policy counts them (BatchSizes), and their sizes' distribution.
+  const pipelines = pipelinesOf(arrivals, BATCH_GAP_MS / 1000);
   const maxB = pipelines.reduce((m, p) => Math.max(m, p.b), 0);
+  const pmf = new Float64Array(maxB + 1);
+  for (const p of pipelines) pmf[p.b]! += 1 / pipelines.length;
   // tail[s] = P(B > s); over[s] = E[(B - s)+] = sum over j >= s of tail[j].
   const tail = new Float64Array(maxB + 2);
-  for (const p of pipelines) for (let s = 0; s < p.b; s++) tail[s]! += 1 / pipelines.length;
   const over = new Float64Array(maxB + 2);
-  for (let s = maxB; s >= 0; s--) over[s] = over[s + 1]! + tail[s]!;
+  for (let s = maxB; s >= 0; s--) {
+    tail[s] = tail[s + 1]! + (pmf[s + 1] ?? 0);
+    over[s] = over[s + 1]! + tail[s]!;
+  }
 
   const slots = Math.max(1, Math.ceil((arrivals[arrivals.length - 1]! - o.fromS + 1e-9) / slotS));
   const seen = new Float64Array(slots);
@@ -118,11 +118,11 @@ export function overheadFloor(o: FloorInput): Floor {
     }
     count[k] = sum / n;
   }
+  const hourOf = (t: number) => Math.floor((t - o.fromS) / 3600);
   const jobsByHour = new Map<number, number>();
-  for (const t of arrivals) {
-    const h = Math.floor((t - o.fromS) / 3600);
-    jobsByHour.set(h, (jobsByHour.get(h) ?? 0) + 1);
-  }
+  for (const t of arrivals) jobsByHour.set(hourOf(t), (jobsByHour.get(hourOf(t)) ?? 0) + 1);
+  const pipelinesByHour = new Map<number, number>();
+  for (const p of pipelines) pipelinesByHour.set(hourOf(p.t), (pipelinesByHour.get(hourOf(p.t)) ?? 0) + 1);
 
   // Availability per slot (fractional: the late count is linear between whole VMs).
   const avail = new Float64Array(slots);
@@ -164,11 +164,8 @@ export function overheadFloor(o: FloorInput): Floor {
   if (!o.expectedOnly) {
     const judged = [...jobsByHour].filter(([, n]) => n >= (o.hourMinJobs ?? 20));
     const pass = 0.5 ** (1 / Math.max(1, judged.length));
-    const pmf = new Float64Array(maxB + 1);
-    for (const p of pipelines) pmf[p.b]! += 1 / pipelines.length;
     for (const [h, n] of judged) {
-      let k = 0;
-      for (const p of pipelines) if (Math.floor((p.t - o.fromS) / 3600) === h) k++;
+      const k = pipelinesByHour.get(h) ?? 0;
       const allowed = Math.floor(o.bound * n);
       // The least s (whole VMs) with P(sum of k overflows <= allowed) >= pass: it only rises with fewer VMs.
       let lo = 0;

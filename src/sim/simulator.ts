@@ -243,6 +243,8 @@ export function simulate(o: SimulateOptions): SimReport {
   let started = 0;
   // Read by the boot-time draws (bootScale), so declared before the first draw.
   let now = 0;
+  /** The virtual clock as epoch ms (what the live pool's model reads). */
+  const wallMs = () => startMs + now * 1000;
   const timeline: NonNullable<SimReport['timeline']> = [];
   let nextSample = 0;
 
@@ -329,8 +331,8 @@ export function simulate(o: SimulateOptions): SimReport {
   };
 
   const targetsOf = (c: Cls, cs: ClassCounts): { targets: TierTargets; idleTimeMs: number } => {
-    const s = staticSettings(c.cfg.pool, startMs + now * 1000);
-    if (c.model) return { targets: c.model.targets(startMs + now * 1000, cs), idleTimeMs: c.model.idleTimeMs(s.idleTimeMs) };
+    const s = staticSettings(c.cfg.pool, wallMs());
+    if (c.model) return { targets: c.model.targets(wallMs(), cs), idleTimeMs: c.model.idleTimeMs(s.idleTimeMs) };
     return { targets: staticTargets(s, c.busy + c.coldBooting), idleTimeMs: s.idleTimeMs };
   };
 
@@ -446,7 +448,7 @@ export function simulate(o: SimulateOptions): SimReport {
     switch (e.k) {
       case 'arrive':
         c.queue.push(e.job);
-        c.model?.observeArrival(startMs + now * 1000);
+        c.model?.observeArrival(wallMs());
         schedulePoll(c, e.c, c.pollS * random());
         break;
       case 'poll':
@@ -457,11 +459,11 @@ export function simulate(o: SimulateOptions): SimReport {
       case 'hot':
         if (e.bootS >= 0) {
           c.pendingHot--;
-          c.model?.observeBoot(e.bootS, null, startMs + now * 1000);
+          c.model?.observeBoot(e.bootS, null, wallMs());
         } else {
           // Learnt when it is up, as the live pool does (not when it was asked for).
           c.resuming--;
-          c.model?.observeResume(e.resumeS!, null, startMs + now * 1000);
+          c.model?.observeResume(e.resumeS!, null, wallMs());
         }
         c.hot.set(e.vm, now);
         // A VM turning hot wakes the intake loop: it asks GitLab at once.
@@ -469,7 +471,7 @@ export function simulate(o: SimulateOptions): SimReport {
         break;
       case 'stopping':
         // Up once before it stops: its boot is learnt, as the live pool learns every boot it sees.
-        c.model?.observeBoot(e.bootS, null, startMs + now * 1000);
+        c.model?.observeBoot(e.bootS, null, wallMs());
         if (c.redirected > 0) {
           // Booted for standby, kept hot instead.
           c.redirected--;
@@ -490,7 +492,7 @@ export function simulate(o: SimulateOptions): SimReport {
       case 'coldReady':
         if (now >= from) c.startedMeasured++;
         c.coldBooting--;
-        c.model?.observeBoot(e.bootS, null, startMs + now * 1000);
+        c.model?.observeBoot(e.bootS, null, wallMs());
         c.busy++;
         record(c, e.job);
         started++;
